@@ -1,0 +1,374 @@
+//! A consecutive-failures circuit breaker, generic over any async call.
+//!
+//! CLOSED counts consecutive failures; at the threshold it turns OPEN and rejects calls fast.
+//! After the open timeout the next call becomes the single HALF_OPEN probe (every other call is
+//! still rejected while it runs); the probe's success closes the breaker, its failure re-opens it.
+//!
+//! Time comes from `tokio::time::Instant`, so tests drive it with `tokio::time::pause()` and
+//! `advance()` instead of sleeping.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::BreakerConfig;
+
+/// The breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls pass; failures are counted.
+    Closed,
+    /// Calls are rejected until the timeout passes.
+    Open,
+    /// One probe call is in flight; others are rejected.
+    HalfOpen,
+}
+
+impl BreakerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "CLOSED",
+            Self::Open => "OPEN",
+            Self::HalfOpen => "HALF_OPEN",
+        }
+    }
+
+    /// The value exported in `circuit_breaker_state` (0 closed, 1 open, 2 half-open).
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::Open => 1.0,
+            Self::HalfOpen => 2.0,
+        }
+    }
+}
+
+/// Why a call through the breaker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BreakerError<E> {
+    /// The breaker did not let the call run.
+    #[error("circuit breaker open; retry after {retry_after:?}")]
+    Rejected {
+        /// How long until a probe may be let through.
+        retry_after: Duration,
+    },
+    /// The call ran and failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    failures: u32,
+    opened_at: Instant,
+}
+
+/// A named circuit breaker; cheap to clone (clones share state).
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    name: Arc<str>,
+    threshold: u32,
+    open_timeout: Duration,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Permission to run one call; report its outcome with [`Permit::success`] or [`Permit::failure`].
+/// A permit dropped without a report (the call was cancelled) counts as a failure if it was the
+/// half-open probe, so the breaker never stays stuck half-open.
+#[must_use]
+pub struct Permit {
+    breaker: CircuitBreaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Permit {
+    /// The call succeeded.
+    pub fn success(mut self) {
+        self.done = true;
+        self.breaker.on_success();
+    }
+
+    /// The call failed.
+    pub fn failure(mut self) {
+        self.done = true;
+        self.breaker.on_failure();
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.probe {
+            self.breaker.on_failure();
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker named `name` (used in logs and metric labels).
+    pub fn new(name: &str, config: BreakerConfig) -> Self {
+        let breaker = Self {
+            name: Arc::from(name),
+            threshold: config.threshold.max(1),
+            open_timeout: config.open_timeout,
+            inner: Arc::new(Mutex::new(Inner {
+                state: BreakerState::Closed,
+                failures: 0,
+                opened_at: Instant::now(),
+            })),
+        };
+        breaker.export(BreakerState::Closed);
+        breaker
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current state (an OPEN breaker whose timeout has passed still reads OPEN until a call
+    /// arrives to probe).
+    pub fn state(&self) -> BreakerState {
+        self.lock().state
+    }
+
+    /// Asks to run one call. `Err(retry_after)` when rejected.
+    pub fn acquire(&self) -> Result<Permit, Duration> {
+        let mut inner = self.lock();
+        match inner.state {
+            BreakerState::Closed => Ok(self.permit(false)),
+            BreakerState::Open => {
+                let elapsed = inner.opened_at.elapsed();
+                if elapsed >= self.open_timeout {
+                    self.transition(&mut inner, BreakerState::HalfOpen, "timeout passed; letting one probe through");
+                    Ok(self.permit(true))
+                } else {
+                    drop(inner);
+                    self.reject(self.open_timeout - elapsed)
+                }
+            }
+            BreakerState::HalfOpen => {
+                drop(inner);
+                // A probe is in flight: others wait for its verdict.
+                self.reject(Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// Runs `call` through the breaker.
+    pub async fn call<F, T, E>(&self, call: F) -> Result<T, BreakerError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let permit = self
+            .acquire()
+            .map_err(|retry_after| BreakerError::Rejected { retry_after })?;
+        match call.await {
+            Ok(v) => {
+                permit.success();
+                Ok(v)
+            }
+            Err(e) => {
+                permit.failure();
+                Err(BreakerError::Inner(e))
+            }
+        }
+    }
+
+    fn permit(&self, probe: bool) -> Permit {
+        Permit {
+            breaker: self.clone(),
+            probe,
+            done: false,
+        }
+    }
+
+    fn reject(&self, retry_after: Duration) -> Result<Permit, Duration> {
+        metrics::counter!("circuit_breaker_rejections_total", "name" => self.name.to_string()).increment(1);
+        Err(retry_after.max(Duration::from_millis(1)))
+    }
+
+    fn on_success(&self) {
+        let mut inner = self.lock();
+        inner.failures = 0;
+        if inner.state != BreakerState::Closed {
+            self.transition(&mut inner, BreakerState::Closed, "probe succeeded");
+        }
+    }
+
+    fn on_failure(&self) {
+        let mut inner = self.lock();
+        match inner.state {
+            BreakerState::Closed => {
+                inner.failures = inner.failures.saturating_add(1);
+                if inner.failures >= self.threshold {
+                    let why = format!("{} consecutive failures", inner.failures);
+                    inner.opened_at = Instant::now();
+                    self.transition(&mut inner, BreakerState::Open, &why);
+                }
+            }
+            BreakerState::HalfOpen => {
+                inner.opened_at = Instant::now();
+                self.transition(&mut inner, BreakerState::Open, "probe failed");
+            }
+            // A call admitted before the breaker opened finished late: nothing to change.
+            BreakerState::Open => {}
+        }
+    }
+
+    fn transition(&self, inner: &mut Inner, to: BreakerState, why: &str) {
+        let from = inner.state;
+        inner.state = to;
+        if to == BreakerState::Open {
+            tracing::warn!(breaker = %self.name, "[CircuitBreaker:{}] {} -> {}: {}", self.name, from.as_str(), to.as_str(), why);
+        } else {
+            tracing::info!(breaker = %self.name, "[CircuitBreaker:{}] {} -> {}: {}", self.name, from.as_str(), to.as_str(), why);
+        }
+        self.export(to);
+    }
+
+    fn export(&self, state: BreakerState) {
+        metrics::gauge!("circuit_breaker_state", "name" => self.name.to_string()).set(state.gauge_value());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The lock is never held across an await or user code, so poisoning means a bug
+        // elsewhere panicked mid-update; the state is still a valid enum, so keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn breaker(threshold: u32, secs: u64) -> CircuitBreaker {
+        CircuitBreaker::new(
+            "test",
+            BreakerConfig {
+                threshold,
+                open_timeout: Duration::from_secs(secs),
+            },
+        )
+    }
+
+    async fn fail(b: &CircuitBreaker) -> Result<(), BreakerError<&'static str>> {
+        b.call(async { Err::<(), _>("boom") }).await
+    }
+
+    async fn succeed(b: &CircuitBreaker) -> Result<(), BreakerError<&'static str>> {
+        b.call(async { Ok::<(), &str>(()) }).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_consecutive_failures() {
+        let b = breaker(3, 60);
+        fail(&b).await.unwrap_err();
+        fail(&b).await.unwrap_err();
+        succeed(&b).await.unwrap(); // resets the count
+        fail(&b).await.unwrap_err();
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Open);
+        match succeed(&b).await {
+            Err(BreakerError::Rejected { retry_after }) => {
+                assert!(retry_after <= Duration::from_secs(60) && retry_after > Duration::from_secs(59));
+            }
+            other => panic!("expected rejection, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_probe_success_closes() {
+        let b = breaker(1, 60);
+        fail(&b).await.unwrap_err();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(matches!(succeed(&b).await, Err(BreakerError::Rejected { .. })));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        succeed(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_probe_failure_reopens_with_fresh_timeout() {
+        let b = breaker(1, 60);
+        fail(&b).await.unwrap_err();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(matches!(fail(&b).await, Err(BreakerError::Inner("boom"))));
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(succeed(&b).await, Err(BreakerError::Rejected { .. })));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        succeed(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_probe_counts_as_failure() {
+        let b = breaker(1, 10);
+        fail(&b).await.unwrap_err();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let permit = b.acquire().unwrap();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        drop(permit);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    /// Many tasks hit a half-open breaker at once: exactly one probe runs, the rest are rejected
+    /// fast while it is in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exactly_one_probe_under_concurrency() {
+        let b = breaker(1, 1);
+        fail(&b).await.unwrap_err();
+        // Real time here (multi-threaded runtime): wait out the 1 s timeout.
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let rejected = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Barrier::new(64));
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (b, ran, rejected, gate) = (b.clone(), ran.clone(), rejected.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                gate.wait().await;
+                let r = b
+                    .call(async {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<(), ()>(())
+                    })
+                    .await;
+                if matches!(r, Err(BreakerError::Rejected { .. })) {
+                    rejected.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "exactly one probe");
+        assert_eq!(rejected.load(Ordering::SeqCst), 63);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    /// Concurrent failures from many tasks open the breaker once and never lose a count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_failures_open_once() {
+        let b = breaker(50, 60);
+        let mut tasks = Vec::new();
+        for _ in 0..49 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move { fail(&b).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap_err();
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+}

@@ -1,0 +1,555 @@
+//! Typed configuration from environment variables, parsed once at start-up.
+//!
+//! Every variable is read through [`Env`], which holds a snapshot of the environment; nothing
+//! reads `std::env` after start-up. A bad value becomes a [`ConfigError`] whose one-line message
+//! names the variable, what is wrong with the value and the expected form.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+
+/// A configuration value that could not be used. Displays as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {var}={shown}: {problem} (expected {expected})")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: String,
+    /// The value as it may be shown (secrets are masked).
+    pub shown: String,
+    /// What is wrong with it.
+    pub problem: String,
+    /// The form the value should take.
+    pub expected: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `var`, masking the value when `secret` is set.
+    pub fn new(
+        var: &str,
+        value: &str,
+        secret: bool,
+        problem: impl Display,
+        expected: impl Display,
+    ) -> Self {
+        let shown = if secret {
+            "<redacted>".to_owned()
+        } else if value.is_empty() {
+            "\"\"".to_owned()
+        } else {
+            format!("{value:?}")
+        };
+        Self {
+            var: var.to_owned(),
+            shown,
+            problem: problem.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// An error for a variable that must be set but is not.
+    pub fn missing(var: &str, expected: impl Display) -> Self {
+        Self {
+            var: var.to_owned(),
+            shown: "<unset>".to_owned(),
+            problem: "required but not set".to_owned(),
+            expected: expected.to_string(),
+        }
+    }
+}
+
+/// A snapshot of environment variables to parse configuration from.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment, after loading `.env` from the working directory if one exists
+    /// (development convenience; variables already set win).
+    pub fn from_process() -> Self {
+        let _ = dotenvy::dotenv();
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// An environment made of exactly these pairs (tests, tools).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// Returns a copy with `var` set to `value`.
+    pub fn with(mut self, var: &str, value: &str) -> Self {
+        self.vars.insert(var.to_owned(), value.to_owned());
+        self
+    }
+
+    /// The raw value, `None` when unset or empty.
+    pub fn raw(&self, var: &str) -> Option<&str> {
+        self.vars
+            .get(var)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A string, or `default` when unset.
+    pub fn string(&self, var: &str, default: &str) -> String {
+        self.raw(var).unwrap_or(default).to_owned()
+    }
+
+    /// A secret string (never shown in errors or logs), or `None` when unset.
+    pub fn secret(&self, var: &str) -> Option<SecretString> {
+        self.raw(var).map(|v| SecretString::from(v.to_owned()))
+    }
+
+    /// A value parsed with [`FromStr`], or `default` when unset.
+    pub fn parse<T>(&self, var: &str, default: T, expected: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|e| ConfigError::new(var, v, false, e, expected)),
+        }
+    }
+
+    /// A whole number in `min..=max`, or `default` when unset.
+    pub fn int_in<T>(&self, var: &str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+        T::Err: Display,
+    {
+        let expected = format!("a whole number from {min} to {max}");
+        let value = self.parse(var, default, &expected)?;
+        if value < min || value > max {
+            let raw = self.raw(var).unwrap_or_default();
+            return Err(ConfigError::new(
+                var,
+                raw,
+                false,
+                "out of range",
+                expected,
+            ));
+        }
+        Ok(value)
+    }
+
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`), or `default` when unset.
+    pub fn bool(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(var).map(str::to_ascii_lowercase).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(_) => Err(ConfigError::new(
+                var,
+                self.raw(var).unwrap_or_default(),
+                false,
+                "not a boolean",
+                "true or false",
+            )),
+        }
+    }
+
+    /// A comma-separated list (empty items dropped), or empty when unset.
+    pub fn list(&self, var: &str) -> Vec<String> {
+        self.raw(var)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable lines (development).
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" => Ok(Self::Pretty),
+            _ => Err("unknown log format".into()),
+        }
+    }
+}
+
+/// Logging and tracing settings.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `RUST_LOG` directives.
+    pub log_filter: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: traces are exported there when set.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Settings of a circuit breaker (`CIRCUIT_BREAKER_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub threshold: u32,
+    /// Time open before one half-open probe is let through.
+    pub open_timeout: Duration,
+}
+
+/// Pub/Sub settings shared by publisher and consumer.
+#[derive(Debug, Clone)]
+pub struct PubSubConfig {
+    /// `PUBSUB_PROJECT_ID`.
+    pub project_id: String,
+    /// `PUBSUB_EMULATOR_HOST` (`host:port`), `None` for real Google Cloud.
+    pub emulator_host: Option<String>,
+    /// `SCAN_EVENTS_TOPIC`.
+    pub topic: String,
+    /// `SCAN_EVENTS_SUBSCRIPTION`.
+    pub subscription: String,
+    /// `SCAN_EVENTS_DLQ_TOPIC`.
+    pub dlq_topic: String,
+}
+
+impl PubSubConfig {
+    /// Full topic resource name, `projects/{p}/topics/{t}`.
+    pub fn topic_path(&self, topic: &str) -> String {
+        format!("projects/{}/topics/{}", self.project_id, topic)
+    }
+
+    /// Full subscription resource name, `projects/{p}/subscriptions/{s}`.
+    pub fn subscription_path(&self, sub: &str) -> String {
+        format!("projects/{}/subscriptions/{}", self.project_id, sub)
+    }
+}
+
+/// HTTP hardening settings.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `CORS_ORIGINS`: exact origins allowed.
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+    /// Longest time a request may take before it is answered 503.
+    pub request_timeout: Duration,
+}
+
+/// Configuration both services share.
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// `BIND_ADDR`.
+    pub bind_addr: SocketAddr,
+    /// `DATABASE_URL` (may carry a password).
+    pub database_url: SecretString,
+    /// `REDIS_URL` (may carry a password).
+    pub redis_url: SecretString,
+    /// `REDIS_TIMEOUT_MS`: hard timeout of every Redis call on a request path.
+    pub redis_timeout: Duration,
+    /// `REDIS_KEY_PREFIX` (default `vt`): every key starts with it, so environments (and
+    /// parallel tests) can share one Redis.
+    pub redis_key_prefix: String,
+    /// Pub/Sub names.
+    pub pubsub: PubSubConfig,
+    /// `CIRCUIT_BREAKER_*`.
+    pub breaker: BreakerConfig,
+    /// Hardening layers.
+    pub http: HttpConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// `APP_ENV` (`production` unless told otherwise).
+    pub app_env: String,
+}
+
+/// Default PostgreSQL URL of the contract.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/voketag";
+/// Default Redis URL of the contract.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+impl CommonConfig {
+    /// Parses the shared variables; `default_bind` differs per service.
+    pub fn from_env(env: &Env, default_bind: &str) -> Result<Self, ConfigError> {
+        let bind_addr = env.parse(
+            "BIND_ADDR",
+            default_bind.parse().expect("default bind address is valid"),
+            "host:port, e.g. 127.0.0.1:8080",
+        )?;
+        let database_url = url_secret(env, "DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres", "postgresql"])?;
+        let redis_url = url_secret(env, "REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?;
+        let redis_timeout_ms: u64 = env.int_in("REDIS_TIMEOUT_MS", 50, 1, 60_000)?;
+        let redis_key_prefix = env.string("REDIS_KEY_PREFIX", "vt");
+        if !redis_key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+            || redis_key_prefix.len() > 64
+        {
+            return Err(ConfigError::new(
+                "REDIS_KEY_PREFIX",
+                &redis_key_prefix,
+                false,
+                "has characters outside A-Z a-z 0-9 - _ : .",
+                "a short token such as vt or vt-staging",
+            ));
+        }
+        let threshold = env.int_in("CIRCUIT_BREAKER_THRESHOLD", 5u32, 1, 1_000_000)?;
+        let open_secs: u64 = env.int_in("CIRCUIT_BREAKER_TIMEOUT_SEC", 60, 1, 86_400)?;
+
+        let trusted_proxies = env
+            .list("TRUSTED_PROXIES")
+            .into_iter()
+            .map(|item| parse_cidr(&item).ok_or(item))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|bad| {
+                ConfigError::new(
+                    "TRUSTED_PROXIES",
+                    env.raw("TRUSTED_PROXIES").unwrap_or_default(),
+                    false,
+                    format!("{bad:?} is not an IP address or CIDR"),
+                    "comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1",
+                )
+            })?;
+        let cors_origins = env.list("CORS_ORIGINS");
+        for origin in &cors_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.parse::<http::HeaderValue>().is_ok()
+                && origin != "*";
+            if !ok {
+                return Err(ConfigError::new(
+                    "CORS_ORIGINS",
+                    env.raw("CORS_ORIGINS").unwrap_or_default(),
+                    false,
+                    format!("{origin:?} is not an exact origin"),
+                    "comma-separated origins like https://admin.example.com (scheme and host, no path, no *)",
+                ));
+            }
+        }
+        let body_limit_bytes = env.int_in("MAX_BODY_BYTES", 1_048_576usize, 1024, 64 * 1_048_576)?;
+        let timeout_secs: u64 = env.int_in("REQUEST_TIMEOUT_SEC", 30, 1, 3600)?;
+
+        let emulator_host = env.raw("PUBSUB_EMULATOR_HOST").map(str::to_owned);
+        if let Some(host) = &emulator_host {
+            if host.contains('/') || !host.contains(':') {
+                return Err(ConfigError::new(
+                    "PUBSUB_EMULATOR_HOST",
+                    host,
+                    false,
+                    "not host:port",
+                    "host:port, e.g. 127.0.0.1:8085",
+                ));
+            }
+        }
+        let pubsub = PubSubConfig {
+            project_id: resource_name(env, "PUBSUB_PROJECT_ID", "voketag-local")?,
+            emulator_host,
+            topic: resource_name(env, "SCAN_EVENTS_TOPIC", "scan-events")?,
+            subscription: resource_name(env, "SCAN_EVENTS_SUBSCRIPTION", "factory-scan-events")?,
+            dlq_topic: resource_name(env, "SCAN_EVENTS_DLQ_TOPIC", "scan-events-dlq")?,
+        };
+
+        Ok(Self {
+            bind_addr,
+            database_url,
+            redis_url,
+            redis_timeout: Duration::from_millis(redis_timeout_ms),
+            redis_key_prefix,
+            pubsub,
+            breaker: BreakerConfig {
+                threshold,
+                open_timeout: Duration::from_secs(open_secs),
+            },
+            http: HttpConfig {
+                trusted_proxies,
+                cors_origins,
+                body_limit_bytes,
+                request_timeout: Duration::from_secs(timeout_secs),
+            },
+            telemetry: TelemetryConfig {
+                log_format: env.parse("LOG_FORMAT", LogFormat::Json, "json or pretty")?,
+                log_filter: env.string("RUST_LOG", "info"),
+                otlp_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT").map(str::to_owned),
+            },
+            app_env: env.string("APP_ENV", "production"),
+        })
+    }
+
+    /// Whether `APP_ENV=development`.
+    pub fn is_development(&self) -> bool {
+        self.app_env.eq_ignore_ascii_case("development")
+    }
+}
+
+fn url_secret(env: &Env, var: &str, default: &str, schemes: &[&str]) -> Result<SecretString, ConfigError> {
+    let value = env.raw(var).unwrap_or(default);
+    let scheme = value.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some(s) if schemes.contains(&s) => Ok(SecretString::from(value.to_owned())),
+        _ => Err(ConfigError::new(
+            var,
+            value,
+            true,
+            "not a URL with a supported scheme",
+            format!("{}://[user[:password]@]host[:port][/path]", schemes[0]),
+        )),
+    }
+}
+
+fn resource_name(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
+    let value = env.string(var, default);
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
+    if ok {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            var,
+            &value,
+            false,
+            "not a valid Pub/Sub resource name",
+            "letters, digits and - _ . ~ + %, at most 255 characters",
+        ))
+    }
+}
+
+/// Parses `10.0.0.0/8` or a bare address (taken as a single host).
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<CommonConfig, ConfigError> {
+        CommonConfig::from_env(&Env::from_pairs(pairs.iter().copied()), "127.0.0.1:8080")
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.redis_url.expose_secret(), DEFAULT_REDIS_URL);
+        assert_eq!(c.redis_timeout, Duration::from_millis(50));
+        assert_eq!(c.breaker.threshold, 5);
+        assert_eq!(c.breaker.open_timeout, Duration::from_secs(60));
+        assert_eq!(c.pubsub.project_id, "voketag-local");
+        assert_eq!(c.pubsub.topic, "scan-events");
+        assert_eq!(c.pubsub.subscription, "factory-scan-events");
+        assert_eq!(c.pubsub.dlq_topic, "scan-events-dlq");
+        assert!(c.pubsub.emulator_host.is_none());
+        assert!(c.http.trusted_proxies.is_empty());
+        assert!(c.http.cors_origins.is_empty());
+        assert_eq!(c.telemetry.log_format, LogFormat::Json);
+        assert_eq!(c.telemetry.log_filter, "info");
+    }
+
+    #[test]
+    fn bad_number_names_variable_value_and_form() {
+        let e = parse(&[("REDIS_TIMEOUT_MS", "fast")]).unwrap_err();
+        assert_eq!(e.var, "REDIS_TIMEOUT_MS");
+        let line = e.to_string();
+        assert!(!line.contains('\n'));
+        assert!(line.contains("REDIS_TIMEOUT_MS=\"fast\""), "{line}");
+        assert!(line.contains("expected a whole number from 1 to 60000"), "{line}");
+    }
+
+    #[test]
+    fn out_of_range_is_refused() {
+        let e = parse(&[("CIRCUIT_BREAKER_THRESHOLD", "0")]).unwrap_err();
+        assert_eq!(e.var, "CIRCUIT_BREAKER_THRESHOLD");
+        assert!(e.problem.contains("out of range"));
+    }
+
+    #[test]
+    fn bad_bind_addr() {
+        let e = parse(&[("BIND_ADDR", "localhost")]).unwrap_err();
+        assert_eq!(e.var, "BIND_ADDR");
+        assert!(e.expected.contains("host:port"));
+    }
+
+    #[test]
+    fn secret_url_is_never_shown() {
+        let e = parse(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("<redacted>"));
+        let shown = format!("{:?}", parse(&[("DATABASE_URL", "postgres://u:hunter2@db/x")]).unwrap());
+        assert!(!shown.contains("hunter2"), "Debug leaks the secret: {shown}");
+    }
+
+    #[test]
+    fn trusted_proxies_and_cors() {
+        let c = parse(&[
+            ("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+            ("CORS_ORIGINS", "https://a.example, http://localhost:3000"),
+        ])
+        .unwrap();
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert_eq!(c.http.cors_origins, ["https://a.example", "http://localhost:3000"]);
+        let e = parse(&[("TRUSTED_PROXIES", "10.0.0.0/8,nonsense")]).unwrap_err();
+        assert_eq!(e.var, "TRUSTED_PROXIES");
+        assert!(e.problem.contains("nonsense"));
+        let e = parse(&[("CORS_ORIGINS", "*")]).unwrap_err();
+        assert_eq!(e.var, "CORS_ORIGINS");
+        let e = parse(&[("CORS_ORIGINS", "https://a.example/path/")]).unwrap_err();
+        assert_eq!(e.var, "CORS_ORIGINS");
+    }
+
+    #[test]
+    fn bools_and_formats() {
+        let env = Env::from_pairs([("A", "TRUE"), ("B", "0"), ("C", "maybe")]);
+        assert!(env.bool("A", false).unwrap());
+        assert!(!env.bool("B", true).unwrap());
+        assert!(env.bool("MISSING", true).unwrap());
+        assert_eq!(env.bool("C", false).unwrap_err().var, "C");
+        let e = parse(&[("LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(e.var, "LOG_FORMAT");
+        assert!(e.expected.contains("json or pretty"));
+    }
+
+    #[test]
+    fn emulator_host_must_be_host_port() {
+        let e = parse(&[("PUBSUB_EMULATOR_HOST", "http://x/")]).unwrap_err();
+        assert_eq!(e.var, "PUBSUB_EMULATOR_HOST");
+        let c = parse(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]).unwrap();
+        assert_eq!(c.pubsub.emulator_host.as_deref(), Some("127.0.0.1:8085"));
+    }
+
+    #[test]
+    fn empty_value_counts_as_unset() {
+        let c = parse(&[("REDIS_TIMEOUT_MS", "  ")]).unwrap();
+        assert_eq!(c.redis_timeout, Duration::from_millis(50));
+    }
+}

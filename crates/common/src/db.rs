@@ -1,0 +1,72 @@
+//! Connection set-up for PostgreSQL (sqlx) and Redis (deadpool-redis), and the per-call Redis
+//! timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deadpool_redis::{Pool as RedisPool, PoolConfig, Runtime, Timeouts};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// The migrations in `migrations/` (one history for both services), embedded at build time.
+/// Applied only by `factory-service migrate`, never raced at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A PostgreSQL pool that connects lazily, so a service starts (and reports not-ready) while the
+/// database is away, and heals by itself when it returns.
+pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(options))
+}
+
+/// A Redis pool whose checkout and connection set-up are bounded by `timeout` (and at least
+/// 1 s for creating a connection, which includes the TCP handshake).
+pub fn redis_pool(url: &SecretString, timeout: Duration, max_size: usize) -> anyhow::Result<RedisPool> {
+    let mut config = deadpool_redis::Config::from_url(url.expose_secret());
+    let mut pool = PoolConfig::new(max_size);
+    pool.timeouts = Timeouts {
+        wait: Some(timeout),
+        create: Some(timeout.max(Duration::from_secs(1))),
+        recycle: Some(timeout),
+    };
+    config.pool = Some(pool);
+    config
+        .create_pool(Some(Runtime::Tokio1))
+        .context("REDIS_URL is not a valid Redis URL")
+}
+
+/// Why a bounded Redis call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisCallError {
+    /// No answer within the timeout.
+    #[error("redis call timed out after {0:?}")]
+    Timeout(Duration),
+    /// No connection could be had from the pool.
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// Redis answered with an error, or the connection broke.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Runs one Redis call under a hard timeout.
+pub async fn bounded<T, E, F>(timeout: Duration, call: F) -> Result<T, RedisCallError>
+where
+    F: Future<Output = Result<T, E>>,
+    RedisCallError: From<E>,
+{
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map_err(RedisCallError::from),
+        Err(_) => Err(RedisCallError::Timeout(timeout)),
+    }
+}

@@ -1,0 +1,142 @@
+//! `/healthz`, `/readyz` and `/metrics`: never rate limited, never behind auth.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+/// A dependency readiness probe: `Ok` when it answers.
+pub type CheckFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// One named dependency check.
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    /// Name shown in `/readyz` (`postgres`, `redis`, ...).
+    pub name: &'static str,
+    /// The probe.
+    pub check: CheckFn,
+}
+
+impl ReadinessCheck {
+    /// Wraps an async probe.
+    pub fn new<F, Fut>(name: &'static str, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            name,
+            check: Arc::new(move || Box::pin(f())),
+        }
+    }
+
+    /// Probes PostgreSQL with `SELECT 1`.
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self::new("postgres", move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
+    /// Probes Redis with `PING`.
+    pub fn redis(pool: deadpool_redis::Pool) -> Self {
+        Self::new("redis", move || {
+            let pool = pool.clone();
+            async move {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    checks: Arc<Vec<ReadinessCheck>>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// The three operational routes.
+pub fn routes(checks: Vec<ReadinessCheck>) -> Router {
+    let state = HealthState {
+        checks: Arc::new(checks),
+        metrics: crate::telemetry::prometheus(),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn readyz(State(state): State<HealthState>) -> Response {
+    let results = futures::future::join_all(state.checks.iter().map(|c| async move {
+        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.check)()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+        };
+        (c.name, outcome)
+    }))
+    .await;
+    let mut failing = Vec::new();
+    let mut checks = serde_json::Map::new();
+    for (name, outcome) in results {
+        match outcome {
+            Ok(()) => {
+                checks.insert(name.into(), json!("ok"));
+            }
+            Err(e) => {
+                // Logged in full here; the body names the dependency only.
+                tracing::warn!(dependency = name, error = %e, "readiness check failed");
+                checks.insert(name.into(), json!("unavailable"));
+                failing.push(name);
+            }
+        }
+    }
+    if failing.is_empty() {
+        axum::Json(json!({"status": "ready", "checks": checks})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": "not_ready",
+                "detail": format!("Unavailable dependencies: {}.", failing.join(", ")),
+                "failing": failing,
+                "checks": checks,
+            })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<HealthState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,85 @@
+//! The contract's JSON error body, and the layer that makes every error response JSON.
+//!
+//! Handlers return their service's error enum, which renders through [`error_response`]. Errors
+//! produced by the framework or by tower layers (unknown route, wrong method, body too large,
+//! timeout) arrive as plain responses; [`json_errors`] rewrites any error response that is not
+//! JSON yet, so nothing leaves the service without the contract's shape.
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// `{"error":"<snake_case code>","detail":"<human sentence>"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub error: String,
+    /// Human-readable sentence.
+    pub detail: String,
+}
+
+/// Builds an error response with the contract's JSON body.
+pub fn error_response(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: code.to_owned(),
+            detail: detail.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// The code and sentence used for a bare status.
+pub fn default_error(status: StatusCode) -> (&'static str, &'static str) {
+    match status.as_u16() {
+        400 => ("bad_request", "The request is malformed."),
+        401 => ("unauthorized", "Authentication is required."),
+        403 => ("forbidden", "You are not allowed to do this."),
+        404 => ("not_found", "No such resource."),
+        405 => ("method_not_allowed", "This method is not allowed on this resource."),
+        408 => ("request_timeout", "The request took too long."),
+        409 => ("conflict", "The request conflicts with the current state."),
+        413 => ("payload_too_large", "The request body is too large."),
+        415 => ("unsupported_media_type", "Send the body as application/json."),
+        422 => ("unprocessable_entity", "The request could not be processed."),
+        429 => ("rate_limited", "Too many requests."),
+        500 => ("internal_error", "Something went wrong on our side."),
+        503 => ("service_unavailable", "The service is temporarily unavailable; try again shortly."),
+        504 => ("timeout", "The request took too long."),
+        s if s >= 500 => ("internal_error", "Something went wrong on our side."),
+        _ => ("bad_request", "The request could not be handled."),
+    }
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("application/problem+json"))
+}
+
+/// Response mapper: an error status without a JSON body becomes the contract's JSON error,
+/// keeping the status and headers (e.g. `Allow` on 405, `Retry-After`).
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
+        return response;
+    }
+    let (code, detail) = default_error(status);
+    let (mut parts, _) = response.into_parts();
+    let body = serde_json::to_vec(&ErrorBody {
+        error: code.to_owned(),
+        detail: detail.to_owned(),
+    })
+    .unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}

@@ -1,0 +1,76 @@
+//! A JSON body extractor whose rejections are the contract's JSON errors.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::error_response;
+
+/// Like `axum::Json`, but a bad body answers `{"error","detail"}`: 415 without a JSON content
+/// type, 413 over the size limit, 400 for malformed JSON or a body of the wrong shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+/// The rejection of [`Json`].
+#[derive(Debug)]
+pub struct JsonError(Response);
+
+impl IntoResponse for JsonError {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl From<JsonRejection> for JsonError {
+    fn from(rejection: JsonRejection) -> Self {
+        let response = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as application/json.",
+            ),
+            JsonRejection::JsonSyntaxError(_) => {
+                error_response(StatusCode::BAD_REQUEST, "invalid_json", "The body is not valid JSON.")
+            }
+            JsonRejection::JsonDataError(e) => {
+                // serde's message names the field and the type expected, never a value.
+                error_response(StatusCode::BAD_REQUEST, "invalid_body", body_text(e.body_text()))
+            }
+            JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large.")
+            }
+            _ => error_response(StatusCode::BAD_REQUEST, "bad_request", "The request body could not be read."),
+        };
+        Self(response)
+    }
+}
+
+fn body_text(text: String) -> String {
+    // "Failed to deserialize the JSON body into the target type: missing field `sku` at line 1 column 15"
+    let tail = text.rsplit_once("target type: ").map_or(text.as_str(), |(_, t)| t);
+    let mut detail = format!("The body does not have the expected shape: {tail}.");
+    detail.truncate(300);
+    detail
+}
+
+impl<S, T> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = JsonError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

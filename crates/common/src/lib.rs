@@ -1,0 +1,15 @@
+//! What both VokeTag services share: typed configuration, telemetry, the HTTP hardening stack,
+//! health routes, graceful shutdown, the circuit breaker, and connection set-up.
+
+pub mod breaker;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod http;
+pub mod server;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use breaker::{BreakerError, BreakerState, CircuitBreaker};
+pub use config::{CommonConfig, ConfigError, Env};

@@ -1,0 +1,112 @@
+//! Logs (JSON or pretty, on stdout or a given sink), OpenTelemetry traces over OTLP, W3C trace
+//! context propagation, and the Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Keeps the trace pipeline alive; dropping it flushes queued spans.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs the global subscriber writing to stdout. Call once, at start-up.
+pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    init_with_writer(service, config, std::io::stdout)
+}
+
+/// Installs the global subscriber writing to `writer` (tests pass a buffer or a sink).
+pub fn init_with_writer<W>(
+    service: &'static str,
+    config: &TelemetryConfig,
+    writer: W,
+) -> anyhow::Result<TelemetryGuard>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    // The provider always exists so incoming trace context is honoured and trace ids reach the
+    // logs; it exports only when an endpoint is configured.
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service).build());
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build()
+            .context("building the OTLP span exporter")?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(service);
+
+    let filter = EnvFilter::try_new(&config.log_filter)
+        .with_context(|| format!("RUST_LOG={:?} is not a valid filter", config.log_filter))?;
+    let fmt_layer = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .context("a global tracing subscriber is already installed")?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// Histogram buckets, in seconds: fine below a millisecond (rate-limit decisions), coarse above.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+    0.075, 0.08, 0.085, 0.09, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder, installed on first use (the `metrics` facade is
+/// process-wide, so every app in a process shares it).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness): then ours only renders
+            // what is recorded through it, which is nothing; that is a wiring bug worth a log.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::error!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}

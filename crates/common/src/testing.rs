@@ -1,0 +1,72 @@
+//! Test support (feature `testing`): a fresh, migrated database per test, a unique Redis key
+//! prefix per test, and an environment pointing at the local services, so tests run in parallel
+//! against real PostgreSQL, Redis and the Pub/Sub emulator.
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::config::Env;
+
+/// The server tests create their databases on (`TEST_DATABASE_URL`).
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/voketag_test".to_owned())
+}
+
+/// A database of its own for one test, migrated to the current schema.
+pub struct TestDb {
+    /// The database's name (`voketag_t_<uuid>`).
+    pub name: String,
+    /// Its URL.
+    pub url: SecretString,
+    /// A pool on it.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates and migrates a new database. Databases are dropped by `make test` before the next
+    /// run (`scripts/test.sh`), not here, so a failed test's data can be inspected.
+    pub async fn new() -> Self {
+        let admin = admin_url();
+        let name = format!("voketag_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL (is it running? make services-up)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        let pool = PgPool::connect(&url).await.expect("connect to test database");
+        crate::db::MIGRATOR
+            .run(&pool)
+            .await
+            .expect("migrate test database");
+        Self {
+            name,
+            url: SecretString::from(url),
+            pool,
+        }
+    }
+}
+
+/// A Redis key prefix no other test uses.
+pub fn redis_prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// An environment for a service under test: bind to port 0, the given database, a fresh Redis
+/// prefix, the local emulator, quiet logs.
+pub fn env_for(db: &TestDb) -> Env {
+    Env::from_pairs([
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("DATABASE_URL", db.url.expose_secret()),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("REDIS_KEY_PREFIX", redis_prefix().as_str()),
+        ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+        ("APP_ENV", "test"),
+        ("RUST_LOG", "warn"),
+    ])
+}

@@ -1,0 +1,10 @@
+DROP TABLE IF EXISTS audit_checkpoints;
+DROP TABLE IF EXISTS audit_events;
+DROP TABLE IF EXISTS scans;
+DROP TABLE IF EXISTS tags;
+DROP TABLE IF EXISTS batches;
+DROP TABLE IF EXISTS products;
+DROP TABLE IF EXISTS api_keys;
+DROP TABLE IF EXISTS refresh_tokens;
+DROP TABLE IF EXISTS refresh_families;
+DROP TABLE IF EXISTS users;

@@ -1,0 +1,38 @@
+use std::process::ExitCode;
+
+use common::Env;
+use scan_service::{Application, ScanConfig};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match ScanConfig::from_env(&Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("scan-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = match common::telemetry::init("scan-service", &config.common.telemetry) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("scan-service: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("scan-service stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ScanConfig) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    tracing::info!("scan-service listening on http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    common::server::cancel_on_signal(shutdown.clone());
+    app.run_until_stopped(shutdown).await
+}

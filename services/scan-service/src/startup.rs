@@ -1,0 +1,47 @@
+//! Builds the scan service: pools, routes, layers, and the listener.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use axum::Router;
+use common::health::{self, ReadinessCheck};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ScanConfig;
+
+/// A built scan service, bound to its listener and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Connects (lazily) to the dependencies, builds the routes and binds `BIND_ADDR`
+    /// (port 0 picks a free port: tests do that).
+    pub async fn build(config: ScanConfig) -> anyhow::Result<Self> {
+        let read_pool = common::db::pg_pool(&config.database_read_url, 16)?;
+        let redis = common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 32)?;
+        let router = Router::new().merge(health::routes(vec![
+            ReadinessCheck::postgres(read_pool),
+            ReadinessCheck::redis(redis),
+        ]));
+        let router = common::http::harden(router, &config.common.http);
+        let listener = TcpListener::bind(config.common.bind_addr)
+            .await
+            .with_context(|| format!("binding {}", config.common.bind_addr))?;
+        Ok(Self { listener, router })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        common::server::serve(self.listener, self.router, shutdown)
+            .await
+            .context("serving HTTP")
+    }
+}
