@@ -1,5 +1,6 @@
 //! The factory service: the admin API brand staff use to manage products, batches, tags and keys.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;
