@@ -143,7 +143,11 @@ impl CircuitBreaker {
             BreakerState::Open => {
                 let elapsed = inner.opened_at.elapsed();
                 if elapsed >= self.open_timeout {
-                    self.transition(&mut inner, BreakerState::HalfOpen, "timeout passed; letting one probe through");
+                    self.transition(
+                        &mut inner,
+                        BreakerState::HalfOpen,
+                        "timeout passed; letting one probe through",
+                    );
                     Ok(self.permit(true))
                 } else {
                     drop(inner);
@@ -187,7 +191,8 @@ impl CircuitBreaker {
     }
 
     fn reject(&self, retry_after: Duration) -> Result<Permit, Duration> {
-        metrics::counter!("circuit_breaker_rejections_total", "name" => self.name.to_string()).increment(1);
+        metrics::counter!("circuit_breaker_rejections_total", "name" => self.name.to_string())
+            .increment(1);
         Err(retry_after.max(Duration::from_millis(1)))
     }
 
@@ -231,7 +236,8 @@ impl CircuitBreaker {
     }
 
     fn export(&self, state: BreakerState) {
-        metrics::gauge!("circuit_breaker_state", "name" => self.name.to_string()).set(state.gauge_value());
+        metrics::gauge!("circuit_breaker_state", "name" => self.name.to_string())
+            .set(state.gauge_value());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -277,7 +283,9 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
         match succeed(&b).await {
             Err(BreakerError::Rejected { retry_after }) => {
-                assert!(retry_after <= Duration::from_secs(60) && retry_after > Duration::from_secs(59));
+                assert!(
+                    retry_after <= Duration::from_secs(60) && retry_after > Duration::from_secs(59)
+                );
             }
             other => panic!("expected rejection, got {other:?}"),
         }
@@ -288,7 +296,10 @@ mod tests {
         let b = breaker(1, 60);
         fail(&b).await.unwrap_err();
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(matches!(succeed(&b).await, Err(BreakerError::Rejected { .. })));
+        assert!(matches!(
+            succeed(&b).await,
+            Err(BreakerError::Rejected { .. })
+        ));
         tokio::time::advance(Duration::from_secs(30)).await;
         succeed(&b).await.unwrap();
         assert_eq!(b.state(), BreakerState::Closed);
@@ -302,7 +313,10 @@ mod tests {
         assert!(matches!(fail(&b).await, Err(BreakerError::Inner("boom"))));
         assert_eq!(b.state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(matches!(succeed(&b).await, Err(BreakerError::Rejected { .. })));
+        assert!(matches!(
+            succeed(&b).await,
+            Err(BreakerError::Rejected { .. })
+        ));
         tokio::time::advance(Duration::from_secs(1)).await;
         succeed(&b).await.unwrap();
         assert_eq!(b.state(), BreakerState::Closed);

@@ -141,13 +141,7 @@ impl Env {
         let value = self.parse(var, default, &expected)?;
         if value < min || value > max {
             let raw = self.raw(var).unwrap_or_default();
-            return Err(ConfigError::new(
-                var,
-                raw,
-                false,
-                "out of range",
-                expected,
-            ));
+            return Err(ConfigError::new(var, raw, false, "out of range", expected));
         }
         Ok(value)
     }
@@ -301,11 +295,18 @@ impl CommonConfig {
             default_bind.parse().expect("default bind address is valid"),
             "host:port, e.g. 127.0.0.1:8080",
         )?;
-        let database_url = url_secret(env, "DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres", "postgresql"])?;
+        let database_url = url_secret(
+            env,
+            "DATABASE_URL",
+            DEFAULT_DATABASE_URL,
+            &["postgres", "postgresql"],
+        )?;
         let redis_url = url_secret(env, "REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?;
         let redis_timeout_ms: u64 = env.int_in("REDIS_TIMEOUT_MS", 50, 1, 60_000)?;
         let redis_key_prefix = env.string("REDIS_KEY_PREFIX", "vt");
-        if !redis_key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+        if !redis_key_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
             || redis_key_prefix.len() > 64
         {
             return Err(ConfigError::new(
@@ -349,20 +350,22 @@ impl CommonConfig {
                 ));
             }
         }
-        let body_limit_bytes = env.int_in("MAX_BODY_BYTES", 1_048_576usize, 1024, 64 * 1_048_576)?;
+        let body_limit_bytes =
+            env.int_in("MAX_BODY_BYTES", 1_048_576usize, 1024, 64 * 1_048_576)?;
         let timeout_secs: u64 = env.int_in("REQUEST_TIMEOUT_SEC", 30, 1, 3600)?;
 
         let emulator_host = env.raw("PUBSUB_EMULATOR_HOST").map(str::to_owned);
-        if let Some(host) = &emulator_host {
-            if host.contains('/') || !host.contains(':') {
-                return Err(ConfigError::new(
-                    "PUBSUB_EMULATOR_HOST",
-                    host,
-                    false,
-                    "not host:port",
-                    "host:port, e.g. 127.0.0.1:8085",
-                ));
-            }
+        if let Some(host) = emulator_host
+            .as_deref()
+            .filter(|h| h.contains('/') || !h.contains(':'))
+        {
+            return Err(ConfigError::new(
+                "PUBSUB_EMULATOR_HOST",
+                host,
+                false,
+                "not host:port",
+                "host:port, e.g. 127.0.0.1:8085",
+            ));
         }
         let pubsub = PubSubConfig {
             project_id: resource_name(env, "PUBSUB_PROJECT_ID", "voketag-local")?,
@@ -404,7 +407,12 @@ impl CommonConfig {
     }
 }
 
-fn url_secret(env: &Env, var: &str, default: &str, schemes: &[&str]) -> Result<SecretString, ConfigError> {
+fn url_secret(
+    env: &Env,
+    var: &str,
+    default: &str,
+    schemes: &[&str],
+) -> Result<SecretString, ConfigError> {
     let value = env.raw(var).unwrap_or(default);
     let scheme = value.split_once("://").map(|(s, _)| s);
     match scheme {
@@ -482,7 +490,10 @@ mod tests {
         let line = e.to_string();
         assert!(!line.contains('\n'));
         assert!(line.contains("REDIS_TIMEOUT_MS=\"fast\""), "{line}");
-        assert!(line.contains("expected a whole number from 1 to 60000"), "{line}");
+        assert!(
+            line.contains("expected a whole number from 1 to 60000"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -505,8 +516,14 @@ mod tests {
         assert_eq!(e.var, "DATABASE_URL");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.to_string().contains("<redacted>"));
-        let shown = format!("{:?}", parse(&[("DATABASE_URL", "postgres://u:hunter2@db/x")]).unwrap());
-        assert!(!shown.contains("hunter2"), "Debug leaks the secret: {shown}");
+        let shown = format!(
+            "{:?}",
+            parse(&[("DATABASE_URL", "postgres://u:hunter2@db/x")]).unwrap()
+        );
+        assert!(
+            !shown.contains("hunter2"),
+            "Debug leaks the secret: {shown}"
+        );
     }
 
     #[test]
@@ -517,7 +534,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.http.trusted_proxies.len(), 2);
-        assert_eq!(c.http.cors_origins, ["https://a.example", "http://localhost:3000"]);
+        assert_eq!(
+            c.http.cors_origins,
+            ["https://a.example", "http://localhost:3000"]
+        );
         let e = parse(&[("TRUSTED_PROXIES", "10.0.0.0/8,nonsense")]).unwrap_err();
         assert_eq!(e.var, "TRUSTED_PROXIES");
         assert!(e.problem.contains("nonsense"));

@@ -31,7 +31,11 @@ pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPoo
 
 /// A Redis pool whose checkout and connection set-up are bounded by `timeout` (and at least
 /// 1 s for creating a connection, which includes the TCP handshake).
-pub fn redis_pool(url: &SecretString, timeout: Duration, max_size: usize) -> anyhow::Result<RedisPool> {
+pub fn redis_pool(
+    url: &SecretString,
+    timeout: Duration,
+    max_size: usize,
+) -> anyhow::Result<RedisPool> {
     let mut config = deadpool_redis::Config::from_url(url.expose_secret());
     let mut pool = PoolConfig::new(max_size);
     pool.timeouts = Timeouts {

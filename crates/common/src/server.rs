@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let drain_deadline = shutdown.clone();
     let server = axum::serve(
         listener,

@@ -71,9 +71,7 @@ where
             .with_target(true)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)
@@ -86,8 +84,8 @@ where
 
 /// Histogram buckets, in seconds: fine below a millisecond (rate-limit decisions), coarse above.
 const BUCKETS: &[f64] = &[
-    0.0001, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
-    0.075, 0.08, 0.085, 0.09, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.075,
+    0.08, 0.085, 0.09, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The process's Prometheus recorder, installed on first use (the `metrics` facade is

@@ -39,7 +39,9 @@ impl TestDb {
         let _ = conn.close().await;
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
-        let pool = PgPool::connect(&url).await.expect("connect to test database");
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to test database");
         crate::db::MIGRATOR
             .run(&pool)
             .await

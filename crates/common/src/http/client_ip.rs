@@ -129,6 +129,9 @@ mod tests {
     fn mapped_v6_is_v4() {
         let t = TrustedProxies::default();
         let peer: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(t.client_ip(peer, &HeaderMap::new()), "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_ip(peer, &HeaderMap::new()),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -39,15 +39,27 @@ pub fn default_error(status: StatusCode) -> (&'static str, &'static str) {
         401 => ("unauthorized", "Authentication is required."),
         403 => ("forbidden", "You are not allowed to do this."),
         404 => ("not_found", "No such resource."),
-        405 => ("method_not_allowed", "This method is not allowed on this resource."),
+        405 => (
+            "method_not_allowed",
+            "This method is not allowed on this resource.",
+        ),
         408 => ("request_timeout", "The request took too long."),
         409 => ("conflict", "The request conflicts with the current state."),
         413 => ("payload_too_large", "The request body is too large."),
-        415 => ("unsupported_media_type", "Send the body as application/json."),
-        422 => ("unprocessable_entity", "The request could not be processed."),
+        415 => (
+            "unsupported_media_type",
+            "Send the body as application/json.",
+        ),
+        422 => (
+            "unprocessable_entity",
+            "The request could not be processed.",
+        ),
         429 => ("rate_limited", "Too many requests."),
         500 => ("internal_error", "Something went wrong on our side."),
-        503 => ("service_unavailable", "The service is temporarily unavailable; try again shortly."),
+        503 => (
+            "service_unavailable",
+            "The service is temporarily unavailable; try again shortly.",
+        ),
         504 => ("timeout", "The request took too long."),
         s if s >= 500 => ("internal_error", "Something went wrong on our side."),
         _ => ("bad_request", "The request could not be handled."),
@@ -59,7 +71,9 @@ fn is_json(response: &Response) -> bool {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("application/problem+json"))
+        .is_some_and(|ct| {
+            ct.starts_with("application/json") || ct.starts_with("application/problem+json")
+        })
 }
 
 /// Response mapper: an error status without a JSON body becomes the contract's JSON error,

@@ -32,17 +32,33 @@ impl From<JsonRejection> for JsonError {
                 "unsupported_media_type",
                 "Send the body as application/json.",
             ),
-            JsonRejection::JsonSyntaxError(_) => {
-                error_response(StatusCode::BAD_REQUEST, "invalid_json", "The body is not valid JSON.")
-            }
+            JsonRejection::JsonSyntaxError(_) => error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "The body is not valid JSON.",
+            ),
             JsonRejection::JsonDataError(e) => {
                 // serde's message names the field and the type expected, never a value.
-                error_response(StatusCode::BAD_REQUEST, "invalid_body", body_text(e.body_text()))
+                error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    body_text(e.body_text()),
+                )
             }
-            JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large.")
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "The request body is too large.",
+                )
             }
-            _ => error_response(StatusCode::BAD_REQUEST, "bad_request", "The request body could not be read."),
+            _ => error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "The request body could not be read.",
+            ),
         };
         Self(response)
     }
@@ -50,7 +66,9 @@ impl From<JsonRejection> for JsonError {
 
 fn body_text(text: String) -> String {
     // "Failed to deserialize the JSON body into the target type: missing field `sku` at line 1 column 15"
-    let tail = text.rsplit_once("target type: ").map_or(text.as_str(), |(_, t)| t);
+    let tail = text
+        .rsplit_once("target type: ")
+        .map_or(text.as_str(), |(_, t)| t);
     let mut detail = format!("The body does not have the expected shape: {tail}.");
     detail.truncate(300);
     detail

@@ -54,7 +54,9 @@ pub fn harden(router: Router, config: &HttpConfig) -> Router {
                 request_id::X_REQUEST_ID.clone(),
                 request_id::MakeUuid,
             ))
-            .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID.clone()))
+            .layer(PropagateRequestIdLayer::new(
+                request_id::X_REQUEST_ID.clone(),
+            ))
             .layer(SetSensitiveRequestHeadersLayer::new([
                 header::AUTHORIZATION,
                 header::COOKIE,

@@ -50,7 +50,9 @@ pub async fn observe(req: Request, next: Next) -> Response {
         trace_id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(req.headers()))
+    });
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
@@ -65,7 +67,13 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let elapsed = started.elapsed().as_secs_f64();
     span.record("status", status);
     span.in_scope(|| {
-        tracing::info!(latency_ms = elapsed * 1000.0, "{} {} -> {}", method, route, status);
+        tracing::info!(
+            latency_ms = elapsed * 1000.0,
+            "{} {} -> {}",
+            method,
+            route,
+            status
+        );
     });
     let labels = [
         ("route", route),

@@ -17,12 +17,7 @@ pub fn is_sane(id: &[u8]) -> bool {
 
 /// Drops an insane caller id so that `SetRequestId` replaces it with a fresh one.
 pub fn drop_insane(mut req: Request) -> Request {
-    let insane = req
-        .headers()
-        .get_all(&X_REQUEST_ID)
-        .iter()
-        .count()
-        > 1
+    let insane = req.headers().get_all(&X_REQUEST_ID).iter().count() > 1
         || req
             .headers()
             .get(&X_REQUEST_ID)
@@ -39,7 +34,11 @@ pub struct MakeUuid;
 
 impl MakeRequestId for MakeUuid {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        uuid::Uuid::new_v4().to_string().parse().ok().map(RequestId::new)
+        uuid::Uuid::new_v4()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
     }
 }
 

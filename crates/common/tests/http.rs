@@ -1,0 +1,537 @@
+//! The hardening stack, served for real on a random port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use common::config::{Env, HttpConfig};
+use common::health::ReadinessCheck;
+use common::http::{ClientIp, Json, error_response, harden};
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+const SECURITY_HEADERS: [(&str, &str); 7] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("referrer-policy", "no-referrer"),
+    ("x-xss-protection", "0"),
+    ("cache-control", "no-store"),
+];
+
+#[derive(Deserialize)]
+struct Item {
+    #[allow(dead_code)]
+    name: String,
+    #[allow(dead_code)]
+    count: u32,
+}
+
+fn routes() -> Router {
+    Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route(
+            "/ip",
+            get(|ClientIp(ip): ClientIp| async move { ip.to_string() }),
+        )
+        .route(
+            "/items",
+            post(|Json(_): Json<Item>| async { StatusCode::CREATED }),
+        )
+        .route(
+            "/broken",
+            get(|| async { error_response(StatusCode::CONFLICT, "already_exists", "It exists.") }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                if true {
+                    panic!("handler bug");
+                }
+                "unreachable"
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+}
+
+fn http_config(pairs: &[(&str, &str)]) -> HttpConfig {
+    common::CommonConfig::from_env(&Env::from_pairs(pairs.iter().copied()), "127.0.0.1:0")
+        .expect("valid test config")
+        .http
+}
+
+async fn spawn(router: Router) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    tokio::spawn(common::server::serve(listener, router, token.clone()));
+    (format!("http://{addr}"), token)
+}
+
+async fn spawn_hardened(pairs: &[(&str, &str)]) -> String {
+    let mut config = http_config(pairs);
+    config.request_timeout = Duration::from_millis(300);
+    config.body_limit_bytes = 1024;
+    spawn(harden(routes(), &config)).await.0
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+fn assert_security_headers(resp: &reqwest::Response) {
+    for (name, value) in SECURITY_HEADERS {
+        assert_eq!(
+            resp.headers().get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name} on {} {}",
+            resp.status(),
+            resp.url()
+        );
+    }
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "x-request-id on {}",
+        resp.status()
+    );
+}
+
+async fn json_error(resp: reqwest::Response) -> (StatusCode, serde_json::Value) {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        ct.starts_with("application/json"),
+        "content-type {ct} on {status}"
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    assert!(body["detail"].is_string(), "{body}");
+    (status, body)
+}
+
+#[tokio::test]
+async fn security_headers_on_success_and_every_error() {
+    let base = spawn_hardened(&[]).await;
+    let c = client();
+
+    let ok = c.get(format!("{base}/ok")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_security_headers(&ok);
+
+    let missing = c.get(format!("{base}/nope")).send().await.unwrap();
+    assert_security_headers(&missing);
+    let (status, body) = json_error(missing).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    let wrong_method = c.delete(format!("{base}/ok")).send().await.unwrap();
+    assert_security_headers(&wrong_method);
+    assert!(wrong_method.headers().contains_key("allow"));
+    let (status, body) = json_error(wrong_method).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+
+    let huge = c
+        .post(format!("{base}/items"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"name\":\"{}\",\"count\":1}}", "x".repeat(4096)))
+        .send()
+        .await
+        .unwrap();
+    assert_security_headers(&huge);
+    let (status, body) = json_error(huge).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+
+    let handler_error = c.get(format!("{base}/broken")).send().await.unwrap();
+    assert_security_headers(&handler_error);
+    let (status, body) = json_error(handler_error).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+
+    let panicked = c.get(format!("{base}/panic")).send().await.unwrap();
+    assert_security_headers(&panicked);
+    let (status, body) = json_error(panicked).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        !body.to_string().contains("handler bug"),
+        "panic message leaked: {body}"
+    );
+}
+
+#[tokio::test]
+async fn streamed_body_over_the_limit_is_413_json() {
+    let base = spawn_hardened(&[]).await;
+    // No Content-Length: the limit is enforced while reading the stream.
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = std::iter::once(&b"{\"name\":\""[..])
+        .chain(std::iter::repeat_n(&b"xxxxxxxxxxxxxxxx"[..], 200))
+        .map(Ok)
+        .collect();
+    let resp = client()
+        .post(format!("{base}/items"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_security_headers(&resp);
+    let (status, _) = json_error(resp).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn malformed_json_wrong_shape_and_content_type_are_json_errors() {
+    let base = spawn_hardened(&[]).await;
+    let c = client();
+    let post = |body: &'static str, ct: &'static str| {
+        c.post(format!("{base}/items"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let (s, b) = json_error(post("{not json", "application/json").await.unwrap()).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let (s, b) = json_error(post(r#"{"name":"a"}"#, "application/json").await.unwrap()).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    assert!(b["detail"].as_str().unwrap().contains("count"), "{b}");
+    let (s, b) = json_error(
+        post(r#"{"name":"a","count":"many"}"#, "application/json")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    let (s, b) = json_error(
+        post(r#"{"name":"a","count":1}"#, "text/plain")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
+    let ok = post(r#"{"name":"a","count":1}"#, "application/json")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+}
+
+#[tokio::test]
+async fn request_timeout_is_503_json() {
+    let base = spawn_hardened(&[]).await;
+    let resp = client().get(format!("{base}/slow")).send().await.unwrap();
+    assert_security_headers(&resp);
+    let (status, _) = json_error(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn request_id_kept_when_sane_replaced_when_not() {
+    let base = spawn_hardened(&[]).await;
+    let c = client();
+    let resp = c
+        .get(format!("{base}/ok"))
+        .header("x-request-id", "abc-123.X_y:z")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123.X_y:z");
+
+    let resp = c
+        .get(format!("{base}/nope"))
+        .header("x-request-id", "trace-404")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["x-request-id"],
+        "trace-404",
+        "errors carry it too"
+    );
+
+    for insane in ["has space", "<script>alert(1)</script>", &"a".repeat(200)] {
+        let resp = c
+            .get(format!("{base}/ok"))
+            .header("x-request-id", insane)
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(id, insane);
+        assert!(
+            uuid::Uuid::parse_str(id).is_ok(),
+            "a fresh UUID replaces {insane:?}, got {id}"
+        );
+    }
+    let resp = c.get(format!("{base}/ok")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+}
+
+#[tokio::test]
+async fn cors_preflight_allowed_for_listed_origin_only() {
+    let base = spawn_hardened(&[("CORS_ORIGINS", "https://admin.example.com")]).await;
+    let c = client();
+    let preflight = |origin: &'static str| {
+        c.request(reqwest::Method::OPTIONS, format!("{base}/items"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key,x-csrf-token",
+            )
+            .send()
+    };
+    let allowed = preflight("https://admin.example.com").await.unwrap();
+    assert!(allowed.status().is_success());
+    let h = allowed.headers();
+    assert_eq!(
+        h["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    let methods = h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_ascii_uppercase();
+    for m in ["GET", "POST", "DELETE"] {
+        assert!(methods.contains(m), "{methods}");
+    }
+    let headers = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "authorization",
+        "content-type",
+        "x-api-key",
+        "x-csrf-token",
+        "x-device-id",
+        "idempotency-key",
+        "x-request-id",
+    ] {
+        assert!(headers.contains(name), "{name} missing from {headers}");
+    }
+    assert_security_headers(&allowed);
+
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+
+    let simple = c
+        .get(format!("{base}/ok"))
+        .header("origin", "https://admin.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        simple.headers()["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
+    let exposed = simple.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "x-request-id",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "retry-after",
+        "idempotent-replayed",
+    ] {
+        assert!(exposed.contains(name), "{name} missing from {exposed}");
+    }
+    let foreign = c
+        .get(format!("{base}/ok"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn no_cors_headers_without_configured_origins() {
+    let base = spawn_hardened(&[]).await;
+    let resp = client()
+        .request(reqwest::Method::OPTIONS, format!("{base}/items"))
+        .header("origin", "https://admin.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn forwarded_for_believed_only_from_trusted_proxy() {
+    let c = client();
+    let untrusted = spawn_hardened(&[("TRUSTED_PROXIES", "10.0.0.0/8")]).await;
+    let ip = c
+        .get(format!("{untrusted}/ip"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ip.text().await.unwrap(),
+        "127.0.0.1",
+        "spoofed header from an untrusted peer is ignored"
+    );
+
+    let trusted = spawn_hardened(&[("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let ip = c
+        .get(format!("{trusted}/ip"))
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ip.text().await.unwrap(),
+        "198.51.100.7",
+        "the hop the trusted proxy saw"
+    );
+    let ip = c.get(format!("{trusted}/ip")).send().await.unwrap();
+    assert_eq!(ip.text().await.unwrap(), "127.0.0.1");
+}
+
+fn health_app(redis_url: &str) -> Router {
+    let pg = common::db::pg_pool(&SecretString::from(common_test_pg_url()), 2).unwrap();
+    let redis = common::db::redis_pool(
+        &SecretString::from(redis_url.to_owned()),
+        Duration::from_millis(200),
+        2,
+    )
+    .unwrap();
+    harden(
+        common::health::routes(vec![
+            ReadinessCheck::postgres(pg),
+            ReadinessCheck::redis(redis),
+        ]),
+        &http_config(&[]),
+    )
+}
+
+fn common_test_pg_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/voketag_test".to_owned())
+}
+
+#[tokio::test]
+async fn readyz_ok_with_real_dependencies_and_503_naming_dead_redis() {
+    let c = client();
+    let (live, _t1) = spawn(health_app("redis://127.0.0.1:6379")).await;
+    let resp = c.get(format!("{live}/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["checks"]["postgres"], "ok");
+    assert_eq!(body["checks"]["redis"], "ok");
+
+    // Port 1 on loopback: nothing listens there.
+    let (dead, _t2) = spawn(health_app("redis://127.0.0.1:1")).await;
+    let healthz = c.get(format!("{dead}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200, "liveness does not depend on Redis");
+    let resp = c.get(format!("{dead}/readyz")).send().await.unwrap();
+    assert_security_headers(&resp);
+    let (status, body) = json_error(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["failing"], serde_json::json!(["redis"]));
+    assert_eq!(body["checks"]["postgres"], "ok");
+
+    let metrics = c.get(format!("{dead}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let router = Router::new().route(
+        "/work",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "done"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let server = tokio::spawn(common::server::serve(listener, router, token.clone()));
+    let in_flight = tokio::spawn(async move {
+        reqwest::get(format!("http://{addr}/work"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    token.cancel();
+    assert_eq!(in_flight.await.unwrap(), "done");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        reqwest::get(format!("http://{addr}/work")).await.is_err(),
+        "no longer accepting"
+    );
+}

@@ -1,0 +1,103 @@
+//! Logs: JSON lines carrying the request id and the caller's W3C trace id. Its own test binary,
+//! because the tracing subscriber is process-wide.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::routing::get;
+use common::config::{LogFormat, TelemetryConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+    type Writer = Buffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_request_id_and_trace_id() {
+    let logs = Buffer::default();
+    let config = TelemetryConfig {
+        log_format: LogFormat::Json,
+        log_filter: "info".into(),
+        otlp_endpoint: None,
+    };
+    let _guard = common::telemetry::init_with_writer("test", &config, logs.clone()).unwrap();
+
+    let router = Router::new().route(
+        "/v1/things/{id}",
+        get(|| async {
+            tracing::info!(secret_free = true, "inside handler");
+            "ok"
+        }),
+    );
+    let router = common::http::harden(
+        router,
+        &common::CommonConfig::from_env(&common::Env::default(), "127.0.0.1:0")
+            .unwrap()
+            .http,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    tokio::spawn(common::server::serve(listener, router, token.clone()));
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/v1/things/SECRET-TAG-ID-123456"))
+        .header("x-request-id", "rid-42")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("authorization", "Bearer super-secret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    token.cancel();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let handler_line = lines
+        .iter()
+        .find(|l| l["message"] == "inside handler")
+        .unwrap_or_else(|| panic!("no handler line in {text}"));
+    assert_eq!(
+        handler_line["span"]["request_id"], "rid-42",
+        "{handler_line}"
+    );
+    assert_eq!(handler_line["span"]["trace_id"], trace_id, "{handler_line}");
+    assert_eq!(
+        handler_line["span"]["route"], "/v1/things/{id}",
+        "route template, not the raw path"
+    );
+    let access_line = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.contains("-> 200")))
+        .unwrap_or_else(|| panic!("no access line in {text}"));
+    assert_eq!(access_line["span"]["request_id"], "rid-42");
+    assert!(
+        !text.contains("SECRET-TAG-ID-123456"),
+        "raw path leaked into logs: {text}"
+    );
+    assert!(
+        !text.contains("super-secret-token"),
+        "credential leaked into logs"
+    );
+}
