@@ -30,3 +30,17 @@ services-up:
 
 services-down:
 	scripts/dev-services.sh down
+
+.PHONY: restore-test verify-backups test-backups
+
+## Dump DATABASE_URL into BACKUP_DIR (default ./backups), restore it into a scratch database, verify.
+restore-test:
+	scripts/restore_test.sh
+
+## Check every dump in BACKUP_DIR, restore and verify the newest; fails if it is older than MAX_BACKUP_AGE_HOURS.
+verify-backups:
+	scripts/verify_backups.sh
+
+## Proves restore-test and verify-backups pass on good backups and fail on corrupt, tampered or old ones.
+test-backups:
+	scripts/test-backups.sh
