@@ -1,7 +1,40 @@
 //! The scan service's configuration, parsed once at start-up.
 
+use std::time::Duration;
+
 use common::config::{CommonConfig, ConfigError, Env};
+use rand::RngCore as _;
 use secrecy::SecretString;
+
+/// Parameters of one token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BucketLimits {
+    /// Refill, in tokens per minute (also the `X-RateLimit-Limit` header).
+    pub per_minute: u32,
+    /// Capacity: the burst a new client may spend at once.
+    pub burst: u32,
+}
+
+/// `RATE_LIMIT_*`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// Anonymous callers, per client IP.
+    pub ip: BucketLimits,
+    /// Callers with a valid API key, per key (unless the key carries its own rate).
+    pub key: BucketLimits,
+    /// `RATE_LIMIT_FAIL_CLOSED`: refuse with 503 (true) or fall back to an in-process limiter
+    /// (false) when Redis is unusable.
+    pub fail_closed: bool,
+}
+
+/// `SCAN_MIN_RESPONSE_MS` / `SCAN_JITTER_MS`.
+#[derive(Debug, Clone, Copy)]
+pub struct TimingConfig {
+    /// The response-time floor.
+    pub min_response: Duration,
+    /// Half-width of the uniform jitter added to the floor.
+    pub jitter: Duration,
+}
 
 /// Everything the scan service reads from the environment.
 #[derive(Debug, Clone)]
@@ -10,7 +43,20 @@ pub struct ScanConfig {
     pub common: CommonConfig,
     /// `DATABASE_READ_URL`: replica for tag and key look-ups (defaults to `DATABASE_URL`).
     pub database_read_url: SecretString,
+    /// Rate limiting.
+    pub rate_limit: RateLimitConfig,
+    /// Timing normalization.
+    pub timing: TimingConfig,
+    /// `IP_HASH_KEY`: HMAC key for the client-IP hash in scan events.
+    pub ip_hash_key: SecretString,
+    /// Whether `ip_hash_key` was generated because `IP_HASH_KEY` was unset (start-up warns:
+    /// hashes then differ per process and per restart).
+    pub ip_hash_key_generated: bool,
 }
+
+/// Limits are capped so that `per_minute * 60` seconds of state and every header value stay
+/// well inside the integers Redis and Lua handle exactly.
+const MAX_RATE: u32 = 10_000_000;
 
 impl ScanConfig {
     /// Parses the scan service's variables.
@@ -31,9 +77,131 @@ impl ScanConfig {
                 ));
             }
         };
+        let rate_limit = RateLimitConfig {
+            ip: BucketLimits {
+                per_minute: env.int_in("RATE_LIMIT_IP_PER_MINUTE", 60, 1, MAX_RATE)?,
+                burst: env.int_in("RATE_LIMIT_IP_BURST", 20, 1, MAX_RATE)?,
+            },
+            key: BucketLimits {
+                per_minute: env.int_in("RATE_LIMIT_KEY_PER_MINUTE", 600, 1, MAX_RATE)?,
+                burst: env.int_in("RATE_LIMIT_KEY_BURST", 100, 1, MAX_RATE)?,
+            },
+            fail_closed: env.bool("RATE_LIMIT_FAIL_CLOSED", false)?,
+        };
+        let min_ms: u64 = env.int_in("SCAN_MIN_RESPONSE_MS", 80, 0, 10_000)?;
+        let jitter_ms: u64 = env.int_in("SCAN_JITTER_MS", 10, 0, 10_000)?;
+        if jitter_ms > min_ms {
+            return Err(ConfigError::new(
+                "SCAN_JITTER_MS",
+                &jitter_ms.to_string(),
+                false,
+                format!("larger than SCAN_MIN_RESPONSE_MS ({min_ms})"),
+                "a whole number of milliseconds no larger than SCAN_MIN_RESPONSE_MS",
+            ));
+        }
+        let (ip_hash_key, ip_hash_key_generated) = match env.raw("IP_HASH_KEY") {
+            Some(v) if v.len() >= 16 => (SecretString::from(v.to_owned()), false),
+            Some(v) => {
+                return Err(ConfigError::new(
+                    "IP_HASH_KEY",
+                    v,
+                    true,
+                    "shorter than 16 characters",
+                    "a random secret of at least 16 characters (e.g. openssl rand -hex 32)",
+                ));
+            }
+            None => {
+                let mut key = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                (SecretString::from(hex::encode(key)), true)
+            }
+        };
         Ok(Self {
             common,
             database_read_url,
+            rate_limit,
+            timing: TimingConfig {
+                min_response: Duration::from_millis(min_ms),
+                jitter: Duration::from_millis(jitter_ms),
+            },
+            ip_hash_key,
+            ip_hash_key_generated,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret as _;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<ScanConfig, ConfigError> {
+        ScanConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.rate_limit.ip,
+            BucketLimits {
+                per_minute: 60,
+                burst: 20
+            }
+        );
+        assert_eq!(
+            c.rate_limit.key,
+            BucketLimits {
+                per_minute: 600,
+                burst: 100
+            }
+        );
+        assert!(!c.rate_limit.fail_closed);
+        assert_eq!(c.timing.min_response, Duration::from_millis(80));
+        assert_eq!(c.timing.jitter, Duration::from_millis(10));
+        assert!(c.ip_hash_key_generated);
+        assert_eq!(c.ip_hash_key.expose_secret().len(), 64);
+        // A new random key per process.
+        assert_ne!(
+            parse(&[]).unwrap().ip_hash_key.expose_secret(),
+            c.ip_hash_key.expose_secret()
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("RATE_LIMIT_IP_PER_MINUTE", "0"),
+            ("RATE_LIMIT_IP_BURST", "lots"),
+            ("RATE_LIMIT_KEY_PER_MINUTE", "-5"),
+            ("RATE_LIMIT_KEY_BURST", "1.5"),
+            ("RATE_LIMIT_FAIL_CLOSED", "maybe"),
+            ("SCAN_MIN_RESPONSE_MS", "fast"),
+            ("SCAN_JITTER_MS", "-1"),
+            ("DATABASE_READ_URL", "mysql://x"),
+        ] {
+            let e = parse(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = parse(&[("SCAN_MIN_RESPONSE_MS", "5"), ("SCAN_JITTER_MS", "10")]).unwrap_err();
+        assert_eq!(e.var, "SCAN_JITTER_MS");
+        let e = parse(&[("IP_HASH_KEY", "short-secret")]).unwrap_err();
+        assert_eq!(e.var, "IP_HASH_KEY");
+        assert!(!e.to_string().contains("short-secret"), "{e}");
+    }
+
+    #[test]
+    fn explicit_values() {
+        let c = parse(&[
+            ("RATE_LIMIT_FAIL_CLOSED", "true"),
+            ("SCAN_MIN_RESPONSE_MS", "0"),
+            ("SCAN_JITTER_MS", "0"),
+            ("IP_HASH_KEY", "0123456789abcdef0123"),
+        ])
+        .unwrap();
+        assert!(c.rate_limit.fail_closed);
+        assert_eq!(c.timing.min_response, Duration::ZERO);
+        assert!(!c.ip_hash_key_generated);
     }
 }

@@ -1,47 +1,167 @@
-//! Builds the scan service: pools, routes, layers, and the listener.
+//! Builds the scan service: connections, the event worker, routes, layers, and the listener.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use common::CircuitBreaker;
 use common::health::{self, ReadinessCheck};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api_keys::ApiKeys;
+use crate::cache::{self, Cache};
 use crate::config::ScanConfig;
+use crate::events::{EventQueue, IpHasher, PubSubPublisher, WorkerSettings, spawn_worker};
+use crate::ratelimit::{RateLimiter, RedisBuckets};
+use crate::redis_conn::RedisConn;
+use crate::routes::{self, AppState};
+use crate::scan::Scanner;
+use crate::tags::TagLookup;
+use crate::timing::TimingLayer;
+
+/// Events the service holds while the broker is away before it starts dropping (and counting)
+/// them. At about 300 bytes each this is ~30 MB at most.
+pub const EVENT_BUFFER: usize = 100_000;
+
+/// Multiplexed Redis connections on the request path (each pipelines any number of requests).
+const REDIS_CONNECTIONS: usize = 4;
+
+/// How often idle buckets of the fallback limiter are freed.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// A built scan service, bound to its listener and ready to serve.
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    events: EventQueue,
+    worker: JoinHandle<usize>,
+    background: CancellationToken,
 }
 
 impl Application {
-    /// Connects (lazily) to the dependencies, builds the routes and binds `BIND_ADDR`
-    /// (port 0 picks a free port: tests do that).
+    /// Connects (lazily) to the dependencies, starts the event worker, builds the routes and
+    /// binds `BIND_ADDR` (port 0 picks a free port: tests do that).
     pub async fn build(config: ScanConfig) -> anyhow::Result<Self> {
+        if config.ip_hash_key_generated {
+            tracing::warn!(
+                "IP_HASH_KEY is not set: using a random key for this process, so client IP hashes in \
+                 scan events differ between instances and restarts"
+            );
+        }
+        let common = &config.common;
+        let prefix = common.redis_key_prefix.as_str();
         let read_pool = common::db::pg_pool(&config.database_read_url, 16)?;
-        let redis = common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 32)?;
-        let router = Router::new().merge(health::routes(vec![
-            ReadinessCheck::postgres(read_pool),
-            ReadinessCheck::redis(redis),
-        ]));
-        let router = common::http::harden(router, &config.common.http);
-        let listener = TcpListener::bind(config.common.bind_addr)
+        let redis = Arc::new(
+            RedisConn::new(&common.redis_url, common.redis_timeout, REDIS_CONNECTIONS)
+                .context("REDIS_URL is not a valid Redis URL")?,
+        );
+        let cache = Cache::new(
+            redis.clone(),
+            CircuitBreaker::new("redis-cache", common.breaker),
+            cache::TTL,
+        );
+        let limiter = RateLimiter::new(
+            RedisBuckets::new(redis.clone()),
+            CircuitBreaker::new("redis-ratelimit", common.breaker),
+            config.rate_limit,
+            prefix,
+        );
+
+        let background = CancellationToken::new();
+        let publisher = PubSubPublisher::connect(&common.pubsub)
             .await
-            .with_context(|| format!("binding {}", config.common.bind_addr))?;
-        Ok(Self { listener, router })
+            .context("creating the Pub/Sub publisher")?;
+        let (events, rx) = EventQueue::bounded(EVENT_BUFFER);
+        let worker = spawn_worker(
+            rx,
+            publisher,
+            CircuitBreaker::new("pubsub", common.breaker),
+            WorkerSettings::default(),
+            background.clone(),
+        );
+        spawn_sweeper(limiter.clone(), background.clone());
+
+        let scanner = Scanner {
+            limiter,
+            tags: TagLookup::new(read_pool.clone(), cache.clone(), prefix),
+            api_keys: ApiKeys::new(read_pool.clone(), cache, prefix),
+            events: events.clone(),
+            ip_hasher: IpHasher::new(config.ip_hash_key.clone()),
+        };
+        let state = AppState {
+            scanner: Arc::new(scanner),
+        };
+        let router =
+            routes::router(state, TimingLayer::new(config.timing)).merge(health::routes(vec![
+                ReadinessCheck::postgres(read_pool),
+                redis_check(redis),
+            ]));
+        let router = common::http::harden(router, &common.http);
+        let listener = TcpListener::bind(common.bind_addr)
+            .await
+            .with_context(|| format!("binding {}", common.bind_addr))?;
+        Ok(Self {
+            listener,
+            router,
+            events,
+            worker,
+            background,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        common::server::serve(self.listener, self.router, shutdown)
-            .await
-            .context("serving HTTP")
+    /// The event queue (tests read its drop count).
+    pub fn events(&self) -> &EventQueue {
+        &self.events
     }
+
+    /// Serves until `shutdown` is cancelled, drains in-flight requests, then flushes queued scan
+    /// events (those enqueued by the drained requests included).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let served = common::server::serve(self.listener, self.router, shutdown)
+            .await
+            .context("serving HTTP");
+        self.background.cancel();
+        match self.worker.await {
+            Ok(0) => {}
+            Ok(lost) => tracing::error!(lost, "scan events lost at shutdown"),
+            Err(e) => tracing::error!(error = %e, "the event worker failed"),
+        }
+        served
+    }
+}
+
+fn redis_check(redis: Arc<RedisConn>) -> ReadinessCheck {
+    ReadinessCheck::new("redis", move || {
+        let redis = redis.clone();
+        async move {
+            redis
+                .run(|mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await })
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+}
+
+fn spawn_sweeper(limiter: RateLimiter, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = every.tick() => limiter.local().sweep(),
+                () = stop.cancelled() => break,
+            }
+        }
+    });
 }

@@ -1,0 +1,112 @@
+//! API key check: the `X-API-Key` value is hashed with SHA-256 and looked up by that hash, so
+//! the key itself is never stored, cached or logged. Answers (valid or not) are cached 2 s, so a
+//! revoked key is refused within 5 s.
+//!
+//! Keys are issued by the factory as `vt_<8-char prefix>_<secret>`, and `api_keys.key_hash` is
+//! the SHA-256 of that whole string. The scan service does not parse the parts: any value is
+//! hashed and looked up, which keeps it correct if the issued format changes.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::cache::Cache;
+
+const FIND_API_KEY: &str = include_str!("sql/find_api_key.sql");
+
+/// Longest `X-API-Key` value looked at; longer ones are refused without a look-up.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// A valid API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// The key's id (its rate-limit identity, and `api_key_id` in events).
+    pub id: Uuid,
+    /// Its own rate, overriding `RATE_LIMIT_KEY_PER_MINUTE`.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ApiKeyRow {
+    id: Uuid,
+    rate_limit_per_minute: Option<i32>,
+}
+
+/// SHA-256 of the presented key, as stored in `api_keys.key_hash`.
+pub fn hash_key(presented: &str) -> [u8; 32] {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// Whether a header value can be a key at all: 1 to 256 visible ASCII characters.
+pub fn is_plausible(presented: &[u8]) -> bool {
+    (1..=MAX_KEY_LEN).contains(&presented.len()) && presented.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Checks API keys.
+#[derive(Debug, Clone)]
+pub struct ApiKeys {
+    pool: PgPool,
+    cache: Cache,
+    prefix: String,
+}
+
+impl ApiKeys {
+    /// Look-ups on `pool` behind `cache`; keys start with `prefix`.
+    pub fn new(pool: PgPool, cache: Cache, prefix: &str) -> Self {
+        Self {
+            pool,
+            cache,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The key `presented`, `None` when it is unknown, revoked or malformed.
+    pub async fn authenticate(&self, presented: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
+        if !is_plausible(presented) {
+            return Ok(None);
+        }
+        let Ok(presented) = std::str::from_utf8(presented) else {
+            return Ok(None);
+        };
+        let hash = hash_key(presented);
+        let cache_key = format!("{}:apikey:{{{}}}", self.prefix, hex::encode(hash));
+        if let Some(cached) = self.cache.get::<Option<ApiKey>>(&cache_key).await {
+            return Ok(cached);
+        }
+        let key = sqlx::query_as::<_, ApiKeyRow>(FIND_API_KEY)
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| ApiKey {
+                id: row.id,
+                rate_limit_per_minute: row
+                    .rate_limit_per_minute
+                    .and_then(|r| u32::try_from(r).ok()),
+            });
+        self.cache.put(cache_key, &key);
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_sha256_of_the_whole_key() {
+        assert_eq!(
+            hex::encode(hash_key("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn plausibility() {
+        assert!(is_plausible(b"vt_abcdefgh_secret"));
+        assert!(!is_plausible(b""));
+        assert!(!is_plausible(b"has space"));
+        assert!(!is_plausible(&[b'a'; 257]));
+        assert!(!is_plausible("caf\u{e9}".as_bytes()));
+    }
+}

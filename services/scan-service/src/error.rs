@@ -1,0 +1,100 @@
+//! The scan service's errors and their contract JSON (CONTRACT 2.1, 2.2, 3.6), in one place.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why a scan was not answered with a tag.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The tag id does not match `^[A-Za-z0-9_-]{16,64}$`.
+    #[error("invalid tag id")]
+    InvalidTagId,
+    /// `X-API-Key` was sent but is unknown, revoked or malformed.
+    #[error("invalid API key")]
+    InvalidApiKey,
+    /// The caller's bucket is empty.
+    #[error("rate limited for {retry_after_secs} s")]
+    RateLimited {
+        /// Whole seconds until a token is back (at least 1).
+        retry_after_secs: u64,
+    },
+    /// Redis is unusable and `RATE_LIMIT_FAIL_CLOSED=true`.
+    #[error("rate limiter unavailable")]
+    RateLimiterUnavailable {
+        /// Whole seconds to wait (at least 1).
+        retry_after_secs: u64,
+    },
+    /// The database did not answer the look-up.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ScanError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidTagId => StatusCode::BAD_REQUEST,
+            Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimiterUnavailable { .. } | Self::Database(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+impl IntoResponse for ScanError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (body, retry_after) = match &self {
+            Self::InvalidTagId => (
+                json!({
+                    "error": "invalid_tag_id",
+                    "detail": "The tag id must be 16 to 64 characters of A-Z, a-z, 0-9, _ and -.",
+                }),
+                None,
+            ),
+            Self::InvalidApiKey => (
+                json!({
+                    "error": "invalid_api_key",
+                    "detail": "The API key is unknown or has been revoked.",
+                }),
+                None,
+            ),
+            Self::RateLimited { retry_after_secs } => (
+                json!({
+                    "error": "rate_limited",
+                    "detail": format!("Rate limit exceeded. Try again in {retry_after_secs} seconds"),
+                    "retry_after": retry_after_secs,
+                }),
+                Some(*retry_after_secs),
+            ),
+            Self::RateLimiterUnavailable { retry_after_secs } => (
+                json!({
+                    "error": "service_unavailable",
+                    "detail": "Rate limiting is temporarily unavailable; try again shortly.",
+                }),
+                Some(*retry_after_secs),
+            ),
+            Self::Database(e) => {
+                // Logged here in full; the caller learns only that a dependency is down.
+                tracing::error!(error = %e, "tag look-up failed");
+                (
+                    json!({
+                        "error": "service_unavailable",
+                        "detail": "The service is temporarily unavailable; try again shortly.",
+                    }),
+                    Some(1),
+                )
+            }
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}

@@ -1,0 +1,192 @@
+//! Scan events (CONTRACT 2.4): built on the request path, handed to a bounded queue without
+//! waiting, and published to Pub/Sub by a background worker.
+
+pub mod publisher;
+pub mod queue;
+pub mod worker;
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, Mac as _};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use uuid::Uuid;
+
+pub use self::publisher::{PubSubPublisher, PublishError, Publisher};
+pub use self::queue::EventQueue;
+pub use self::worker::{WorkerSettings, spawn_worker};
+
+/// What a scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanResult {
+    /// A known, authentic tag.
+    Authentic,
+    /// A known, revoked tag.
+    Revoked,
+    /// No such tag.
+    Unknown,
+}
+
+/// One scan event, the message body on `SCAN_EVENTS_TOPIC`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanEvent {
+    /// UUID v7 (time-ordered); the consumer's idempotency key.
+    pub event_id: Uuid,
+    /// The scanned tag id.
+    pub tag_id: String,
+    /// What the scan found.
+    pub result: ScanResult,
+    /// RFC 3339 UTC with milliseconds.
+    pub scanned_at: String,
+    /// Hex HMAC-SHA256 of the client IP under `IP_HASH_KEY`.
+    pub client_ip_hash: String,
+    /// The API key used, if any.
+    pub api_key_id: Option<Uuid>,
+    /// The caller's `User-Agent`, if readable.
+    pub user_agent: Option<String>,
+}
+
+/// The attributes every scan event carries.
+pub const ATTRIBUTES: [(&str, &str); 2] = [("event_type", "scan"), ("schema_version", "1")];
+
+/// Longest user agent kept in an event.
+const MAX_USER_AGENT: usize = 512;
+
+impl ScanEvent {
+    /// A new event for a scan happening now.
+    pub fn new(
+        tag_id: &str,
+        result: ScanResult,
+        client_ip_hash: String,
+        api_key_id: Option<Uuid>,
+        user_agent: Option<&str>,
+    ) -> Self {
+        Self::at(
+            Utc::now(),
+            tag_id,
+            result,
+            client_ip_hash,
+            api_key_id,
+            user_agent,
+        )
+    }
+
+    /// A new event for a scan at `when`.
+    pub fn at(
+        when: DateTime<Utc>,
+        tag_id: &str,
+        result: ScanResult,
+        client_ip_hash: String,
+        api_key_id: Option<Uuid>,
+        user_agent: Option<&str>,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            tag_id: tag_id.to_owned(),
+            result,
+            scanned_at: when.to_rfc3339_opts(SecondsFormat::Millis, true),
+            client_ip_hash,
+            api_key_id,
+            user_agent: user_agent.map(|ua| truncate(ua, MAX_USER_AGENT).to_owned()),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Hashes client IPs for events, so the factory can count distinct scanners without learning
+/// addresses.
+#[derive(Clone)]
+pub struct IpHasher {
+    key: SecretString,
+}
+
+impl std::fmt::Debug for IpHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IpHasher(<redacted>)")
+    }
+}
+
+impl IpHasher {
+    /// A hasher keyed with `IP_HASH_KEY`.
+    pub fn new(key: SecretString) -> Self {
+        Self { key }
+    }
+
+    /// Hex HMAC-SHA256 of the IP's text form.
+    pub fn hash(&self, ip: IpAddr) -> String {
+        // HMAC accepts keys of any length, so this cannot fail; an empty MAC would be wrong but
+        // not unsafe.
+        match Hmac::<Sha256>::new_from_slice(self.key.expose_secret().as_bytes()) {
+            Ok(mut mac) => {
+                mac.update(ip.to_string().as_bytes());
+                hex::encode(mac.finalize().into_bytes())
+            }
+            Err(_) => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_contract_shape() {
+        let when = DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let e = ScanEvent::at(
+            when,
+            "abcdefghijklmnop",
+            ScanResult::Unknown,
+            "ff".into(),
+            None,
+            None,
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["scanned_at"], "2026-11-25T10:00:00.123Z");
+        assert_eq!(v["result"], "unknown");
+        assert!(v["api_key_id"].is_null());
+        assert!(v["user_agent"].is_null());
+        assert_eq!(e.event_id.get_version_num(), 7);
+        assert_eq!(v.as_object().unwrap().len(), 7);
+    }
+
+    #[test]
+    fn ip_hash_is_keyed_hmac() {
+        let a = IpHasher::new(SecretString::from("k1k1k1k1k1k1k1k1"));
+        let b = IpHasher::new(SecretString::from("k2k2k2k2k2k2k2k2"));
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(a.hash(ip).len(), 64);
+        assert_eq!(a.hash(ip), a.hash(ip));
+        assert_ne!(a.hash(ip), b.hash(ip));
+    }
+
+    #[test]
+    fn long_user_agents_are_cut_on_a_char_boundary() {
+        let ua = "é".repeat(400);
+        let e = ScanEvent::new(
+            "abcdefghijklmnop",
+            ScanResult::Authentic,
+            String::new(),
+            None,
+            Some(&ua),
+        );
+        let kept = e.user_agent.unwrap();
+        assert!(kept.len() <= MAX_USER_AGENT);
+        assert!(ua.starts_with(&kept));
+    }
+}

@@ -1,0 +1,122 @@
+//! Where scan events go: the [`Publisher`] seam and its Google Pub/Sub implementation.
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::config::PubSubConfig;
+use google_cloud_gax::retry_policy::RetryPolicyExt as _;
+use google_cloud_pubsub::client::Publisher as PubSubClient;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::retry_policy::RetryableErrors;
+
+use super::{ATTRIBUTES, ScanEvent};
+
+/// Some events of a batch were not published.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of the batch not published: {message}", failed.len())]
+pub struct PublishError {
+    /// Indexes (into the batch) of the events to try again.
+    pub failed: Vec<usize>,
+    /// What went wrong (first error seen).
+    pub message: String,
+}
+
+/// Sends batches of scan events to the broker.
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `batch`; on error, reports which events were not published.
+    fn publish(&self, batch: &[ScanEvent])
+    -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Sends whatever the client itself still holds (called once at shutdown).
+    fn flush(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The worker gives up on one attempt after this long and retries the batch later; the
+/// client's own retries stop earlier so an attempt's outcome is known.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENT_RETRY_LIMIT: Duration = Duration::from_secs(5);
+
+/// Publishes to a Pub/Sub topic with Google's client (emulator-aware via `common::pubsub`).
+#[derive(Debug, Clone)]
+pub struct PubSubPublisher {
+    client: PubSubClient,
+}
+
+impl PubSubPublisher {
+    /// A publisher on `config.topic`.
+    pub async fn connect(config: &PubSubConfig) -> Result<Self, common::pubsub::ClientError> {
+        let builder = PubSubClient::builder(config.topic_path(&config.topic))
+            // Our worker batches already; the client should send what it gets promptly.
+            .set_delay_threshold(Duration::from_millis(5))
+            .with_retry_policy(RetryableErrors.with_time_limit(CLIENT_RETRY_LIMIT));
+        let client = common::pubsub::configure(builder, config)
+            .build()
+            .await
+            .map_err(|source| common::pubsub::ClientError {
+                client: "publisher",
+                source,
+            })?;
+        Ok(Self { client })
+    }
+}
+
+/// The Pub/Sub message of an event: its JSON body and the contract's attributes.
+pub fn to_message(event: &ScanEvent) -> Result<Message, serde_json::Error> {
+    Ok(Message::new()
+        .set_data(serde_json::to_vec(event)?)
+        .set_attributes(ATTRIBUTES))
+}
+
+impl Publisher for PubSubPublisher {
+    async fn publish(&self, batch: &[ScanEvent]) -> Result<(), PublishError> {
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        let mut pending = Vec::with_capacity(batch.len());
+        for (i, event) in batch.iter().enumerate() {
+            match to_message(event) {
+                Ok(message) => pending.push((i, self.client.publish(message))),
+                Err(e) => {
+                    // Cannot happen for this plain struct; never retry what cannot be encoded.
+                    tracing::error!(error = %e, event_id = %event.event_id, "scan event not encodable; skipped");
+                }
+            }
+        }
+        let results = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            futures::future::join_all(
+                pending
+                    .into_iter()
+                    .map(|(i, f)| async move { (i, f.await) }),
+            ),
+        )
+        .await;
+        match results {
+            Ok(results) => {
+                for (i, result) in results {
+                    if let Err(e) = result {
+                        first_error.get_or_insert_with(|| e.to_string());
+                        failed.push(i);
+                    }
+                }
+            }
+            Err(_) => {
+                // Messages may still go out after this; a retry can then duplicate them, which
+                // the consumer absorbs (it applies each event_id once).
+                failed.extend(0..batch.len());
+                first_error = Some(format!("no answer within {ATTEMPT_TIMEOUT:?}"));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(PublishError {
+                failed,
+                message: first_error.unwrap_or_default(),
+            })
+        }
+    }
+
+    async fn flush(&self) {
+        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, self.client.flush()).await;
+    }
+}

@@ -1,0 +1,184 @@
+//! Rate limiting of scans (CONTRACT 2.2): a token bucket per identity, decided atomically in
+//! Redis, behind a circuit breaker, with a configurable behaviour when Redis is unusable.
+
+pub mod local;
+pub mod redis;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{BreakerError, CircuitBreaker};
+use uuid::Uuid;
+
+pub use self::local::LocalBuckets;
+pub use self::redis::RedisBuckets;
+use crate::config::{BucketLimits, RateLimitConfig};
+
+/// Who a bucket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// An anonymous caller, by client IP.
+    Ip(IpAddr),
+    /// A caller with a valid API key, by key id.
+    ApiKey(Uuid),
+}
+
+/// The outcome of one decision, with what the rate-limit headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// The bucket's refill per minute (`X-RateLimit-Limit`).
+    pub limit: u32,
+    /// Whole tokens left (`X-RateLimit-Remaining`).
+    pub remaining: u64,
+    /// Unix seconds when the bucket is full again (`X-RateLimit-Reset`).
+    pub reset_unix: u64,
+    /// When refused: whole seconds until a token is there (at least 1). 0 when allowed.
+    pub retry_after_secs: u64,
+}
+
+/// No decision could be made and the service is configured to fail closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limiter unavailable; retry after {retry_after_secs} s")]
+pub struct Unavailable {
+    /// Whole seconds a client should wait (at least 1).
+    pub retry_after_secs: u64,
+}
+
+/// The limits of a key's bucket: its own `rate_limit_per_minute` when it has one, else the
+/// default. An override also caps the burst at one minute's worth, so a key limited to 5 a
+/// minute cannot spend the default burst of 100 at once.
+pub fn key_limits(default: BucketLimits, override_per_minute: Option<u32>) -> BucketLimits {
+    match override_per_minute {
+        Some(per_minute) if per_minute > 0 => BucketLimits {
+            per_minute,
+            burst: default.burst.min(per_minute),
+        },
+        _ => default,
+    }
+}
+
+/// The scan rate limiter.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    shared: RedisBuckets,
+    local: Arc<LocalBuckets>,
+    breaker: CircuitBreaker,
+    config: RateLimitConfig,
+    prefix: Arc<str>,
+}
+
+/// Clients the fallback limiter tracks per set of limits before it starts afresh.
+const LOCAL_MAX_CLIENTS: usize = 200_000;
+
+impl RateLimiter {
+    /// A limiter on `shared` (Redis) with `breaker` around it; keys start with `prefix`.
+    pub fn new(
+        shared: RedisBuckets,
+        breaker: CircuitBreaker,
+        config: RateLimitConfig,
+        prefix: &str,
+    ) -> Self {
+        Self {
+            shared,
+            local: Arc::new(LocalBuckets::new(LOCAL_MAX_CLIENTS)),
+            breaker,
+            config,
+            prefix: Arc::from(prefix),
+        }
+    }
+
+    /// The fallback buckets (swept periodically by the service).
+    pub fn local(&self) -> &Arc<LocalBuckets> {
+        &self.local
+    }
+
+    /// The limits for anonymous callers.
+    pub fn ip_limits(&self) -> BucketLimits {
+        self.config.ip
+    }
+
+    /// The limits for a key, honouring its override.
+    pub fn key_limits(&self, override_per_minute: Option<u32>) -> BucketLimits {
+        key_limits(self.config.key, override_per_minute)
+    }
+
+    /// The Redis key of `identity`'s bucket. The braces are a Redis Cluster hash tag.
+    pub fn bucket_key(&self, identity: Identity) -> String {
+        match identity {
+            Identity::Ip(ip) => format!("{}:rl:{{ip:{ip}}}", self.prefix),
+            Identity::ApiKey(id) => format!("{}:rl:{{key:{id}}}", self.prefix),
+        }
+    }
+
+    /// Takes one token from `identity`'s bucket. Redis errors, timeouts and an open breaker give
+    /// [`Unavailable`] when failing closed, else a decision of the in-process fallback.
+    pub async fn check(
+        &self,
+        identity: Identity,
+        limits: BucketLimits,
+    ) -> Result<Verdict, Unavailable> {
+        let key = self.bucket_key(identity);
+        let started = std::time::Instant::now();
+        let outcome = self.breaker.call(self.shared.take(&key, limits)).await;
+        let retry_after = match outcome {
+            Ok(verdict) => {
+                metrics::histogram!("rate_limit_redis_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let label = if verdict.allowed {
+                    "allowed"
+                } else {
+                    "limited"
+                };
+                metrics::counter!("rate_limit_decisions_total", "outcome" => label).increment(1);
+                return Ok(verdict);
+            }
+            Err(BreakerError::Inner(e)) => {
+                metrics::histogram!("rate_limit_redis_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                tracing::warn!(error = %e, fail_closed = self.config.fail_closed, "rate-limit decision in Redis failed");
+                Duration::from_secs(1)
+            }
+            Err(BreakerError::Rejected { retry_after }) => retry_after,
+        };
+        if self.config.fail_closed {
+            metrics::counter!("rate_limit_decisions_total", "outcome" => "fail_closed")
+                .increment(1);
+            return Err(Unavailable {
+                retry_after_secs: local::whole_seconds(retry_after),
+            });
+        }
+        metrics::counter!("rate_limit_decisions_total", "outcome" => "fallback").increment(1);
+        Ok(self.local.take(&key, limits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_caps_the_burst() {
+        let default = BucketLimits {
+            per_minute: 600,
+            burst: 100,
+        };
+        assert_eq!(key_limits(default, None), default);
+        assert_eq!(
+            key_limits(default, Some(5)),
+            BucketLimits {
+                per_minute: 5,
+                burst: 5
+            }
+        );
+        assert_eq!(
+            key_limits(default, Some(6000)),
+            BucketLimits {
+                per_minute: 6000,
+                burst: 100
+            }
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! Redis connections for the request path.
+//!
+//! A pooled connection (deadpool) costs a `PING` on every checkout, which would double the round
+//! trips of a rate-limit decision. The hot path therefore keeps a few long-lived multiplexed
+//! connections instead (each carries any number of concurrent requests), connects them lazily,
+//! and drops one when it breaks so the next call reconnects. Every call, connecting included,
+//! is bounded by `REDIS_TIMEOUT_MS`.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::db::{RedisCallError, bounded};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisResult};
+use secrecy::{ExposeSecret as _, SecretString};
+
+struct Slot {
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// Serializes reconnects so a burst of requests after a failure makes one connection attempt,
+    /// not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// A small set of shared multiplexed Redis connections with a per-call timeout.
+pub struct RedisConn {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConn")
+            .field("slots", &self.slots.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConn {
+    /// Connections to `url` (opened on first use), `slots` of them, each call bounded by
+    /// `timeout`.
+    pub fn new(url: &SecretString, timeout: Duration, slots: usize) -> RedisResult<Self> {
+        let client = redis::Client::open(url.expose_secret())?;
+        // The crate's own timeouts are a backstop; `bounded` enforces ours on every call.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .set_response_timeout(Some(timeout.max(Duration::from_millis(1))));
+        let slots = (0..slots.max(1))
+            .map(|_| Slot {
+                conn: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            })
+            .collect();
+        Ok(Self {
+            client,
+            config,
+            slots,
+            next: AtomicUsize::new(0),
+            timeout,
+        })
+    }
+
+    /// The per-call timeout (`REDIS_TIMEOUT_MS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `call` on one of the connections, connecting it first if needed, all within the
+    /// timeout. A connection that reports an I/O failure is dropped so the next call reconnects.
+    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let slot = &self.slots[index];
+        bounded(self.timeout, async {
+            let conn = self.connection(slot).await?;
+            let result = call(conn).await;
+            if let Err(e) = &result
+                && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+            {
+                *lock(&slot.conn) = None;
+            }
+            result
+        })
+        .await
+    }
+
+    async fn connection(&self, slot: &Slot) -> RedisResult<MultiplexedConnection> {
+        if let Some(conn) = lock(&slot.conn).clone() {
+            return Ok(conn);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(conn) = lock(&slot.conn).clone() {
+            return Ok(conn);
+        }
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *lock(&slot.conn) = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held only to clone or replace a handle, never across an await: a poisoned lock still holds
+    // a usable value.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,22 @@
+//! The scan service's routes.
+
+pub mod scan;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::scan::Scanner;
+use crate::timing::TimingLayer;
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The scan use case.
+    pub scanner: Arc<Scanner>,
+}
+
+/// The API routes (health routes are merged in by `startup`).
+pub fn router(state: AppState, timing: TimingLayer) -> Router {
+    Router::new().merge(scan::router(timing)).with_state(state)
+}

@@ -1,0 +1,80 @@
+//! `GET /v1/scan/{tag_id}`: parse, call the scanner, render.
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::http::ClientIp;
+use serde_json::json;
+
+use super::AppState;
+use crate::ratelimit::Verdict;
+use crate::scan::{Found, ScanRequest};
+use crate::timing::TimingLayer;
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The scan route, with timing normalization.
+pub fn router(timing: TimingLayer) -> Router<AppState> {
+    Router::new().route("/v1/scan/{tag_id}", get(scan).layer(timing))
+}
+
+async fn scan(
+    State(state): State<AppState>,
+    ClientIp(client_ip): ClientIp,
+    headers: HeaderMap,
+    tag_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    // A segment that is not valid UTF-8 after percent-decoding is just another bad tag id.
+    let tag_id = tag_id.map(|Path(t)| t).unwrap_or_default();
+    let mut keys = headers.get_all(&X_API_KEY).iter();
+    let api_key = match (keys.next(), keys.next()) {
+        (None, _) => None,
+        (Some(k), None) => Some(k.as_bytes()),
+        // Two keys: which one counts would be a guess, so neither does.
+        (Some(_), Some(_)) => Some(&b""[..]),
+    };
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let outcome = state
+        .scanner
+        .scan(ScanRequest {
+            tag_id: &tag_id,
+            client_ip,
+            api_key,
+            user_agent,
+        })
+        .await;
+    let mut response = match outcome.result {
+        Ok(Found::Tag(tag)) => (StatusCode::OK, axum::Json(tag)).into_response(),
+        Ok(Found::Unknown(tag_id)) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({
+                "tag_id": tag_id,
+                "status": "unknown",
+                "error": "unknown_tag",
+                "detail": "No tag with this id was issued.",
+            })),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    };
+    if let Some(verdict) = outcome.verdict {
+        rate_limit_headers(response.headers_mut(), &verdict);
+    }
+    metrics::counter!("scan_requests_total", "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+    headers.insert(LIMIT.clone(), HeaderValue::from(verdict.limit));
+    headers.insert(REMAINING.clone(), HeaderValue::from(verdict.remaining));
+    headers.insert(RESET.clone(), HeaderValue::from(verdict.reset_unix));
+}

@@ -1,0 +1,162 @@
+//! The scan use case: who is asking, may they, what is the tag, and the event that records it.
+//! Knows nothing of HTTP beyond the outcome it returns.
+
+use std::net::IpAddr;
+
+use uuid::Uuid;
+
+use crate::api_keys::ApiKeys;
+use crate::error::ScanError;
+use crate::events::{EventQueue, IpHasher, ScanEvent, ScanResult};
+use crate::ratelimit::{Identity, RateLimiter, Verdict};
+use crate::tags::{Tag, TagLookup, TagStatus, is_valid_tag_id};
+
+/// One scan request, already taken apart.
+#[derive(Debug)]
+pub struct ScanRequest<'a> {
+    /// The path segment (unvalidated).
+    pub tag_id: &'a str,
+    /// The resolved client IP.
+    pub client_ip: IpAddr,
+    /// `X-API-Key`: `None` when absent, `Some(bytes)` when present (possibly empty or garbage).
+    pub api_key: Option<&'a [u8]>,
+    /// `User-Agent`, when it is readable text.
+    pub user_agent: Option<&'a str>,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A known tag.
+    Tag(Tag),
+    /// No such tag.
+    Unknown(String),
+}
+
+/// A scan's answer and the rate-limit verdict behind it (for the headers).
+#[derive(Debug)]
+pub struct ScanOutcome {
+    /// The rate-limit decision, when one was made.
+    pub verdict: Option<Verdict>,
+    /// The answer.
+    pub result: Result<Found, ScanError>,
+}
+
+/// Everything a scan needs.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    /// Rate limiter.
+    pub limiter: RateLimiter,
+    /// Tag look-up.
+    pub tags: TagLookup,
+    /// API key check.
+    pub api_keys: ApiKeys,
+    /// Event hand-off.
+    pub events: EventQueue,
+    /// Client IP hashing for events.
+    pub ip_hasher: IpHasher,
+}
+
+impl Scanner {
+    /// Runs one scan.
+    ///
+    /// Every scan costs a token, malformed ones included. A request with a bad API key is
+    /// charged to its IP, so guessing keys is rate limited like anything else anonymous.
+    pub async fn scan(&self, req: ScanRequest<'_>) -> ScanOutcome {
+        let (identity, limits, key_id, bad_key) = match req.api_key {
+            None => (
+                Identity::Ip(req.client_ip),
+                self.limiter.ip_limits(),
+                None,
+                false,
+            ),
+            Some(presented) => match self.api_keys.authenticate(presented).await {
+                Ok(Some(key)) => (
+                    Identity::ApiKey(key.id),
+                    self.limiter.key_limits(key.rate_limit_per_minute),
+                    Some(key.id),
+                    false,
+                ),
+                Ok(None) => (
+                    Identity::Ip(req.client_ip),
+                    self.limiter.ip_limits(),
+                    None,
+                    true,
+                ),
+                Err(e) => {
+                    return ScanOutcome {
+                        verdict: None,
+                        result: Err(ScanError::Database(e)),
+                    };
+                }
+            },
+        };
+        let valid = is_valid_tag_id(req.tag_id);
+
+        // The decision and the cache read go out together: on one multiplexed connection they
+        // share a round trip.
+        let (decision, cached) = if valid && !bad_key {
+            tokio::join!(
+                self.limiter.check(identity, limits),
+                self.tags.cached(req.tag_id)
+            )
+        } else {
+            (self.limiter.check(identity, limits).await, None)
+        };
+        let verdict = match decision {
+            Ok(v) => v,
+            Err(unavailable) => {
+                return ScanOutcome {
+                    verdict: None,
+                    result: Err(ScanError::RateLimiterUnavailable {
+                        retry_after_secs: unavailable.retry_after_secs,
+                    }),
+                };
+            }
+        };
+        let outcome = |result| ScanOutcome {
+            verdict: Some(verdict),
+            result,
+        };
+        if !verdict.allowed {
+            return outcome(Err(ScanError::RateLimited {
+                retry_after_secs: verdict.retry_after_secs.max(1),
+            }));
+        }
+        if bad_key {
+            return outcome(Err(ScanError::InvalidApiKey));
+        }
+        if !valid {
+            return outcome(Err(ScanError::InvalidTagId));
+        }
+        let tag = match cached {
+            Some(cached) => cached.0,
+            None => match self.tags.load(req.tag_id).await {
+                Ok(tag) => tag,
+                Err(e) => return outcome(Err(ScanError::Database(e))),
+            },
+        };
+        let result = match &tag {
+            Some(t) if t.status == TagStatus::Authentic => ScanResult::Authentic,
+            Some(_) => ScanResult::Revoked,
+            None => ScanResult::Unknown,
+        };
+        self.record(req.tag_id, result, req.client_ip, key_id, req.user_agent);
+        outcome(Ok(match tag {
+            Some(tag) => Found::Tag(tag),
+            None => Found::Unknown(req.tag_id.to_owned()),
+        }))
+    }
+
+    fn record(
+        &self,
+        tag_id: &str,
+        result: ScanResult,
+        ip: IpAddr,
+        key_id: Option<Uuid>,
+        user_agent: Option<&str>,
+    ) {
+        let event = ScanEvent::new(tag_id, result, self.ip_hasher.hash(ip), key_id, user_agent);
+        self.events.enqueue(event);
+    }
+}

@@ -1,0 +1,151 @@
+//! Tag look-up: PostgreSQL (`DATABASE_READ_URL`) behind the short-lived Redis cache, which keeps
+//! unknown tags too so guessing ids does not reach the database every time.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::cache::Cache;
+
+const FIND_TAG: &str = include_str!("sql/find_tag.sql");
+
+/// Whether a tag is still good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TagStatus {
+    /// Issued and not revoked.
+    Authentic,
+    /// Revoked by an operator.
+    Revoked,
+}
+
+/// The product a tag belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// Product id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Stock-keeping unit.
+    pub sku: String,
+}
+
+/// A known tag, as the scan route reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    /// The tag id.
+    pub tag_id: String,
+    /// Authentic or revoked.
+    pub status: TagStatus,
+    /// Its product.
+    pub product: Product,
+    /// The batch it was made in.
+    pub batch_id: Uuid,
+    /// Scans recorded by the factory's event consumer (eventually consistent).
+    pub scan_count: i64,
+    /// First recorded scan.
+    pub first_scanned_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TagRow {
+    tag_id: String,
+    status: String,
+    batch_id: Uuid,
+    scan_count: i64,
+    first_scanned_at: Option<DateTime<Utc>>,
+    product_id: Uuid,
+    product_name: String,
+    product_sku: String,
+}
+
+impl From<TagRow> for Tag {
+    fn from(row: TagRow) -> Self {
+        Self {
+            tag_id: row.tag_id,
+            // The schema allows only the two values; anything else is treated as not authentic.
+            status: if row.status == "authentic" {
+                TagStatus::Authentic
+            } else {
+                TagStatus::Revoked
+            },
+            product: Product {
+                id: row.product_id,
+                name: row.product_name,
+                sku: row.product_sku,
+            },
+            batch_id: row.batch_id,
+            scan_count: row.scan_count,
+            first_scanned_at: row.first_scanned_at,
+        }
+    }
+}
+
+/// What the cache holds for a tag id: the tag, or the fact that there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cached(pub Option<Tag>);
+
+/// Finds tags.
+#[derive(Debug, Clone)]
+pub struct TagLookup {
+    pool: PgPool,
+    cache: Cache,
+    prefix: String,
+}
+
+/// Whether `tag_id` has the form of CONTRACT 2.1: `^[A-Za-z0-9_-]{16,64}$`.
+pub fn is_valid_tag_id(tag_id: &str) -> bool {
+    (16..=64).contains(&tag_id.len())
+        && tag_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl TagLookup {
+    /// Look-ups on `pool` (the read replica) behind `cache`; keys start with `prefix`.
+    pub fn new(pool: PgPool, cache: Cache, prefix: &str) -> Self {
+        Self {
+            pool,
+            cache,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn cache_key(&self, tag_id: &str) -> String {
+        format!("{}:tag:{{{tag_id}}}", self.prefix)
+    }
+
+    /// The cached answer for `tag_id`, if any (run alongside the rate-limit decision so a cache
+    /// hit costs no extra round trip).
+    pub async fn cached(&self, tag_id: &str) -> Option<Cached> {
+        self.cache.get(&self.cache_key(tag_id)).await
+    }
+
+    /// The tag from the database, caching the answer (found or not).
+    pub async fn load(&self, tag_id: &str) -> Result<Option<Tag>, sqlx::Error> {
+        let tag = sqlx::query_as::<_, TagRow>(FIND_TAG)
+            .bind(tag_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(Tag::from);
+        self.cache.put(self.cache_key(tag_id), &Cached(tag.clone()));
+        Ok(tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_tag_id;
+
+    #[test]
+    fn tag_id_pattern() {
+        assert!(is_valid_tag_id("abcdEFGH1234_-xy"));
+        assert!(is_valid_tag_id(&"a".repeat(64)));
+        assert!(!is_valid_tag_id(&"a".repeat(15)));
+        assert!(!is_valid_tag_id(&"a".repeat(65)));
+        assert!(!is_valid_tag_id("abcdefgh12345678!"));
+        assert!(!is_valid_tag_id("abcdefgh1234567\u{e9}"));
+        assert!(!is_valid_tag_id("abcdefgh 12345678"));
+    }
+}
