@@ -44,3 +44,9 @@ verify-backups:
 ## Proves restore-test and verify-backups pass on good backups and fail on corrupt, tampered or old ones.
 test-backups:
 	scripts/test-backups.sh
+
+.PHONY: infra-check
+
+## terraform fmt -check on infra/terraform, and validate when the provider plugins can be downloaded.
+infra-check:
+	scripts/infra-check.sh

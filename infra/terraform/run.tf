@@ -1,0 +1,217 @@
+# Cloud Run (v2) in both regions: scan and factory (public, behind the load balancer only) and
+# the scan-event worker (`factory-service worker`, no ingress, CPU always allocated because it
+# pulls from Pub/Sub rather than answering requests). The secondary region runs the same
+# revisions with var.secondary_min_instances warm instances.
+
+locals {
+  apps = {
+    scan    = { image = var.scan_image, args = [], public = true, sa = "scan", always_on = false }
+    factory = { image = var.factory_image, args = ["serve"], public = true, sa = "factory", always_on = false }
+    worker  = { image = var.factory_image, args = ["worker"], public = false, sa = "worker", always_on = true }
+  }
+
+  min_instances = {
+    primary   = var.primary_min_instances
+    secondary = var.secondary_min_instances
+  }
+
+  audit_key_dir = "/secrets/audit"
+
+  common_env = {
+    APP_ENV                     = "production"
+    BIND_ADDR                   = "0.0.0.0:8080"
+    LOG_FORMAT                  = "json"
+    RUST_LOG                    = var.rust_log
+    PUBSUB_PROJECT_ID           = var.project_id
+    SCAN_EVENTS_TOPIC           = google_pubsub_topic.scan_events.name
+    SCAN_EVENTS_SUBSCRIPTION    = google_pubsub_subscription.factory_scan_events.name
+    SCAN_EVENTS_DLQ_TOPIC       = google_pubsub_topic.scan_events_dlq.name
+    REDIS_TIMEOUT_MS            = tostring(var.redis_timeout_ms)
+    CIRCUIT_BREAKER_THRESHOLD   = "5"
+    CIRCUIT_BREAKER_TIMEOUT_SEC = "60"
+    TRUSTED_PROXIES             = join(",", var.trusted_proxies)
+    OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint
+  }
+
+  app_env = {
+    scan = {
+      RATE_LIMIT_IP_PER_MINUTE  = tostring(var.rate_limit_ip_per_minute)
+      RATE_LIMIT_IP_BURST       = tostring(var.rate_limit_ip_burst)
+      RATE_LIMIT_KEY_PER_MINUTE = tostring(var.rate_limit_key_per_minute)
+      RATE_LIMIT_KEY_BURST      = tostring(var.rate_limit_key_burst)
+      RATE_LIMIT_FAIL_CLOSED    = tostring(var.rate_limit_fail_closed)
+      SCAN_MIN_RESPONSE_MS      = "80"
+      SCAN_JITTER_MS            = "10"
+    }
+    factory = {
+      MAX_DELIVERY_ATTEMPTS  = tostring(var.max_delivery_attempts)
+      CORS_ORIGINS           = join(",", var.cors_origins)
+      AUDIT_SIGNING_KEY_FILE = var.audit_signing_key_present ? "${local.audit_key_dir}/key.pem" : ""
+      AUDIT_SIGNING_KEY_ID   = var.audit_signing_key_present ? var.audit_signing_key_id : ""
+    }
+    worker = {
+      MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
+    }
+  }
+
+  # environment variable => secret name (secrets.tf), per app and region key
+  secret_env = {
+    for rk in keys(local.regions) : rk => {
+      scan = {
+        DATABASE_URL      = "database-url"
+        DATABASE_READ_URL = "database-read-url-${rk}"
+        REDIS_URL         = "redis-url-${rk}"
+        IP_HASH_KEY       = "ip-hash-key"
+      }
+      factory = {
+        DATABASE_URL = "database-url"
+        REDIS_URL    = "redis-url-${rk}"
+        JWT_SECRET   = "jwt-secret"
+      }
+      worker = {
+        DATABASE_URL = "database-url"
+        REDIS_URL    = "redis-url-${rk}"
+      }
+    }
+  }
+
+  # "<app>-<region key>" => everything one Cloud Run service needs
+  run_services = {
+    for pair in setproduct(keys(local.apps), keys(local.regions)) : "${pair[0]}-${pair[1]}" => merge(local.apps[pair[0]], {
+      app        = pair[0]
+      region_key = pair[1]
+      region     = local.regions[pair[1]]
+      min        = local.min_instances[pair[1]][pair[0]]
+      max        = var.max_instances[pair[0]]
+      env        = { for k, v in merge(local.common_env, local.app_env[pair[0]]) : k => v if v != "" }
+      secret_env = local.secret_env[pair[1]][pair[0]]
+    })
+  }
+}
+
+resource "google_cloud_run_v2_service" "svc" {
+  for_each = local.run_services
+
+  name                = "${var.name_prefix}-${each.value.app}"
+  location            = each.value.region
+  labels              = merge(local.labels, { component = each.value.app, region-role = each.value.region_key })
+  deletion_protection = var.deletion_protection
+  # Public services take traffic only from the external load balancer; the worker takes none.
+  ingress = each.value.public ? "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER" : "INGRESS_TRAFFIC_INTERNAL_ONLY"
+
+  template {
+    service_account                  = google_service_account.svc[each.value.sa].email
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+    timeout                          = "30s"
+    max_instance_request_concurrency = each.value.app == "scan" ? 200 : 80
+
+    scaling {
+      min_instance_count = each.value.min
+      max_instance_count = each.value.max
+    }
+
+    # Direct VPC egress: Cloud SQL and Memorystore private IPs; the Google APIs stay on the
+    # default path.
+    vpc_access {
+      egress = "PRIVATE_RANGES_ONLY"
+      network_interfaces {
+        network    = google_compute_network.vpc.id
+        subnetwork = google_compute_subnetwork.run[each.value.region_key].id
+      }
+    }
+
+    containers {
+      image = each.value.image
+      args  = each.value.args
+
+      ports {
+        container_port = 8080
+      }
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "512Mi"
+        }
+        cpu_idle          = !each.value.always_on
+        startup_cpu_boost = true
+      }
+
+      dynamic "env" {
+        for_each = each.value.env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      # Pinned to the version Terraform wrote, so a changed secret rolls out a new revision.
+      dynamic "env" {
+        for_each = each.value.secret_env
+        content {
+          name = env.key
+          value_source {
+            secret_key_ref {
+              secret  = google_secret_manager_secret.generated[env.value].secret_id
+              version = google_secret_manager_secret_version.generated[env.value].version
+            }
+          }
+        }
+      }
+
+      dynamic "volume_mounts" {
+        for_each = each.value.app == "factory" && var.audit_signing_key_present ? [1] : []
+        content {
+          name       = "audit-signing-key"
+          mount_path = local.audit_key_dir
+        }
+      }
+
+      startup_probe {
+        initial_delay_seconds = 0
+        period_seconds        = 2
+        timeout_seconds       = 1
+        failure_threshold     = 30
+        http_get {
+          path = "/healthz"
+          port = 8080
+        }
+      }
+
+      liveness_probe {
+        period_seconds    = 10
+        timeout_seconds   = 2
+        failure_threshold = 3
+        http_get {
+          path = "/healthz"
+          port = 8080
+        }
+      }
+    }
+
+    dynamic "volumes" {
+      for_each = each.value.app == "factory" && var.audit_signing_key_present ? [1] : []
+      content {
+        name = "audit-signing-key"
+        secret {
+          secret = google_secret_manager_secret.audit_signing_key.secret_id
+          items {
+            version = var.audit_signing_key_version
+            path    = "key.pem"
+            mode    = 256 # 0400
+          }
+        }
+      }
+    }
+  }
+
+  traffic {
+    type    = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+    percent = 100
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.access,
+    google_secret_manager_secret_iam_member.audit_key_factory,
+  ]
+}

@@ -1,0 +1,338 @@
+# Inputs. Only project_id, domains and the two images have no default; see README.md and
+# terraform.tfvars.example.
+
+# ---- project and regions ------------------------------------------------------------------
+
+variable "project_id" {
+  description = "Google Cloud project that holds the whole deployment."
+  type        = string
+}
+
+variable "primary_region" {
+  description = "Region that serves by default and holds the writable Cloud SQL primary."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "secondary_region" {
+  description = "Warm-standby region: Cloud Run at secondary_min_instances, Redis, and the cross-region read replica."
+  type        = string
+  default     = "europe-west4"
+
+  validation {
+    condition     = var.secondary_region != var.primary_region
+    error_message = "secondary_region must differ from primary_region."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name (lowercase letters, digits, hyphens)."
+  type        = string
+  default     = "voketag"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,18}$", var.name_prefix))
+    error_message = "name_prefix must be 2 to 19 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "labels" {
+  description = "Extra labels put on every labelled resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "deletion_protection" {
+  description = "Protect Cloud SQL and Cloud Run from `terraform destroy`. Turn off only for throw-away environments."
+  type        = bool
+  default     = true
+}
+
+# ---- network ------------------------------------------------------------------------------
+
+variable "run_subnet_cidrs" {
+  description = "Subnet per region key (primary, secondary) for Cloud Run Direct VPC egress; /26 or larger."
+  type        = map(string)
+  default = {
+    primary   = "10.10.0.0/24"
+    secondary = "10.20.0.0/24"
+  }
+
+  validation {
+    condition     = alltrue([for k in ["primary", "secondary"] : can(cidrhost(var.run_subnet_cidrs[k], 0))])
+    error_message = "run_subnet_cidrs needs valid CIDRs for both \"primary\" and \"secondary\"."
+  }
+}
+
+# ---- Cloud Run ----------------------------------------------------------------------------
+
+variable "scan_image" {
+  description = "Container image of scan-service (docker/scan-service.Dockerfile), preferably by digest."
+  type        = string
+}
+
+variable "factory_image" {
+  description = "Container image of factory-service (docker/factory-service.Dockerfile); runs `serve` and `worker`."
+  type        = string
+}
+
+variable "primary_min_instances" {
+  description = "Warm instances per app (scan, factory, worker) in the primary region."
+  type        = object({ scan = number, factory = number, worker = number })
+  default     = { scan = 2, factory = 1, worker = 1 }
+}
+
+variable "secondary_min_instances" {
+  description = "Warm instances per app in the secondary region. Above zero keeps failover inside the 5-minute RTO (no cold start, worker keeps consuming); zero makes the standby cheaper and slower."
+  type        = object({ scan = number, factory = number, worker = number })
+  default     = { scan = 1, factory = 1, worker = 1 }
+}
+
+variable "max_instances" {
+  description = "Maximum instances per app, in each region."
+  type        = object({ scan = number, factory = number, worker = number })
+  default     = { scan = 50, factory = 10, worker = 5 }
+}
+
+variable "rust_log" {
+  description = "RUST_LOG for every service."
+  type        = string
+  default     = "info"
+}
+
+variable "otlp_endpoint" {
+  description = "OTEL_EXPORTER_OTLP_ENDPOINT (an OpenTelemetry collector); empty disables trace export."
+  type        = string
+  default     = ""
+}
+
+variable "trusted_proxies" {
+  description = "TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed. The defaults are Google's front ends and load balancers."
+  type        = list(string)
+  default     = ["35.191.0.0/16", "130.211.0.0/22", "169.254.0.0/16"]
+}
+
+variable "cors_origins" {
+  description = "CORS_ORIGINS of the factory (admin console origins); empty means no CORS."
+  type        = list(string)
+  default     = []
+}
+
+variable "redis_timeout_ms" {
+  description = "REDIS_TIMEOUT_MS: hard timeout of every Redis call on a request path."
+  type        = number
+  default     = 50
+}
+
+variable "rate_limit_ip_per_minute" {
+  description = "RATE_LIMIT_IP_PER_MINUTE of the scan service."
+  type        = number
+  default     = 60
+}
+
+variable "rate_limit_ip_burst" {
+  description = "RATE_LIMIT_IP_BURST of the scan service."
+  type        = number
+  default     = 20
+}
+
+variable "rate_limit_key_per_minute" {
+  description = "RATE_LIMIT_KEY_PER_MINUTE of the scan service."
+  type        = number
+  default     = 600
+}
+
+variable "rate_limit_key_burst" {
+  description = "RATE_LIMIT_KEY_BURST of the scan service."
+  type        = number
+  default     = 100
+}
+
+variable "rate_limit_fail_closed" {
+  description = "RATE_LIMIT_FAIL_CLOSED: when Redis is unusable, true answers 503, false falls back to a per-instance limiter."
+  type        = bool
+  default     = false
+}
+
+# ---- database -----------------------------------------------------------------------------
+
+variable "db_tier" {
+  description = "Cloud SQL machine tier (db-custom-<vCPU>-<MiB> for ENTERPRISE, db-perf-optimized-N-<vCPU> for ENTERPRISE_PLUS)."
+  type        = string
+  default     = "db-custom-2-7680"
+}
+
+variable "db_edition" {
+  description = "Cloud SQL edition: ENTERPRISE or ENTERPRISE_PLUS."
+  type        = string
+  default     = "ENTERPRISE"
+
+  validation {
+    condition     = contains(["ENTERPRISE", "ENTERPRISE_PLUS"], var.db_edition)
+    error_message = "db_edition must be ENTERPRISE or ENTERPRISE_PLUS."
+  }
+}
+
+variable "db_disk_size_gb" {
+  description = "Initial SSD size in GB (grows automatically)."
+  type        = number
+  default     = 50
+}
+
+variable "db_name" {
+  description = "Database name."
+  type        = string
+  default     = "voketag"
+}
+
+variable "db_user" {
+  description = "Database user of the services (password generated, kept in Secret Manager)."
+  type        = string
+  default     = "voketag"
+}
+
+variable "db_backup_start_time" {
+  description = "UTC start (HH:MM) of the daily automated backup."
+  type        = string
+  default     = "02:00"
+}
+
+variable "db_backup_location" {
+  description = "Where automated backups are stored (a multi-region such as \"eu\" survives the loss of either region); null = Cloud SQL's default."
+  type        = string
+  default     = "eu"
+}
+
+variable "db_retained_backups" {
+  description = "Automated backups kept."
+  type        = number
+  default     = 30
+}
+
+variable "db_transaction_log_days" {
+  description = "Days of WAL kept for point-in-time recovery (1 to 7 on ENTERPRISE)."
+  type        = number
+  default     = 7
+}
+
+variable "database_writer" {
+  description = "Which instance takes writes: \"primary\", or \"secondary\" after the replica was promoted in a regional failover."
+  type        = string
+  default     = "primary"
+
+  validation {
+    condition     = contains(["primary", "secondary"], var.database_writer)
+    error_message = "database_writer must be \"primary\" or \"secondary\"."
+  }
+}
+
+# ---- Redis --------------------------------------------------------------------------------
+
+variable "redis_memory_gb" {
+  description = "Memorystore capacity per region, in GB."
+  type        = number
+  default     = 1
+}
+
+# ---- Pub/Sub ------------------------------------------------------------------------------
+
+variable "scan_events_topic" {
+  description = "SCAN_EVENTS_TOPIC."
+  type        = string
+  default     = "scan-events"
+}
+
+variable "scan_events_subscription" {
+  description = "SCAN_EVENTS_SUBSCRIPTION: the worker's pull subscription."
+  type        = string
+  default     = "factory-scan-events"
+}
+
+variable "scan_events_dlq_topic" {
+  description = "SCAN_EVENTS_DLQ_TOPIC: where undeliverable scan events go."
+  type        = string
+  default     = "scan-events-dlq"
+}
+
+variable "scan_events_dlq_subscription" {
+  description = "Subscription on the DLQ topic that `factory-service dlq list|replay` reads."
+  type        = string
+  default     = "scan-events-dlq-sub"
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries before a message is dead-lettered (Pub/Sub allows 5 to 100)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts must be between 5 and 100."
+  }
+}
+
+# ---- audit signing key ----------------------------------------------------------------------
+
+variable "audit_signing_key_present" {
+  description = "Set true once a version of <prefix>-audit-signing-key exists (secrets.tf); the factory then mounts it and signs checkpoints."
+  type        = bool
+  default     = false
+}
+
+variable "audit_signing_key_id" {
+  description = "AUDIT_SIGNING_KEY_ID published with each signature (name the key so verifiers pick the right public key)."
+  type        = string
+  default     = "audit-2026-01"
+}
+
+variable "audit_signing_key_version" {
+  description = "Secret Manager version of the audit key to mount (pin a number when rotating)."
+  type        = string
+  default     = "latest"
+}
+
+# ---- load balancer --------------------------------------------------------------------------
+
+variable "domains" {
+  description = "Hostnames of the API for the managed certificate (their DNS A records must point at the lb_ip output)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.domains) > 0
+    error_message = "At least one domain is needed for the managed certificate."
+  }
+}
+
+variable "lb_failover_mode" {
+  description = "\"automatic\": both regions behind each backend, outlier detection moves traffic off a failing region. \"manual\": only active_region is attached."
+  type        = string
+  default     = "automatic"
+
+  validation {
+    condition     = contains(["automatic", "manual"], var.lb_failover_mode)
+    error_message = "lb_failover_mode must be \"automatic\" or \"manual\"."
+  }
+}
+
+variable "active_region" {
+  description = "With lb_failover_mode = \"manual\": the region key (\"primary\" or \"secondary\") that gets all traffic."
+  type        = string
+  default     = "primary"
+
+  validation {
+    condition     = contains(["primary", "secondary"], var.active_region)
+    error_message = "active_region must be \"primary\" or \"secondary\"."
+  }
+}
+
+variable "security_policy" {
+  description = "Optional Cloud Armor security policy (self link) attached to both public backends."
+  type        = string
+  default     = null
+}
+
+variable "lb_log_sample_rate" {
+  description = "Fraction of requests the load balancer logs (0 to 1)."
+  type        = number
+  default     = 1
+}
