@@ -1,7 +1,7 @@
 # One service account per process, each with only what it uses.
 #   scan:    publish scan events; read DB URLs (writer for key checks, regional replica for tags), Redis URL, IP-hash key
 #   factory: the admin API; writer DB URL, Redis, JWT and audit keys; DLQ inspection and replay
-#   worker:  pull scan events; writer DB URL and Redis
+#   worker:  pull scan events, publish poison messages to the DLQ; writer DB URL and Redis
 
 resource "google_service_account" "svc" {
   for_each = toset(["scan", "factory", "worker"])
@@ -54,6 +54,14 @@ resource "google_pubsub_topic_iam_member" "scan_events_publishers" {
   topic  = google_pubsub_topic.scan_events.id
   role   = "roles/pubsub.publisher"
   member = "serviceAccount:${google_service_account.svc[each.key].email}"
+}
+
+# The worker dead-letters poison messages itself (with dlq_* attributes) instead of waiting
+# for five failed deliveries.
+resource "google_pubsub_topic_iam_member" "worker_dlq_publisher" {
+  topic  = google_pubsub_topic.scan_events_dlq.id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.svc["worker"].email}"
 }
 
 resource "google_pubsub_subscription_iam_member" "worker_subscriber" {

@@ -1,6 +1,8 @@
 # Scan events: scan publishes to `scan-events`; the factory worker pulls `factory-scan-events`.
 # A message that fails max_delivery_attempts times moves to `scan-events-dlq`, where
-# `factory-service dlq list|replay` reads it through `scan-events-dlq-sub`.
+# `factory-service dlq list|replay` reads it through `<dlq topic>-inspect`.
+# Settings match what `factory-service pubsub setup` creates (services/factory-service/src/events/
+# setup.rs), so running setup against production changes nothing.
 # Pub/Sub is a global service: both regions publish to and pull from the same topic, so a
 # regional failover needs no change here.
 
@@ -24,15 +26,15 @@ resource "google_pubsub_subscription" "factory_scan_events" {
   name                       = var.scan_events_subscription
   topic                      = google_pubsub_topic.scan_events.id
   labels                     = local.labels
-  ack_deadline_seconds       = 30
+  ack_deadline_seconds       = 60
   message_retention_duration = "604800s"
   retain_acked_messages      = false
   # Redelivery is harmless (scans are keyed by event_id); exactly-once would cost latency.
   enable_exactly_once_delivery = false
 
   retry_policy {
-    minimum_backoff = "5s"
-    maximum_backoff = "300s"
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
   }
 
   dead_letter_policy {
@@ -47,7 +49,7 @@ resource "google_pubsub_subscription" "factory_scan_events" {
 
 # Without a subscription, messages published to the DLQ topic would be dropped.
 resource "google_pubsub_subscription" "scan_events_dlq" {
-  name                       = var.scan_events_dlq_subscription
+  name                       = "${var.scan_events_dlq_topic}-inspect"
   topic                      = google_pubsub_topic.scan_events_dlq.id
   labels                     = local.labels
   ack_deadline_seconds       = 60

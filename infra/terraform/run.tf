@@ -7,7 +7,7 @@ locals {
   apps = {
     scan    = { image = var.scan_image, args = [], public = true, sa = "scan", always_on = false }
     factory = { image = var.factory_image, args = ["serve"], public = true, sa = "factory", always_on = false }
-    worker  = { image = var.factory_image, args = ["worker"], public = false, sa = "worker", always_on = true }
+    worker  = { image = var.factory_image, args = ["worker", "--metrics-addr", "0.0.0.0:8080"], public = false, sa = "worker", always_on = true }
   }
 
   min_instances = {

@@ -254,12 +254,6 @@ variable "scan_events_dlq_topic" {
   default     = "scan-events-dlq"
 }
 
-variable "scan_events_dlq_subscription" {
-  description = "Subscription on the DLQ topic that `factory-service dlq list|replay` reads."
-  type        = string
-  default     = "scan-events-dlq-sub"
-}
-
 variable "max_delivery_attempts" {
   description = "Deliveries before a message is dead-lettered (Pub/Sub allows 5 to 100)."
   type        = number
