@@ -148,8 +148,9 @@ run_case() { # name expect(pass|fail) pattern-required-in-output command...
 }
 
 export DATABASE_URL="$TEST_URL"
-# What a tampered row must trip: audit verify when it exists, and the row digest regardless.
-if has_subcommand audit verify; then tamper_pattern='FAIL +audit verify +exit'; else tamper_pattern='FAIL +audit rows digest'; fi
+# What a tampered row must trip: audit verify reporting a broken chain (exit 1, not 2 = could not
+# check) when the subcommand exists, else at least the row digest.
+if has_subcommand audit verify; then tamper_pattern='FAIL +audit verify +exit 1:'; else tamper_pattern='FAIL +audit rows digest'; fi
 
 BACKUP_DIR="$work/restore" run_case "restore-test passes on a populated database" pass 'OK: every check passed' \
   scripts/restore_test.sh
