@@ -1,9 +1,31 @@
-//! The audit log: every security-relevant action appends one event in the same database
-//! transaction as the action itself.
+//! The tamper-evident audit log: every security-relevant action appends one event in the same
+//! database transaction as the action itself, and the events form a hash chain (format version
+//! 2, docs/AUDIT_FORMAT.md) with optional RSA signatures and signed checkpoints.
 //!
 //! This is the seam the rest of the service uses: build a [`NewEvent`] and call
-//! [`AuditLog::append`] on the action's transaction. How events are encoded, chained and signed
-//! lives behind it.
+//! [`AuditLog::append`] on the action's transaction. Encoding ([`canonical`]), chaining
+//! ([`chain`]), signing ([`signing`]), checkpoints ([`checkpoint`]) and verification ([`verify`])
+//! live behind it.
+
+pub mod canonical;
+pub mod chain;
+pub mod checkpoint;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod record;
+pub mod routes;
+pub mod signing;
+pub mod verify;
+
+use std::sync::Arc;
+
+pub use config::AuditConfig;
+pub use error::AuditError;
+pub use record::AuditRecord;
+pub use signing::{KeyRing, Signer};
+pub use verify::{BreakReason, VerifyReport};
 
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -84,47 +106,69 @@ impl NewEvent {
 
 /// Appends audit events. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct AuditLog {}
-
-/// Serializes appends across every instance of the service: a transaction-scoped advisory lock
-/// on the chain head (released at commit or rollback).
-const CHAIN_LOCK_KEY: i64 = 0x766b_7461_6175_6474; // "vktaaudt"
+pub struct AuditLog {
+    /// The audit signing key, when configured.
+    signer: Option<Arc<Signer>>,
+    /// Whether every event is signed (not only checkpoints).
+    sign_events: bool,
+}
 
 impl AuditLog {
-    /// An audit log.
+    /// An audit log that hashes but does not sign (no key configured).
     pub fn new() -> Self {
-        Self {}
+        Self::default()
     }
 
-    /// Appends `event` inside the caller's transaction (`conn` must be in one), so the event
-    /// exists if and only if the action commits. Returns the event's `seq`.
-    pub async fn append(&self, conn: &mut PgConnection, event: NewEvent) -> Result<i64, sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHAIN_LOCK_KEY)
-            .execute(&mut *conn)
-            .await?;
-        let (actor_id, actor_email) = match &event.actor {
-            Actor::System => (None, Some("system".to_owned())),
-            Actor::User { id, email } => (Some(*id), Some(email.clone())),
-            Actor::Anonymous { email } => (None, email.clone()),
+    /// An audit log with `signer` for checkpoints, and for every event when `sign_events`.
+    pub fn with_signer(signer: Option<Arc<Signer>>, sign_events: bool) -> Self {
+        let sign_events = sign_events && signer.is_some();
+        Self {
+            signer,
+            sign_events,
+        }
+    }
+
+    /// The audit log the configuration asks for.
+    pub fn from_config(config: &AuditConfig) -> Self {
+        Self::with_signer(config.signer.clone(), config.sign_events)
+    }
+
+    /// The signing key, if any.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
+    }
+
+    /// Appends `event` inside the caller's transaction (`conn` must be in one, at READ
+    /// COMMITTED, the default), so the event exists if and only if the action commits. Returns
+    /// the event's `seq`. Appends from every instance are serialized on the chain-head row lock,
+    /// held until the caller's transaction ends, so keep that transaction short after this.
+    pub async fn append(
+        &self,
+        conn: &mut PgConnection,
+        event: NewEvent,
+    ) -> Result<i64, sqlx::Error> {
+        match self.try_append(conn, event).await {
+            Ok(record) => Ok(record.seq),
+            Err(AuditError::Database(e)) => Err(e),
+            // Signing can only fail with an unusable key, which start-up already rejected;
+            // surface it through the seam's error type rather than panic.
+            Err(other) => Err(sqlx::Error::Protocol(format!(
+                "audit append failed: {other}"
+            ))),
+        }
+    }
+
+    /// [`AuditLog::append`] returning the stored record and the audit log's own error type.
+    pub async fn try_append(
+        &self,
+        conn: &mut PgConnection,
+        event: NewEvent,
+    ) -> Result<AuditRecord, AuditError> {
+        let signer = if self.sign_events {
+            self.signer.as_deref()
+        } else {
+            None
         };
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO audit_events \
-             (seq, event_id, occurred_at, actor_id, actor_email, action, target_type, target_id, client_ip, user_agent, details) \
-             SELECT COALESCE(MAX(seq), 0) + 1, $1, now(), $2, $3, $4, $5, $6, $7, $8, $9 FROM audit_events \
-             RETURNING seq",
-        )
-        .bind(Uuid::now_v7())
-        .bind(actor_id)
-        .bind(actor_email)
-        .bind(&event.action)
-        .bind(&event.target_type)
-        .bind(&event.target_id)
-        .bind(&event.client_ip)
-        .bind(&event.user_agent)
-        .bind(&event.details)
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(seq)
+        chain::append(conn, event, signer).await
     }
 }

@@ -1,0 +1,239 @@
+//! Signed checkpoints: the chain head `{seq, hash, signed_at, key_id}` signed with the audit key,
+//! stored in `audit_checkpoints`, served, and written to the log. A copy kept anywhere else (log
+//! storage, a ticket, an auditor's laptop) later proves the chain once reached that seq with that
+//! hash, so a truncated or rewritten tail is detected.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, SubsecRound as _, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use super::canonical;
+use super::chain::{self, GENESIS_HASH, Hash};
+use super::error::AuditError;
+use super::signing::Signer;
+
+/// Serializes checkpoint writers across instances (transaction-scoped advisory lock).
+const CHECKPOINT_LOCK_KEY: i64 = 0x766b_7461_6370_6b74; // "vktacpkt"
+
+/// A checkpoint of the chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The head's seq.
+    pub seq: i64,
+    /// The hash of the event at `seq`.
+    pub hash: Hash,
+    /// When it was signed (microseconds).
+    pub signed_at: DateTime<Utc>,
+    /// The signing key's id (`None`: unsigned, no key configured).
+    pub key_id: Option<String>,
+    /// RSASSA-PKCS1-v1_5/SHA-256 signature of [`Checkpoint::message`].
+    pub signature: Option<Vec<u8>>,
+}
+
+/// The JSON form: `{"seq","hash"(hex),"signed_at","key_id","signature"(base64)}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointJson {
+    /// See [`Checkpoint::seq`].
+    pub seq: i64,
+    /// Lower-case hex.
+    pub hash: String,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub signed_at: String,
+    /// See [`Checkpoint::key_id`].
+    pub key_id: Option<String>,
+    /// Standard base64 with padding.
+    pub signature: Option<String>,
+}
+
+impl Checkpoint {
+    /// The signed bytes: the JCS form of `{"hash","key_id","seq","signed_at"}` (hash in hex,
+    /// `signed_at` as served).
+    pub fn message(&self) -> Vec<u8> {
+        canonical::jcs(&json!({
+            "hash": hex::encode(self.hash),
+            "key_id": self.key_id,
+            "seq": self.seq,
+            "signed_at": canonical::timestamp(&self.signed_at),
+        }))
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> CheckpointJson {
+        CheckpointJson {
+            seq: self.seq,
+            hash: hex::encode(self.hash),
+            signed_at: canonical::timestamp(&self.signed_at),
+            key_id: self.key_id.clone(),
+            signature: self.signature.as_ref().map(|s| BASE64.encode(s)),
+        }
+    }
+
+    /// Parses the JSON form (as served or logged).
+    pub fn from_json(json: &CheckpointJson) -> Result<Self, AuditError> {
+        let bad = |what: &str| AuditError::InvalidCheckpoint(what.to_owned());
+        let hash = hex::decode(&json.hash).map_err(|_| bad("hash is not hex"))?;
+        let hash: Hash = hash.try_into().map_err(|_| bad("hash is not 32 bytes"))?;
+        let signed_at = DateTime::parse_from_rfc3339(&json.signed_at)
+            .map_err(|_| bad("signed_at is not an RFC 3339 timestamp"))?
+            .with_timezone(&Utc);
+        let signature = match &json.signature {
+            Some(s) => Some(
+                BASE64
+                    .decode(s)
+                    .map_err(|_| bad("signature is not base64"))?,
+            ),
+            None => None,
+        };
+        if json.seq < 1 {
+            return Err(bad("seq must be at least 1"));
+        }
+        Ok(Self {
+            seq: json.seq,
+            hash,
+            signed_at,
+            key_id: json.key_id.clone(),
+            signature,
+        })
+    }
+
+    /// Parses checkpoints from text: one JSON object, or one per line (e.g. log lines that
+    /// carry the checkpoint under a `checkpoint` field).
+    pub fn parse_many(text: &str) -> Result<Vec<Self>, AuditError> {
+        let trimmed = text.trim();
+        if let Ok(one) = serde_json::from_str::<serde_json::Value>(trimmed) {
+            return Ok(vec![Self::from_value(&one)?]);
+        }
+        trimmed
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| AuditError::InvalidCheckpoint(format!("not JSON: {e}")))?;
+                Self::from_value(&value)
+            })
+            .collect()
+    }
+
+    fn from_value(value: &serde_json::Value) -> Result<Self, AuditError> {
+        // A log line carries the checkpoint as a JSON string in its `checkpoint` field.
+        let inner = match value
+            .get("checkpoint")
+            .or_else(|| value.pointer("/fields/checkpoint"))
+        {
+            Some(serde_json::Value::String(s)) => serde_json::from_str(s)
+                .map_err(|e| AuditError::InvalidCheckpoint(format!("not JSON: {e}")))?,
+            Some(v) => v.clone(),
+            None => value.clone(),
+        };
+        let json: CheckpointJson = serde_json::from_value(inner)
+            .map_err(|e| AuditError::InvalidCheckpoint(e.to_string()))?;
+        Self::from_json(&json)
+    }
+}
+
+type CheckpointRow = (i64, Vec<u8>, DateTime<Utc>, Option<String>, Option<Vec<u8>>);
+
+fn from_row(
+    (seq, hash, signed_at, key_id, signature): CheckpointRow,
+) -> Result<Checkpoint, AuditError> {
+    Ok(Checkpoint {
+        seq,
+        hash: chain::to_hash(seq, &hash)?,
+        signed_at,
+        key_id,
+        signature,
+    })
+}
+
+/// The newest stored checkpoint.
+pub async fn latest(pool: &PgPool) -> Result<Option<Checkpoint>, AuditError> {
+    let row: Option<CheckpointRow> = sqlx::query_as(
+        "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(from_row).transpose()
+}
+
+/// Every stored checkpoint, in seq order.
+pub async fn all(conn: &mut PgConnection) -> Result<Vec<Checkpoint>, AuditError> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints ORDER BY seq",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(from_row).collect()
+}
+
+/// Checkpoints the committed chain head if it moved past the newest checkpoint and `due` says
+/// so (given the number of events since that checkpoint and its time). Returns the new
+/// checkpoint, already committed and logged; `None` when nothing was due or another instance
+/// is writing one right now.
+pub async fn checkpoint_if_due(
+    pool: &PgPool,
+    signer: Option<&Signer>,
+    due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
+) -> Result<Option<Checkpoint>, AuditError> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(CHECKPOINT_LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let head = chain::read_head(&mut tx).await?;
+    if head.hash == GENESIS_HASH {
+        // Legacy events only: there is no chain to checkpoint yet.
+        return Ok(None);
+    }
+    let last: Option<(i64, DateTime<Utc>)> =
+        sqlx::query_as("SELECT seq, signed_at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let since = head.seq - last.map_or(0, |(seq, _)| seq);
+    if since <= 0 || !due(since, last.map(|(_, at)| at)) {
+        return Ok(None);
+    }
+    let mut checkpoint = Checkpoint {
+        seq: head.seq,
+        hash: head.hash,
+        signed_at: Utc::now().trunc_subsecs(6),
+        key_id: signer.map(|s| s.key_id().to_owned()),
+        signature: None,
+    };
+    if let Some(signer) = signer {
+        checkpoint.signature = Some(signer.sign(&checkpoint.message())?);
+    }
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, hash, signed_at, key_id, signature) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+    )
+    .bind(checkpoint.seq)
+    .bind(checkpoint.hash.as_slice())
+    .bind(checkpoint.signed_at)
+    .bind(&checkpoint.key_id)
+    .bind(&checkpoint.signature)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    // Logged only after the commit: a logged checkpoint must exist in the chain.
+    match serde_json::to_string(&checkpoint.to_json()) {
+        Ok(json) => tracing::info!(checkpoint = %json, seq = checkpoint.seq, "audit checkpoint"),
+        Err(e) => tracing::error!(error = %e, "cannot serialize audit checkpoint for the log"),
+    }
+    Ok(Some(checkpoint))
+}
+
+/// Writes a checkpoint of the current head now (if it moved since the last one).
+pub async fn checkpoint_now(
+    pool: &PgPool,
+    signer: Option<&Signer>,
+) -> Result<Option<Checkpoint>, AuditError> {
+    checkpoint_if_due(pool, signer, |_, _| true).await
+}

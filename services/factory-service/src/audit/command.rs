@@ -1,0 +1,142 @@
+//! `factory-service audit verify`: the offline verifier. Exit status 0 when the chain is intact,
+//! 1 when it is broken (printing the first bad seq and why), 2 when it could not be checked.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::checkpoint::Checkpoint;
+use super::signing::{self, KeyRing, PublicKey, UnknownKeys};
+use super::verify::{self, ChainState};
+
+/// `factory-service audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit chain: seq continuity, links, hashes, signatures, checkpoints.
+    Verify(VerifyArgs),
+}
+
+/// `factory-service audit verify` options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The database to verify (default: DATABASE_URL).
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// A public key (PEM file, SPKI or PKCS#1) to check signatures with; `KEY_ID=FILE` binds it
+    /// to one key id. Repeat for rotated keys. Without any, only hashes are checked.
+    #[arg(long = "public-key", value_name = "PEM")]
+    pub public_keys: Vec<String>,
+    /// A checkpoint kept elsewhere (inline JSON, or a file with one JSON object or JSON lines,
+    /// e.g. the service's `audit checkpoint` log lines). Repeatable.
+    #[arg(long = "checkpoint", value_name = "JSON")]
+    pub checkpoints: Vec<String>,
+}
+
+/// Runs an audit subcommand.
+pub async fn run(command: AuditCommand, default_database_url: &SecretString) -> ExitCode {
+    match command {
+        AuditCommand::Verify(args) => verify_command(args, default_database_url).await,
+    }
+}
+
+async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -> ExitCode {
+    let setup = || -> anyhow::Result<(KeyRing, Vec<Checkpoint>)> {
+        let mut keys = KeyRing::new(UnknownKeys::Fail);
+        for spec in &args.public_keys {
+            let (id, key) = load_public_key(spec)?;
+            keys.add(id, key);
+        }
+        let mut checkpoints = Vec::new();
+        for spec in &args.checkpoints {
+            checkpoints.extend(load_checkpoints(spec)?);
+        }
+        Ok((keys, checkpoints))
+    };
+    let (mut keys, checkpoints) = match setup() {
+        Ok(v) => v,
+        Err(e) => return operational_error(&e),
+    };
+    let url = args
+        .database_url
+        .map(SecretString::from)
+        .unwrap_or_else(|| default_database_url.clone());
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url.expose_secret())
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            return operational_error(&anyhow::anyhow!("cannot connect to the database: {e}"));
+        }
+    };
+    let unsigned_note = keys.is_empty();
+    let result = match verify::verify(&pool, &mut keys, &checkpoints, ChainState::default()).await {
+        Ok(r) => r,
+        Err(e) => return operational_error(&anyhow::anyhow!("verification could not run: {e}")),
+    };
+    pool.close().await;
+    let report = result.report();
+    if unsigned_note {
+        println!("note: no --public-key given, so signatures were not checked (hashes only)");
+    }
+    match result.broken {
+        None => {
+            println!(
+                "audit chain intact: {} events checked, {} legacy, {} signatures verified, head seq {} hash {}",
+                report.events_checked,
+                report.legacy_events,
+                report.signatures_checked,
+                report.head.seq,
+                report.head.hash.as_deref().unwrap_or("(none)"),
+            );
+            ExitCode::SUCCESS
+        }
+        Some(b) => {
+            println!(
+                "audit chain BROKEN: first bad seq {}: {} ({}) after {} good events",
+                b.seq,
+                b.reason.code(),
+                b.detail,
+                report.events_checked,
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn operational_error(e: &anyhow::Error) -> ExitCode {
+    eprintln!("factory-service audit verify: {e:#}");
+    ExitCode::from(2)
+}
+
+/// `FILE`, `KEY_ID=FILE`, or inline PEM text.
+fn load_public_key(spec: &str) -> anyhow::Result<(Option<String>, PublicKey)> {
+    let (id, source) = match spec.split_once('=') {
+        Some((id, path)) if !Path::new(spec).exists() && signing::valid_key_id(id) => {
+            (Some(id.to_owned()), path)
+        }
+        _ => (None, spec),
+    };
+    let pem = if source.trim_start().starts_with("-----BEGIN") {
+        source.to_owned()
+    } else {
+        std::fs::read_to_string(source)
+            .map_err(|e| anyhow::anyhow!("--public-key {source}: {e}"))?
+    };
+    let key =
+        PublicKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("--public-key {source}: {e}"))?;
+    Ok((id, key))
+}
+
+/// Inline JSON or a file of checkpoints.
+fn load_checkpoints(spec: &str) -> anyhow::Result<Vec<Checkpoint>> {
+    let text = if spec.trim_start().starts_with('{') {
+        spec.to_owned()
+    } else {
+        std::fs::read_to_string(spec).map_err(|e| anyhow::anyhow!("--checkpoint {spec}: {e}"))?
+    };
+    Checkpoint::parse_many(&text).map_err(|e| anyhow::anyhow!("--checkpoint: {e}"))
+}

@@ -1,0 +1,152 @@
+//! The audit log's background jobs: the checkpointer (signed checkpoints at the configured
+//! cadence) and the verifier (incremental verification every few minutes, a full pass now and
+//! then, `audit_chain_breaks_total` on a break).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint;
+use super::config::AuditConfig;
+use super::error::AuditError;
+use super::signing::{KeyRing, Signer, UnknownKeys};
+use super::verify::{self, ChainState, Verification};
+
+/// How often the checkpointer looks at the chain head (one indexed one-row read).
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
+
+/// Every this many incremental runs, verify the whole chain again: an incremental run only
+/// reads new events, so it cannot notice an old one being changed.
+const FULL_PASS_EVERY: u64 = 12;
+
+/// The key ring the service verifies with: its own public key; other key ids (older keys after
+/// a rotation) get their hashes checked but not their signatures. The offline verifier, given
+/// every public key, is the authoritative check.
+pub fn service_key_ring(signer: Option<&Signer>) -> KeyRing {
+    let mut keys = KeyRing::new(UnknownKeys::Skip);
+    if let Some(signer) = signer {
+        keys.add(
+            Some(signer.key_id().to_owned()),
+            signer.public_key().clone(),
+        );
+    }
+    keys
+}
+
+/// Starts both jobs; they stop when `shutdown` is cancelled.
+pub fn spawn(
+    pool: PgPool,
+    config: &AuditConfig,
+    shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    if config.signer.is_none() {
+        tracing::warn!(
+            "AUDIT_SIGNING_KEY_FILE is not set: the audit chain is hashed but neither checkpoints nor events are signed"
+        );
+    }
+    let checkpointer = tokio::spawn(run_checkpointer(
+        pool.clone(),
+        config.signer.clone(),
+        config.checkpoint_every,
+        config.checkpoint_interval,
+        shutdown.clone(),
+    ));
+    let verifier = IncrementalVerifier::new(service_key_ring(config.signer.as_deref()));
+    let verifier = tokio::spawn(verifier.run(pool, config.verify_interval, shutdown));
+    vec![checkpointer, verifier]
+}
+
+/// Writes a checkpoint whenever `every` events were appended since the last one, or `interval`
+/// passed and at least one was.
+pub async fn run_checkpointer(
+    pool: PgPool,
+    signer: Option<Arc<Signer>>,
+    every: i64,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::seconds(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(CHECKPOINT_POLL) => {}
+        }
+        let due = |since: i64, last_at: Option<chrono::DateTime<chrono::Utc>>| {
+            since >= every || last_at.is_none_or(|at| chrono::Utc::now() - at >= interval)
+        };
+        if let Err(e) = checkpoint::checkpoint_if_due(&pool, signer.as_deref(), due).await {
+            tracing::warn!(error = %e, "audit checkpoint failed; retrying");
+        }
+    }
+}
+
+/// Verifies the chain incrementally, remembering how far it got.
+pub struct IncrementalVerifier {
+    keys: KeyRing,
+    state: ChainState,
+    runs: u64,
+    /// The last break reported, so a persisting break is counted once.
+    reported: Option<(i64, &'static str)>,
+}
+
+impl IncrementalVerifier {
+    /// A verifier that has verified nothing yet.
+    pub fn new(keys: KeyRing) -> Self {
+        Self {
+            keys,
+            state: ChainState::default(),
+            runs: 0,
+            reported: None,
+        }
+    }
+
+    /// One run: new events since the last good run (every [`FULL_PASS_EVERY`]th run, and after
+    /// a break, the whole chain). Logs and counts a new break.
+    pub async fn run_once(&mut self, pool: &PgPool) -> Result<Verification, AuditError> {
+        let full = self.runs.is_multiple_of(FULL_PASS_EVERY) || self.reported.is_some();
+        self.runs += 1;
+        let from = if full {
+            ChainState::default()
+        } else {
+            self.state.clone()
+        };
+        let result = verify::verify(pool, &mut self.keys, &[], from).await?;
+        match &result.broken {
+            None => {
+                self.state = result.state.clone();
+                self.reported = None;
+                metrics::gauge!("audit_chain_verified_seq").set(self.state.last_seq as f64);
+            }
+            Some(b) => {
+                tracing::error!(
+                    first_bad_seq = b.seq,
+                    reason = b.reason.code(),
+                    detail = %b.detail,
+                    "audit chain is BROKEN"
+                );
+                let key = (b.seq, b.reason.code());
+                if self.reported != Some(key) {
+                    metrics::counter!("audit_chain_breaks_total").increment(1);
+                    self.reported = Some(key);
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// Runs now and then every `interval` until `shutdown`.
+    pub async fn run(mut self, pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.run_once(&pool).await {
+                tracing::warn!(error = %e, "audit verification could not run; retrying later");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}

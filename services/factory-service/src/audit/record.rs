@@ -1,0 +1,112 @@
+//! A stored audit event, as read from `audit_events` and as served by the API.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::canonical;
+
+/// One row of `audit_events` (format version 1 or 2).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRecord {
+    /// Position in the log, gap-free from 1.
+    pub seq: i64,
+    /// Format version: 1 (legacy, no chain fields) or 2.
+    pub version: i16,
+    /// Unique id of the event (UUID v7).
+    pub event_id: Uuid,
+    /// When it happened (database clock, microseconds).
+    pub occurred_at: DateTime<Utc>,
+    /// The acting user, if any.
+    pub actor_id: Option<Uuid>,
+    /// The acting user's email, `system` for the service itself, or the claimed email.
+    pub actor_email: Option<String>,
+    /// What happened, e.g. `api_key.created`.
+    pub action: String,
+    /// The kind of thing acted on.
+    pub target_type: Option<String>,
+    /// Its id.
+    pub target_id: Option<String>,
+    /// The client's IP address.
+    pub client_ip: Option<String>,
+    /// The client's user agent.
+    pub user_agent: Option<String>,
+    /// Free-form details.
+    pub details: Value,
+    /// Hash of the previous version-2 event (32 zero bytes for the first one).
+    pub prev_hash: Option<Vec<u8>>,
+    /// SHA-256(prev_hash || canonical bytes).
+    pub hash: Option<Vec<u8>>,
+    /// RSASSA-PKCS1-v1_5/SHA-256 signature of `hash`, when events are signed.
+    pub signature: Option<Vec<u8>>,
+    /// The signing key's id.
+    pub key_id: Option<String>,
+}
+
+/// The columns of [`AuditRecord`], in `SELECT` order.
+pub const COLUMNS: &str = "seq, version, event_id, occurred_at, actor_id, actor_email, action, \
+     target_type, target_id, client_ip, user_agent, details, prev_hash, hash, signature, key_id";
+
+/// An event as served by `GET /v1/audit/events`: hashes in lower-case hex, signatures in
+/// standard base64, timestamps exactly as hashed.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    /// See [`AuditRecord::seq`].
+    pub seq: i64,
+    /// See [`AuditRecord::version`].
+    pub version: i16,
+    /// See [`AuditRecord::event_id`].
+    pub event_id: Uuid,
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    pub occurred_at: String,
+    /// See [`AuditRecord::actor_id`].
+    pub actor_id: Option<Uuid>,
+    /// See [`AuditRecord::actor_email`].
+    pub actor_email: Option<String>,
+    /// See [`AuditRecord::action`].
+    pub action: String,
+    /// See [`AuditRecord::target_type`].
+    pub target_type: Option<String>,
+    /// See [`AuditRecord::target_id`].
+    pub target_id: Option<String>,
+    /// See [`AuditRecord::client_ip`].
+    pub client_ip: Option<String>,
+    /// See [`AuditRecord::user_agent`].
+    pub user_agent: Option<String>,
+    /// See [`AuditRecord::details`].
+    pub details: Value,
+    /// Hex.
+    pub prev_hash: Option<String>,
+    /// Hex.
+    pub hash: Option<String>,
+    /// Base64.
+    pub signature: Option<String>,
+    /// See [`AuditRecord::key_id`].
+    pub key_id: Option<String>,
+}
+
+impl From<AuditRecord> for EventView {
+    fn from(r: AuditRecord) -> Self {
+        Self {
+            seq: r.seq,
+            version: r.version,
+            event_id: r.event_id,
+            occurred_at: canonical::timestamp(&r.occurred_at),
+            actor_id: r.actor_id,
+            actor_email: r.actor_email,
+            action: r.action,
+            target_type: r.target_type,
+            target_id: r.target_id,
+            client_ip: r.client_ip,
+            user_agent: r.user_agent,
+            details: r.details,
+            prev_hash: r.prev_hash.map(hex::encode),
+            hash: r.hash.map(hex::encode),
+            signature: r.signature.map(|s| BASE64.encode(s)),
+            key_id: r.key_id,
+        }
+    }
+}

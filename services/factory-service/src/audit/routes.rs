@@ -1,0 +1,137 @@
+//! The audit API: `GET /v1/audit/events` and `GET /v1/audit/verify` (admins), and
+//! `GET /v1/audit/checkpoint` (public: anyone may keep a copy of the newest signed checkpoint).
+//! Handlers only parse, call the domain, and map the result.
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use common::http::{Json, error_response};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::error::AuditError;
+use super::record::{AuditRecord, COLUMNS, EventView};
+use super::verify::ChainState;
+use super::{AuditLog, checkpoint, job, verify};
+
+/// Largest page of `GET /v1/audit/events`.
+pub const MAX_PAGE: i64 = 1000;
+/// Default page size.
+pub const DEFAULT_PAGE: i64 = 100;
+
+/// What the audit handlers need.
+#[derive(Clone)]
+pub struct AuditRoutes {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// The audit log (its key is the service's verification key).
+    pub audit: AuditLog,
+}
+
+/// The audit routes. `Admin` is the extractor that admits admins only (it rejects everyone
+/// else with the contract's 401/403); the checkpoint route takes no credentials.
+pub fn router<Admin, S>(pool: PgPool, audit: AuditLog) -> Router<S>
+where
+    Admin: FromRequestParts<AuditRoutes> + Send + 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/v1/audit/events", get(events::<Admin>))
+        .route("/v1/audit/verify", get(verify_chain::<Admin>))
+        .route("/v1/audit/checkpoint", get(latest_checkpoint))
+        .with_state(AuditRoutes { pool, audit })
+}
+
+/// `?after_seq=N&limit=M`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// Only events with a greater seq (default 0: from the start).
+    pub after_seq: Option<i64>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// `{"items":[...]}`.
+#[derive(Debug, Serialize)]
+pub struct EventsPage {
+    /// Events in seq order.
+    pub items: Vec<EventView>,
+}
+
+async fn events<Admin>(
+    _admin: Admin,
+    State(state): State<AuditRoutes>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<EventsPage>, Response> {
+    let after_seq = query.after_seq.unwrap_or(0);
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if after_seq < 0 {
+        return Err(invalid_query("after_seq must be 0 or more."));
+    }
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid_query("limit must be from 1 to 1000."));
+    }
+    let sql = format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2");
+    let rows: Vec<AuditRecord> = sqlx::query_as(&sql)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(|e| failure(e.into()))?;
+    Ok(Json(EventsPage {
+        items: rows.into_iter().map(EventView::from).collect(),
+    }))
+}
+
+async fn verify_chain<Admin>(
+    _admin: Admin,
+    State(state): State<AuditRoutes>,
+) -> Result<Response, Response> {
+    let mut keys = job::service_key_ring(state.audit.signer());
+    let result = verify::verify(&state.pool, &mut keys, &[], ChainState::default())
+        .await
+        .map_err(failure)?;
+    // 200 either way: the request succeeded, and `ok` says whether the chain is intact.
+    Ok(Json(result.report()).into_response())
+}
+
+async fn latest_checkpoint(State(state): State<AuditRoutes>) -> Result<Response, Response> {
+    match checkpoint::latest(&state.pool).await.map_err(failure)? {
+        Some(cp) => Ok(Json(cp.to_json()).into_response()),
+        None => Err(error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "No audit checkpoint has been written yet.",
+        )),
+    }
+}
+
+fn invalid_query(detail: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "invalid_query", detail)
+}
+
+/// 503 when the database is unreachable, else 500; never the SQL or its error text.
+fn failure(e: AuditError) -> Response {
+    match &e {
+        AuditError::Database(
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
+        ) => {
+            tracing::warn!(error = %e, "audit route: database unavailable");
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "The database is temporarily unavailable; try again shortly.",
+            )
+        }
+        _ => {
+            tracing::error!(error = %e, "audit route failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Something went wrong on our side.",
+            )
+        }
+    }
+}

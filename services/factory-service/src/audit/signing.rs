@@ -1,0 +1,261 @@
+//! RSA signatures: RSASSA-PKCS1-v1_5 with SHA-256 (deterministic, so a third party can check a
+//! signature with `openssl dgst -sha256 -verify`).
+//!
+//! `ring` does the RSA arithmetic (constant-time private-key operations, fast verification);
+//! the `rsa` crate only parses and converts PEM/DER key encodings.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ring::rand::SystemRandom;
+use ring::signature::{
+    RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, UnparsedPublicKey,
+};
+use rsa::pkcs1::{DecodeRsaPublicKey as _, EncodeRsaPublicKey as _};
+use rsa::pkcs8::{
+    DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+};
+use rsa::{RsaPrivateKey, RsaPublicKey};
+use sha2::{Digest as _, Sha256};
+
+use super::error::AuditError;
+
+/// The longest key id accepted (it is stored with every signed event).
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+/// Whether `id` is a usable key id: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_KEY_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The default key id of a public key: the first 16 hex digits of SHA-256 over its DER
+/// SubjectPublicKeyInfo (`openssl pkey -pubin -outform DER | sha256sum`).
+pub fn fingerprint(spki_der: &[u8]) -> String {
+    hex::encode(&Sha256::digest(spki_der)[..8])
+}
+
+/// A private signing key with its id.
+pub struct Signer {
+    key_id: String,
+    key_pair: RsaKeyPair,
+    public: PublicKey,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material.
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// Parses a PKCS#8 PEM RSA private key (at least 2048 bits). Without `key_id`, the key's
+    /// [`fingerprint`] is its id.
+    pub fn from_pem(pem: &str, key_id: Option<&str>) -> Result<Self, AuditError> {
+        let invalid = |reason: String| AuditError::InvalidKey {
+            what: "private key".into(),
+            reason,
+        };
+        let private = RsaPrivateKey::from_pkcs8_pem(pem)
+            .map_err(|e| invalid(format!("not a PKCS#8 PEM RSA private key ({e})")))?;
+        let der = private
+            .to_pkcs8_der()
+            .map_err(|e| invalid(format!("cannot re-encode ({e})")))?;
+        let key_pair = RsaKeyPair::from_pkcs8(der.as_bytes())
+            .map_err(|e| invalid(format!("unusable for RSA signing ({e}); 2048 to 8192 bits")))?;
+        let public = PublicKey::from_rsa(&private.to_public_key())?;
+        let key_id = match key_id {
+            Some(id) if valid_key_id(id) => id.to_owned(),
+            Some(_) => {
+                return Err(invalid(
+                    "key id must be 1 to 64 of A-Z a-z 0-9 . _ -".into(),
+                ));
+            }
+            None => fingerprint(&public.spki_der),
+        };
+        Ok(Self {
+            key_id,
+            key_pair,
+            public,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// Reads [`Signer::from_pem`] from a file.
+    pub fn from_file(path: &Path, key_id: Option<&str>) -> Result<Self, AuditError> {
+        let pem = std::fs::read_to_string(path).map_err(|source| AuditError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_pem(&pem, key_id)
+    }
+
+    /// The key id stored next to every signature.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AuditError> {
+        let mut signature = vec![0; self.key_pair.public().modulus_len()];
+        self.key_pair
+            .sign(&RSA_PKCS1_SHA256, &self.rng, message, &mut signature)
+            .map_err(|e| AuditError::Signing {
+                key_id: self.key_id.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(signature)
+    }
+}
+
+/// An RSA public key.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    /// PKCS#1 RSAPublicKey DER (what `ring` verifies with).
+    pkcs1_der: Vec<u8>,
+    /// SubjectPublicKeyInfo DER (what the fingerprint is taken over).
+    spki_der: Vec<u8>,
+}
+
+impl PublicKey {
+    fn from_rsa(key: &RsaPublicKey) -> Result<Self, AuditError> {
+        let invalid = |e: String| AuditError::InvalidKey {
+            what: "public key".into(),
+            reason: e,
+        };
+        Ok(Self {
+            pkcs1_der: key
+                .to_pkcs1_der()
+                .map_err(|e| invalid(e.to_string()))?
+                .into_vec(),
+            spki_der: key
+                .to_public_key_der()
+                .map_err(|e| invalid(e.to_string()))?
+                .into_vec(),
+        })
+    }
+
+    /// Parses a PEM public key: SubjectPublicKeyInfo (`BEGIN PUBLIC KEY`) or PKCS#1
+    /// (`BEGIN RSA PUBLIC KEY`).
+    pub fn from_pem(pem: &str) -> Result<Self, AuditError> {
+        let key = RsaPublicKey::from_public_key_pem(pem)
+            .or_else(|_| RsaPublicKey::from_pkcs1_pem(pem))
+            .map_err(|e| AuditError::InvalidKey {
+                what: "public key".into(),
+                reason: format!("not a PEM RSA public key ({e})"),
+            })?;
+        Self::from_rsa(&key)
+    }
+
+    /// This key's default id (see [`fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.spki_der)
+    }
+
+    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5/SHA-256 signature of `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &self.pkcs1_der)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// How the verifier treats a key id it has no public key for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKeys {
+    /// A break ("unknown key"): the offline verifier, given the operator's keys.
+    Fail,
+    /// Skip the signature check (hashes are still checked): the service's own verifier, which
+    /// knows only its current key and must not cry wolf after a rotation.
+    Skip,
+}
+
+/// Result of checking one signature against a [`KeyRing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Verified.
+    Valid,
+    /// The key id's key rejects it.
+    Invalid,
+    /// No key for this key id.
+    UnknownKey,
+    /// No key for this key id and the policy is [`UnknownKeys::Skip`].
+    Skipped,
+}
+
+/// The public keys a verifier trusts. Keys given with an id verify only that id; keys given
+/// without one are tried for any id they are not yet bound to and bound to the first id whose
+/// signature they verify (so `--public-key new.pem --public-key old.pem` just works after a
+/// rotation), and always answer for their own [`fingerprint`].
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    named: HashMap<String, PublicKey>,
+    unnamed: Vec<PublicKey>,
+    policy: UnknownKeys,
+}
+
+impl KeyRing {
+    /// An empty ring with the given policy.
+    pub fn new(policy: UnknownKeys) -> Self {
+        Self {
+            named: HashMap::new(),
+            unnamed: Vec::new(),
+            policy,
+        }
+    }
+
+    /// Adds a key for one key id (`None`: for whichever id it verifies).
+    pub fn add(&mut self, key_id: Option<String>, key: PublicKey) {
+        match key_id {
+            Some(id) => {
+                self.named.insert(id, key);
+            }
+            None => {
+                self.named.insert(key.fingerprint(), key.clone());
+                self.unnamed.push(key);
+            }
+        }
+    }
+
+    /// Whether no key was given (then signatures are not checked at all).
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.unnamed.is_empty()
+    }
+
+    /// Checks `signature` of `message` by key `key_id`.
+    pub fn check(&mut self, key_id: &str, message: &[u8], signature: &[u8]) -> SignatureCheck {
+        if let Some(key) = self.named.get(key_id) {
+            return if key.verify(message, signature) {
+                SignatureCheck::Valid
+            } else {
+                SignatureCheck::Invalid
+            };
+        }
+        if let Some(i) = self
+            .unnamed
+            .iter()
+            .position(|k| k.verify(message, signature))
+        {
+            // Bind the key to this id: later signatures of the id must verify with it.
+            let key = self.unnamed.swap_remove(i);
+            self.named.insert(key_id.to_owned(), key);
+            return SignatureCheck::Valid;
+        }
+        match self.policy {
+            UnknownKeys::Fail => SignatureCheck::UnknownKey,
+            UnknownKeys::Skip => SignatureCheck::Skipped,
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The one verifier: streams `audit_events` in seq order and checks seq continuity, links,
+//! hashes and signatures, then the chain head and every known checkpoint. Used by the CLI
+//! (`factory-service audit verify`), by `GET /v1/audit/verify`, and incrementally by the
+//! background job.
+
+use std::collections::HashMap;
+
+use futures::TryStreamExt as _;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::chain::{self, GENESIS_HASH, Hash};
+use super::checkpoint::{self, Checkpoint};
+use super::error::AuditError;
+use super::record::{AuditRecord, COLUMNS};
+use super::signing::{KeyRing, SignatureCheck};
+
+/// Why the chain is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakReason {
+    /// The stored hash is not SHA-256(prev_hash || canonical bytes): the event was changed.
+    HashMismatch,
+    /// `prev_hash` is not the previous event's hash: events were removed, swapped or inserted.
+    BrokenLink,
+    /// A seq is missing.
+    SeqGap,
+    /// A signature (of an event or a checkpoint) does not verify with its key id's key.
+    BadSignature,
+    /// No public key is known for the key id.
+    UnknownKey,
+    /// The chain ends before a known checkpoint or the recorded chain head: the tail was cut.
+    TailTruncated,
+    /// A checkpoint's hash differs from the chain's hash at that seq: history was rewritten.
+    CheckpointMismatch,
+    /// The recorded chain head does not match the last event.
+    HeadMismatch,
+}
+
+impl BreakReason {
+    /// The snake_case code used in JSON and CLI output.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::HashMismatch => "hash_mismatch",
+            Self::BrokenLink => "broken_link",
+            Self::SeqGap => "seq_gap",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::TailTruncated => "tail_truncated",
+            Self::CheckpointMismatch => "checkpoint_mismatch",
+            Self::HeadMismatch => "head_mismatch",
+        }
+    }
+}
+
+/// The first place the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    /// The first bad seq (for a gap or a cut tail: the first missing seq).
+    pub seq: i64,
+    /// Why.
+    pub reason: BreakReason,
+    /// A human sentence with the specifics.
+    pub detail: String,
+}
+
+/// How far the chain has been verified; the background job resumes from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainState {
+    /// The last verified seq (0: nothing verified).
+    pub last_seq: i64,
+    /// The last verified version-2 hash (`None` while only legacy events were seen).
+    pub last_hash: Option<Hash>,
+    /// Version-2 events verified.
+    pub events_checked: u64,
+    /// Legacy (version 1) events seen before the chain starts.
+    pub legacy_events: u64,
+    /// Event signatures verified.
+    pub signatures_checked: u64,
+}
+
+/// The verifier's answer, as served by `GET /v1/audit/verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Whether the chain is intact.
+    pub ok: bool,
+    /// Version-2 events whose hash (and link) were checked.
+    pub events_checked: u64,
+    /// Legacy events (format version 1) before the chain.
+    pub legacy_events: u64,
+    /// Event signatures checked (0 when no public key was given).
+    pub signatures_checked: u64,
+    /// The last verified event.
+    pub head: HeadView,
+    /// The first bad seq, if broken.
+    pub first_bad_seq: Option<i64>,
+    /// Why, if broken (a [`BreakReason`] code).
+    pub reason: Option<&'static str>,
+    /// Specifics, if broken.
+    pub detail: Option<String>,
+}
+
+/// `{"seq","hash"}` of the last verified event (hash in hex; `null` before the chain starts).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadView {
+    /// Seq.
+    pub seq: i64,
+    /// Hex hash.
+    pub hash: Option<String>,
+}
+
+/// A finished verification run.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// What verified: up to the break, or the whole chain.
+    pub state: ChainState,
+    /// The first break, if any.
+    pub broken: Option<Break>,
+}
+
+impl Verification {
+    /// The JSON report.
+    pub fn report(&self) -> VerifyReport {
+        VerifyReport {
+            ok: self.broken.is_none(),
+            events_checked: self.state.events_checked,
+            legacy_events: self.state.legacy_events,
+            signatures_checked: self.state.signatures_checked,
+            head: HeadView {
+                seq: self.state.last_seq,
+                hash: self.state.last_hash.map(hex::encode),
+            },
+            first_bad_seq: self.broken.as_ref().map(|b| b.seq),
+            reason: self.broken.as_ref().map(|b| b.reason.code()),
+            detail: self.broken.as_ref().map(|b| b.detail.clone()),
+        }
+    }
+}
+
+/// Checks rows one by one; holds the running state.
+struct RowChecker<'k> {
+    state: ChainState,
+    keys: &'k mut KeyRing,
+    /// Checkpoint seqs to remember the chain's hash at.
+    wanted: HashMap<i64, Option<Hash>>,
+    buf: Vec<u8>,
+}
+
+impl RowChecker<'_> {
+    fn broken(seq: i64, reason: BreakReason, detail: String) -> Result<(), Break> {
+        Err(Break {
+            seq,
+            reason,
+            detail,
+        })
+    }
+
+    fn check(&mut self, row: &AuditRecord) -> Result<(), Break> {
+        let expected = self.state.last_seq + 1;
+        if row.seq != expected {
+            return Self::broken(
+                expected,
+                BreakReason::SeqGap,
+                format!("seq {expected} is missing (next event is seq {})", row.seq),
+            );
+        }
+        match row.version {
+            1 => {
+                if self.state.last_hash.is_some() {
+                    return Self::broken(
+                        row.seq,
+                        BreakReason::BrokenLink,
+                        "a version-1 event after the chain started".into(),
+                    );
+                }
+                self.state.legacy_events += 1;
+                self.state.last_seq = row.seq;
+                if let Some(slot) = self.wanted.get_mut(&row.seq) {
+                    *slot = None;
+                }
+                Ok(())
+            }
+            2 => self.check_v2(row),
+            v => Self::broken(
+                row.seq,
+                BreakReason::HashMismatch,
+                format!("unknown format version {v}"),
+            ),
+        }
+    }
+
+    fn check_v2(&mut self, row: &AuditRecord) -> Result<(), Break> {
+        let seq = row.seq;
+        let (Some(prev), Some(stored)) = (row.prev_hash.as_deref(), row.hash.as_deref()) else {
+            return Self::broken(
+                seq,
+                BreakReason::HashMismatch,
+                "chain fields are missing".into(),
+            );
+        };
+        let expected_prev = self.state.last_hash.unwrap_or(GENESIS_HASH);
+        if prev != expected_prev {
+            return Self::broken(
+                seq,
+                BreakReason::BrokenLink,
+                format!(
+                    "prev_hash {} is not the previous event's hash {}",
+                    hex::encode(prev),
+                    hex::encode(expected_prev)
+                ),
+            );
+        }
+        let computed = chain::event_hash(&expected_prev, row, &mut self.buf);
+        if stored != computed {
+            return Self::broken(
+                seq,
+                BreakReason::HashMismatch,
+                format!(
+                    "stored hash {} but the event hashes to {}",
+                    hex::encode(stored),
+                    hex::encode(computed)
+                ),
+            );
+        }
+        if let Some(signature) = &row.signature
+            && !self.keys.is_empty()
+        {
+            let key_id = row.key_id.as_deref().unwrap_or_default();
+            match self.keys.check(key_id, &computed, signature) {
+                SignatureCheck::Valid => self.state.signatures_checked += 1,
+                SignatureCheck::Skipped => {}
+                SignatureCheck::Invalid => {
+                    return Self::broken(
+                        seq,
+                        BreakReason::BadSignature,
+                        format!("the event signature does not verify with key {key_id:?}"),
+                    );
+                }
+                SignatureCheck::UnknownKey => {
+                    return Self::broken(
+                        seq,
+                        BreakReason::UnknownKey,
+                        format!("no public key verifies key id {key_id:?}"),
+                    );
+                }
+            }
+        }
+        self.state.events_checked += 1;
+        self.state.last_seq = seq;
+        self.state.last_hash = Some(computed);
+        if let Some(slot) = self.wanted.get_mut(&seq) {
+            *slot = Some(computed);
+        }
+        Ok(())
+    }
+}
+
+/// Verifies the chain after `from` (use `ChainState::default()` for the whole chain), against
+/// the stored checkpoints and `external` ones, checking signatures with `keys` (none given:
+/// hashes only). Reads one consistent snapshot, so concurrent appends do not look like breaks.
+pub async fn verify(
+    pool: &PgPool,
+    keys: &mut KeyRing,
+    external: &[Checkpoint],
+    from: ChainState,
+) -> Result<Verification, AuditError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let head = chain::read_head(&mut tx).await?;
+    let mut checkpoints = checkpoint::all(&mut tx).await?;
+    checkpoints.extend(external.iter().cloned());
+    // Checkpoints at or before `from` were compared by an earlier run.
+    checkpoints.retain(|c| c.seq > from.last_seq);
+
+    let mut checker = RowChecker {
+        state: from,
+        keys,
+        wanted: checkpoints.iter().map(|c| (c.seq, None)).collect(),
+        buf: Vec::with_capacity(1024),
+    };
+    let mut row_break = None;
+    {
+        let sql = format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq");
+        let mut rows = sqlx::query_as::<_, AuditRecord>(&sql)
+            .bind(checker.state.last_seq)
+            .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            if let Err(b) = checker.check(&row) {
+                row_break = Some(b);
+                break;
+            }
+        }
+    }
+    tx.commit().await?;
+
+    let mut breaks: Vec<Break> = row_break.into_iter().collect();
+    let state = &checker.state;
+    let verified_to = breaks.first().map_or(state.last_seq, |b| b.seq - 1);
+    if breaks.is_empty()
+        && let Some(b) = head_break(&head, state)
+    {
+        breaks.push(b);
+    }
+    for cp in &checkpoints {
+        if let Some(b) = checkpoint_break(
+            cp,
+            checker.keys,
+            &checker.wanted,
+            verified_to,
+            breaks.is_empty(),
+        ) {
+            breaks.push(b);
+        }
+    }
+    // The earliest problem is the one to report; on a tie, the row's own reason.
+    let broken = breaks.into_iter().min_by_key(|b| b.seq);
+    Ok(Verification {
+        state: checker.state,
+        broken,
+    })
+}
+
+/// Compares the end of an intact chain with the recorded head.
+fn head_break(head: &chain::Head, state: &ChainState) -> Option<Break> {
+    if head.seq > state.last_seq {
+        return Some(Break {
+            seq: state.last_seq + 1,
+            reason: BreakReason::TailTruncated,
+            detail: format!(
+                "the chain ends at seq {} but the recorded chain head is seq {}",
+                state.last_seq, head.seq
+            ),
+        });
+    }
+    let head_hash = (head.hash != GENESIS_HASH).then_some(head.hash);
+    if head.seq < state.last_seq || head_hash != state.last_hash {
+        return Some(Break {
+            seq: head.seq.min(state.last_seq).max(1),
+            reason: BreakReason::HeadMismatch,
+            detail: format!(
+                "the recorded chain head (seq {}) does not match the last event (seq {})",
+                head.seq, state.last_seq
+            ),
+        });
+    }
+    None
+}
+
+/// Checks one checkpoint's signature and compares it with the chain. `chain_complete`: the rows
+/// verified to the end, so a checkpoint beyond them means the tail was cut.
+fn checkpoint_break(
+    cp: &Checkpoint,
+    keys: &mut KeyRing,
+    hashes: &HashMap<i64, Option<Hash>>,
+    verified_to: i64,
+    chain_complete: bool,
+) -> Option<Break> {
+    let at = |reason, detail| {
+        Some(Break {
+            seq: cp.seq,
+            reason,
+            detail,
+        })
+    };
+    if let (Some(signature), Some(key_id)) = (&cp.signature, &cp.key_id)
+        && !keys.is_empty()
+    {
+        match keys.check(key_id, &cp.message(), signature) {
+            SignatureCheck::Valid | SignatureCheck::Skipped => {}
+            SignatureCheck::Invalid => {
+                return at(
+                    BreakReason::BadSignature,
+                    format!(
+                        "the checkpoint at seq {} has a bad signature (key {key_id:?})",
+                        cp.seq
+                    ),
+                );
+            }
+            SignatureCheck::UnknownKey => {
+                return at(
+                    BreakReason::UnknownKey,
+                    format!("no public key verifies the checkpoint's key id {key_id:?}"),
+                );
+            }
+        }
+    }
+    if cp.seq > verified_to {
+        if !chain_complete {
+            // Beyond an earlier break: that break is the one to report.
+            return None;
+        }
+        return Some(Break {
+            seq: verified_to + 1,
+            reason: BreakReason::TailTruncated,
+            detail: format!(
+                "the chain ends at seq {verified_to} but a checkpoint (signed at {}) covers seq {}",
+                super::canonical::timestamp(&cp.signed_at),
+                cp.seq
+            ),
+        });
+    }
+    match hashes.get(&cp.seq).copied().flatten() {
+        Some(hash) if hash == cp.hash => None,
+        Some(hash) => at(
+            BreakReason::CheckpointMismatch,
+            format!(
+                "the checkpoint says seq {} has hash {} but the chain has {}",
+                cp.seq,
+                hex::encode(cp.hash),
+                hex::encode(hash)
+            ),
+        ),
+        None => at(
+            BreakReason::CheckpointMismatch,
+            format!(
+                "the checkpoint covers seq {}, which is not a version-2 event",
+                cp.seq
+            ),
+        ),
+    }
+}

@@ -1,0 +1,696 @@
+//! The tamper-evident audit log against real PostgreSQL: each test has its own database
+//! (`common::testing::TestDb`). Run with `cargo nextest run -p factory-service --test audit`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::DateTime;
+use common::testing::TestDb;
+use factory_service::audit::checkpoint::{self, Checkpoint};
+use factory_service::audit::job::IncrementalVerifier;
+use factory_service::audit::record::{AuditRecord, COLUMNS};
+use factory_service::audit::signing::{KeyRing, PublicKey, UnknownKeys};
+use factory_service::audit::verify::{self, BreakReason, ChainState, Verification};
+use factory_service::audit::{Actor, AuditLog, NewEvent, Signer, canonical, chain};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const K1_PEM: &str = include_str!("fixtures/audit_k1.pem");
+const K1_PUB: &str = include_str!("fixtures/audit_k1.pub.pem");
+const K2_PEM: &str = include_str!("fixtures/audit_k2.pem");
+const K2_PUB: &str = include_str!("fixtures/audit_k2.pub.pem");
+
+const CHAIN_UP: &str = include_str!("../../../migrations/20261125002001_audit_chain.up.sql");
+const CHAIN_DOWN: &str = include_str!("../../../migrations/20261125002001_audit_chain.down.sql");
+
+fn signer(pem: &str, id: &str) -> Arc<Signer> {
+    Arc::new(Signer::from_pem(pem, Some(id)).expect("test key"))
+}
+
+fn public(pem: &str) -> PublicKey {
+    PublicKey::from_pem(pem).expect("test public key")
+}
+
+/// A ring with named keys (`Some(id)`) or keys to bind by trial (`None`).
+fn ring(keys: &[(Option<&str>, &str)]) -> KeyRing {
+    let mut ring = KeyRing::new(UnknownKeys::Fail);
+    for (id, pem) in keys {
+        ring.add(id.map(str::to_owned), public(pem));
+    }
+    ring
+}
+
+fn event(i: usize) -> NewEvent {
+    NewEvent::new(
+        "api_key.created",
+        Actor::User {
+            id: Uuid::from_u128(0x8d0c_6c43_1f3e_4c11_9a43_5e0f_3b7c_2a10),
+            email: "admin@example.com".into(),
+        },
+    )
+    .target("api_key", Uuid::from_u128(i as u128))
+    .client(Some("203.0.113.7".into()), Some("tests/1.0".into()))
+    .details(json!({"i": i, "name": format!("key {i}"), "ratio": 0.1 * i as f64, "nested": {"b": [1, 2.5, "x"], "a": null}}))
+}
+
+/// Appends `n` events, each in its own committed transaction.
+async fn append_n(pool: &PgPool, audit: &AuditLog, n: usize) -> Vec<i64> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut tx = pool.begin().await.unwrap();
+        seqs.push(audit.append(&mut tx, event(i)).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    seqs
+}
+
+async fn verify_with(pool: &PgPool, keys: &mut KeyRing, external: &[Checkpoint]) -> Verification {
+    verify::verify(pool, keys, external, ChainState::default())
+        .await
+        .unwrap()
+}
+
+async fn verify_hashes(pool: &PgPool) -> Verification {
+    verify_with(pool, &mut KeyRing::new(UnknownKeys::Fail), &[]).await
+}
+
+fn assert_broken(v: &Verification, seq: i64, reason: BreakReason) {
+    let b = v
+        .broken
+        .as_ref()
+        .unwrap_or_else(|| panic!("expected a break at {seq} ({reason:?}), chain verified: {v:?}"));
+    assert_eq!((b.seq, b.reason), (seq, reason), "{}", b.detail);
+    assert!(!v.report().ok);
+}
+
+/// Runs `sql` the way a database administrator would: bypassing the append-only triggers.
+async fn tamper(pool: &PgPool, sql: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sql).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn row(pool: &PgPool, seq: i64) -> AuditRecord {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM audit_events WHERE seq = $1"
+    ))
+    .bind(seq)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worked example of docs/AUDIT_FORMAT.md.
+
+/// The example event of docs/AUDIT_FORMAT.md section "Worked example".
+fn worked_example() -> AuditRecord {
+    AuditRecord {
+        seq: 1,
+        version: 2,
+        event_id: "019ab9d2-3c4e-7a10-8b2c-5d6e7f801234".parse().unwrap(),
+        occurred_at: DateTime::parse_from_rfc3339("2026-11-25T08:00:00.123456Z")
+            .unwrap()
+            .to_utc(),
+        actor_id: Some("8d0c6c43-1f3e-4c11-9a43-5e0f3b7c2a10".parse().unwrap()),
+        actor_email: Some("admin@example.com".into()),
+        action: "api_key.created".into(),
+        target_type: Some("api_key".into()),
+        target_id: Some("5b7e2c1a-9f3d-4e8b-a6c4-0d1e2f3a4b5c".into()),
+        client_ip: Some("203.0.113.7".into()),
+        user_agent: Some("curl/8.5.0".into()),
+        details: json!({"name": "Line 3 scanner", "rate_limit_per_minute": 600, "note": "café", "ratio": 0.5}),
+        prev_hash: None,
+        hash: None,
+        signature: None,
+        key_id: None,
+    }
+}
+
+const EXAMPLE_CANONICAL: &str = "7b22616374696f6e223a226170695f6b65792e63726561746564222c226163746f725f656d61696c223a2261646d696e406578616d706c652e636f6d222c226163746f725f6964223a2238643063366334332d316633652d346331312d396134332d356530663362376332613130222c22636c69656e745f6970223a223230332e302e3131332e37222c2264657461696c73223a7b226e616d65223a224c696e652033207363616e6e6572222c226e6f7465223a22636166c3a9222c22726174655f6c696d69745f7065725f6d696e757465223a3630302c22726174696f223a302e357d2c226576656e745f6964223a2230313961623964322d336334652d376131302d386232632d356436653766383031323334222c226f636375727265645f6174223a22323032362d31312d32355430383a30303a30302e3132333435365a222c22736571223a312c227461726765745f6964223a2235623765326331612d396633642d346538622d613663342d306431653266336134623563222c227461726765745f74797065223a226170695f6b6579222c22757365725f6167656e74223a226375726c2f382e352e30222c2276657273696f6e223a327d";
+const EXAMPLE_HASH: &str = "912bfb0546ad35febf94e8fd9657dcdacc9061131f9f9f0bdb107c1656d6bf3a";
+const EXAMPLE_SIGNATURE_K1: &str = "H03a7B6EBkid9l45fls3oDC/xLhPtLOrQjqfuy+qYKwzicdTeH9bgeECVH7sHobD8VggENCvIS9GDXn948IwkqUwYcQ591ERS2AJoOBhv1p61s3QVDplKbHvsETaFkJmmWh3Vw4mdV7Pm0GVbvcLAlVHT6sCH7WJshRaB8SzeIpNNdmRfNX4OVUZkqzM+OTS/S/hZ+LcwjX2+/94GOo2hB1VCp0TlrVOWNRIZI/peT7l7fP0yx3KtJPw9ommjlOhoj5IIMwPdSCaNE6mJxXOYniZPscmItkdDIdKer4BJJblPVIZ1QU7Id+o1PrjZnDjq3pC4bMGYmJJJo8xgpbpeQ==";
+const EXAMPLE_CHECKPOINT_MESSAGE: &str = r#"{"hash":"912bfb0546ad35febf94e8fd9657dcdacc9061131f9f9f0bdb107c1656d6bf3a","key_id":"k1","seq":1,"signed_at":"2026-11-25T08:01:00.000000Z"}"#;
+const EXAMPLE_CHECKPOINT_SIGNATURE_K1: &str = "Pby973uNsSrKcJDFmpUJYs/uAQj0jPM2ScqKGrB+ZAwzdbv/r2b1C5xGAE9Z+im+KxnRSMQNdv0TNQL6zCGpRL9WiMYq6etqMVAqLzt7/359v/rXJI+RiAW2caPMvcMBwPIfs4n2jtFB7400GA2Y9iWzrHNsJem35dhkuPkKv8EmLniuelvW0w9DYYOAeK2acIBL2JXS4QP350LndXYYaK10q/btQo+Y+prdHnQ+HOTK2RlU+SP59eUVTP+ic8uZblE6ePef5Bfq6pDed00XLcAnp46NZOY4JN3DyXVZ8AqP07klxTuU4Ty0WmxqaTxqMH+xzXLwbj7iBIk6Ecwvlg==";
+
+#[test]
+fn worked_example_is_the_documented_test_vector() {
+    let event = worked_example();
+    let mut canonical_bytes = Vec::new();
+    canonical::event_bytes(&event, &mut canonical_bytes);
+    let hash = chain::event_hash(&chain::GENESIS_HASH, &event, &mut Vec::new());
+    let k1 = signer(K1_PEM, "k1");
+    let signature = BASE64.encode(k1.sign(&hash).unwrap());
+    let cp = Checkpoint {
+        seq: 1,
+        hash,
+        signed_at: DateTime::parse_from_rfc3339("2026-11-25T08:01:00.000000Z")
+            .unwrap()
+            .to_utc(),
+        key_id: Some("k1".into()),
+        signature: None,
+    };
+    let cp_signature = BASE64.encode(k1.sign(&cp.message()).unwrap());
+    assert_eq!(hex::encode(&canonical_bytes), EXAMPLE_CANONICAL);
+    assert_eq!(hex::encode(hash), EXAMPLE_HASH);
+    assert_eq!(signature, EXAMPLE_SIGNATURE_K1);
+    assert_eq!(
+        String::from_utf8(cp.message()).unwrap(),
+        EXAMPLE_CHECKPOINT_MESSAGE
+    );
+    assert_eq!(cp_signature, EXAMPLE_CHECKPOINT_SIGNATURE_K1);
+    assert!(public(K1_PUB).verify(&hash, &BASE64.decode(EXAMPLE_SIGNATURE_K1).unwrap()));
+}
+
+/// The example event stored and read back through PostgreSQL (jsonb reorders keys and
+/// normalizes numbers) still hashes to the documented value.
+#[tokio::test]
+async fn worked_example_survives_a_database_round_trip() {
+    let db = TestDb::new().await;
+    let e = worked_example();
+    let hash = hex::decode(EXAMPLE_HASH).unwrap();
+    tamper(
+        &db.pool,
+        "INSERT INTO audit_events (seq, version, event_id, occurred_at, actor_id, actor_email, action, target_type, \
+         target_id, client_ip, user_agent, details, prev_hash, hash) VALUES (1, 2, '019ab9d2-3c4e-7a10-8b2c-5d6e7f801234', \
+         '2026-11-25T08:00:00.123456Z', '8d0c6c43-1f3e-4c11-9a43-5e0f3b7c2a10', 'admin@example.com', 'api_key.created', \
+         'api_key', '5b7e2c1a-9f3d-4e8b-a6c4-0d1e2f3a4b5c', '203.0.113.7', 'curl/8.5.0', \
+         '{\"ratio\": 0.50, \"rate_limit_per_minute\": 6.0e2, \"note\": \"caf\\u00e9\", \"name\": \"Line 3 scanner\"}', \
+         decode(repeat('00', 32), 'hex'), decode('912bfb0546ad35febf94e8fd9657dcdacc9061131f9f9f0bdb107c1656d6bf3a', 'hex')); \
+         UPDATE audit_chain_head SET seq = 1, hash = decode('912bfb0546ad35febf94e8fd9657dcdacc9061131f9f9f0bdb107c1656d6bf3a', 'hex');",
+    )
+    .await;
+    let stored = row(&db.pool, 1).await;
+    assert_eq!(stored.hash.as_deref(), Some(hash.as_slice()));
+    assert_eq!(stored.occurred_at, e.occurred_at);
+    let v = verify_hashes(&db.pool).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    assert_eq!(v.state.events_checked, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appending.
+
+#[tokio::test]
+async fn appends_form_a_gap_free_chain_that_verifies() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    let mut tx = db.pool.begin().await.unwrap();
+    audit
+        .append(&mut tx, NewEvent::new("user.created", Actor::System))
+        .await
+        .unwrap();
+    audit
+        .append(&mut tx, NewEvent::new("auth.login_failed", Actor::Anonymous { email: Some("x@y.z".into()) })
+            .details(json!({"big": 12345678901234567890u64, "neg": -0.0, "tiny": 1e-7, "huge": 1e300, "u": "\u{1f600}\n\"", "k\u{e9}y": [true, false, null]})))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let seqs = append_n(&db.pool, &audit, 20).await;
+    assert_eq!(seqs, (3..=22).collect::<Vec<i64>>());
+    let first = row(&db.pool, 1).await;
+    assert_eq!(first.prev_hash.as_deref(), Some(&chain::GENESIS_HASH[..]));
+    assert_eq!(first.actor_email.as_deref(), Some("system"));
+    assert_eq!(row(&db.pool, 2).await.prev_hash, first.hash);
+    let v = verify_hashes(&db.pool).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    let report = v.report();
+    assert_eq!(
+        (report.ok, report.events_checked, report.legacy_events),
+        (true, 22, 0)
+    );
+    assert_eq!(report.head.seq, 22);
+    assert_eq!(
+        report.head.hash,
+        row(&db.pool, 22).await.hash.map(hex::encode)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_appends_from_many_tasks_and_two_instances_form_one_chain() {
+    let db = TestDb::new().await;
+    // Two "instances": separate pools and separate AuditLog values, one signing events.
+    let url = secrecy::ExposeSecret::expose_secret(&db.url).to_owned();
+    let other_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .unwrap();
+    let instances = [
+        (db.pool.clone(), AuditLog::new()),
+        (
+            other_pool,
+            AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true),
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (pool, audit) = instances[t % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let mut tx = pool.begin().await.unwrap();
+                audit.append(&mut tx, event(t * 100 + i)).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_events ORDER BY seq")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seqs, (1..=400).collect::<Vec<i64>>());
+    let v = verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    assert_eq!(v.state.events_checked, 400);
+    assert_eq!(v.state.signatures_checked, 200);
+}
+
+#[tokio::test]
+async fn a_rolled_back_action_leaves_no_event_and_no_gap() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    append_n(&db.pool, &audit, 2).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'p', 'sku-1')")
+        .bind(Uuid::now_v7())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(audit.append(&mut tx, event(9)).await.unwrap(), 3);
+    tx.rollback().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((count, products), (2, 0));
+    // The seq the rolled-back event had is reused: no gap.
+    assert_eq!(append_n(&db.pool, &audit, 1).await, vec![3]);
+    assert!(verify_hashes(&db.pool).await.broken.is_none());
+}
+
+#[tokio::test]
+async fn the_service_cannot_update_or_delete_audit_rows() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 1).await;
+    for sql in [
+        "UPDATE audit_events SET action = 'x'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampering by SQL.
+
+#[tokio::test]
+async fn a_changed_detail_is_a_hash_mismatch_at_its_seq() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 10).await;
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET details = details || '{\"name\": \"other\"}' WHERE seq = 6",
+    )
+    .await;
+    assert_broken(&verify_hashes(&db.pool).await, 6, BreakReason::HashMismatch);
+}
+
+#[tokio::test]
+async fn a_deleted_middle_row_is_a_seq_gap() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 10).await;
+    tamper(&db.pool, "DELETE FROM audit_events WHERE seq = 4").await;
+    assert_broken(&verify_hashes(&db.pool).await, 4, BreakReason::SeqGap);
+}
+
+#[tokio::test]
+async fn swapped_rows_are_a_broken_link() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 10).await;
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET seq = -1 WHERE seq = 5; UPDATE audit_events SET seq = 5 WHERE seq = 6; \
+         UPDATE audit_events SET seq = 6 WHERE seq = -1;",
+    )
+    .await;
+    assert_broken(&verify_hashes(&db.pool).await, 5, BreakReason::BrokenLink);
+}
+
+#[tokio::test]
+async fn a_deleted_tail_is_caught_by_the_chain_head() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 10).await;
+    tamper(&db.pool, "DELETE FROM audit_events WHERE seq > 7").await;
+    assert_broken(
+        &verify_hashes(&db.pool).await,
+        8,
+        BreakReason::TailTruncated,
+    );
+}
+
+#[tokio::test]
+async fn a_rehashed_row_without_the_key_is_a_bad_signature() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&db.pool, &audit, 8).await;
+    // The attacker knows the format and re-hashes the changed row and every later one, so every
+    // link and hash is consistent again; only the signatures give it away.
+    let mut prev: chain::Hash = row(&db.pool, 4).await.hash.unwrap().try_into().unwrap();
+    for seq in 5..=8 {
+        let mut r = row(&db.pool, seq).await;
+        if seq == 5 {
+            r.details = json!({"name": "forged"});
+        }
+        let hash = chain::event_hash(&prev, &r, &mut Vec::new());
+        tamper(
+            &db.pool,
+            &format!(
+                "UPDATE audit_events SET details = '{}', prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {seq}; \
+                 UPDATE audit_chain_head SET hash = '\\x{}'",
+                r.details,
+                hex::encode(prev),
+                hex::encode(hash),
+                hex::encode(hash)
+            ),
+        )
+        .await;
+        prev = hash;
+    }
+    assert!(
+        verify_hashes(&db.pool).await.broken.is_none(),
+        "hash-only verification cannot see it"
+    );
+    let v = verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await;
+    assert_broken(&v, 5, BreakReason::BadSignature);
+}
+
+#[tokio::test]
+async fn a_rewritten_chain_is_caught_by_a_signed_checkpoint() {
+    let db = TestDb::new().await;
+    let k1 = signer(K1_PEM, "k1");
+    let audit = AuditLog::with_signer(Some(k1.clone()), false);
+    append_n(&db.pool, &audit, 6).await;
+    let cp = checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 6);
+    // Unsigned events re-hashed from seq 3 on: consistent links and hashes, wrong checkpoint.
+    let mut prev: chain::Hash = row(&db.pool, 2).await.hash.unwrap().try_into().unwrap();
+    for seq in 3..=6 {
+        let mut r = row(&db.pool, seq).await;
+        if seq == 3 {
+            r.action = "nothing.happened".into();
+        }
+        let hash = chain::event_hash(&prev, &r, &mut Vec::new());
+        tamper(
+            &db.pool,
+            &format!(
+                "UPDATE audit_events SET action = '{}', prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {seq}; \
+                 UPDATE audit_chain_head SET hash = '\\x{}'",
+                r.action,
+                hex::encode(prev),
+                hex::encode(hash),
+                hex::encode(hash)
+            ),
+        )
+        .await;
+        prev = hash;
+    }
+    let v = verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await;
+    assert_broken(&v, 6, BreakReason::CheckpointMismatch);
+    // Forging the stored checkpoint too needs the key: its signature no longer verifies.
+    tamper(
+        &db.pool,
+        &format!(
+            "UPDATE audit_checkpoints SET hash = '\\x{}'",
+            hex::encode(prev)
+        ),
+    )
+    .await;
+    let v = verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await;
+    assert_broken(&v, 6, BreakReason::BadSignature);
+}
+
+#[tokio::test]
+async fn a_tail_truncated_below_a_saved_checkpoint_is_detected() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), false);
+    append_n(&db.pool, &audit, 10).await;
+    let cp = checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    // The copy kept elsewhere: the JSON the service serves and logs.
+    let saved = serde_json::to_string(&cp.to_json()).unwrap();
+    // The attacker cuts the tail and covers their tracks in the database.
+    tamper(
+        &db.pool,
+        "DELETE FROM audit_events WHERE seq > 7; DELETE FROM audit_checkpoints; \
+         UPDATE audit_chain_head SET seq = 7, hash = (SELECT hash FROM audit_events WHERE seq = 7);",
+    )
+    .await;
+    assert!(
+        verify_hashes(&db.pool).await.broken.is_none(),
+        "the database alone looks intact"
+    );
+    let external = Checkpoint::parse_many(&saved).unwrap();
+    let v = verify_with(&db.pool, &mut ring(&[(None, K1_PUB)]), &external).await;
+    assert_broken(&v, 8, BreakReason::TailTruncated);
+    // A log line carrying the checkpoint works as well.
+    let log_line =
+        json!({"level": "INFO", "fields": {"message": "audit checkpoint", "checkpoint": saved}})
+            .to_string();
+    let external = Checkpoint::parse_many(&format!("{log_line}\n")).unwrap();
+    assert_eq!(external[0], cp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signatures and keys.
+
+#[tokio::test]
+async fn signatures_verify_with_the_right_public_key_and_fail_with_another() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&db.pool, &audit, 5).await;
+    checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    let r = row(&db.pool, 3).await;
+    assert_eq!(r.key_id.as_deref(), Some("k1"));
+    assert!(public(K1_PUB).verify(r.hash.as_deref().unwrap(), r.signature.as_deref().unwrap()));
+    assert!(!public(K2_PUB).verify(r.hash.as_deref().unwrap(), r.signature.as_deref().unwrap()));
+
+    let v = verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    assert_eq!(v.state.signatures_checked, 5);
+    let v = verify_with(&db.pool, &mut ring(&[(None, K1_PUB)]), &[]).await;
+    assert!(
+        v.broken.is_none(),
+        "an unnamed key binds to the id it verifies: {:?}",
+        v.broken
+    );
+    assert_broken(
+        &verify_with(&db.pool, &mut ring(&[(Some("k1"), K2_PUB)]), &[]).await,
+        1,
+        BreakReason::BadSignature,
+    );
+    assert_broken(
+        &verify_with(&db.pool, &mut ring(&[(None, K2_PUB)]), &[]).await,
+        1,
+        BreakReason::UnknownKey,
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_old_events_verify_with_their_key_new_ones_with_theirs() {
+    let db = TestDb::new().await;
+    let old = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&db.pool, &old, 3).await;
+    checkpoint::checkpoint_now(&db.pool, old.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    let new = AuditLog::with_signer(Some(signer(K2_PEM, "k2")), true);
+    append_n(&db.pool, &new, 3).await;
+    checkpoint::checkpoint_now(&db.pool, new.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row(&db.pool, 3).await.key_id.as_deref(), Some("k1"));
+    assert_eq!(row(&db.pool, 4).await.key_id.as_deref(), Some("k2"));
+
+    for keys in [
+        vec![(Some("k1"), K1_PUB), (Some("k2"), K2_PUB)],
+        vec![(None, K2_PUB), (None, K1_PUB)],
+    ] {
+        let v = verify_with(&db.pool, &mut ring(&keys), &[]).await;
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.state.signatures_checked, 6);
+    }
+    assert_broken(
+        &verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await,
+        4,
+        BreakReason::UnknownKey,
+    );
+    // The service's own verifier knows only its current key and skips older key ids.
+    let mut service = factory_service::audit::job::service_key_ring(new.signer());
+    let v = verify_with(&db.pool, &mut service, &[]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    assert_eq!(v.state.signatures_checked, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy version-1 rows.
+
+#[tokio::test]
+async fn legacy_v1_rows_before_the_chain_are_counted_and_the_chain_starts_after_them() {
+    let db = TestDb::new().await;
+    // Back to the version-1 schema, write v1 rows the way the old code did, migrate forward.
+    sqlx::raw_sql(CHAIN_DOWN).execute(&db.pool).await.unwrap();
+    for seq in 1..=3 {
+        sqlx::query(
+            "INSERT INTO audit_events (seq, event_id, occurred_at, actor_email, action, details) \
+             VALUES ($1, $2, now(), 'system', 'user.created', '{\"legacy\": true}')",
+        )
+        .bind(seq)
+        .bind(Uuid::now_v7())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql(CHAIN_UP).execute(&db.pool).await.unwrap();
+    let legacy = row(&db.pool, 2).await;
+    assert_eq!((legacy.version, legacy.hash.is_none()), (1, true));
+
+    let audit = AuditLog::new();
+    assert_eq!(append_n(&db.pool, &audit, 4).await, vec![4, 5, 6, 7]);
+    assert_eq!(
+        row(&db.pool, 4).await.prev_hash.as_deref(),
+        Some(&chain::GENESIS_HASH[..])
+    );
+    let v = verify_hashes(&db.pool).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    let report = v.report();
+    assert_eq!(
+        (report.events_checked, report.legacy_events, report.head.seq),
+        (4, 3, 7)
+    );
+
+    // A "legacy" row slipped in after the chain started is not accepted.
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET version = 1, prev_hash = NULL, hash = NULL WHERE seq = 6",
+    )
+    .await;
+    assert_broken(&verify_hashes(&db.pool).await, 6, BreakReason::BrokenLink);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints and the background verifier.
+
+#[tokio::test]
+async fn checkpoints_follow_the_cadence_and_verify() {
+    let db = TestDb::new().await;
+    let k1 = signer(K1_PEM, "k1");
+    let audit = AuditLog::with_signer(Some(k1.clone()), false);
+    let every = |since: i64, _| since >= 5;
+    assert!(
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), every)
+            .await
+            .unwrap()
+            .is_none(),
+        "no chain yet"
+    );
+    append_n(&db.pool, &audit, 4).await;
+    assert!(
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), every)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    append_n(&db.pool, &audit, 1).await;
+    let cp = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), every)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 5);
+    assert_eq!(cp.hash.to_vec(), row(&db.pool, 5).await.hash.unwrap());
+    assert!(public(K1_PUB).verify(&cp.message(), cp.signature.as_deref().unwrap()));
+    assert_eq!(
+        checkpoint::latest(&db.pool).await.unwrap(),
+        Some(cp.clone())
+    );
+    let served = cp.to_json();
+    assert_eq!(Checkpoint::from_json(&served).unwrap(), cp);
+    assert!(
+        checkpoint::checkpoint_now(&db.pool, Some(&k1))
+            .await
+            .unwrap()
+            .is_none(),
+        "head did not move"
+    );
+    // Without a key, checkpoints are still written (unsigned).
+    append_n(&db.pool, &audit, 1).await;
+    let unsigned = checkpoint::checkpoint_now(&db.pool, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (unsigned.seq, unsigned.key_id, unsigned.signature),
+        (6, None, None)
+    );
+    assert!(
+        verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[])
+            .await
+            .broken
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_background_verifier_works_incrementally_and_reports_a_break() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    let mut job = IncrementalVerifier::new(KeyRing::new(UnknownKeys::Skip));
+    append_n(&db.pool, &audit, 5).await;
+    let first = job.run_once(&db.pool).await.unwrap();
+    assert_eq!(
+        (first.broken.is_none(), first.state.events_checked),
+        (true, 5)
+    );
+    append_n(&db.pool, &audit, 3).await;
+    let second = job.run_once(&db.pool).await.unwrap();
+    assert!(second.broken.is_none(), "{:?}", second.broken);
+    assert_eq!(second.state.last_seq, 8);
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET client_ip = '198.51.100.1' WHERE seq = 7",
+    )
+    .await;
+    append_n(&db.pool, &audit, 1).await;
+    // The incremental run starts after seq 8 and links seq 9 to the remembered hash of seq 8,
+    // so it cannot see seq 7; the periodic full pass does.
+    let mut full = IncrementalVerifier::new(KeyRing::new(UnknownKeys::Skip));
+    assert_broken(
+        &full.run_once(&db.pool).await.unwrap(),
+        7,
+        BreakReason::HashMismatch,
+    );
+}
