@@ -2,7 +2,8 @@
 # `make infra-check`: `terraform fmt -check` on infra/terraform, then `terraform init
 # -backend=false` + `terraform validate` when the provider plugins can be installed. Where the
 # Terraform registry is unreachable (this build machine), validate is skipped and said so plainly;
-# the exit status then reflects fmt alone.
+# the exit status then reflects fmt alone. Also `promtool check rules` + `promtool test rules` on
+# infra/monitoring when promtool is installed (apt-get install -y prometheus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=infra/terraform
@@ -38,10 +39,22 @@ else
   rc=1
 fi
 
-printf '\n  terraform fmt -check:  %s\n  terraform validate:    %s\n\n' "$fmt" "$validate"
+rules=infra/monitoring/prometheus-rules.yml
+if command -v promtool >/dev/null; then
+  if promtool check rules "$rules" >&2 && promtool test rules "${rules%.yml}.test.yml" >&2; then
+    prom="PASS"
+  else
+    prom="FAIL"
+    rc=1
+  fi
+else
+  prom="SKIPPED: promtool is not installed (apt-get install -y prometheus)"
+fi
+
+printf '\n  terraform fmt -check:  %s\n  terraform validate:    %s\n  promtool check+test:   %s\n\n' "$fmt" "$validate" "$prom"
 if [ $rc -eq 0 ]; then
   case "$validate" in
-    SKIPPED*) log "OK (fmt only): formatting passed; validation did NOT run, see above" ;;
+    SKIPPED*) log "OK, but terraform validate did NOT run (see above): only formatting was checked" ;;
     *) log "OK: fmt and validate passed" ;;
   esac
 else
