@@ -1,18 +1,245 @@
 //! The factory service's configuration, parsed once at start-up.
 
+use std::time::Duration;
+
 use common::config::{CommonConfig, ConfigError, Env};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+/// Shortest accepted access-token signing secret: HS256 wants at least as many bytes as its
+/// output (32).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// Everything the factory service reads from the environment.
 #[derive(Debug, Clone)]
 pub struct FactoryConfig {
     /// Shared settings.
     pub common: CommonConfig,
+    /// Sign-in and tokens.
+    pub auth: AuthConfig,
+    /// `ADMIN_RATE_LIMIT_*`: the per-client token bucket on the admin API.
+    pub admin_rate_limit: RateLimitConfig,
+    /// `IDEMPOTENCY_TTL_SEC`: how long idempotent results are kept.
+    pub idempotency_ttl: Duration,
+    /// `MAX_DELIVERY_ATTEMPTS`: deliveries of a scan event before it is dead-lettered.
+    pub max_delivery_attempts: u32,
+}
+
+/// Token lifetimes, the signing secret and the bootstrap admin.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `JWT_SECRET` or the contents of `JWT_KEY_FILE`; `None` when neither is set (allowed only
+    /// in development, where [`FactoryConfig::jwt_secret`] makes one up).
+    pub jwt_secret: Option<JwtSecret>,
+    /// `ACCESS_TOKEN_TTL_SEC`.
+    pub access_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL_SEC`.
+    pub refresh_ttl: Duration,
+    /// `BOOTSTRAP_ADMIN_EMAIL` / `BOOTSTRAP_ADMIN_PASSWORD`.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+}
+
+/// The access-token signing secret (never logged).
+#[derive(Debug, Clone)]
+pub struct JwtSecret(pub std::sync::Arc<SecretBox<Vec<u8>>>);
+
+impl JwtSecret {
+    /// Wraps raw secret bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(std::sync::Arc::new(SecretBox::new(Box::new(bytes))))
+    }
+
+    /// The secret bytes, for building keys.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+/// The first admin, created at start-up when the users table is empty.
+#[derive(Debug, Clone)]
+pub struct BootstrapAdmin {
+    /// Their email.
+    pub email: String,
+    /// Their password (never logged).
+    pub password: SecretString,
+}
+
+/// A token bucket: `rps` tokens per second, at most `burst` banked.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// Refill rate in tokens per second.
+    pub rps: u32,
+    /// Bucket size.
+    pub burst: u32,
 }
 
 impl FactoryConfig {
     /// Parses the factory service's variables.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env, "127.0.0.1:8081")?;
-        Ok(Self { common })
+        let access_secs: u64 = env.int_in("ACCESS_TOKEN_TTL_SEC", 900, 1, 86_400)?;
+        let refresh_secs: u64 = env.int_in("REFRESH_TOKEN_TTL_SEC", 2_592_000, 60, 31_536_000)?;
+        let auth = AuthConfig {
+            jwt_secret: jwt_secret(env)?,
+            access_ttl: Duration::from_secs(access_secs),
+            refresh_ttl: Duration::from_secs(refresh_secs),
+            bootstrap_admin: bootstrap_admin(env)?,
+        };
+        let admin_rate_limit = RateLimitConfig {
+            rps: env.int_in("ADMIN_RATE_LIMIT_RPS", 10, 1, 1_000_000)?,
+            burst: env.int_in("ADMIN_RATE_LIMIT_BURST", 20, 1, 1_000_000)?,
+        };
+        let idempotency_secs: u64 = env.int_in("IDEMPOTENCY_TTL_SEC", 86_400, 1, 2_592_000)?;
+        Ok(Self {
+            common,
+            auth,
+            admin_rate_limit,
+            idempotency_ttl: Duration::from_secs(idempotency_secs),
+            max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 1000)?,
+        })
+    }
+
+    /// The signing secret for serving. Outside development a missing secret is an error; in
+    /// development a random one is made up (tokens then die with the process), and the second
+    /// value says so, so that start-up can warn once logging is up.
+    pub fn jwt_secret(&self) -> Result<(JwtSecret, bool), ConfigError> {
+        match &self.auth.jwt_secret {
+            Some(secret) => Ok((secret.clone(), false)),
+            None if self.common.is_development() => {
+                let mut bytes = vec![0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+                Ok((JwtSecret::new(bytes), true))
+            }
+            None => Err(ConfigError::missing(
+                "JWT_SECRET",
+                "JWT_SECRET (at least 32 bytes) or JWT_KEY_FILE (a file holding at least 32 bytes); \
+                 only APP_ENV=development may run without one",
+            )),
+        }
+    }
+}
+
+fn jwt_secret(env: &Env) -> Result<Option<JwtSecret>, ConfigError> {
+    let expected = "at least 32 bytes of random data, e.g. `openssl rand -base64 48`";
+    if let Some(secret) = env.secret("JWT_SECRET") {
+        let bytes = secret.expose_secret().as_bytes().to_vec();
+        if bytes.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::new(
+                "JWT_SECRET",
+                "",
+                true,
+                "too short",
+                expected,
+            ));
+        }
+        return Ok(Some(JwtSecret::new(bytes)));
+    }
+    let Some(path) = env.raw("JWT_KEY_FILE") else {
+        return Ok(None);
+    };
+    let contents = std::fs::read(path).map_err(|e| {
+        ConfigError::new(
+            "JWT_KEY_FILE",
+            path,
+            false,
+            format!("cannot be read ({e})"),
+            "a readable file path",
+        )
+    })?;
+    // Editors add a trailing newline; it is not part of the secret.
+    let trimmed = contents.trim_ascii().to_vec();
+    if trimmed.len() < MIN_JWT_SECRET_BYTES {
+        return Err(ConfigError::new(
+            "JWT_KEY_FILE",
+            path,
+            false,
+            "the file holds fewer than 32 bytes",
+            expected,
+        ));
+    }
+    Ok(Some(JwtSecret::new(trimmed)))
+}
+
+fn bootstrap_admin(env: &Env) -> Result<Option<BootstrapAdmin>, ConfigError> {
+    let email = env.raw("BOOTSTRAP_ADMIN_EMAIL");
+    let password = env.secret("BOOTSTRAP_ADMIN_PASSWORD");
+    match (email, password) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::missing(
+            "BOOTSTRAP_ADMIN_PASSWORD",
+            "a password of at least 12 characters, set together with BOOTSTRAP_ADMIN_EMAIL",
+        )),
+        (None, Some(_)) => Err(ConfigError::missing(
+            "BOOTSTRAP_ADMIN_EMAIL",
+            "an email address, set together with BOOTSTRAP_ADMIN_PASSWORD",
+        )),
+        (Some(email), Some(password)) => {
+            let email = crate::users::normalize_email(email).map_err(|problem| {
+                ConfigError::new(
+                    "BOOTSTRAP_ADMIN_EMAIL",
+                    email,
+                    false,
+                    problem,
+                    "an email address such as admin@example.com",
+                )
+            })?;
+            crate::users::check_password(password.expose_secret()).map_err(|problem| {
+                ConfigError::new(
+                    "BOOTSTRAP_ADMIN_PASSWORD",
+                    "",
+                    true,
+                    problem,
+                    "12 to 1024 characters",
+                )
+            })?;
+            Ok(Some(BootstrapAdmin { email, password }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<FactoryConfig, ConfigError> {
+        FactoryConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.auth.access_ttl, Duration::from_secs(900));
+        assert_eq!(c.auth.refresh_ttl, Duration::from_secs(2_592_000));
+        assert_eq!((c.admin_rate_limit.rps, c.admin_rate_limit.burst), (10, 20));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.max_delivery_attempts, 5);
+    }
+
+    #[test]
+    fn jwt_secret_required_outside_development() {
+        let c = parse(&[]).unwrap();
+        let e = c.jwt_secret().unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET");
+        let dev = parse(&[("APP_ENV", "development")]).unwrap();
+        let (secret, generated) = dev.jwt_secret().unwrap();
+        assert!(generated);
+        assert_eq!(secret.expose().len(), 32);
+    }
+
+    #[test]
+    fn short_secret_rejected_without_showing_it() {
+        let e = parse(&[("JWT_SECRET", "tooshort")]).unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET");
+        assert!(!e.to_string().contains("tooshort"));
+    }
+
+    #[test]
+    fn bootstrap_needs_both() {
+        assert!(parse(&[("BOOTSTRAP_ADMIN_EMAIL", "a@example.com")]).is_err());
+        let c = parse(&[
+            ("BOOTSTRAP_ADMIN_EMAIL", "Admin@Example.com"),
+            ("BOOTSTRAP_ADMIN_PASSWORD", "correct horse battery"),
+        ])
+        .unwrap();
+        assert_eq!(c.auth.bootstrap_admin.unwrap().email, "admin@example.com");
     }
 }

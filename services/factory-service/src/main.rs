@@ -1,22 +1,34 @@
+use std::io::BufRead as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
 use common::Env;
-use factory_service::cli::{Cli, Command};
+use factory_service::audit::{Actor, AuditLog};
+use factory_service::cli::{Cli, Command, UserCommand};
 use factory_service::{Application, FactoryConfig};
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match FactoryConfig::from_env(&Env::from_process()) {
+    let env = Env::from_process();
+    let config = match FactoryConfig::from_env(&env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("factory-service: {e}");
             return ExitCode::from(2);
         }
     };
+    let command = cli.command.unwrap_or(Command::Serve);
+    // A missing signing secret is a configuration error of `serve`, reported like the others.
+    if matches!(command, Command::Serve) {
+        if let Err(e) = config.jwt_secret() {
+            eprintln!("factory-service: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let _telemetry = match common::telemetry::init("factory-service", &config.common.telemetry) {
         Ok(g) => g,
         Err(e) => {
@@ -24,9 +36,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::User(UserCommand::Create { email, role }) => {
+            create_user(config, &env, &email, role).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,5 +67,38 @@ async fn migrate(config: FactoryConfig) -> anyhow::Result<()> {
         .await
         .context("applying migrations")?;
     tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn create_user(
+    config: FactoryConfig,
+    env: &Env,
+    email: &str,
+    role: factory_service::users::Role,
+) -> anyhow::Result<()> {
+    let password = match env.secret("FACTORY_USER_PASSWORD") {
+        Some(p) => p,
+        None => {
+            eprintln!("password (one line on standard input):");
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned())
+        }
+    };
+    let pool = common::db::pg_pool(&config.common.database_url, 2)?;
+    let user = factory_service::users::create_user(
+        &pool,
+        &AuditLog::new(),
+        email,
+        &password,
+        role,
+        Actor::System,
+    )
+    .await
+    .context("creating the user")?;
+    println!("created {} user {} ({})", user.role, user.email, user.id);
     Ok(())
 }

@@ -1,47 +1,156 @@
-//! Builds the factory service: pools, routes, layers, and the listener.
+//! Builds the factory service: pools, state, routes, layers, the listener, and the small
+//! background jobs of the API (bootstrap admin, expired idempotency records).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use common::health::{self, ReadinessCheck};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::FactoryConfig;
+use crate::audit::AuditLog;
+use crate::auth::{CsrfKey, JwtKeys, password};
+use crate::config::{BootstrapAdmin, FactoryConfig};
+use crate::ratelimit::Buckets;
+use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE, Redis};
+
+/// How often expired idempotency records are deleted.
+const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// A built factory service, bound to its listener and ready to serve.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    router: axum::Router,
+    state: AppState,
 }
 
 impl Application {
     /// Connects (lazily) to the dependencies, builds the routes and binds `BIND_ADDR`
-    /// (port 0 picks a free port: tests do that).
+    /// (port 0 picks a free port: tests do that). Fails without an access-token secret
+    /// outside development.
     pub async fn build(config: FactoryConfig) -> anyhow::Result<Self> {
+        let (secret, generated) = config.jwt_secret()?;
+        if generated {
+            tracing::warn!(
+                "JWT_SECRET and JWT_KEY_FILE are unset: signing with a random per-process secret \
+                 (development only; sessions end when the process does)"
+            );
+        }
         let pool = common::db::pg_pool(&config.common.database_url, 16)?;
-        let redis = common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
-        let router = Router::new().merge(health::routes(vec![
+        let redis_pool =
+            common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
+        let limit = config.admin_rate_limit;
+        let state = AppState {
+            pool: pool.clone(),
+            redis: Redis {
+                pool: redis_pool.clone(),
+                prefix: Arc::from(config.common.redis_key_prefix.as_str()),
+                timeout: config.common.redis_timeout,
+            },
+            audit: AuditLog::new(),
+            jwt: Arc::new(JwtKeys::new(&secret, config.auth.access_ttl)),
+            csrf: Arc::new(CsrfKey::derive(&secret)),
+            refresh_ttl: config.auth.refresh_ttl,
+            dummy_hash: Arc::from(password::dummy_hash().await?.as_str()),
+            login_by_ip: Arc::new(Buckets::new(
+                f64::from(LOGIN_PER_IP_PER_MINUTE) / 60.0,
+                LOGIN_PER_IP_PER_MINUTE,
+            )),
+            login_by_email: Arc::new(Buckets::new(
+                f64::from(LOGIN_PER_EMAIL_PER_MINUTE) / 60.0,
+                LOGIN_PER_EMAIL_PER_MINUTE,
+            )),
+            admin_limiter: Arc::new(Buckets::new(f64::from(limit.rps), limit.burst)),
+            idempotency_ttl: config.idempotency_ttl,
+            idempotency_lease: config.common.http.request_timeout + Duration::from_secs(30),
+            body_limit: config.common.http.body_limit_bytes,
+        };
+        if let Some(admin) = config.auth.bootstrap_admin.clone() {
+            bootstrap(state.clone(), admin).await;
+        }
+        let router = crate::routes::router(state.clone()).merge(health::routes(vec![
             ReadinessCheck::postgres(pool),
-            ReadinessCheck::redis(redis),
+            ReadinessCheck::redis(redis_pool),
         ]));
         let router = common::http::harden(router, &config.common.http);
         let listener = TcpListener::bind(config.common.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.common.bind_addr))?;
-        Ok(Self { listener, router })
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tokio::spawn(sweep_idempotency(self.state.clone(), shutdown.clone()));
         common::server::serve(self.listener, self.router, shutdown)
             .await
             .context("serving HTTP")
+    }
+}
+
+/// Creates the bootstrap admin if no user exists. A database that is not up yet must not stop
+/// start-up (readiness reports it), so failures are retried in the background.
+async fn bootstrap(state: AppState, admin: BootstrapAdmin) {
+    let attempt = |state: AppState, admin: BootstrapAdmin| async move {
+        match crate::users::bootstrap_admin(
+            &state.pool,
+            &state.audit,
+            &admin.email,
+            &admin.password,
+        )
+        .await
+        {
+            Ok(true) => {
+                tracing::info!(email = %admin.email, "bootstrap admin created");
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "bootstrap admin not created yet; retrying");
+                false
+            }
+        }
+    };
+    if attempt(state.clone(), admin.clone()).await {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if attempt(state.clone(), admin.clone()).await {
+                return;
+            }
+        }
+    });
+}
+
+async fn sweep_idempotency(state: AppState, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(IDEMPOTENCY_SWEEP_EVERY) => {}
+        }
+        let swept = match state.pool.acquire().await {
+            Ok(mut conn) => crate::idempotency::record::sweep(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        match swept {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "expired idempotency records deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
     }
 }

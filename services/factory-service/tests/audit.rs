@@ -165,6 +165,23 @@ fn worked_example_is_the_documented_test_vector() {
         EXAMPLE_CHECKPOINT_MESSAGE
     );
     assert_eq!(cp_signature, EXAMPLE_CHECKPOINT_SIGNATURE_K1);
+    // The document shows exactly these values.
+    let doc = include_str!("../../../docs/AUDIT_FORMAT.md");
+    let doc_flat: String = doc.split_whitespace().collect();
+    for value in [
+        EXAMPLE_CANONICAL,
+        EXAMPLE_HASH,
+        EXAMPLE_SIGNATURE_K1,
+        EXAMPLE_CHECKPOINT_MESSAGE,
+        EXAMPLE_CHECKPOINT_SIGNATURE_K1,
+    ] {
+        let flat: String = value.split_whitespace().collect();
+        assert!(
+            doc_flat.contains(&flat),
+            "docs/AUDIT_FORMAT.md lacks {value}"
+        );
+    }
+    assert!(doc.contains(&String::from_utf8(canonical_bytes.clone()).unwrap()));
     assert!(public(K1_PUB).verify(&hash, &BASE64.decode(EXAMPLE_SIGNATURE_K1).unwrap()));
 }
 

@@ -1,0 +1,176 @@
+//! Who is calling: the bearer token is checked once per request by [`identify`]; handlers ask
+//! for a [`Principal`] or an [`Authorized`] role policy, and get 401 or 403 otherwise.
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use common::http::ClientIp;
+use uuid::Uuid;
+
+use super::jwt::TokenRejection;
+use crate::audit::Actor;
+use crate::error::FactoryError;
+use crate::state::AppState;
+use crate::users::Role;
+
+/// A signed-in user, from a valid access token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// User id (the token's subject).
+    pub id: Uuid,
+    /// Email.
+    pub email: String,
+    /// Role.
+    pub role: Role,
+}
+
+impl Principal {
+    /// The audit actor for this user.
+    pub fn actor(&self) -> Actor {
+        Actor::User {
+            id: self.id,
+            email: self.email.clone(),
+        }
+    }
+}
+
+/// The result of checking the request's bearer token, kept in the request extensions.
+#[derive(Debug, Clone)]
+pub struct Identity(Result<Principal, Missing>);
+
+#[derive(Debug, Clone, Copy)]
+enum Missing {
+    NoToken,
+    Expired,
+    Invalid,
+}
+
+impl Identity {
+    /// The principal, when the token was valid.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.0.as_ref().ok()
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Middleware: checks the bearer token (if any) and stores the [`Identity`].
+pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let identity = match bearer(req.headers()) {
+        None => Err(Missing::NoToken),
+        Some(token) => state
+            .jwt
+            .verify(token)
+            .map(|c| Principal {
+                id: c.sub,
+                email: c.email,
+                role: c.role,
+            })
+            .map_err(|r| match r {
+                TokenRejection::Expired => Missing::Expired,
+                TokenRejection::Invalid => Missing::Invalid,
+            }),
+    };
+    req.extensions_mut().insert(Identity(identity));
+    next.run(req).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = FactoryError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Identity>().map(|i| &i.0) {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(Missing::Expired)) => Err(FactoryError::unauthorized(
+                "token_expired",
+                "The access token has expired; refresh it.",
+            )),
+            Some(Err(Missing::Invalid)) => Err(FactoryError::unauthorized(
+                "invalid_token",
+                "The access token is not valid.",
+            )),
+            Some(Err(Missing::NoToken)) | None => Err(FactoryError::unauthorized(
+                "unauthorized",
+                "Send an access token as `Authorization: Bearer <token>`.",
+            )),
+        }
+    }
+}
+
+/// A set of roles allowed on a route group.
+pub trait Policy: Send + Sync + 'static {
+    /// The roles allowed.
+    const ROLES: &'static [Role];
+}
+
+/// Admins only (API keys, audit).
+#[derive(Debug)]
+pub struct AdminOnly;
+impl Policy for AdminOnly {
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+
+/// Admins and operators (catalog changes).
+#[derive(Debug)]
+pub struct CatalogWriter;
+impl Policy for CatalogWriter {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Operator];
+}
+
+/// Any signed-in user (reads).
+#[derive(Debug)]
+pub struct AnyRole;
+impl Policy for AnyRole {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Operator, Role::Viewer];
+}
+
+/// A principal whose role `P` allows; 401 without a valid token, 403 with the wrong role.
+#[derive(Debug)]
+pub struct Authorized<P: Policy>(pub Principal, pub PhantomData<P>);
+
+impl<S: Send + Sync, P: Policy> FromRequestParts<S> for Authorized<P> {
+    type Rejection = FactoryError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if P::ROLES.contains(&principal.role) {
+            Ok(Self(principal, PhantomData))
+        } else {
+            Err(FactoryError::Forbidden)
+        }
+    }
+}
+
+/// The client's IP and user agent, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// Client IP address.
+    pub ip: Option<String>,
+    /// `User-Agent`, cut to 512 characters.
+    pub user_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ClientIp>()
+            .map(|ClientIp(ip)| ip.to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(512).collect());
+        Ok(Self { ip, user_agent })
+    }
+}

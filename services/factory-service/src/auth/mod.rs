@@ -1,0 +1,17 @@
+//! Authentication and authorization: passwords, access tokens, rotating device-bound refresh
+//! tokens, CSRF, and the role policies handlers demand.
+
+pub mod cookies;
+pub mod extract;
+pub mod jwt;
+pub mod password;
+pub mod repo;
+pub mod routes;
+pub mod session;
+pub mod tokens;
+
+pub use extract::{
+    AdminOnly, AnyRole, Authorized, CatalogWriter, ClientInfo, Identity, Principal, identify,
+};
+pub use jwt::JwtKeys;
+pub use tokens::CsrfKey;

@@ -1,0 +1,151 @@
+//! `POST /v1/auth/login`, `/refresh` and `/logout`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::http::Json;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::cookies;
+use super::extract::ClientInfo;
+use super::session::{self, Presented, Session};
+use crate::error::FactoryError;
+use crate::state::AppState;
+
+/// The auth routes (no bearer token; not idempotency-keyed).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+}
+
+/// Login body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Email address.
+    pub email: String,
+    /// Password.
+    #[schema(value_type = String, format = Password)]
+    pub password: SecretString,
+}
+
+/// A new access token (the refresh and CSRF tokens come as cookies).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// JWT access token.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+const X_DEVICE_ID: &str = "x-device-id";
+const X_CSRF_TOKEN: &str = "x-csrf-token";
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn presented(headers: &HeaderMap) -> Presented {
+    Presented {
+        refresh_token: cookies::get(headers, cookies::REFRESH_COOKIE).map(str::to_owned),
+        csrf_header: header_str(headers, X_CSRF_TOKEN),
+        csrf_cookie: cookies::get(headers, cookies::CSRF_COOKIE).map(str::to_owned),
+        device_id: header_str(headers, X_DEVICE_ID),
+    }
+}
+
+fn session_response(session: Session) -> Response {
+    let body = TokenResponse {
+        access_token: session.access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: session.expires_in,
+    };
+    let mut response = Json(body).into_response();
+    for cookie in cookies::set(
+        &session.refresh_token,
+        &session.csrf_token,
+        session.cookie_max_age,
+    ) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Signs in.
+#[utoipa::path(
+    post, path = "/v1/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    params(("X-Device-ID" = String, Header, description = "16 to 128 visible ASCII characters identifying this device")),
+    responses(
+        (status = 200, description = "Signed in; sets the __Host-vt_refresh and __Host-vt_csrf cookies", body = TokenResponse),
+        (status = 400, description = "Bad body or device id", body = crate::openapi::ApiError),
+        (status = 401, description = "invalid_credentials", body = crate::openapi::ApiError),
+        (status = 429, description = "Too many attempts for this IP or email"),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    Json(body): Json<LoginRequest>,
+) -> Result<Response, FactoryError> {
+    let device_id = header_str(&headers, X_DEVICE_ID);
+    let device_id = session::check_device_id(device_id.as_deref())?;
+    let session = session::login(&state, &body.email, body.password, device_id, &client).await?;
+    Ok(session_response(session))
+}
+
+/// Exchanges the refresh cookie for a new access token; both cookies are rotated.
+#[utoipa::path(
+    post, path = "/v1/auth/refresh", tag = "auth",
+    params(
+        ("X-Device-ID" = String, Header, description = "The device id given at login"),
+        ("X-CSRF-Token" = String, Header, description = "The value of the __Host-vt_csrf cookie"),
+    ),
+    responses(
+        (status = 200, description = "New tokens; both cookies rotated", body = TokenResponse),
+        (status = 401, description = "invalid_refresh_token, refresh_token_reused (family revoked) or device_mismatch (family revoked)", body = crate::openapi::ApiError),
+        (status = 403, description = "csrf_failed", body = crate::openapi::ApiError),
+    )
+)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+) -> Result<Response, FactoryError> {
+    let session = session::refresh(&state, presented(&headers), &client).await?;
+    Ok(session_response(session))
+}
+
+/// Signs out: revokes the session's refresh-token family and clears both cookies.
+#[utoipa::path(
+    post, path = "/v1/auth/logout", tag = "auth",
+    params(("X-CSRF-Token" = String, Header, description = "The value of the __Host-vt_csrf cookie")),
+    responses(
+        (status = 204, description = "Signed out; cookies cleared"),
+        (status = 401, description = "invalid_refresh_token", body = crate::openapi::ApiError),
+        (status = 403, description = "csrf_failed", body = crate::openapi::ApiError),
+    )
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+) -> Result<Response, FactoryError> {
+    session::logout(&state, presented(&headers), &client).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    for cookie in cookies::clear() {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}

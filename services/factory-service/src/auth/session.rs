@@ -1,0 +1,291 @@
+//! Sign-in, refresh and sign-out: the session rules of CONTRACT 3.1, free of HTTP.
+//!
+//! A login starts a refresh-token family bound to the device. Each refresh exchanges the
+//! presented token for a new one; presenting an exchanged token again means it was copied, so
+//! the whole family is revoked (the thief's and the owner's newest token alike) and audited.
+
+use chrono::Utc;
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use super::extract::ClientInfo;
+use super::{password, repo, tokens};
+use crate::audit::{Actor, NewEvent};
+use crate::error::FactoryError;
+use crate::state::AppState;
+use crate::users::{Role, normalize_email};
+
+/// What a successful login or refresh hands out.
+#[derive(Debug)]
+pub struct Session {
+    /// The JWT access token.
+    pub access_token: String,
+    /// Its lifetime in seconds.
+    pub expires_in: u64,
+    /// The new opaque refresh token (cookie).
+    pub refresh_token: String,
+    /// The CSRF token bound to the family (cookie and header).
+    pub csrf_token: String,
+    /// Cookie lifetime in seconds.
+    pub cookie_max_age: u64,
+}
+
+/// The refresh cookie, CSRF header and cookie, and device id sent with refresh and logout.
+#[derive(Debug, Default)]
+pub struct Presented {
+    /// `__Host-vt_refresh`.
+    pub refresh_token: Option<String>,
+    /// `X-CSRF-Token`.
+    pub csrf_header: Option<String>,
+    /// `__Host-vt_csrf`.
+    pub csrf_cookie: Option<String>,
+    /// `X-Device-ID`.
+    pub device_id: Option<String>,
+}
+
+/// Checks an `X-Device-ID`: 16 to 128 visible ASCII characters.
+pub fn check_device_id(device_id: Option<&str>) -> Result<&str, FactoryError> {
+    match device_id {
+        Some(d) if (16..=128).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(d)
+        }
+        _ => Err(FactoryError::BadRequest {
+            code: "invalid_device_id",
+            detail: "Send X-Device-ID: 16 to 128 visible ASCII characters.".to_owned(),
+        }),
+    }
+}
+
+fn invalid_credentials() -> FactoryError {
+    FactoryError::unauthorized("invalid_credentials", "The email or password is wrong.")
+}
+
+fn invalid_refresh() -> FactoryError {
+    FactoryError::unauthorized(
+        "invalid_refresh_token",
+        "The refresh token is missing, expired or revoked.",
+    )
+}
+
+/// Signs in with email and password from `device_id`.
+pub async fn login(
+    state: &AppState,
+    email: &str,
+    password_given: SecretString,
+    device_id: &str,
+    client: &ClientInfo,
+) -> Result<Session, FactoryError> {
+    // Unparseable emails still go through the dummy verification: same answer, same time.
+    let email = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+    let email: String = email.chars().take(254).collect();
+    let ip_key = client.ip.clone().unwrap_or_default();
+    for decision in [
+        state.login_by_ip.check(&ip_key),
+        state.login_by_email.check(&email),
+    ] {
+        if !decision.allowed {
+            return Err(FactoryError::RateLimited {
+                retry_after: decision.retry_after_secs,
+            });
+        }
+    }
+
+    let mut conn = state.pool.acquire().await?;
+    let user = repo::user_by_email(&mut conn, &email).await?;
+    drop(conn);
+    let active = user.filter(|u| u.disabled_at.is_none());
+    let hash = active
+        .as_ref()
+        .map_or_else(|| state.dummy_hash.to_string(), |u| u.password_hash.clone());
+    let matches = password::verify(password_given, hash).await?;
+    let user = match active {
+        Some(user) if matches => user,
+        _ => {
+            let mut tx = state.pool.begin().await?;
+            let event = NewEvent::new("auth.login_failed", Actor::Anonymous { email: Some(email) })
+                .client(client.ip.clone(), client.user_agent.clone());
+            state.audit.append(&mut tx, event).await?;
+            tx.commit().await?;
+            return Err(invalid_credentials());
+        }
+    };
+    let role: Role = user
+        .role
+        .parse()
+        .map_err(|e: String| FactoryError::Internal(format!("user {}: {e}", user.id)))?;
+
+    let family_id = Uuid::new_v4();
+    let refresh_token = tokens::new_refresh_token();
+    let mut tx = state.pool.begin().await?;
+    repo::insert_family(&mut tx, family_id, user.id, device_id).await?;
+    repo::insert_token(
+        &mut tx,
+        family_id,
+        &tokens::sha256(&refresh_token),
+        refresh_expiry(state),
+    )
+    .await?;
+    let event = NewEvent::new(
+        "auth.login",
+        Actor::User {
+            id: user.id,
+            email: user.email.clone(),
+        },
+    )
+    .target("user", user.id)
+    .client(client.ip.clone(), client.user_agent.clone());
+    state.audit.append(&mut tx, event).await?;
+    tx.commit().await?;
+    session(state, user.id, &user.email, role, family_id, refresh_token)
+}
+
+/// Exchanges a refresh token for a new session (both cookies rotated).
+pub async fn refresh(
+    state: &AppState,
+    presented: Presented,
+    client: &ClientInfo,
+) -> Result<Session, FactoryError> {
+    let token = presented
+        .refresh_token
+        .as_deref()
+        .ok_or_else(invalid_refresh)?;
+    let csrf = double_submitted(&presented)?;
+    let device_id = check_device_id(presented.device_id.as_deref())?;
+
+    let mut tx = state.pool.begin().await?;
+    let found = repo::presented_token_for_update(&mut tx, &tokens::sha256(token))
+        .await?
+        .ok_or_else(invalid_refresh)?;
+    if !state.csrf.verify(found.family_id, csrf) {
+        return Err(FactoryError::CsrfFailed);
+    }
+    if found.family_revoked || found.user_disabled {
+        return Err(invalid_refresh());
+    }
+    let actor = Actor::User {
+        id: found.user_id,
+        email: found.email.clone(),
+    };
+    if found.rotated {
+        repo::revoke_family(&mut tx, found.family_id, "reuse").await?;
+        let event = NewEvent::new("auth.refresh_reuse_detected", actor)
+            .target("refresh_family", found.family_id)
+            .client(client.ip.clone(), client.user_agent.clone());
+        state.audit.append(&mut tx, event).await?;
+        tx.commit().await?;
+        return Err(FactoryError::unauthorized(
+            "refresh_token_reused",
+            "This refresh token was already used; the session has been revoked.",
+        ));
+    }
+    if found.device_id != device_id {
+        repo::revoke_family(&mut tx, found.family_id, "device_mismatch").await?;
+        let event = NewEvent::new("auth.refresh_device_mismatch", actor)
+            .target("refresh_family", found.family_id)
+            .client(client.ip.clone(), client.user_agent.clone());
+        state.audit.append(&mut tx, event).await?;
+        tx.commit().await?;
+        return Err(FactoryError::unauthorized(
+            "device_mismatch",
+            "The refresh token belongs to another device; the session has been revoked.",
+        ));
+    }
+    if found.expired {
+        return Err(invalid_refresh());
+    }
+    let role: Role = found
+        .role
+        .parse()
+        .map_err(|e: String| FactoryError::Internal(format!("user {}: {e}", found.user_id)))?;
+    // The row is locked, so this cannot lose a race; the check keeps it honest if that changes.
+    if !repo::mark_rotated(&mut tx, found.token_id).await? {
+        return Err(invalid_refresh());
+    }
+    let refresh_token = tokens::new_refresh_token();
+    repo::insert_token(
+        &mut tx,
+        found.family_id,
+        &tokens::sha256(&refresh_token),
+        refresh_expiry(state),
+    )
+    .await?;
+    tx.commit().await?;
+    session(
+        state,
+        found.user_id,
+        &found.email,
+        role,
+        found.family_id,
+        refresh_token,
+    )
+}
+
+/// Signs out: revokes the family of the presented refresh token.
+pub async fn logout(
+    state: &AppState,
+    presented: Presented,
+    client: &ClientInfo,
+) -> Result<(), FactoryError> {
+    let token = presented
+        .refresh_token
+        .as_deref()
+        .ok_or_else(invalid_refresh)?;
+    let csrf = double_submitted(&presented)?;
+    let mut tx = state.pool.begin().await?;
+    let found = repo::presented_token_for_update(&mut tx, &tokens::sha256(token))
+        .await?
+        .ok_or_else(invalid_refresh)?;
+    if !state.csrf.verify(found.family_id, csrf) {
+        return Err(FactoryError::CsrfFailed);
+    }
+    if !found.family_revoked {
+        repo::revoke_family(&mut tx, found.family_id, "logout").await?;
+        let actor = Actor::User {
+            id: found.user_id,
+            email: found.email.clone(),
+        };
+        let event = NewEvent::new("auth.logout", actor)
+            .target("refresh_family", found.family_id)
+            .client(client.ip.clone(), client.user_agent.clone());
+        state.audit.append(&mut tx, event).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The CSRF header, when it is present and equal to the cookie.
+fn double_submitted(presented: &Presented) -> Result<&str, FactoryError> {
+    match (
+        presented.csrf_header.as_deref(),
+        presented.csrf_cookie.as_deref(),
+    ) {
+        (Some(h), Some(c)) if tokens::same(h, c) => Ok(h),
+        _ => Err(FactoryError::CsrfFailed),
+    }
+}
+
+fn refresh_expiry(state: &AppState) -> chrono::DateTime<Utc> {
+    let ttl = chrono::Duration::from_std(state.refresh_ttl).unwrap_or(chrono::Duration::days(30));
+    Utc::now() + ttl
+}
+
+fn session(
+    state: &AppState,
+    user_id: Uuid,
+    email: &str,
+    role: Role,
+    family_id: Uuid,
+    refresh_token: String,
+) -> Result<Session, FactoryError> {
+    let access_token = state
+        .jwt
+        .issue(user_id, email, role)
+        .map_err(|e| FactoryError::Internal(format!("signing access token: {e}")))?;
+    Ok(Session {
+        access_token,
+        expires_in: state.jwt.ttl_secs(),
+        refresh_token,
+        csrf_token: state.csrf.issue(family_id),
+        cookie_max_age: state.refresh_ttl.as_secs(),
+    })
+}

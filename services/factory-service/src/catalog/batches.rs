@@ -1,0 +1,80 @@
+//! Batches: one request creates up to 100000 tags with set-based inserts in one transaction.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{repo, tag_id};
+use crate::audit::{AuditLog, NewEvent};
+use crate::auth::{ClientInfo, Principal};
+use crate::error::FactoryError;
+
+/// Most tags one batch may hold.
+pub const MAX_QUANTITY: i64 = 100_000;
+
+/// Body of `POST /v1/batches`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBatch {
+    /// The product the tags belong to.
+    pub product_id: Uuid,
+    /// How many tags to create (1 to 100000).
+    pub quantity: i64,
+}
+
+/// A batch.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Batch {
+    /// Id.
+    pub id: Uuid,
+    /// Product.
+    pub product_id: Uuid,
+    /// Number of tags.
+    pub quantity: i32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates a batch and its tags (audited as `batch.created`).
+pub async fn create(
+    conn: &mut PgConnection,
+    audit: &AuditLog,
+    by: &Principal,
+    client: &ClientInfo,
+    input: NewBatch,
+) -> Result<Batch, FactoryError> {
+    if !(1..=MAX_QUANTITY).contains(&input.quantity) {
+        return Err(FactoryError::validation(format!(
+            "`quantity` must be 1 to {MAX_QUANTITY}."
+        )));
+    }
+    let quantity = input.quantity as i32;
+    if !repo::product_exists_for_share(conn, input.product_id).await? {
+        return Err(FactoryError::NotFound("product"));
+    }
+    let batch = repo::insert_batch(conn, Uuid::now_v7(), input.product_id, quantity, by.id).await?;
+    // 128-bit ids practically never collide; if one ever does, it is skipped by the insert
+    // and drawn again, so the batch still gets exactly `quantity` tags.
+    let mut missing = quantity as usize;
+    for _ in 0..5 {
+        if missing == 0 {
+            break;
+        }
+        let ids = tag_id::generate_many(missing);
+        let inserted = repo::insert_tags(conn, batch.id, batch.product_id, &ids).await?;
+        missing -= inserted as usize;
+    }
+    if missing != 0 {
+        return Err(FactoryError::Internal(format!(
+            "{missing} tag ids could not be placed"
+        )));
+    }
+    let event = NewEvent::new("batch.created", by.actor())
+        .target("batch", batch.id)
+        .client(client.ip.clone(), client.user_agent.clone())
+        .details(serde_json::json!({"product_id": batch.product_id, "quantity": batch.quantity}));
+    audit.append(conn, event).await?;
+    Ok(batch)
+}

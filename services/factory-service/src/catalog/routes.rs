@@ -1,0 +1,218 @@
+//! Catalog routes: products, batches, the streamed tag CSV, tag look-up and revocation.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use common::http::Json;
+use futures::StreamExt as _;
+use uuid::Uuid;
+
+use super::batches::{self, Batch, NewBatch};
+use super::products::{self, NewProduct, Product};
+use super::repo;
+use super::tags::{self, RevokeTag, RevokedTag, Tag};
+use crate::auth::{AnyRole, Authorized, CatalogWriter, ClientInfo};
+use crate::error::FactoryError;
+use crate::idempotency::Idempotency;
+use crate::state::AppState;
+
+/// Rows per chunk of the CSV stream: big enough to keep syscalls few, small enough to keep
+/// memory flat however large the batch.
+const CSV_ROWS_PER_CHUNK: usize = 1000;
+
+/// The catalog routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/products", post(create_product))
+        .route("/v1/products/{id}", get(get_product))
+        .route("/v1/batches", post(create_batch))
+        .route("/v1/batches/{id}/tags", get(batch_tags_csv))
+        .route("/v1/tags/{tag_id}", get(get_tag))
+        .route("/v1/tags/{tag_id}/revoke", post(revoke_tag))
+}
+
+/// Creates a product.
+#[utoipa::path(
+    post, path = "/v1/products", tag = "catalog",
+    request_body = NewProduct,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    responses((status = 201, body = Product), (status = 400, body = crate::openapi::ApiError), (status = 409, description = "SKU taken", body = crate::openapi::ApiError)),
+    security(("bearer" = []))
+)]
+pub async fn create_product(
+    State(state): State<AppState>,
+    Authorized(by, _): Authorized<CatalogWriter>,
+    client: ClientInfo,
+    idem: Idempotency,
+    Json(input): Json<NewProduct>,
+) -> Result<Response, FactoryError> {
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = idem.recorded(&mut tx).await? {
+        return Ok(replay);
+    }
+    let product = products::create(&mut tx, &state.audit, &by, &client, input).await?;
+    idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &product)
+        .await
+}
+
+/// A product.
+#[utoipa::path(
+    get, path = "/v1/products/{id}", tag = "catalog",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Product), (status = 404, body = crate::openapi::ApiError)),
+    security(("bearer" = []))
+)]
+pub async fn get_product(
+    State(state): State<AppState>,
+    _: Authorized<AnyRole>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Product>, FactoryError> {
+    let mut conn = state.pool.acquire().await?;
+    repo::find_product(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or(FactoryError::NotFound("product"))
+}
+
+/// Creates a batch of `quantity` tags (up to 100000) in one request.
+#[utoipa::path(
+    post, path = "/v1/batches", tag = "catalog",
+    request_body = NewBatch,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    responses((status = 201, body = Batch), (status = 400, body = crate::openapi::ApiError), (status = 404, description = "No such product", body = crate::openapi::ApiError)),
+    security(("bearer" = []))
+)]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    Authorized(by, _): Authorized<CatalogWriter>,
+    client: ClientInfo,
+    idem: Idempotency,
+    Json(input): Json<NewBatch>,
+) -> Result<Response, FactoryError> {
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = idem.recorded(&mut tx).await? {
+        return Ok(replay);
+    }
+    let batch = batches::create(&mut tx, &state.audit, &by, &client, input).await?;
+    idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &batch)
+        .await
+}
+
+/// The batch's tag ids as CSV (`tag_id` header, one id per line), streamed from the database.
+#[utoipa::path(
+    get, path = "/v1/batches/{id}/tags", tag = "catalog",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "CSV: a `tag_id` header line, then one tag id per line", content_type = "text/csv", body = String), (status = 404, body = crate::openapi::ApiError)),
+    security(("bearer" = []))
+)]
+pub async fn batch_tags_csv(
+    State(state): State<AppState>,
+    _: Authorized<AnyRole>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, FactoryError> {
+    let mut conn = state.pool.acquire().await?;
+    if !repo::batch_exists(&mut conn, id).await? {
+        return Err(FactoryError::NotFound("batch"));
+    }
+    drop(conn);
+    // A task owns the database stream and hands chunks over a small channel: the response
+    // body needs a 'static stream, and the channel bound gives back-pressure, so a slow
+    // client holds at most a few chunks in memory.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        let mut rows = repo::batch_tag_ids(&pool, id).chunks(CSV_ROWS_PER_CHUNK);
+        if tx.send(Ok(Bytes::from_static(b"tag_id\n"))).await.is_err() {
+            return;
+        }
+        while let Some(chunk) = rows.next().await {
+            let mut buf = String::with_capacity(chunk.len() * 23);
+            let mut failed = None;
+            for row in chunk {
+                match row {
+                    Ok(tag_id) => {
+                        buf.push_str(&tag_id);
+                        buf.push('\n');
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                tracing::error!(error = %e, "tag CSV stream failed");
+                // The client sees a broken chunked body rather than a silently short file.
+                let _ = tx.send(Err(std::io::Error::other("database error"))).await;
+                return;
+            }
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                return; // client went away
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(disposition) =
+        HeaderValue::from_str(&format!("attachment; filename=\"batch-{id}-tags.csv\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    Ok(response)
+}
+
+/// A tag with its status, product and scan statistics.
+#[utoipa::path(
+    get, path = "/v1/tags/{tag_id}", tag = "catalog",
+    params(("tag_id" = String, Path, pattern = "^[A-Za-z0-9_-]{16,64}$")),
+    responses((status = 200, body = Tag), (status = 400, body = crate::openapi::ApiError), (status = 404, body = crate::openapi::ApiError)),
+    security(("bearer" = []))
+)]
+pub async fn get_tag(
+    State(state): State<AppState>,
+    _: Authorized<AnyRole>,
+    Path(tag_id): Path<String>,
+) -> Result<Json<Tag>, FactoryError> {
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(tags::find(&mut conn, &tag_id).await?))
+}
+
+/// Revokes a tag; the scan service answers `revoked` within 5 s.
+#[utoipa::path(
+    post, path = "/v1/tags/{tag_id}/revoke", tag = "catalog",
+    request_body = RevokeTag,
+    params(
+        ("tag_id" = String, Path, pattern = "^[A-Za-z0-9_-]{16,64}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters"),
+    ),
+    responses((status = 200, body = RevokedTag), (status = 400, body = crate::openapi::ApiError), (status = 404, body = crate::openapi::ApiError)),
+    security(("bearer" = []))
+)]
+pub async fn revoke_tag(
+    State(state): State<AppState>,
+    Authorized(by, _): Authorized<CatalogWriter>,
+    client: ClientInfo,
+    idem: Idempotency,
+    Path(tag_id): Path<String>,
+    Json(input): Json<RevokeTag>,
+) -> Result<Response, FactoryError> {
+    let mut tx = state.pool.begin().await?;
+    if let Some(replay) = idem.recorded(&mut tx).await? {
+        // The first run may have died between its commit and the cache drop.
+        crate::scan_cache::invalidate_tag(&state.redis, &tag_id).await;
+        return Ok(replay);
+    }
+    let revoked = tags::revoke(&mut tx, &state.audit, &by, &client, &tag_id, input).await?;
+    let response = idem
+        .commit(tx, state.idempotency_ttl, StatusCode::OK, &revoked)
+        .await?;
+    crate::scan_cache::invalidate_tag(&state.redis, &tag_id).await;
+    Ok(response)
+}

@@ -1,0 +1,123 @@
+//! Tags: look-up and revocation.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{repo, tag_id};
+use crate::audit::{AuditLog, NewEvent};
+use crate::auth::{ClientInfo, Principal};
+use crate::error::FactoryError;
+
+/// The product a tag belongs to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProductRef {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// SKU.
+    pub sku: String,
+}
+
+/// A tag with its status and scan statistics.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Tag {
+    /// Tag id.
+    pub tag_id: String,
+    /// `authentic` or `revoked`.
+    pub status: String,
+    /// Its product.
+    pub product: ProductRef,
+    /// Its batch.
+    pub batch_id: Uuid,
+    /// Scans counted so far (eventually consistent).
+    pub scan_count: i64,
+    /// First scan, if any.
+    pub first_scanned_at: Option<DateTime<Utc>>,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why it was revoked.
+    pub revoked_reason: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/tags/{tag_id}/revoke`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTag {
+    /// Why (1 to 500 characters; kept with the tag and in the audit log).
+    pub reason: String,
+}
+
+/// A revoked tag.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct RevokedTag {
+    /// Tag id.
+    pub tag_id: String,
+    /// Always `revoked`.
+    pub status: String,
+    /// When.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why.
+    pub revoked_reason: Option<String>,
+}
+
+/// Checks a path tag id.
+pub fn check_tag_id(id: &str) -> Result<(), FactoryError> {
+    if tag_id::is_valid(id) {
+        Ok(())
+    } else {
+        Err(FactoryError::BadRequest {
+            code: "invalid_tag_id",
+            detail: "A tag id is 16 to 64 characters of A-Z a-z 0-9 _ -.".to_owned(),
+        })
+    }
+}
+
+/// Looks a tag up.
+pub async fn find(conn: &mut PgConnection, id: &str) -> Result<Tag, FactoryError> {
+    check_tag_id(id)?;
+    repo::find_tag(conn, id)
+        .await?
+        .ok_or(FactoryError::NotFound("tag"))
+}
+
+/// Revokes a tag (audited as `tag.revoked`). Revoking a revoked tag answers its state again
+/// without a new event. The caller drops the scan cache entry after the commit.
+pub async fn revoke(
+    conn: &mut PgConnection,
+    audit: &AuditLog,
+    by: &Principal,
+    client: &ClientInfo,
+    id: &str,
+    input: RevokeTag,
+) -> Result<RevokedTag, FactoryError> {
+    check_tag_id(id)?;
+    let reason = input.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(FactoryError::validation(
+            "`reason` must be 1 to 500 characters.",
+        ));
+    }
+    if let Some(revoked) = repo::revoke_tag(conn, id, reason).await? {
+        let event = NewEvent::new("tag.revoked", by.actor())
+            .target("tag", id)
+            .client(client.ip.clone(), client.user_agent.clone())
+            .details(serde_json::json!({"reason": reason}));
+        audit.append(conn, event).await?;
+        return Ok(revoked);
+    }
+    match repo::find_tag(conn, id).await? {
+        Some(tag) => Ok(RevokedTag {
+            tag_id: tag.tag_id,
+            status: tag.status,
+            revoked_at: tag.revoked_at,
+            revoked_reason: tag.revoked_reason,
+        }),
+        None => Err(FactoryError::NotFound("tag")),
+    }
+}

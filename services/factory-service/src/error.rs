@@ -1,0 +1,222 @@
+//! The one error type of the factory service, rendered as the contract's JSON error.
+//!
+//! Internal failures are logged here with their cause and leave the service as a bare
+//! `internal_error`: never SQL text, a stack trace or a secret.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use common::http::error_response;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum FactoryError {
+    /// The input is malformed or out of range (400).
+    #[error("bad request ({code}): {detail}")]
+    BadRequest {
+        /// Machine-readable code, e.g. `validation_failed`.
+        code: &'static str,
+        /// What is wrong, for a human.
+        detail: String,
+    },
+    /// Not signed in, or the credentials or tokens are not acceptable (401).
+    #[error("unauthorized ({code})")]
+    Unauthorized {
+        /// e.g. `invalid_credentials`, `invalid_token`, `refresh_token_reused`.
+        code: &'static str,
+        /// What happened, for a human.
+        detail: &'static str,
+    },
+    /// Signed in, but the role does not allow this (403).
+    #[error("forbidden")]
+    Forbidden,
+    /// The CSRF token is missing, differs from its cookie or belongs to another session (403).
+    #[error("csrf check failed")]
+    CsrfFailed,
+    /// No such resource (404).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request conflicts with existing data (409).
+    #[error("conflict ({code}): {detail}")]
+    Conflict {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What conflicts, for a human.
+        detail: String,
+    },
+    /// The idempotency key is malformed (400).
+    #[error("invalid idempotency key")]
+    InvalidIdempotencyKey,
+    /// A request with this idempotency key is still running (409).
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
+    /// The idempotency key was used for a different request (422).
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
+    /// Too many requests; try again after this many seconds (429).
+    #[error("rate limited")]
+    RateLimited {
+        /// Whole seconds, at least 1.
+        retry_after: u64,
+    },
+    /// A dependency is down (503).
+    #[error("{0} unavailable")]
+    Unavailable(&'static str),
+    /// A database failure; unique violations become 409, the rest 500.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Anything else that is our fault (500).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl FactoryError {
+    /// A 400 `validation_failed` with this sentence.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code: "validation_failed",
+            detail: detail.into(),
+        }
+    }
+
+    /// A 401 with the given code.
+    pub fn unauthorized(code: &'static str, detail: &'static str) -> Self {
+        Self::Unauthorized { code, detail }
+    }
+}
+
+/// Builds the contract's 429: `Retry-After` and the scan service's body.
+pub fn rate_limited_response(retry_after: u64) -> Response {
+    let retry_after = retry_after.max(1);
+    let body = serde_json::json!({
+        "error": "rate_limited",
+        "detail": format!("Rate limit exceeded. Try again in {retry_after} seconds"),
+        "retry_after": retry_after,
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+impl IntoResponse for FactoryError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::BadRequest { code, detail } => {
+                error_response(StatusCode::BAD_REQUEST, code, detail)
+            }
+            Self::Unauthorized { code, detail } => {
+                let mut response = error_response(StatusCode::UNAUTHORIZED, code, detail);
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            Self::Forbidden => error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Your role does not allow this action.",
+            ),
+            Self::CsrfFailed => error_response(
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "The CSRF token is missing or does not match this session.",
+            ),
+            Self::NotFound(what) => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("No such {what}."),
+            ),
+            Self::Conflict { code, detail } => error_response(StatusCode::CONFLICT, code, detail),
+            Self::InvalidIdempotencyKey => error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+            ),
+            Self::IdempotencyKeyInUse => error_response(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "A request with this Idempotency-Key is still being processed.",
+            ),
+            Self::IdempotencyKeyReused => error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for a different request.",
+            ),
+            Self::RateLimited { retry_after } => rate_limited_response(retry_after),
+            Self::Unavailable(dependency) => {
+                tracing::warn!(dependency, "dependency unavailable");
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "A dependency is temporarily unavailable; try again shortly.",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::Database(e) => database_error(e),
+            Self::Internal(cause) => {
+                tracing::error!(cause = %cause, "internal error");
+                internal()
+            }
+        }
+    }
+}
+
+fn internal() -> Response {
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Something went wrong on our side.",
+    )
+}
+
+fn database_error(e: sqlx::Error) -> Response {
+    if let Some(db) = e.as_database_error() {
+        // Constraint violations are the caller's doing; say which rule, never the SQL.
+        match db.code().as_deref() {
+            Some("23505") => {
+                return error_response(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    conflict_detail(db.constraint()),
+                );
+            }
+            Some("23503") => {
+                return error_response(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "The request refers to something that does not exist or is still in use.",
+                );
+            }
+            Some("23514" | "22001" | "23502") => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "validation_failed",
+                    "A value is out of range or has the wrong form.",
+                );
+            }
+            _ => {}
+        }
+    }
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            tracing::error!(error = %e, "database unavailable");
+            FactoryError::Unavailable("postgres").into_response()
+        }
+        _ => {
+            tracing::error!(error = %e, "database error");
+            internal()
+        }
+    }
+}
+
+fn conflict_detail(constraint: Option<&str>) -> &'static str {
+    match constraint {
+        Some("products_sku_key") => "A product with this SKU already exists.",
+        Some("users_email_key") => "A user with this email already exists.",
+        _ => "This conflicts with an existing record.",
+    }
+}

@@ -1,0 +1,125 @@
+//! Idempotency keys (CONTRACT 3.4) on every POST and DELETE except auth.
+//!
+//! Two parts work together:
+//! * [`layer`]: middleware in front of the handlers. It validates the header, fingerprints
+//!   the request (SHA-256 of method, path and body), claims the key in Redis (SET NX with a
+//!   lease), answers 409/422 or replays a finished result, and after the handler stores the
+//!   response (5xx are released, not stored). Redis unusable: 503 before any side effect.
+//! * [`Idempotency`]: what the handler gets. It records the result in PostgreSQL in the same
+//!   transaction as the side effect, so if the process dies after the commit but before Redis
+//!   learns the result, the retry finds the record and replays it instead of acting twice.
+
+pub mod layer;
+pub mod record;
+pub mod store;
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::FactoryError;
+
+pub use layer::layer;
+
+/// The response header marking a replayed result.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// An idempotency key scoped to its caller, with the fingerprint of the request using it.
+/// Put in the request extensions by [`layer`].
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The caller (the access token's subject).
+    pub user_id: Uuid,
+    /// SHA-256 of the header value.
+    pub key_hash: [u8; 32],
+    /// SHA-256 of method, path and body.
+    pub fingerprint: [u8; 32],
+}
+
+/// The request's idempotency key, if it sent one. Handlers call [`Idempotency::recorded`]
+/// before their side effect and [`Idempotency::commit`] to finish.
+#[derive(Debug, Clone, Default)]
+pub struct Idempotency(pub Option<IdempotencyKey>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<IdempotencyKey>().cloned()))
+    }
+}
+
+/// Marks a response as a replay.
+pub fn mark_replayed(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+}
+
+impl Idempotency {
+    /// A result an earlier run with this key committed, as its response. Call inside the
+    /// action's transaction, before the side effect.
+    pub async fn recorded(
+        &self,
+        conn: &mut PgConnection,
+    ) -> Result<Option<Response>, FactoryError> {
+        let Some(key) = &self.0 else { return Ok(None) };
+        let Some(found) = record::find(conn, key).await? else {
+            return Ok(None);
+        };
+        if found.fingerprint != key.fingerprint {
+            return Err(FactoryError::IdempotencyKeyReused);
+        }
+        let status = StatusCode::from_u16(found.status as u16).unwrap_or(StatusCode::OK);
+        let mut response = (status, axum::Json(found.body)).into_response();
+        mark_replayed(&mut response);
+        Ok(Some(response))
+    }
+
+    /// Records `body` under the key (when there is one) in `tx`, commits, and answers with
+    /// `status` and `body`. If another run committed the key meanwhile, nothing is committed
+    /// and the caller is told the key is in use.
+    pub async fn commit<T: Serialize>(
+        &self,
+        mut tx: Transaction<'_, Postgres>,
+        ttl: Duration,
+        status: StatusCode,
+        body: &T,
+    ) -> Result<Response, FactoryError> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| FactoryError::Internal(format!("response body: {e}")))?;
+        if let Some(key) = &self.0 {
+            if !record::save(&mut tx, key, ttl, status.as_u16(), &body).await? {
+                return Err(FactoryError::IdempotencyKeyInUse);
+            }
+        }
+        tx.commit().await?;
+        Ok((status, axum::Json(body)).into_response())
+    }
+}
+
+/// Whether a header value is an acceptable key: 1 to 255 visible ASCII characters.
+pub fn is_valid_key(value: &[u8]) -> bool {
+    (1..=255).contains(&value.len()) && value.iter().all(u8::is_ascii_graphic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_key;
+
+    #[test]
+    fn key_rules() {
+        assert!(is_valid_key(b"a"));
+        assert!(is_valid_key(&[b'x'; 255]));
+        assert!(!is_valid_key(b""));
+        assert!(!is_valid_key(&[b'x'; 256]));
+        assert!(!is_valid_key(b"has space"));
+        assert!(!is_valid_key("é".as_bytes()));
+    }
+}

@@ -1,0 +1,177 @@
+//! The Redis side of idempotency: an atomic in-flight claim with a lease, and the finished
+//! result kept for `IDEMPOTENCY_TTL_SEC`.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::db::{RedisCallError, bounded};
+use serde::{Deserialize, Serialize};
+
+use super::IdempotencyKey;
+use crate::state::Redis;
+
+/// What is stored under a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Entry {
+    /// A request holds the key and is running.
+    Pending {
+        /// Fingerprint (hex) of the request holding it.
+        fp: String,
+        /// Random value identifying this claim, so only its owner releases it.
+        claim: String,
+    },
+    /// The request finished; this is its response.
+    Done {
+        /// Fingerprint (hex) of the request that produced it.
+        fp: String,
+        /// HTTP status.
+        status: u16,
+        /// `Content-Type`, if any.
+        content_type: Option<String>,
+        /// Body, base64.
+        body: String,
+    },
+}
+
+/// A finished response as stored.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// The outcome of trying to claim a key.
+#[derive(Debug)]
+pub enum Claim {
+    /// The key is ours until the lease runs out; the value releases it.
+    Acquired(String),
+    /// Another request with this key is running; its fingerprint.
+    InFlight(String),
+    /// A request with this key finished; its fingerprint and response.
+    Done(String, StoredResponse),
+}
+
+fn redis_key(redis: &Redis, key: &IdempotencyKey) -> String {
+    // The hash tag keeps all of one caller's keys in one Redis Cluster slot.
+    format!(
+        "{}:idem:{{{}}}:{}",
+        redis.prefix,
+        key.user_id,
+        hex::encode(key.key_hash)
+    )
+}
+
+/// Claims `key` for `lease` (SET NX), or reports who has it.
+pub async fn claim(
+    redis: &Redis,
+    key: &IdempotencyKey,
+    lease: Duration,
+) -> Result<Claim, RedisCallError> {
+    let name = redis_key(redis, key);
+    let mut claim_id = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut claim_id);
+    let pending = Entry::Pending {
+        fp: hex::encode(key.fingerprint),
+        claim: hex::encode(claim_id),
+    };
+    let value = serde_json::to_string(&pending).unwrap_or_default();
+    let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
+    // A key that expires between SET NX and GET is simply claimed on the next turn.
+    for _ in 0..3 {
+        let set: Option<String> = bounded(
+            redis.timeout,
+            redis::cmd("SET")
+                .arg(&name)
+                .arg(&value)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease.as_millis() as u64)
+                .query_async(&mut conn),
+        )
+        .await?;
+        if set.is_some() {
+            return Ok(Claim::Acquired(value));
+        }
+        let current: Option<String> = bounded(
+            redis.timeout,
+            redis::cmd("GET").arg(&name).query_async(&mut conn),
+        )
+        .await?;
+        match current.as_deref().map(serde_json::from_str::<Entry>) {
+            None => continue,
+            Some(Ok(Entry::Pending { fp, .. })) => return Ok(Claim::InFlight(fp)),
+            Some(Ok(Entry::Done {
+                fp,
+                status,
+                content_type,
+                body,
+            })) => {
+                let body = STANDARD.decode(body).unwrap_or_default();
+                return Ok(Claim::Done(
+                    fp,
+                    StoredResponse {
+                        status,
+                        content_type,
+                        body,
+                    },
+                ));
+            }
+            // Not ours to interpret: treat as in flight rather than run the request twice.
+            Some(Err(_)) => return Ok(Claim::InFlight(String::new())),
+        }
+    }
+    Ok(Claim::InFlight(hex::encode(key.fingerprint)))
+}
+
+/// Stores the finished response for `ttl`.
+pub async fn complete(
+    redis: &Redis,
+    key: &IdempotencyKey,
+    response: &StoredResponse,
+    ttl: Duration,
+) -> Result<(), RedisCallError> {
+    let done = Entry::Done {
+        fp: hex::encode(key.fingerprint),
+        status: response.status,
+        content_type: response.content_type.clone(),
+        body: STANDARD.encode(&response.body),
+    };
+    let value = serde_json::to_string(&done).unwrap_or_default();
+    let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
+    bounded(
+        redis.timeout,
+        redis::cmd("SET")
+            .arg(redis_key(redis, key))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async::<()>(&mut conn),
+    )
+    .await
+}
+
+/// Gives the key back (after a 5xx) if our claim still holds it, so a retry can run.
+pub async fn release(
+    redis: &Redis,
+    key: &IdempotencyKey,
+    claim_value: &str,
+) -> Result<(), RedisCallError> {
+    static RELEASE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("release.lua")));
+    let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
+    bounded(
+        redis.timeout,
+        RELEASE
+            .key(redis_key(redis, key))
+            .arg(claim_value)
+            .invoke_async::<i64>(&mut conn),
+    )
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,82 @@
+//! The OpenAPI document of the factory API, generated from the handlers' annotations and
+//! served at `/openapi.json`.
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::{api_keys, auth, catalog};
+
+/// The contract's error body: `{"error":"<snake_case code>","detail":"<sentence>"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// Machine-readable code, e.g. `forbidden`, `validation_failed`, `rate_limited`.
+    pub error: String,
+    /// A sentence for humans.
+    pub detail: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "VokeTag factory API",
+        version = "1",
+        description = "Admin API. Every route answers errors as `{\"error\",\"detail\"}`. Every \
+            route is rate limited per client (token subject, else IP) with X-RateLimit-Limit \
+            (per minute), X-RateLimit-Remaining and X-RateLimit-Reset; over the limit: 429 with \
+            Retry-After. POST and DELETE routes outside /v1/auth accept an Idempotency-Key \
+            header: a finished request is replayed with `Idempotent-Replayed: true`; 409 \
+            idempotency_key_in_use while it runs; 422 idempotency_key_reused for a different \
+            request; 400 invalid_idempotency_key; 503 when the idempotency store is down."
+    ),
+    paths(
+        auth::routes::login,
+        auth::routes::refresh,
+        auth::routes::logout,
+        api_keys::routes::create,
+        api_keys::routes::list,
+        api_keys::routes::revoke,
+        catalog::routes::create_product,
+        catalog::routes::get_product,
+        catalog::routes::create_batch,
+        catalog::routes::batch_tags_csv,
+        catalog::routes::get_tag,
+        catalog::routes::revoke_tag,
+    ),
+    components(schemas(ApiError)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Sign-in with rotating, device-bound refresh tokens"),
+        (name = "api-keys", description = "Scan API keys (admin)"),
+        (name = "catalog", description = "Products, batches and tags (admin, operator; viewers read)"),
+    )
+)]
+pub struct ApiDoc;
+
+static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(&DOCUMENT)
+}

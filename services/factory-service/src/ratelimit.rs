@@ -1,0 +1,181 @@
+//! In-process token buckets: the per-client limit on the admin API and the login limits.
+//!
+//! The admin API is low-traffic and each client mostly talks to one instance, so an
+//! in-process bucket is enough; the scan service's Redis limiter is for the public edge.
+//! Buckets that have refilled completely are indistinguishable from new ones and are swept.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use common::http::ClientIp;
+use tokio::time::Instant;
+
+use crate::auth::Identity;
+use crate::error::rate_limited_response;
+use crate::state::AppState;
+
+/// How often idle buckets are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The outcome of taking one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The request may proceed.
+    pub allowed: bool,
+    /// Whole tokens left.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub full_in_secs: u64,
+    /// Seconds until one token is available (0 when allowed).
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets keyed by client: each starts with `burst` tokens and refills `per_sec`.
+#[derive(Debug)]
+pub struct Buckets {
+    per_sec: f64,
+    burst: f64,
+    state: Mutex<(HashMap<String, Bucket>, Instant)>,
+}
+
+impl Buckets {
+    /// Buckets of `burst` tokens refilling `per_sec` tokens a second.
+    pub fn new(per_sec: f64, burst: u32) -> Self {
+        Self {
+            per_sec,
+            burst: f64::from(burst),
+            state: Mutex::new((HashMap::new(), Instant::now())),
+        }
+    }
+
+    /// The refill rate per minute (the `X-RateLimit-Limit` header).
+    pub fn per_minute(&self) -> u64 {
+        (self.per_sec * 60.0).round() as u64
+    }
+
+    /// Takes a token from `key`'s bucket, now.
+    pub fn check(&self, key: &str) -> Decision {
+        self.check_at(key, Instant::now())
+    }
+
+    /// Takes a token from `key`'s bucket at `now` (tests pass their own clock).
+    pub fn check_at(&self, key: &str, now: Instant) -> Decision {
+        // A poisoned lock only means another request panicked mid-update; the map is still sound.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (buckets, last_sweep) = &mut *guard;
+        if now.duration_since(*last_sweep) >= SWEEP_EVERY {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * per_sec < burst
+            });
+            *last_sweep = now;
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_sec).min(self.burst);
+        bucket.updated = now;
+        let allowed = bucket.tokens >= 1.0;
+        if allowed {
+            bucket.tokens -= 1.0;
+        }
+        let secs = |tokens: f64| (tokens.max(0.0) / self.per_sec).ceil() as u64;
+        Decision {
+            allowed,
+            remaining: bucket.tokens.floor() as u64,
+            full_in_secs: secs(self.burst - bucket.tokens),
+            retry_after_secs: if allowed {
+                0
+            } else {
+                secs(1.0 - bucket.tokens).max(1)
+            },
+        }
+    }
+
+    /// Number of buckets held (for tests of the sweep).
+    pub fn len(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds when full).
+pub fn add_headers(headers: &mut HeaderMap, per_minute: u64, decision: &Decision) {
+    let reset = chrono::Utc::now().timestamp().max(0) as u64 + decision.full_in_secs;
+    headers.insert("x-ratelimit-limit", HeaderValue::from(per_minute));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+}
+
+/// Middleware: one token per request from the caller's bucket; the caller is the access
+/// token's subject when a valid one came, else the client IP.
+pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let key = match req
+        .extensions()
+        .get::<Identity>()
+        .and_then(Identity::principal)
+    {
+        Some(p) => format!("user:{}", p.id),
+        None => match req.extensions().get::<ClientIp>() {
+            Some(ClientIp(ip)) => format!("ip:{ip}"),
+            None => "ip:unknown".to_owned(),
+        },
+    };
+    let limiter = &state.admin_limiter;
+    let decision = limiter.check(&key);
+    let mut response = if decision.allowed {
+        next.run(req).await
+    } else {
+        rate_limited_response(decision.retry_after_secs)
+    };
+    add_headers(response.headers_mut(), limiter.per_minute(), &decision);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refill() {
+        let b = Buckets::new(10.0, 20);
+        let t0 = Instant::now();
+        let passed = (0..25).filter(|_| b.check_at("k", t0).allowed).count();
+        assert_eq!(passed, 20);
+        let denied = b.check_at("k", t0);
+        assert_eq!(denied.retry_after_secs, 1);
+        assert!(b.check_at("k", t0 + Duration::from_millis(100)).allowed);
+        assert!(b.check_at("other", t0).allowed);
+    }
+
+    #[test]
+    fn idle_buckets_are_swept() {
+        let b = Buckets::new(1.0, 5);
+        let t0 = Instant::now();
+        b.check_at("a", t0);
+        b.check_at("b", t0);
+        assert_eq!(b.len(), 2);
+        b.check_at("c", t0 + SWEEP_EVERY);
+        assert_eq!(b.len(), 1);
+    }
+}

@@ -1,0 +1,37 @@
+//! The admin API's router: each resource module brings its routes, merged here, behind the
+//! layers every route shares.
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+
+use crate::state::AppState;
+use crate::{api_keys, auth, catalog, idempotency, openapi, ratelimit};
+
+/// Every API route (health routes are added separately and are never limited).
+///
+/// Layers, outermost first: the bearer token is checked once (`auth::identify`), the
+/// per-client token bucket is charged (`ratelimit::admin_limit`), and for POST and DELETE
+/// outside `/v1/auth` the idempotency layer runs. Roles are enforced per handler by the
+/// `Authorized<Policy>` extractor.
+pub fn router(state: AppState) -> Router {
+    let idempotent = Router::new()
+        .merge(api_keys::routes::router())
+        .merge(catalog::routes::router())
+        .route_layer(from_fn_with_state(state.clone(), idempotency::layer));
+
+    Router::new()
+        .merge(auth::routes::router())
+        .merge(idempotent)
+        // ── AUDIT ROUTES ─────────────────────────────────────────────────────────────
+        // The audit log's routes (/v1/audit/*) are merged here, by the audit module's
+        // owner, e.g. `.merge(crate::audit::routes())` returning `Router<AppState>`.
+        // Guard admin routes with `crate::auth::Authorized<crate::auth::AdminOnly>`; the
+        // public checkpoint route needs no extractor. Mutating audit routes, if any, belong
+        // in `idempotent` above instead.
+        // ─────────────────────────────────────────────────────────────────────────────
+        .route("/openapi.json", get(openapi::serve))
+        .layer(from_fn_with_state(state.clone(), ratelimit::admin_limit))
+        .layer(from_fn_with_state(state.clone(), auth::identify))
+        .with_state(state)
+}

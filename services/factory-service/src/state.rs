@@ -1,0 +1,72 @@
+//! The shared state every handler and middleware gets: pools, keys, limiters, settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::audit::AuditLog;
+use crate::auth::{CsrfKey, JwtKeys};
+use crate::ratelimit::Buckets;
+
+/// Login attempts allowed per client IP: a burst, then this many a minute.
+pub const LOGIN_PER_IP_PER_MINUTE: u32 = 30;
+/// Login attempts allowed per email: a burst, then this many a minute. Lower than per IP so
+/// guessing one account's password is slow even from many addresses.
+pub const LOGIN_PER_EMAIL_PER_MINUTE: u32 = 10;
+
+/// Cheap to clone: everything inside is shared.
+#[derive(Clone)]
+pub struct AppState {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// Redis.
+    pub redis: Redis,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Access-token keys.
+    pub jwt: Arc<JwtKeys>,
+    /// CSRF key.
+    pub csrf: Arc<CsrfKey>,
+    /// Refresh-token lifetime.
+    pub refresh_ttl: Duration,
+    /// A password hash to verify unknown emails against (equal timing).
+    pub dummy_hash: Arc<str>,
+    /// Login limit per client IP.
+    pub login_by_ip: Arc<Buckets>,
+    /// Login limit per email.
+    pub login_by_email: Arc<Buckets>,
+    /// The admin API's per-client limit.
+    pub admin_limiter: Arc<Buckets>,
+    /// How long idempotent results are kept.
+    pub idempotency_ttl: Duration,
+    /// How long an in-flight idempotency claim holds before a retry may take over (longer
+    /// than any request may run, so it only lapses when the process holding it died).
+    pub idempotency_lease: Duration,
+    /// Largest request body (the idempotency layer buffers bodies to fingerprint them).
+    pub body_limit: usize,
+}
+
+/// A Redis pool with the key prefix and per-call timeout of this deployment.
+#[derive(Clone)]
+pub struct Redis {
+    /// The pool.
+    pub pool: deadpool_redis::Pool,
+    /// `REDIS_KEY_PREFIX`.
+    pub prefix: Arc<str>,
+    /// `REDIS_TIMEOUT_MS`.
+    pub timeout: Duration,
+}
+
+impl Redis {
+    /// The scan service's cache key for a tag look-up: `{prefix}:tag:{<tag_id>}` (the braces
+    /// are a Redis Cluster hash tag; both services build the key exactly this way).
+    pub fn tag_cache_key(&self, tag_id: &str) -> String {
+        format!("{}:tag:{{{tag_id}}}", self.prefix)
+    }
+
+    /// The scan service's cache key for an API key look-up: `{prefix}:apikey:{<hex SHA-256>}`.
+    pub fn api_key_cache_key(&self, key_hash: &[u8]) -> String {
+        format!("{}:apikey:{{{}}}", self.prefix, hex::encode(key_hash))
+    }
+}
