@@ -128,8 +128,11 @@ locals {
 
   database_url = format(local.db_url_base, local.db_writer_ip)
 
-  # Scan look-ups read from the instance in their own region (the replica in the secondary).
+  # Scan look-ups read from the instance in their own region (the replica in the secondary),
+  # or from the writer everywhere while the replica is broken (var.scan_reads_from_writer).
   database_read_urls = {
-    for k, inst in local.db_instances : k => format(local.db_url_base, inst.private_ip_address)
+    for k, inst in local.db_instances : k => (
+      var.scan_reads_from_writer ? local.database_url : format(local.db_url_base, inst.private_ip_address)
+    )
   }
 }

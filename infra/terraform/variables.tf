@@ -226,6 +226,12 @@ variable "database_writer" {
   }
 }
 
+variable "scan_reads_from_writer" {
+  description = "Point every region's DATABASE_READ_URL at the writer: use while the read replica is down or lagging."
+  type        = bool
+  default     = false
+}
+
 # ---- Redis --------------------------------------------------------------------------------
 
 variable "redis_memory_gb" {
