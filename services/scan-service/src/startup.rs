@@ -52,6 +52,9 @@ impl Application {
                  scan events differ between instances and restarts"
             );
         }
+        // Installs the metrics recorder before anything records (the breakers export their
+        // state as they are created).
+        common::telemetry::prometheus();
         let common = &config.common;
         let prefix = common.redis_key_prefix.as_str();
         let read_pool = common::db::pg_pool(&config.database_read_url, 16)?;

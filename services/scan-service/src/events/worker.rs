@@ -62,8 +62,8 @@ async fn run<P: Publisher>(
     let mut batch: Vec<ScanEvent> = Vec::with_capacity(settings.batch_max);
     let mut backoff = settings.backoff_min;
     loop {
-        export_buffered(&rx, &batch);
         if batch.is_empty() {
+            export_buffered(&rx, &batch);
             tokio::select! {
                 event = rx.recv() => match event {
                     Some(event) => batch.push(event),
@@ -88,6 +88,7 @@ async fn run<P: Publisher>(
             }
         }
 
+        export_buffered(&rx, &batch);
         let wait = match breaker.call(publisher.publish(&batch)).await {
             Ok(()) => {
                 metrics::counter!("scan_events_published_total").increment(batch.len() as u64);

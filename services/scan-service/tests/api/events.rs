@@ -1,0 +1,165 @@
+//! CONTRACT 2.4 on the emulator: body and attributes; buffering while the broker is away; the
+//! flush at shutdown.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::helpers::{EMULATOR, Proxy, TestEnv, expected_ip_hash, metric, receive};
+
+#[tokio::test]
+async fn each_scan_publishes_the_contract_event() {
+    let env = TestEnv::new().await;
+    let mut stream = env.subscribe().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    let (key_id, key) = env.api_key(None).await;
+
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/scan/{tag}")))
+        .header("x-api-key", &key)
+        .header("user-agent", "ScannerApp/2.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .client
+        .get(app.url("/v1/scan/NoSuchTag_0123456789"))
+        .header("user-agent", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Not reaching the look-up: no event.
+    assert_eq!(app.scan("bad!").await.status(), StatusCode::BAD_REQUEST);
+
+    let mut got = receive(&mut stream, 2, Duration::from_secs(30)).await;
+    got.sort_by_key(|m| m.body["result"].as_str().unwrap().to_owned());
+    for m in &got {
+        assert_eq!(
+            m.attributes.get("event_type").map(String::as_str),
+            Some("scan")
+        );
+        assert_eq!(
+            m.attributes.get("schema_version").map(String::as_str),
+            Some("1")
+        );
+        let body = m.body.as_object().unwrap();
+        let mut fields: Vec<&str> = body.keys().map(String::as_str).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "api_key_id",
+                "client_ip_hash",
+                "event_id",
+                "result",
+                "scanned_at",
+                "tag_id",
+                "user_agent"
+            ]
+        );
+        let id: Uuid = body["event_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(body["client_ip_hash"], expected_ip_hash("127.0.0.1"));
+        let at = body["scanned_at"].as_str().unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+        assert!(
+            at.ends_with('Z') && at.len() == "2026-11-25T10:00:00.123Z".len(),
+            "{at}"
+        );
+    }
+    let (authentic, unknown) = (&got[0].body, &got[1].body);
+    assert_eq!(authentic["result"], "authentic");
+    assert_eq!(authentic["tag_id"], tag);
+    assert_eq!(authentic["api_key_id"], key_id.to_string());
+    assert_eq!(authentic["user_agent"], "ScannerApp/2.1");
+    assert_eq!(unknown["result"], "unknown");
+    assert_eq!(unknown["tag_id"], "NoSuchTag_0123456789");
+    assert!(unknown["api_key_id"].is_null());
+
+    let metrics = app.metrics().await;
+    assert!(metric(&metrics, "scan_events_published_total").unwrap() >= 2.0);
+}
+
+/// The broker is taken away by cutting a TCP proxy in front of the shared emulator: the
+/// emulator keeps its topic and subscription, so every event that arrives afterwards must have
+/// waited in the service's buffer. (Restarting an emulator would lose the topic, and a message
+/// published between re-creating the topic and its subscription would vanish, which proves
+/// nothing about us.)
+#[tokio::test]
+async fn broker_away_scans_still_answer_and_buffered_events_arrive_after() {
+    let env = TestEnv::new().await;
+    let mut stream = env.subscribe().await;
+    let mut proxy = Proxy::start(EMULATOR).await;
+    let via_proxy = format!("127.0.0.1:{}", proxy.port);
+    let app = env
+        .spawn(&[
+            ("PUBSUB_EMULATOR_HOST", via_proxy.as_str()),
+            ("CIRCUIT_BREAKER_THRESHOLD", "2"),
+            ("CIRCUIT_BREAKER_TIMEOUT_SEC", "1"),
+        ])
+        .await;
+    let tag = env.tag().await;
+
+    assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
+    receive(&mut stream, 1, Duration::from_secs(30)).await;
+
+    proxy.down().await;
+    let mut tags = Vec::new();
+    for _ in 0..3 {
+        let t = env.tag().await;
+        let started = Instant::now();
+        assert_eq!(app.scan(&t).await.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a dead broker slowed a scan"
+        );
+        tags.push(t);
+    }
+    // Let the worker fail against the dead broker for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metric(&metrics, "scan_events_buffered").unwrap_or(0.0) >= 1.0,
+        "nothing buffered"
+    );
+    let published_before = metric(&metrics, "scan_events_published_total").unwrap_or(0.0);
+    assert_eq!(published_before, 1.0);
+
+    proxy.up().await;
+    let got = receive(&mut stream, 3, Duration::from_secs(60)).await;
+    let mut arrived: Vec<String> = got
+        .iter()
+        .map(|m| m.body["tag_id"].as_str().unwrap().to_owned())
+        .collect();
+    arrived.sort();
+    tags.sort();
+    assert_eq!(arrived, tags);
+    assert_eq!(app.events().dropped_total(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_queued_events() {
+    let env = TestEnv::new().await;
+    let mut stream = env.subscribe().await;
+    let app = env.spawn(&[]).await;
+    let mut tags = Vec::new();
+    for _ in 0..5 {
+        let t = env.tag().await;
+        assert_eq!(app.scan(&t).await.status(), StatusCode::OK);
+        tags.push(t);
+    }
+    app.stop().await;
+    let got = receive(&mut stream, 5, Duration::from_secs(30)).await;
+    let mut arrived: Vec<String> = got
+        .iter()
+        .map(|m| m.body["tag_id"].as_str().unwrap().to_owned())
+        .collect();
+    arrived.sort();
+    tags.sort();
+    assert_eq!(arrived, tags);
+}

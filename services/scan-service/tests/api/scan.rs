@@ -1,0 +1,267 @@
+//! The scan route's answers: known, revoked and unknown tags, API keys, bad input.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestEnv, header};
+
+const SECURITY_HEADERS: [(&str, &str); 3] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("cache-control", "no-store"),
+];
+
+#[tokio::test]
+async fn known_tag_answers_authentic_with_product_and_counts() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    sqlx::query("UPDATE tags SET scan_count = 7, first_scanned_at = '2026-11-01T10:00:00Z' WHERE tag_id = $1")
+        .bind(&tag)
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let r = app.scan(&tag).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "x-request-id").is_some_and(|v| !v.is_empty()));
+    for (name, value) in SECURITY_HEADERS {
+        assert_eq!(header(&r, name), Some(value), "{name}");
+    }
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ] {
+        assert!(header(&r, name).is_some(), "{name} missing");
+    }
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "tag_id": tag,
+            "status": "authentic",
+            "product": {"id": env.product_id, "name": "Gold Watch", "sku": body["product"]["sku"]},
+            "batch_id": env.batch_id,
+            "scan_count": 7,
+            "first_scanned_at": "2026-11-01T10:00:00Z",
+        })
+    );
+    assert!(body["product"]["sku"].as_str().unwrap().starts_with("SKU-"));
+}
+
+#[tokio::test]
+async fn unknown_tag_is_404_with_status_unknown() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    for _ in 0..2 {
+        // The second answer comes from the negative cache entry.
+        let r = app.scan("NoSuchTag_0123456789").await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(header(&r, "x-ratelimit-remaining").is_some());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["tag_id"], "NoSuchTag_0123456789");
+        assert_eq!(body["status"], "unknown");
+        assert_eq!(body["error"], "unknown_tag");
+    }
+}
+
+#[tokio::test]
+async fn revoked_tag_shows_within_five_seconds() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    let r = app.scan(&tag).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "authentic");
+    sqlx::query("UPDATE tags SET status = 'revoked', revoked_at = now() WHERE tag_id = $1")
+        .bind(&tag)
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    loop {
+        let r = app.scan(&tag).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        if r.json::<Value>().await.unwrap()["status"] == "revoked" {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "still authentic after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn request_id_is_kept_when_sane() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let r = app
+        .client
+        .get(app.url("/v1/scan/NoSuchTag_0123456789"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-request-id"), Some("abc-123"));
+    let r = app
+        .client
+        .get(app.url("/v1/scan/NoSuchTag_0123456789"))
+        .header("x-request-id", "<script>")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(header(&r, "x-request-id"), Some("<script>"));
+}
+
+async fn assert_json_4xx(r: reqwest::Response, expected: StatusCode, code: &str, what: &str) {
+    assert_eq!(r.status(), expected, "{what}");
+    assert!(
+        header(&r, "content-type").is_some_and(|ct| ct.starts_with("application/json")),
+        "{what}: not JSON"
+    );
+    assert_eq!(
+        header(&r, "x-content-type-options"),
+        Some("nosniff"),
+        "{what}"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], code, "{what}: {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{what}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_tag_ids_are_400_json() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let long = "a".repeat(65);
+    let huge = "b".repeat(20_000);
+    for bad in [
+        "short",
+        "a234567890abcde",
+        long.as_str(),
+        huge.as_str(),
+        "bad!chars_0123456789",
+        "with%20space_0123456789",
+        "caf%C3%A9_0123456789abc",
+        "nul%00_0123456789abcdef",
+        "invalid-utf8-%FF%FE_0123456",
+        "dots..0123456789abcdef",
+        "%2Fslash_0123456789abcdef",
+    ] {
+        let r = app.scan(bad).await;
+        assert!(
+            header(&r, "x-ratelimit-limit").is_some(),
+            "{bad}: no rate-limit headers"
+        );
+        assert_json_4xx(r, StatusCode::BAD_REQUEST, "invalid_tag_id", bad).await;
+    }
+}
+
+#[tokio::test]
+async fn odd_paths_methods_and_headers_are_clear_4xx() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+
+    let huge_path = format!("/{}", "x/".repeat(8_000));
+    for (path, status, code) in [
+        ("/v1/scan/", StatusCode::NOT_FOUND, "not_found"),
+        ("/v1/scan", StatusCode::NOT_FOUND, "not_found"),
+        (
+            "/v1/scan/aaaaaaaaaaaaaaaa/extra",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (huge_path.as_str(), StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_json_4xx(r, status, code, &path[..path.len().min(40)]).await;
+    }
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/scan/{tag}")))
+        .send()
+        .await
+        .unwrap();
+    assert_json_4xx(
+        r,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "POST",
+    )
+    .await;
+
+    // Keys that cannot be keys, and two keys at once: 401, never a 5xx.
+    let long_key = "k".repeat(5_000);
+    for key in ["", "   ", "vt_short", long_key.as_str()] {
+        let r = app.scan_with_key(&tag, key).await;
+        assert_json_4xx(r, StatusCode::UNAUTHORIZED, "invalid_api_key", "odd key").await;
+    }
+    let (_, good) = env.api_key(None).await;
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/scan/{tag}")))
+        .header("x-api-key", &good)
+        .header("x-api-key", "vt_other")
+        .send()
+        .await
+        .unwrap();
+    assert_json_4xx(r, StatusCode::UNAUTHORIZED, "invalid_api_key", "two keys").await;
+
+    // Odd but harmless headers do not change the answer.
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/scan/{tag}")))
+        .header(
+            "user-agent",
+            reqwest::header::HeaderValue::from_bytes(b"\xff\xfe odd agent").unwrap(),
+        )
+        .header("x-forwarded-for", "not-an-ip, 999.1.1.1")
+        .header("x-request-id", "x".repeat(4000))
+        .header("x-padding", "p".repeat(16_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn api_key_valid_unknown_and_revoked_within_five_seconds() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    let (id, key) = env.api_key(None).await;
+    assert_eq!(app.scan_with_key(&tag, &key).await.status(), StatusCode::OK);
+
+    let r = app
+        .scan_with_key(&tag, "vt_abcdefgh_not-a-real-secret")
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_api_key");
+
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    loop {
+        let status = app.scan_with_key(&tag, &key).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "revoked key still accepted after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
