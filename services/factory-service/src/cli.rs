@@ -23,6 +23,9 @@ pub enum Command {
     /// Manage admin users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Audit log tools (`audit verify`).
+    #[command(subcommand)]
+    Audit(crate::audit::command::AuditCommand),
 }
 
 /// `factory-service user ...`.

@@ -22,6 +22,8 @@ pub struct FactoryConfig {
     pub idempotency_ttl: Duration,
     /// `MAX_DELIVERY_ATTEMPTS`: deliveries of a scan event before it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// `AUDIT_*`: the audit log's signing key and checkpoint/verification cadence.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Token lifetimes, the signing secret and the bootstrap admin.
@@ -95,6 +97,7 @@ impl FactoryConfig {
             admin_rate_limit,
             idempotency_ttl: Duration::from_secs(idempotency_secs),
             max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 1000)?,
+            audit: crate::audit::AuditConfig::from_env(env)?,
         })
     }
 

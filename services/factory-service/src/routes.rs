@@ -23,13 +23,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(auth::routes::router())
         .merge(idempotent)
-        // ── AUDIT ROUTES ─────────────────────────────────────────────────────────────
-        // The audit log's routes (/v1/audit/*) are merged here, by the audit module's
-        // owner, e.g. `.merge(crate::audit::routes())` returning `Router<AppState>`.
-        // Guard admin routes with `crate::auth::Authorized<crate::auth::AdminOnly>`; the
-        // public checkpoint route needs no extractor. Mutating audit routes, if any, belong
-        // in `idempotent` above instead.
-        // ─────────────────────────────────────────────────────────────────────────────
+        // /v1/audit/events and /v1/audit/verify for admins, /v1/audit/checkpoint for anyone.
+        .merge(crate::audit::routes::router::<
+            crate::auth::Authorized<crate::auth::AdminOnly>,
+            AppState,
+        >(state.pool.clone(), state.audit.clone()))
         .route("/openapi.json", get(openapi::serve))
         .layer(from_fn_with_state(state.clone(), ratelimit::admin_limit))
         .layer(from_fn_with_state(state.clone(), auth::identify))

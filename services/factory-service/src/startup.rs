@@ -24,6 +24,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
+    audit: crate::audit::AuditConfig,
 }
 
 impl Application {
@@ -49,7 +50,7 @@ impl Application {
                 prefix: Arc::from(config.common.redis_key_prefix.as_str()),
                 timeout: config.common.redis_timeout,
             },
-            audit: AuditLog::new(),
+            audit: AuditLog::from_config(&config.audit),
             jwt: Arc::new(JwtKeys::new(&secret, config.auth.access_ttl)),
             csrf: Arc::new(CsrfKey::derive(&secret)),
             refresh_ttl: config.auth.refresh_ttl,
@@ -82,6 +83,7 @@ impl Application {
             listener,
             router,
             state,
+            audit: config.audit.clone(),
         })
     }
 
@@ -95,6 +97,8 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tokio::spawn(sweep_idempotency(self.state.clone(), shutdown.clone()));
+        // Audit checkpointer and background chain verifier.
+        crate::audit::job::spawn(self.state.pool.clone(), &self.audit, shutdown.clone());
         common::server::serve(self.listener, self.router, shutdown)
             .await
             .context("serving HTTP")
