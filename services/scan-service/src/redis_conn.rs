@@ -92,6 +92,27 @@ impl RedisConn {
         .await
     }
 
+    /// Opens every connection now, so the first burst of requests does not pay (and time out
+    /// on) connection set-up, which would count against the breakers. Failures are only logged:
+    /// the service starts without Redis and connects when it comes.
+    pub async fn warm_up(&self, within: Duration) {
+        let attempts = self
+            .slots
+            .iter()
+            .map(|slot| tokio::time::timeout(within, self.connection(slot)));
+        let failed = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|r| !matches!(r, Ok(Ok(_))))
+            .count();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "Redis connections could not be opened at start-up; retrying on use"
+            );
+        }
+    }
+
     async fn connection(&self, slot: &Slot) -> RedisResult<MultiplexedConnection> {
         if let Some(conn) = lock(&slot.conn).clone() {
             return Ok(conn);

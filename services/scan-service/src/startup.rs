@@ -30,6 +30,9 @@ pub const EVENT_BUFFER: usize = 100_000;
 /// Multiplexed Redis connections on the request path (each pipelines any number of requests).
 const REDIS_CONNECTIONS: usize = 4;
 
+/// The longest start-up waits for Redis connections (it starts without them).
+const REDIS_WARM_UP: Duration = Duration::from_secs(1);
+
 /// How often idle buckets of the fallback limiter are freed.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -62,6 +65,7 @@ impl Application {
             RedisConn::new(&common.redis_url, common.redis_timeout, REDIS_CONNECTIONS)
                 .context("REDIS_URL is not a valid Redis URL")?,
         );
+        redis.warm_up(REDIS_WARM_UP).await;
         let cache = Cache::new(
             redis.clone(),
             CircuitBreaker::new("redis-cache", common.breaker),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
-use crate::helpers::{EMULATOR, Proxy, TestEnv, expected_ip_hash, metric, receive};
+use crate::helpers::{EMULATOR, Proxy, TestEnv, expected_ip_hash, free_port, metric, receive};
 
 #[tokio::test]
 async fn each_scan_publishes_the_contract_event() {
@@ -162,4 +162,20 @@ async fn shutdown_flushes_queued_events() {
     arrived.sort();
     tags.sort();
     assert_eq!(arrived, tags);
+}
+
+#[tokio::test]
+async fn starts_and_answers_with_the_broker_unreachable() {
+    let env = TestEnv::new().await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let app = env.spawn(&[("PUBSUB_EMULATOR_HOST", dead.as_str())]).await;
+    let tag = env.tag().await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a dead broker slowed a scan"
+        );
+    }
 }

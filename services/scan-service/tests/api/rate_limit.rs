@@ -265,3 +265,37 @@ async fn bucket_keys_carry_a_hash_tag_and_expire_when_full_again() {
     // One token spent at 1 a second: full again in about a second.
     assert!((1..=1000).contains(&ttl), "PTTL {ttl}");
 }
+
+#[tokio::test]
+async fn each_client_behind_a_trusted_proxy_has_its_own_bucket() {
+    let env = TestEnv::new().await;
+    let app = env
+        .spawn(&[
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+            ("RATE_LIMIT_IP_PER_MINUTE", "1"),
+            ("RATE_LIMIT_IP_BURST", "2"),
+        ])
+        .await;
+    let tag = env.tag().await;
+    let from = |ip: &'static str| {
+        app.client
+            .get(app.url(&format!("/v1/scan/{tag}")))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    for ip in ["203.0.113.1", "203.0.113.2", "2001:db8::1"] {
+        for _ in 0..2 {
+            assert_eq!(from(ip).await.unwrap().status(), StatusCode::OK, "{ip}");
+        }
+        assert_eq!(
+            from(ip).await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{ip}"
+        );
+    }
+    // Same /64 as 2001:db8::1: same bucket, already spent.
+    assert_eq!(
+        from("2001:db8::ffff").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
