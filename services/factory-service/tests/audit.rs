@@ -711,3 +711,292 @@ async fn the_background_verifier_works_incrementally_and_reports_a_break() {
         BreakReason::HashMismatch,
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP routes, on the real application.
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+struct App {
+    base: String,
+    db: TestDb,
+    client: reqwest::Client,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The service with events signed by `k1` and a checkpoint after every event.
+async fn spawn_app() -> App {
+    let db = TestDb::new().await;
+    let env = common::testing::env_for(&db)
+        .with(
+            "JWT_SECRET",
+            "an-audit-integration-test-secret-0123456789abcdef",
+        )
+        .with("ADMIN_RATE_LIMIT_BURST", "100000")
+        .with("REDIS_TIMEOUT_MS", "2000")
+        .with("AUDIT_SIGNING_KEY_FILE", &fixture("audit_k1.pem"))
+        .with("AUDIT_SIGNING_KEY_ID", "k1")
+        .with("AUDIT_SIGN_EVENTS", "true")
+        .with("AUDIT_CHECKPOINT_EVERY", "1");
+    let config = factory_service::FactoryConfig::from_env(&env).expect("test configuration");
+    let app = factory_service::Application::build(config)
+        .await
+        .expect("build the app");
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    App {
+        base,
+        db,
+        client: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl App {
+    /// Creates a user of `role` and signs them in; returns the access token.
+    async fn token(&self, role: factory_service::users::Role) -> String {
+        let email = format!("{role}-{}@example.com", Uuid::new_v4().simple());
+        let password = "correct horse battery staple";
+        factory_service::users::create_user(
+            &self.db.pool,
+            &AuditLog::new(),
+            &email,
+            &secrecy::SecretString::from(password),
+            role,
+            Actor::System,
+        )
+        .await
+        .expect("create user");
+        let r = self
+            .client
+            .post(format!("{}/v1/auth/login", self.base))
+            .header("X-Device-ID", "audit-tests-device-0001")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut b = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            b = b.bearer_auth(t);
+        }
+        let r = b.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn http_routes_serve_events_verification_and_the_signed_checkpoint() {
+    let app = spawn_app().await;
+    let admin = app.token(factory_service::users::Role::Admin).await;
+    let viewer = app.token(factory_service::users::Role::Viewer).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(n >= 2, "user creation and logins are audited");
+
+    assert_eq!(app.get("/v1/audit/events", None).await.0, 401);
+    assert_eq!(app.get("/v1/audit/events", Some(&viewer)).await.0, 403);
+    assert_eq!(app.get("/v1/audit/verify", Some(&viewer)).await.0, 403);
+    let (status, body) = app.get("/v1/audit/events", Some(&admin)).await;
+    assert_eq!(status, 200);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len() as i64, n);
+    let seqs: Vec<i64> = items.iter().map(|i| i["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<i64>>());
+    let first = &items[0];
+    assert_eq!(first["version"], 2);
+    assert_eq!(first["prev_hash"], hex::encode(chain::GENESIS_HASH));
+    // Users were created outside the app (unsigned); the app's own login events are signed.
+    let login = items
+        .iter()
+        .find(|i| i["action"] == "auth.login")
+        .expect("a login event");
+    assert_eq!(login["key_id"], "k1");
+    let hash = hex::decode(login["hash"].as_str().unwrap()).unwrap();
+    let signature = BASE64.decode(login["signature"].as_str().unwrap()).unwrap();
+    assert!(public(K1_PUB).verify(&hash, &signature));
+    let (_, page) = app
+        .get("/v1/audit/events?after_seq=1&limit=1", Some(&admin))
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["seq"], 2);
+    let (status, err) = app.get("/v1/audit/events?limit=0", Some(&admin)).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_query"))
+    );
+
+    let (status, report) = app.get("/v1/audit/verify", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["events_checked"].as_i64().unwrap() >= n);
+    assert_eq!(report["legacy_events"], 0);
+    assert!(report["head"]["hash"].is_string());
+    assert!(report["first_bad_seq"].is_null() && report["reason"].is_null());
+
+    // The checkpointer runs in the background (every event, polled each second).
+    let mut checkpoint = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (status, body) = app.get("/v1/audit/checkpoint", None).await;
+        if status == 200 {
+            checkpoint = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cp = Checkpoint::parse_many(&checkpoint.to_string()).expect("a served checkpoint");
+    assert_eq!(cp[0].key_id.as_deref(), Some("k1"));
+    assert!(public(K1_PUB).verify(&cp[0].message(), cp[0].signature.as_deref().unwrap()));
+
+    tamper(
+        &app.db.pool,
+        "UPDATE audit_events SET target_id = 'someone-else' WHERE seq = 2",
+    )
+    .await;
+    let (status, report) = app.get("/v1/audit/verify", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            report["ok"].as_bool(),
+            report["first_bad_seq"].as_i64(),
+            report["reason"].as_str()
+        ),
+        (Some(false), Some(2), Some("hash_mismatch")),
+        "{report}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line.
+
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .args(args)
+        .env_clear()
+        .env("APP_ENV", "development")
+        .env("LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run factory-service");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
+    let db = TestDb::new().await;
+    let url = secrecy::ExposeSecret::expose_secret(&db.url).to_owned();
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&db.pool, &audit, 6).await;
+    let cp = checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    let k1 = format!("k1={}", fixture("audit_k1.pub.pem"));
+
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k1,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("audit chain intact: 6 events checked, 0 legacy, 6 signatures verified"),
+        "{out}"
+    );
+    let (code, out) = cli(&["audit", "verify", "--database-url", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("signatures were not checked"), "{out}");
+    let k2 = format!("k1={}", fixture("audit_k2.pub.pem"));
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k2,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("first bad seq 1: bad_signature"), "{out}");
+
+    // A saved checkpoint file, then the tail is cut and the traces in the database covered.
+    let saved = std::env::temp_dir().join(format!("audit-cp-{}.json", Uuid::new_v4()));
+    std::fs::write(&saved, serde_json::to_string(&cp.to_json()).unwrap()).unwrap();
+    tamper(
+        &db.pool,
+        "DELETE FROM audit_events WHERE seq > 4; DELETE FROM audit_checkpoints; \
+         UPDATE audit_chain_head SET seq = 4, hash = (SELECT hash FROM audit_events WHERE seq = 4);",
+    )
+    .await;
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k1,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let saved_arg = saved.to_string_lossy().into_owned();
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k1,
+        "--checkpoint",
+        &saved_arg,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("first bad seq 5: tail_truncated"), "{out}");
+    let _ = std::fs::remove_file(&saved);
+
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET details = '{}' WHERE seq = 3",
+    )
+    .await;
+    let (code, out) = cli(&["audit", "verify", "--database-url", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("audit chain BROKEN: first bad seq 3: hash_mismatch"),
+        "{out}"
+    );
+
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        "/nonexistent.pem",
+    ]);
+    assert_eq!(code, 2, "{out}");
+}
