@@ -1,0 +1,109 @@
+//! CONTRACT 3.2: the key is shown once and only its hash is stored; list; revoke.
+
+use factory_service::users::Role;
+use redis::AsyncCommands as _;
+use reqwest::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{assert_error, body, spawn_app};
+
+#[tokio::test]
+async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let r = app
+        .req(Method::POST, "/v1/api-keys", Some(&admin.access))
+        .header("User-Agent", "key-tests/2.0")
+        .json(&json!({"name": "Retail app", "rate_limit_per_minute": 1200}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created = body(r).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let prefix = created["prefix"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("{prefix}_")) && prefix.starts_with("vt_") && prefix.len() == 11);
+    let secret = &key[prefix.len() + 1..];
+    assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    for field in ["id", "name", "prefix", "key", "created_at"] {
+        assert!(!created[field].is_null(), "{field} in {created}");
+    }
+
+    // The row: the prefix, SHA-256 of the whole key, and nothing that contains the key.
+    let (stored_prefix, hash, rate, row): (String, Vec<u8>, Option<i32>, String) = sqlx::query_as(
+        "SELECT prefix, key_hash, rate_limit_per_minute, row_to_json(api_keys)::text FROM api_keys",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored_prefix, prefix);
+    assert_eq!(hash, Sha256::digest(key.as_bytes()).to_vec());
+    assert_eq!(rate, Some(1200));
+    assert!(!row.contains(secret), "the secret is not stored: {row}");
+
+    // Listed without secrets.
+    let list = body(app.get("/v1/api-keys", &admin.access).await).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert!(items[0].get("key").is_none() && items[0]["revoked_at"].is_null());
+    assert!(!list.to_string().contains(secret));
+
+    // Audited with actor, IP and user agent.
+    let (actor, ip, ua): (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT actor_email, client_ip, user_agent FROM audit_events WHERE action = 'api_key.created'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(actor.unwrap().starts_with("admin-"));
+    assert_eq!(ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(ua.as_deref(), Some("key-tests/2.0"));
+}
+
+#[tokio::test]
+async fn revoking_a_key_marks_it_and_drops_the_scan_cache_entry() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let created = body(app.post("/v1/api-keys", &admin.access, &json!({"name": "k"}), None).await).await;
+    let id = created["id"].as_str().unwrap();
+    let hash = hex::encode(Sha256::digest(created["key"].as_str().unwrap().as_bytes()));
+    let cache_key = format!("{}:apikey:{{{hash}}}", app.redis_prefix);
+    let mut redis = app.redis().await;
+    let _: () = redis.set_ex(&cache_key, "cached", 60).await.unwrap();
+
+    let r = app.req(Method::DELETE, &format!("/v1/api-keys/{id}"), Some(&admin.access)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let revoked = body(r).await;
+    assert_eq!(revoked["id"], id);
+    assert!(revoked["revoked_at"].is_string());
+    let exists: bool = redis.exists(&cache_key).await.unwrap();
+    assert!(!exists, "the scan service's cached look-up is dropped");
+
+    let list = body(app.get("/v1/api-keys", &admin.access).await).await;
+    assert!(list["items"][0]["revoked_at"].is_string());
+    assert_eq!(app.audit_count("api_key.revoked").await, 1);
+
+    // Again: the same revocation, no new event.
+    let again = app.req(Method::DELETE, &format!("/v1/api-keys/{id}"), Some(&admin.access)).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(body(again).await["revoked_at"], revoked["revoked_at"]);
+    assert_eq!(app.audit_count("api_key.revoked").await, 1);
+
+    let unknown = app
+        .req(Method::DELETE, &format!("/v1/api-keys/{}", uuid::Uuid::new_v4()), Some(&admin.access))
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn key_input_is_validated() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let r = app.post("/v1/api-keys", &admin.access, &json!({"name": ""}), None).await;
+    assert_error(r, 400, "validation_failed").await;
+    let r = app.post("/v1/api-keys", &admin.access, &json!({"name": "k", "rate_limit_per_minute": 0}), None).await;
+    assert_error(r, 400, "validation_failed").await;
+}

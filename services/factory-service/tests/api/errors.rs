@@ -1,0 +1,105 @@
+//! CONTRACT 3.6: bad JSON, missing fields, wrong types, huge bodies, wrong content type,
+//! unknown routes and methods all answer the contract's JSON error, with the security headers.
+
+use factory_service::users::Role;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{assert_error, body, spawn_app};
+
+#[tokio::test]
+async fn malformed_bodies_get_json_errors() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let raw = |body: &'static str| {
+        app.req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_error(raw("{not json").await.unwrap(), 400, "invalid_json").await;
+    let b = assert_error(raw(r#"{"name":"x"}"#).await.unwrap(), 400, "invalid_body").await;
+    assert!(b["detail"].as_str().unwrap().contains("sku"), "names the missing field: {b}");
+    assert_error(raw(r#"{"name":1,"sku":"s"}"#).await.unwrap(), 400, "invalid_body").await;
+    let r = app
+        .post("/v1/batches", &op.access, &json!({"product_id": "nope", "quantity": "many"}), None)
+        .await;
+    assert_error(r, 400, "invalid_body").await;
+    let r = app
+        .req(Method::POST, "/v1/products", Some(&op.access))
+        .header("Content-Type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 415, "unsupported_media_type").await;
+}
+
+#[tokio::test]
+async fn huge_bodies_are_413() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let huge = format!(r#"{{"name":"{}","sku":"s"}}"#, "x".repeat(2 * 1024 * 1024));
+    for key in [None, Some("with-key")] {
+        let mut b = app
+            .req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Content-Type", "application/json")
+            .body(huge.clone());
+        if let Some(k) = key {
+            b = b.header("Idempotency-Key", k);
+        }
+        assert_error(b.send().await.unwrap(), 413, "payload_too_large").await;
+    }
+    let login = app
+        .req(Method::POST, "/v1/auth/login", None)
+        .header("Content-Type", "application/json")
+        .header("X-Device-ID", crate::helpers::DEVICE)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_error(login, 413, "payload_too_large").await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_json_with_security_headers() {
+    let app = spawn_app().await;
+    let r = app.req(Method::GET, "/v1/nothing-here", None).send().await.unwrap();
+    for (h, v) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(r.headers()[h], v, "{h}");
+    }
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_error(r, 404, "not_found").await;
+    let r = app.req(Method::PUT, "/v1/products", None).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(body(r).await["error"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let app = spawn_app().await;
+    let doc = body(app.req(Method::GET, "/openapi.json", None).send().await.unwrap()).await;
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/auth/login", "post"),
+        ("/v1/auth/refresh", "post"),
+        ("/v1/auth/logout", "post"),
+        ("/v1/api-keys", "post"),
+        ("/v1/api-keys", "get"),
+        ("/v1/api-keys/{id}", "delete"),
+        ("/v1/products", "post"),
+        ("/v1/products/{id}", "get"),
+        ("/v1/batches", "post"),
+        ("/v1/batches/{id}/tags", "get"),
+        ("/v1/tags/{tag_id}", "get"),
+        ("/v1/tags/{tag_id}/revoke", "post"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
