@@ -23,11 +23,11 @@ async fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     // A missing signing secret is a configuration error of `serve`, reported like the others.
-    if matches!(command, Command::Serve) {
-        if let Err(e) = config.jwt_secret() {
-            eprintln!("factory-service: {e}");
-            return ExitCode::from(2);
-        }
+    if matches!(command, Command::Serve)
+        && let Err(e) = config.jwt_secret()
+    {
+        eprintln!("factory-service: {e}");
+        return ExitCode::from(2);
     }
     let _telemetry = match common::telemetry::init("factory-service", &config.common.telemetry) {
         Ok(g) => g,

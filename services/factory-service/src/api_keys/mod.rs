@@ -107,12 +107,12 @@ pub async fn create(
             "`name` must be 1 to 200 characters.",
         ));
     }
-    if let Some(rate) = input.rate_limit_per_minute {
-        if !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate) {
-            return Err(FactoryError::validation(format!(
-                "`rate_limit_per_minute` must be 1 to {MAX_RATE_LIMIT_PER_MINUTE}."
-            )));
-        }
+    if let Some(rate) = input.rate_limit_per_minute
+        && !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate)
+    {
+        return Err(FactoryError::validation(format!(
+            "`rate_limit_per_minute` must be 1 to {MAX_RATE_LIMIT_PER_MINUTE}."
+        )));
     }
     // A prefix collision (1 in 62^8) just draws again.
     for _ in 0..5 {

@@ -94,10 +94,10 @@ impl Idempotency {
     ) -> Result<Response, FactoryError> {
         let body = serde_json::to_value(body)
             .map_err(|e| FactoryError::Internal(format!("response body: {e}")))?;
-        if let Some(key) = &self.0 {
-            if !record::save(&mut tx, key, ttl, status.as_u16(), &body).await? {
-                return Err(FactoryError::IdempotencyKeyInUse);
-            }
+        if let Some(key) = &self.0
+            && !record::save(&mut tx, key, ttl, status.as_u16(), &body).await?
+        {
+            return Err(FactoryError::IdempotencyKeyInUse);
         }
         tx.commit().await?;
         Ok((status, axum::Json(body)).into_response())
