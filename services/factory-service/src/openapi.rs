@@ -5,7 +5,9 @@ use std::sync::LazyLock;
 
 use axum::Json;
 use serde::Serialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, Required, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::{api_keys, auth, catalog};
@@ -33,6 +35,70 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The audit log's routes (CONTRACT 3.5). Their handlers live in `crate::audit` without
+/// annotations, so they are described here, by hand, from the contract.
+struct AuditPaths;
+
+impl Modify for AuditPaths {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error = |d: &str| ResponseBuilder::new().description(d).build();
+        let ok = |d: &str| ResponseBuilder::new().description(d).build();
+        let integer_query = |name: &str, description: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+                .build()
+        };
+        let bearer = || SecurityRequirement::new("bearer", Vec::<String>::new());
+        let events = OperationBuilder::new()
+            .tag("audit")
+            .summary(Some("Audit events in `seq` order (admin)"))
+            .description(Some(
+                "`{\"items\":[...]}`: events after `after_seq`, at most `limit`.",
+            ))
+            .parameter(integer_query(
+                "after_seq",
+                "Return events with a larger seq",
+            ))
+            .parameter(integer_query("limit", "Largest number of events returned"))
+            .response("200", ok("`{\"items\":[event, ...]}`"))
+            .response("401", error("Not signed in"))
+            .response("403", error("Not an admin"))
+            .security(bearer());
+        let verify = OperationBuilder::new()
+            .tag("audit")
+            .summary(Some("Verify the hash chain and signatures (admin)"))
+            .description(Some(
+                "`{\"ok\",\"events_checked\",\"legacy_events\",\"head\":{\"seq\",\"hash\"},\"first_bad_seq\",\"reason\"}`; \
+                 the format is in docs/AUDIT_FORMAT.md.",
+            ))
+            .response("200", ok("The verification report"))
+            .response("401", error("Not signed in"))
+            .response("403", error("Not an admin"))
+            .security(bearer());
+        let checkpoint = OperationBuilder::new()
+            .tag("audit")
+            .summary(Some("The newest signed checkpoint (no auth)"))
+            .description(Some(
+                "`{\"seq\",\"hash\",\"signed_at\",\"key_id\",\"signature\"}`",
+            ))
+            .response("200", ok("The checkpoint"))
+            .response("404", error("No checkpoint yet"));
+        openapi
+            .paths
+            .add_path_operation("/v1/audit/events", vec![HttpMethod::Get], events);
+        openapi
+            .paths
+            .add_path_operation("/v1/audit/verify", vec![HttpMethod::Get], verify);
+        openapi
+            .paths
+            .add_path_operation("/v1/audit/checkpoint", vec![HttpMethod::Get], checkpoint);
     }
 }
 
@@ -65,11 +131,12 @@ impl Modify for BearerAuth {
         catalog::routes::revoke_tag,
     ),
     components(schemas(ApiError)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &AuditPaths),
     tags(
         (name = "auth", description = "Sign-in with rotating, device-bound refresh tokens"),
         (name = "api-keys", description = "Scan API keys (admin)"),
         (name = "catalog", description = "Products, batches and tags (admin, operator; viewers read)"),
+        (name = "audit", description = "The tamper-evident audit log"),
     )
 )]
 pub struct ApiDoc;

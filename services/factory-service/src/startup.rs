@@ -1,5 +1,6 @@
 //! Builds the factory service: pools, state, routes, layers, the listener, and the small
-//! background jobs of the API (bootstrap admin, expired idempotency records).
+//! background jobs of the API (bootstrap admin, sweeping expired idempotency records and
+//! refresh-token families).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use crate::config::{BootstrapAdmin, FactoryConfig};
 use crate::ratelimit::Buckets;
 use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE, Redis};
 
-/// How often expired idempotency records are deleted.
-const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How often expired idempotency records and refresh-token families are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// A built factory service, bound to its listener and ready to serve.
 pub struct Application {
@@ -96,7 +97,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tokio::spawn(sweep_idempotency(self.state.clone(), shutdown.clone()));
+        tokio::spawn(sweep_expired(self.state.clone(), shutdown.clone()));
         // Audit checkpointer and background chain verifier.
         crate::audit::job::spawn(self.state.pool.clone(), &self.audit, shutdown.clone());
         common::server::serve(self.listener, self.router, shutdown)
@@ -141,20 +142,28 @@ async fn bootstrap(state: AppState, admin: BootstrapAdmin) {
     });
 }
 
-async fn sweep_idempotency(state: AppState, shutdown: CancellationToken) {
+async fn sweep_expired(state: AppState, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(IDEMPOTENCY_SWEEP_EVERY) => {}
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
-        let swept = match state.pool.acquire().await {
-            Ok(mut conn) => crate::idempotency::record::sweep(&mut conn).await,
-            Err(e) => Err(e),
+        let mut conn = match state.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweep of expired records skipped");
+                continue;
+            }
         };
-        match swept {
+        match crate::idempotency::record::sweep(&mut conn).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired idempotency records deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
+        match crate::auth::repo::delete_expired_families(&mut conn).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "expired refresh-token families deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "refresh-token sweep failed"),
         }
     }
 }

@@ -103,7 +103,21 @@ pub async fn create_user(
         .map_err(|p| FactoryError::validation(format!("The password is {p}.")))?;
     let hash = password::hash(password.clone()).await?;
     let mut tx = pool.begin().await?;
-    let user = insert_user(&mut tx, &email, &hash, role).await?;
+    let user = insert_user(&mut tx, &email, &hash, role)
+        .await
+        .map_err(|e| match e {
+            FactoryError::Database(db)
+                if db
+                    .as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                FactoryError::Conflict {
+                    code: "email_taken",
+                    detail: format!("A user with the email {email} already exists."),
+                }
+            }
+            other => other,
+        })?;
     audit_created(&mut tx, audit, &user, actor).await?;
     tx.commit().await?;
     Ok(user)

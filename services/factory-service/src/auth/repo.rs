@@ -127,3 +127,15 @@ pub async fn revoke_family(
     .await
     .map(|_| ())
 }
+
+/// Deletes families whose every token has expired: nothing in them can be used or reused
+/// any more (the audit log keeps what happened). Returns how many.
+pub async fn delete_expired_families(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM refresh_families f \
+         WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.family_id = f.id AND t.expires_at > now())",
+    )
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected())
+}

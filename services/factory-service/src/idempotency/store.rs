@@ -123,7 +123,7 @@ pub async fn claim(
                 ));
             }
             // Not ours to interpret: treat as in flight rather than run the request twice.
-            Some(Err(_)) => return Ok(Claim::InFlight(String::new())),
+            Some(Err(_)) => return Ok(Claim::InFlight(hex::encode(key.fingerprint))),
         }
     }
     Ok(Claim::InFlight(hex::encode(key.fingerprint)))

@@ -19,10 +19,23 @@ async fn malformed_bodies_get_json_errors() {
     };
     assert_error(raw("{not json").await.unwrap(), 400, "invalid_json").await;
     let b = assert_error(raw(r#"{"name":"x"}"#).await.unwrap(), 400, "invalid_body").await;
-    assert!(b["detail"].as_str().unwrap().contains("sku"), "names the missing field: {b}");
-    assert_error(raw(r#"{"name":1,"sku":"s"}"#).await.unwrap(), 400, "invalid_body").await;
+    assert!(
+        b["detail"].as_str().unwrap().contains("sku"),
+        "names the missing field: {b}"
+    );
+    assert_error(
+        raw(r#"{"name":1,"sku":"s"}"#).await.unwrap(),
+        400,
+        "invalid_body",
+    )
+    .await;
     let r = app
-        .post("/v1/batches", &op.access, &json!({"product_id": "nope", "quantity": "many"}), None)
+        .post(
+            "/v1/batches",
+            &op.access,
+            &json!({"product_id": "nope", "quantity": "many"}),
+            None,
+        )
         .await;
     assert_error(r, 400, "invalid_body").await;
     let r = app
@@ -64,7 +77,11 @@ async fn huge_bodies_are_413() {
 #[tokio::test]
 async fn unknown_routes_and_methods_are_json_with_security_headers() {
     let app = spawn_app().await;
-    let r = app.req(Method::GET, "/v1/nothing-here", None).send().await.unwrap();
+    let r = app
+        .req(Method::GET, "/v1/nothing-here", None)
+        .send()
+        .await
+        .unwrap();
     for (h, v) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
@@ -75,7 +92,11 @@ async fn unknown_routes_and_methods_are_json_with_security_headers() {
     }
     assert!(r.headers().contains_key("x-request-id"));
     assert_error(r, 404, "not_found").await;
-    let r = app.req(Method::PUT, "/v1/products", None).send().await.unwrap();
+    let r = app
+        .req(Method::PUT, "/v1/products", None)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(body(r).await["error"], "method_not_allowed");
 }
@@ -83,7 +104,13 @@ async fn unknown_routes_and_methods_are_json_with_security_headers() {
 #[tokio::test]
 async fn the_openapi_document_lists_every_route() {
     let app = spawn_app().await;
-    let doc = body(app.req(Method::GET, "/openapi.json", None).send().await.unwrap()).await;
+    let doc = body(
+        app.req(Method::GET, "/openapi.json", None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let paths = doc["paths"].as_object().unwrap();
     for (path, method) in [
         ("/v1/auth/login", "post"),
@@ -98,8 +125,14 @@ async fn the_openapi_document_lists_every_route() {
         ("/v1/batches/{id}/tags", "get"),
         ("/v1/tags/{tag_id}", "get"),
         ("/v1/tags/{tag_id}/revoke", "post"),
+        ("/v1/audit/events", "get"),
+        ("/v1/audit/verify", "get"),
+        ("/v1/audit/checkpoint", "get"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} documented");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} documented"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }

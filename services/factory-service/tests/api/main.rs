@@ -11,3 +11,4 @@ mod idempotency;
 mod migrations;
 mod ratelimit;
 mod roles;
+mod users;

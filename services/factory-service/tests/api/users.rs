@@ -1,0 +1,124 @@
+//! Users: the bootstrap admin at start-up, and `factory-service user create`.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use common::testing::{TestDb, env_for};
+use factory_service::{Application, FactoryConfig};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::helpers::{PASSWORD, spawn_app_with};
+
+#[tokio::test]
+async fn the_bootstrap_admin_is_created_once_when_no_user_exists() {
+    let app = spawn_app_with(|env| {
+        env.with("BOOTSTRAP_ADMIN_EMAIL", "Boss@Example.com")
+            .with("BOOTSTRAP_ADMIN_PASSWORD", PASSWORD)
+    })
+    .await;
+    let session = app.login("boss@example.com").await;
+    assert_eq!(
+        app.get("/v1/api-keys", &session.access).await.status(),
+        200,
+        "an admin"
+    );
+    let actor: Option<String> =
+        sqlx::query_scalar("SELECT actor_email FROM audit_events WHERE action = 'user.created'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(actor.as_deref(), Some("system"));
+
+    // Another instance starting on the same database leaves the users alone.
+    let env = env_for(&app.db)
+        .with(
+            "JWT_SECRET",
+            "an-integration-test-secret-of-48-bytes-0123456789",
+        )
+        .with("BOOTSTRAP_ADMIN_EMAIL", "second@example.com")
+        .with("BOOTSTRAP_ADMIN_PASSWORD", PASSWORD);
+    let second = Application::build(FactoryConfig::from_env(&env).unwrap())
+        .await
+        .unwrap();
+    drop(second);
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
+}
+
+fn user_create(db: &TestDb, email: &str, role: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_factory-service"));
+    cmd.args(["user", "create", "--email", email, "--role", role])
+        .env("DATABASE_URL", db.url.expose_secret())
+        .env("RUST_LOG", "warn")
+        .env_remove("FACTORY_USER_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn password_matches(db: &TestDb, email: &str, password: &str) -> bool {
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$"), "argon2id: {hash}");
+    factory_service::auth::password::verify(SecretString::from(password), hash)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn user_create_reads_the_password_from_the_environment_or_stdin() {
+    let db = TestDb::new().await;
+
+    let out = user_create(&db, "ops@example.com", "operator")
+        .env("FACTORY_USER_PASSWORD", "from the environment")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(password_matches(&db, "ops@example.com", "from the environment").await);
+
+    let mut child = user_create(&db, "viewer@example.com", "viewer")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed on standard input\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(password_matches(&db, "viewer@example.com", "typed on standard input").await);
+
+    let roles: Vec<String> = sqlx::query_scalar("SELECT role FROM users ORDER BY email")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(roles, ["operator", "viewer"]);
+
+    // A password is never an argument; a taken email and a bad role are refused.
+    let out = user_create(&db, "x@example.com", "admin")
+        .arg("--password")
+        .arg("nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = user_create(&db, "ops@example.com", "admin")
+        .env("FACTORY_USER_PASSWORD", "another password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = user_create(&db, "y@example.com", "root").output().unwrap();
+    assert!(!out.status.success());
+}
