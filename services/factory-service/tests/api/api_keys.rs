@@ -23,9 +23,16 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
     let created = body(r).await;
     let key = created["key"].as_str().unwrap().to_owned();
     let prefix = created["prefix"].as_str().unwrap().to_owned();
-    assert!(key.starts_with(&format!("{prefix}_")) && prefix.starts_with("vt_") && prefix.len() == 11);
+    assert!(
+        key.starts_with(&format!("{prefix}_")) && prefix.starts_with("vt_") && prefix.len() == 11
+    );
     let secret = &key[prefix.len() + 1..];
-    assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert!(
+        secret.len() >= 32
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
     for field in ["id", "name", "prefix", "key", "created_at"] {
         assert!(!created[field].is_null(), "{field} in {created}");
     }
@@ -65,14 +72,26 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
 async fn revoking_a_key_marks_it_and_drops_the_scan_cache_entry() {
     let app = spawn_app().await;
     let admin = app.signed_in(Role::Admin).await;
-    let created = body(app.post("/v1/api-keys", &admin.access, &json!({"name": "k"}), None).await).await;
+    let created = body(
+        app.post("/v1/api-keys", &admin.access, &json!({"name": "k"}), None)
+            .await,
+    )
+    .await;
     let id = created["id"].as_str().unwrap();
     let hash = hex::encode(Sha256::digest(created["key"].as_str().unwrap().as_bytes()));
     let cache_key = format!("{}:apikey:{{{hash}}}", app.redis_prefix);
     let mut redis = app.redis().await;
     let _: () = redis.set_ex(&cache_key, "cached", 60).await.unwrap();
 
-    let r = app.req(Method::DELETE, &format!("/v1/api-keys/{id}"), Some(&admin.access)).send().await.unwrap();
+    let r = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&admin.access),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let revoked = body(r).await;
     assert_eq!(revoked["id"], id);
@@ -85,13 +104,25 @@ async fn revoking_a_key_marks_it_and_drops_the_scan_cache_entry() {
     assert_eq!(app.audit_count("api_key.revoked").await, 1);
 
     // Again: the same revocation, no new event.
-    let again = app.req(Method::DELETE, &format!("/v1/api-keys/{id}"), Some(&admin.access)).send().await.unwrap();
+    let again = app
+        .req(
+            Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            Some(&admin.access),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(body(again).await["revoked_at"], revoked["revoked_at"]);
     assert_eq!(app.audit_count("api_key.revoked").await, 1);
 
     let unknown = app
-        .req(Method::DELETE, &format!("/v1/api-keys/{}", uuid::Uuid::new_v4()), Some(&admin.access))
+        .req(
+            Method::DELETE,
+            &format!("/v1/api-keys/{}", uuid::Uuid::new_v4()),
+            Some(&admin.access),
+        )
         .send()
         .await
         .unwrap();
@@ -102,8 +133,17 @@ async fn revoking_a_key_marks_it_and_drops_the_scan_cache_entry() {
 async fn key_input_is_validated() {
     let app = spawn_app().await;
     let admin = app.signed_in(Role::Admin).await;
-    let r = app.post("/v1/api-keys", &admin.access, &json!({"name": ""}), None).await;
+    let r = app
+        .post("/v1/api-keys", &admin.access, &json!({"name": ""}), None)
+        .await;
     assert_error(r, 400, "validation_failed").await;
-    let r = app.post("/v1/api-keys", &admin.access, &json!({"name": "k", "rate_limit_per_minute": 0}), None).await;
+    let r = app
+        .post(
+            "/v1/api-keys",
+            &admin.access,
+            &json!({"name": "k", "rate_limit_per_minute": 0}),
+            None,
+        )
+        .await;
     assert_error(r, 400, "validation_failed").await;
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use factory_service::users::Role;
 use reqwest::Method;
 
-use crate::helpers::{DEVICE, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app, spawn_app_with};
+use crate::helpers::{
+    DEVICE, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn login_returns_an_access_token_and_the_contract_cookies() {
@@ -16,22 +18,32 @@ async fn login_returns_an_access_token_and_the_contract_cookies() {
     assert_eq!(r.status(), 200);
     let (_, refresh_attrs) = set_cookie(r.headers(), "__Host-vt_refresh").expect("refresh cookie");
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
-        assert!(refresh_attrs.contains(flag), "refresh cookie has {flag}: {refresh_attrs}");
+        assert!(
+            refresh_attrs.contains(flag),
+            "refresh cookie has {flag}: {refresh_attrs}"
+        );
     }
     let (_, csrf_attrs) = set_cookie(r.headers(), "__Host-vt_csrf").expect("csrf cookie");
     for flag in ["Secure", "SameSite=Strict", "Path=/"] {
-        assert!(csrf_attrs.contains(flag), "csrf cookie has {flag}: {csrf_attrs}");
+        assert!(
+            csrf_attrs.contains(flag),
+            "csrf cookie has {flag}: {csrf_attrs}"
+        );
     }
-    assert!(!csrf_attrs.contains("HttpOnly"), "the console's script must read the csrf cookie");
+    assert!(
+        !csrf_attrs.contains("HttpOnly"),
+        "the console's script must read the csrf cookie"
+    );
     let session = session_of(r).await;
     let r = app.get("/v1/api-keys", &session.access).await;
     assert_eq!(r.status(), 200);
     assert_eq!(app.audit_count("auth.login").await, 1);
-    let (ip, ua): (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT client_ip, user_agent FROM audit_events WHERE action = 'auth.login'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
+    let (ip, ua): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT client_ip, user_agent FROM audit_events WHERE action = 'auth.login'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
     assert_eq!(ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(ua.as_deref(), Some("api-tests/1.0"));
 }
@@ -53,12 +65,16 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     let _ = app.login_raw("warmup@example.com", "x", DEVICE).await;
 
     let started = Instant::now();
-    let wrong = app.login_raw(&email, "not the password at all", DEVICE).await;
+    let wrong = app
+        .login_raw(&email, "not the password at all", DEVICE)
+        .await;
     let wrong_time = started.elapsed();
     let wrong = assert_error(wrong, 401, "invalid_credentials").await;
 
     let started = Instant::now();
-    let unknown = app.login_raw("nobody@example.com", "not the password at all", DEVICE).await;
+    let unknown = app
+        .login_raw("nobody@example.com", "not the password at all", DEVICE)
+        .await;
     let unknown_time = started.elapsed();
     let unknown = assert_error(unknown, 401, "invalid_credentials").await;
 
@@ -76,8 +92,18 @@ async fn wrong_password_and_unknown_email_look_the_same() {
 async fn login_needs_a_device_id_of_16_to_128_characters() {
     let app = spawn_app().await;
     let email = app.user(Role::Admin).await;
-    assert_error(app.login_raw(&email, PASSWORD, "short").await, 400, "invalid_device_id").await;
-    assert_error(app.login_raw(&email, PASSWORD, &"d".repeat(129)).await, 400, "invalid_device_id").await;
+    assert_error(
+        app.login_raw(&email, PASSWORD, "short").await,
+        400,
+        "invalid_device_id",
+    )
+    .await;
+    assert_error(
+        app.login_raw(&email, PASSWORD, &"d".repeat(129)).await,
+        400,
+        "invalid_device_id",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -86,8 +112,18 @@ async fn access_tokens_expire() {
     let session = app.signed_in(Role::Admin).await;
     assert_eq!(app.get("/v1/api-keys", &session.access).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_error(app.get("/v1/api-keys", &session.access).await, 401, "token_expired").await;
-    assert_error(app.get("/v1/api-keys", "not-a-token").await, 401, "invalid_token").await;
+    assert_error(
+        app.get("/v1/api-keys", &session.access).await,
+        401,
+        "token_expired",
+    )
+    .await;
+    assert_error(
+        app.get("/v1/api-keys", "not-a-token").await,
+        401,
+        "invalid_token",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -113,9 +149,19 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
     let s1 = app.signed_in(Role::Admin).await;
     let s2 = session_of(app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await).await;
     // An attacker replays the first token (with the CSRF pair from that time).
-    assert_error(app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await, 401, "refresh_token_reused").await;
+    assert_error(
+        app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await,
+        401,
+        "refresh_token_reused",
+    )
+    .await;
     // The newest token of the family is dead too.
-    assert_error(app.refresh(&s2.cookie(), Some(&s2.csrf), DEVICE).await, 401, "invalid_refresh_token").await;
+    assert_error(
+        app.refresh(&s2.cookie(), Some(&s2.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
     assert_eq!(app.audit_count("auth.refresh_reuse_detected").await, 1);
     let reason: Option<String> = sqlx::query_scalar("SELECT revoked_reason FROM refresh_families")
         .fetch_one(&app.db.pool)
@@ -128,10 +174,17 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
 async fn refresh_from_another_device_revokes_the_family() {
     let app = spawn_app().await;
     let s1 = app.signed_in(Role::Admin).await;
-    let r = app.refresh(&s1.cookie(), Some(&s1.csrf), "another-device-0123456789").await;
+    let r = app
+        .refresh(&s1.cookie(), Some(&s1.csrf), "another-device-0123456789")
+        .await;
     assert_error(r, 401, "device_mismatch").await;
     // The rightful device cannot continue either: the family is gone.
-    assert_error(app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await, 401, "invalid_refresh_token").await;
+    assert_error(
+        app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -142,29 +195,66 @@ async fn csrf_missing_wrong_or_from_another_session_is_403() {
     let other = app.login(&email).await;
 
     // Missing header.
-    assert_error(app.refresh(&s.cookie(), None, DEVICE).await, 403, "csrf_failed").await;
+    assert_error(
+        app.refresh(&s.cookie(), None, DEVICE).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
     // Header differs from the cookie.
-    assert_error(app.refresh(&s.cookie(), Some("x.y"), DEVICE).await, 403, "csrf_failed").await;
+    assert_error(
+        app.refresh(&s.cookie(), Some("x.y"), DEVICE).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
     // Header equals the cookie, but both were minted for another session.
-    let mixed = format!("__Host-vt_refresh={}; __Host-vt_csrf={}", s.refresh, other.csrf);
-    assert_error(app.refresh(&mixed, Some(&other.csrf), DEVICE).await, 403, "csrf_failed").await;
+    let mixed = format!(
+        "__Host-vt_refresh={}; __Host-vt_csrf={}",
+        s.refresh, other.csrf
+    );
+    assert_error(
+        app.refresh(&mixed, Some(&other.csrf), DEVICE).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
     // Missing cookie.
     let no_csrf_cookie = format!("__Host-vt_refresh={}", s.refresh);
-    assert_error(app.refresh(&no_csrf_cookie, Some(&s.csrf), DEVICE).await, 403, "csrf_failed").await;
+    assert_error(
+        app.refresh(&no_csrf_cookie, Some(&s.csrf), DEVICE).await,
+        403,
+        "csrf_failed",
+    )
+    .await;
 
     // Logout checks it the same way.
     let logout = |cookie: String, csrf: Option<String>| {
-        let mut b = app.req(Method::POST, "/v1/auth/logout", None).header("Cookie", cookie);
+        let mut b = app
+            .req(Method::POST, "/v1/auth/logout", None)
+            .header("Cookie", cookie);
         if let Some(c) = csrf {
             b = b.header("X-CSRF-Token", c);
         }
         b.send()
     };
     assert_error(logout(s.cookie(), None).await.unwrap(), 403, "csrf_failed").await;
-    assert_error(logout(mixed.clone(), Some(other.csrf.clone())).await.unwrap(), 403, "csrf_failed").await;
+    assert_error(
+        logout(mixed.clone(), Some(other.csrf.clone()))
+            .await
+            .unwrap(),
+        403,
+        "csrf_failed",
+    )
+    .await;
 
     // None of that hurt the real session.
-    assert_eq!(app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await.status(), 200);
+    assert_eq!(
+        app.refresh(&s.cookie(), Some(&s.csrf), DEVICE)
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -181,17 +271,36 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     assert_eq!(r.status(), 204);
     for name in ["__Host-vt_refresh", "__Host-vt_csrf"] {
         let (value, attrs) = set_cookie(r.headers(), name).expect("cleared cookie");
-        assert!(value.is_empty() && attrs.contains("Max-Age=0"), "{name} cleared: {attrs}");
+        assert!(
+            value.is_empty() && attrs.contains("Max-Age=0"),
+            "{name} cleared: {attrs}"
+        );
     }
-    assert_error(app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await, 401, "invalid_refresh_token").await;
+    assert_error(
+        app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
     assert_eq!(app.audit_count("auth.logout").await, 1);
 }
 
 #[tokio::test]
 async fn refresh_without_a_cookie_is_401() {
     let app = spawn_app().await;
-    assert_error(app.refresh("", Some("x"), DEVICE).await, 401, "invalid_refresh_token").await;
-    let r = app.refresh("__Host-vt_refresh=unknown; __Host-vt_csrf=a.b", Some("a.b"), DEVICE).await;
+    assert_error(
+        app.refresh("", Some("x"), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+    let r = app
+        .refresh(
+            "__Host-vt_refresh=unknown; __Host-vt_csrf=a.b",
+            Some("a.b"),
+            DEVICE,
+        )
+        .await;
     assert_error(r, 401, "invalid_refresh_token").await;
 }
 
@@ -201,7 +310,12 @@ async fn login_is_rate_limited_per_email() {
     let email = app.user(Role::Viewer).await;
     let mut statuses = Vec::new();
     for _ in 0..11 {
-        statuses.push(app.login_raw(&email, "wrong password!!", DEVICE).await.status().as_u16());
+        statuses.push(
+            app.login_raw(&email, "wrong password!!", DEVICE)
+                .await
+                .status()
+                .as_u16(),
+        );
     }
     assert_eq!(statuses[..10], [401; 10]);
     assert_eq!(statuses[10], 429);

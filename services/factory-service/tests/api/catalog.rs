@@ -10,22 +10,54 @@ use serde_json::json;
 use crate::helpers::{assert_error, body, spawn_app};
 
 fn is_tag_id(id: &str) -> bool {
-    (16..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (16..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[tokio::test]
 async fn products_are_created_and_read_and_skus_are_unique() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
-    let r = app.post("/v1/products", &op.access, &json!({"name": "Handbag", "sku": "HB-1"}), None).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Handbag", "sku": "HB-1"}),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let created = body(r).await;
-    let got = body(app.get(&format!("/v1/products/{}", created["id"].as_str().unwrap()), &op.access).await).await;
+    let got = body(
+        app.get(
+            &format!("/v1/products/{}", created["id"].as_str().unwrap()),
+            &op.access,
+        )
+        .await,
+    )
+    .await;
     assert_eq!(got, created);
-    let dup = app.post("/v1/products", &op.access, &json!({"name": "Other", "sku": "HB-1"}), None).await;
+    let dup = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Other", "sku": "HB-1"}),
+            None,
+        )
+        .await;
     let b = assert_error(dup, 409, "conflict").await;
-    assert!(!b.to_string().contains("products_sku_key"), "no SQL names leak: {b}");
-    let missing = app.get(&format!("/v1/products/{}", uuid::Uuid::new_v4()), &op.access).await;
+    assert!(
+        !b.to_string().contains("products_sku_key"),
+        "no SQL names leak: {b}"
+    );
+    let missing = app
+        .get(
+            &format!("/v1/products/{}", uuid::Uuid::new_v4()),
+            &op.access,
+        )
+        .await;
     assert_error(missing, 404, "not_found").await;
     let bad = app.get("/v1/products/not-a-uuid", &op.access).await;
     assert_eq!(bad.status(), 400);
@@ -36,7 +68,14 @@ async fn a_batch_of_100000_tags_is_created_in_one_request() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
-    let r = app.post("/v1/batches", &op.access, &json!({"product_id": product, "quantity": 100000}), None).await;
+    let r = app
+        .post(
+            "/v1/batches",
+            &op.access,
+            &json!({"product_id": product, "quantity": 100000}),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let batch = body(r).await;
     assert_eq!(batch["quantity"], 100000);
@@ -48,8 +87,15 @@ async fn a_batch_of_100000_tags_is_created_in_one_request() {
         .await
         .unwrap();
     assert_eq!(ids.len(), 100000);
-    assert!(ids.iter().all(|id| is_tag_id(id)), "every id matches ^[A-Za-z0-9_-]{{16,64}}$");
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 100000, "ids are unique");
+    assert!(
+        ids.iter().all(|id| is_tag_id(id)),
+        "every id matches ^[A-Za-z0-9_-]{{16,64}}$"
+    );
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        100000,
+        "ids are unique"
+    );
     assert_eq!(app.audit_count("batch.created").await, 1);
 }
 
@@ -59,11 +105,23 @@ async fn batch_input_is_validated() {
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
     for q in [0, 100001, -5] {
-        let r = app.post("/v1/batches", &op.access, &json!({"product_id": product, "quantity": q}), None).await;
+        let r = app
+            .post(
+                "/v1/batches",
+                &op.access,
+                &json!({"product_id": product, "quantity": q}),
+                None,
+            )
+            .await;
         assert_error(r, 400, "validation_failed").await;
     }
     let r = app
-        .post("/v1/batches", &op.access, &json!({"product_id": uuid::Uuid::new_v4(), "quantity": 1}), None)
+        .post(
+            "/v1/batches",
+            &op.access,
+            &json!({"product_id": uuid::Uuid::new_v4(), "quantity": 1}),
+            None,
+        )
         .await;
     assert_error(r, 404, "not_found").await;
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
@@ -74,14 +132,38 @@ async fn the_tag_csv_is_streamed() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
-    let batch = body(app.post("/v1/batches", &op.access, &json!({"product_id": product, "quantity": 5000}), None).await).await;
+    let batch = body(
+        app.post(
+            "/v1/batches",
+            &op.access,
+            &json!({"product_id": product, "quantity": 5000}),
+            None,
+        )
+        .await,
+    )
+    .await;
     let viewer = app.signed_in(Role::Viewer).await;
-    let mut r = app.get(&format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()), &viewer.access).await;
+    let mut r = app
+        .get(
+            &format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()),
+            &viewer.access,
+        )
+        .await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
     // Streamed: chunked, no length known up front, arriving in several pieces.
     assert!(r.headers().get("content-length").is_none());
-    assert_eq!(r.headers().get("transfer-encoding").map(|v| v.to_str().unwrap()), Some("chunked"));
+    assert_eq!(
+        r.headers()
+            .get("transfer-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("chunked")
+    );
     let mut text = String::new();
     let mut chunks = 0;
     while let Some(chunk) = r.chunk().await.unwrap() {
@@ -94,7 +176,12 @@ async fn the_tag_csv_is_streamed() {
     let ids: HashSet<&str> = lines.collect();
     assert_eq!(ids.len(), 5000);
     assert!(ids.iter().all(|id| is_tag_id(id)));
-    let missing = app.get(&format!("/v1/batches/{}/tags", uuid::Uuid::new_v4()), &viewer.access).await;
+    let missing = app
+        .get(
+            &format!("/v1/batches/{}/tags", uuid::Uuid::new_v4()),
+            &viewer.access,
+        )
+        .await;
     assert_error(missing, 404, "not_found").await;
 }
 
@@ -103,8 +190,20 @@ async fn tags_are_looked_up_and_revoked_and_the_scan_cache_entry_dropped() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
-    let batch = body(app.post("/v1/batches", &op.access, &json!({"product_id": product, "quantity": 3}), None).await).await;
-    let tag: String = sqlx::query_scalar("SELECT tag_id FROM tags LIMIT 1").fetch_one(&app.db.pool).await.unwrap();
+    let batch = body(
+        app.post(
+            "/v1/batches",
+            &op.access,
+            &json!({"product_id": product, "quantity": 3}),
+            None,
+        )
+        .await,
+    )
+    .await;
+    let tag: String = sqlx::query_scalar("SELECT tag_id FROM tags LIMIT 1")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
 
     let got = body(app.get(&format!("/v1/tags/{tag}"), &op.access).await).await;
     assert_eq!(got["status"], "authentic");
@@ -115,8 +214,18 @@ async fn tags_are_looked_up_and_revoked_and_the_scan_cache_entry_dropped() {
 
     let cache_key = format!("{}:tag:{{{tag}}}", app.redis_prefix);
     let mut redis = app.redis().await;
-    let _: () = redis.set_ex(&cache_key, "{\"status\":\"authentic\"}", 300).await.unwrap();
-    let r = app.post(&format!("/v1/tags/{tag}/revoke"), &op.access, &json!({"reason": "stolen shipment"}), None).await;
+    let _: () = redis
+        .set_ex(&cache_key, "{\"status\":\"authentic\"}", 300)
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/v1/tags/{tag}/revoke"),
+            &op.access,
+            &json!({"reason": "stolen shipment"}),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let revoked = body(r).await;
     assert_eq!(revoked["status"], "revoked");
@@ -127,8 +236,25 @@ async fn tags_are_looked_up_and_revoked_and_the_scan_cache_entry_dropped() {
     assert_eq!(got["revoked_reason"], "stolen shipment");
     assert_eq!(app.audit_count("tag.revoked").await, 1);
 
-    assert_error(app.get("/v1/tags/short", &op.access).await, 400, "invalid_tag_id").await;
-    assert_error(app.get("/v1/tags/AAAAAAAAAAAAAAAAAAAAAA", &op.access).await, 404, "not_found").await;
-    let r = app.post(&format!("/v1/tags/{tag}/revoke"), &op.access, &json!({"reason": ""}), None).await;
+    assert_error(
+        app.get("/v1/tags/short", &op.access).await,
+        400,
+        "invalid_tag_id",
+    )
+    .await;
+    assert_error(
+        app.get("/v1/tags/AAAAAAAAAAAAAAAAAAAAAA", &op.access).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let r = app
+        .post(
+            &format!("/v1/tags/{tag}/revoke"),
+            &op.access,
+            &json!({"reason": ""}),
+            None,
+        )
+        .await;
     assert_error(r, 400, "validation_failed").await;
 }

@@ -49,7 +49,10 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(Env) -> Env) -> TestApp {
     let db = TestDb::new().await;
     let env = common::testing::env_for(&db)
-        .with("JWT_SECRET", "an-integration-test-secret-of-48-bytes-0123456789")
+        .with(
+            "JWT_SECRET",
+            "an-integration-test-secret-of-48-bytes-0123456789",
+        )
         .with("ADMIN_RATE_LIMIT_BURST", "100000")
         .with("REDIS_TIMEOUT_MS", "2000");
     let config = FactoryConfig::from_env(&adjust(env)).expect("test configuration");
@@ -81,7 +84,10 @@ pub struct Session {
 impl Session {
     /// The `Cookie` header a browser would send.
     pub fn cookie(&self) -> String {
-        format!("__Host-vt_refresh={}; __Host-vt_csrf={}", self.refresh, self.csrf)
+        format!(
+            "__Host-vt_refresh={}; __Host-vt_csrf={}",
+            self.refresh, self.csrf
+        )
     }
 }
 
@@ -168,13 +174,23 @@ impl TestApp {
 
     /// GETs with the token.
     pub async fn get(&self, path: &str, token: &str) -> Response {
-        self.req(Method::GET, path, Some(token)).send().await.expect("GET")
+        self.req(Method::GET, path, Some(token))
+            .send()
+            .await
+            .expect("GET")
     }
 
     /// Creates a product and returns its id.
     pub async fn product(&self, token: &str) -> String {
         let sku = format!("SKU-{}", Uuid::new_v4().simple());
-        let r = self.post("/v1/products", token, &json!({"name": "Bag", "sku": sku}), None).await;
+        let r = self
+            .post(
+                "/v1/products",
+                token,
+                &json!({"name": "Bag", "sku": sku}),
+                None,
+            )
+            .await;
         assert_eq!(r.status(), 201);
         body(r).await["id"].as_str().expect("id").to_owned()
     }
@@ -199,14 +215,21 @@ impl TestApp {
 
     /// A scalar count query.
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.expect("count")
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count")
     }
 }
 
 /// The session a login or refresh response hands out.
 pub async fn session_of(r: Response) -> Session {
-    let refresh = set_cookie(r.headers(), "__Host-vt_refresh").expect("refresh cookie").0;
-    let csrf = set_cookie(r.headers(), "__Host-vt_csrf").expect("csrf cookie").0;
+    let refresh = set_cookie(r.headers(), "__Host-vt_refresh")
+        .expect("refresh cookie")
+        .0;
+    let csrf = set_cookie(r.headers(), "__Host-vt_csrf")
+        .expect("csrf cookie")
+        .0;
     let b = body(r).await;
     Session {
         access: b["access_token"].as_str().expect("access_token").to_owned(),
@@ -224,10 +247,18 @@ pub async fn body(r: Response) -> Value {
 /// Asserts the contract's error shape and code; returns the body.
 pub async fn assert_error(r: Response, status: u16, code: &str) -> Value {
     assert_eq!(r.status(), status, "status");
-    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     assert!(ct.starts_with("application/json"), "content type {ct}");
     let b = body(r).await;
     assert_eq!(b["error"], code, "body {b}");
-    assert!(b["detail"].as_str().is_some_and(|d| !d.is_empty()), "detail in {b}");
+    assert!(
+        b["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "detail in {b}"
+    );
     b
 }

@@ -13,11 +13,15 @@ async fn a_finished_request_is_replayed_with_the_header() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let req = json!({"name": "Wallet", "sku": "W-1"});
-    let first = app.post("/v1/products", &op.access, &req, Some("create-wallet")).await;
+    let first = app
+        .post("/v1/products", &op.access, &req, Some("create-wallet"))
+        .await;
     assert_eq!(first.status(), 201);
     assert!(first.headers().get("idempotent-replayed").is_none());
     let first = body(first).await;
-    let again = app.post("/v1/products", &op.access, &req, Some("create-wallet")).await;
+    let again = app
+        .post("/v1/products", &op.access, &req, Some("create-wallet"))
+        .await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(body(again).await, first);
@@ -42,7 +46,9 @@ async fn two_concurrent_requests_with_one_key_have_one_side_effect() {
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM tags").await, 40000);
     // Once it finished, the key replays.
-    let replay = app.post("/v1/batches", &op.access, &req, Some("big-batch")).await;
+    let replay = app
+        .post("/v1/batches", &op.access, &req, Some("big-batch"))
+        .await;
     assert_eq!(replay.status(), 201);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
 }
@@ -51,9 +57,23 @@ async fn two_concurrent_requests_with_one_key_have_one_side_effect() {
 async fn the_same_key_for_a_different_request_is_422() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
-    let r = app.post("/v1/products", &op.access, &json!({"name": "A", "sku": "A-1"}), Some("k1")).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "A", "sku": "A-1"}),
+            Some("k1"),
+        )
+        .await;
     assert_eq!(r.status(), 201);
-    let r = app.post("/v1/products", &op.access, &json!({"name": "B", "sku": "B-1"}), Some("k1")).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "B", "sku": "B-1"}),
+            Some("k1"),
+        )
+        .await;
     assert_error(r, 422, "idempotency_key_reused").await;
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
@@ -69,7 +89,10 @@ async fn malformed_keys_are_400() {
     }
     let r = app
         .req(Method::POST, "/v1/products", Some(&op.access))
-        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes("clé".as_bytes()).unwrap())
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes("clé".as_bytes()).unwrap(),
+        )
         .json(&req)
         .send()
         .await
@@ -77,7 +100,9 @@ async fn malformed_keys_are_400() {
     assert_error(r, 400, "invalid_idempotency_key").await;
     assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
     // 255 visible characters are fine.
-    let r = app.post("/v1/products", &op.access, &req, Some(&"x".repeat(255))).await;
+    let r = app
+        .post("/v1/products", &op.access, &req, Some(&"x".repeat(255)))
+        .await;
     assert_eq!(r.status(), 201);
 }
 
@@ -87,13 +112,26 @@ async fn server_errors_are_not_stored() {
     let op = app.signed_in(Role::Operator).await;
     let req = json!({"name": "A", "sku": "A-1"});
     // Break the table the handler writes to, so the first attempt fails with a 500.
-    sqlx::query("ALTER TABLE products RENAME TO products_away").execute(&app.db.pool).await.unwrap();
-    let r = app.post("/v1/products", &op.access, &req, Some("retry-me")).await;
+    sqlx::query("ALTER TABLE products RENAME TO products_away")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let r = app
+        .post("/v1/products", &op.access, &req, Some("retry-me"))
+        .await;
     let b = assert_error(r, 500, "internal_error").await;
-    assert!(!b.to_string().to_lowercase().contains("relation"), "no SQL leaks: {b}");
-    sqlx::query("ALTER TABLE products_away RENAME TO products").execute(&app.db.pool).await.unwrap();
+    assert!(
+        !b.to_string().to_lowercase().contains("relation"),
+        "no SQL leaks: {b}"
+    );
+    sqlx::query("ALTER TABLE products_away RENAME TO products")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
     // The retry runs for real instead of replaying the 500.
-    let r = app.post("/v1/products", &op.access, &req, Some("retry-me")).await;
+    let r = app
+        .post("/v1/products", &op.access, &req, Some("retry-me"))
+        .await;
     assert_eq!(r.status(), 201);
     assert!(r.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
@@ -101,9 +139,20 @@ async fn server_errors_are_not_stored() {
 
 #[tokio::test]
 async fn redis_down_is_503_and_nothing_happens() {
-    let app = spawn_app_with(|env| env.with("REDIS_URL", "redis://127.0.0.1:1").with("REDIS_TIMEOUT_MS", "200")).await;
+    let app = spawn_app_with(|env| {
+        env.with("REDIS_URL", "redis://127.0.0.1:1")
+            .with("REDIS_TIMEOUT_MS", "200")
+    })
+    .await;
     let op = app.signed_in(Role::Operator).await;
-    let r = app.post("/v1/products", &op.access, &json!({"name": "A", "sku": "A-1"}), Some("k")).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "A", "sku": "A-1"}),
+            Some("k"),
+        )
+        .await;
     assert_error(r, 503, "service_unavailable").await;
     assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
 }
@@ -113,7 +162,9 @@ async fn a_crash_after_commit_replays_from_postgres_instead_of_repeating() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let req = json!({"name": "A", "sku": "A-1"});
-    let first = app.post("/v1/products", &op.access, &req, Some("durable")).await;
+    let first = app
+        .post("/v1/products", &op.access, &req, Some("durable"))
+        .await;
     assert_eq!(first.status(), 201);
     let first = body(first).await;
     // Simulate dying after the commit, before Redis learnt the result: Redis knows nothing.
@@ -124,9 +175,15 @@ async fn a_crash_after_commit_replays_from_postgres_instead_of_repeating() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 1);
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 
-    let again = app.post("/v1/products", &op.access, &req, Some("durable")).await;
+    let again = app
+        .post("/v1/products", &op.access, &req, Some("durable"))
+        .await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(body(again).await, first);
@@ -139,9 +196,23 @@ async fn keys_are_scoped_to_the_caller() {
     let app = spawn_app().await;
     let a = app.signed_in(Role::Operator).await;
     let b = app.signed_in(Role::Operator).await;
-    let r = app.post("/v1/products", &a.access, &json!({"name": "A", "sku": "A-1"}), Some("same")).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &a.access,
+            &json!({"name": "A", "sku": "A-1"}),
+            Some("same"),
+        )
+        .await;
     assert_eq!(r.status(), 201);
-    let r = app.post("/v1/products", &b.access, &json!({"name": "B", "sku": "B-1"}), Some("same")).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &b.access,
+            &json!({"name": "B", "sku": "B-1"}),
+            Some("same"),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     assert!(r.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.count("SELECT count(*) FROM products").await, 2);
@@ -151,7 +222,11 @@ async fn keys_are_scoped_to_the_caller() {
 async fn deletes_are_idempotent_too() {
     let app = spawn_app().await;
     let admin = app.signed_in(Role::Admin).await;
-    let key = body(app.post("/v1/api-keys", &admin.access, &json!({"name": "k"}), None).await).await;
+    let key = body(
+        app.post("/v1/api-keys", &admin.access, &json!({"name": "k"}), None)
+            .await,
+    )
+    .await;
     let path = format!("/v1/api-keys/{}", key["id"].as_str().unwrap());
     let del = || {
         app.req(Method::DELETE, &path, Some(&admin.access))

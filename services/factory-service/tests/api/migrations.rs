@@ -12,7 +12,9 @@ async fn empty_database() -> PgPool {
         .await
         .expect("create database");
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    PgPool::connect(&format!("{base}/{name}")).await.expect("connect to new database")
+    PgPool::connect(&format!("{base}/{name}"))
+        .await
+        .expect("connect to new database")
 }
 
 async fn applied(pool: &PgPool) -> i64 {
@@ -25,9 +27,17 @@ async fn applied(pool: &PgPool) -> i64 {
 #[tokio::test]
 async fn migrations_apply_on_an_empty_database_and_again_as_a_no_op() {
     let pool = empty_database().await;
-    factory_service::db::migrate(&pool).await.expect("first run");
+    factory_service::db::migrate(&pool)
+        .await
+        .expect("first run");
     let first = applied(&pool).await;
-    assert_eq!(first as usize, common::db::MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count());
+    assert_eq!(
+        first as usize,
+        common::db::MIGRATOR
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .count()
+    );
     for table in [
         "users",
         "refresh_families",
@@ -48,19 +58,30 @@ async fn migrations_apply_on_an_empty_database_and_again_as_a_no_op() {
             .expect("regclass");
         assert!(exists, "table {table}");
     }
-    factory_service::db::migrate(&pool).await.expect("second run");
-    assert_eq!(applied(&pool).await, first, "the second run applies nothing");
+    factory_service::db::migrate(&pool)
+        .await
+        .expect("second run");
+    assert_eq!(
+        applied(&pool).await,
+        first,
+        "the second run applies nothing"
+    );
 }
 
 #[tokio::test]
 async fn migrations_revert_and_reapply() {
     let pool = empty_database().await;
     factory_service::db::migrate(&pool).await.expect("apply");
-    common::db::MIGRATOR.undo(&pool, 0).await.expect("revert everything");
+    common::db::MIGRATOR
+        .undo(&pool, 0)
+        .await
+        .expect("revert everything");
     let users: bool = sqlx::query_scalar("SELECT to_regclass('users') IS NOT NULL")
         .fetch_one(&pool)
         .await
         .expect("regclass");
     assert!(!users, "reverting drops the schema");
-    factory_service::db::migrate(&pool).await.expect("apply again");
+    factory_service::db::migrate(&pool)
+        .await
+        .expect("apply again");
 }
