@@ -8,7 +8,8 @@
 #   --selftest-tamper-audit  change one restored audit row before verifying: must FAIL
 # Environment: DATABASE_URL (source; default postgres://postgres@127.0.0.1:5432/voketag),
 #   BACKUP_DIR (default ./backups), FACTORY_BIN (default target/debug/factory-service),
-#   AUDIT_PUBLIC_KEY_FILE (passed to audit verify as --public-key), KEEP_SCRATCH=1 (keep the copy).
+#   AUDIT_PUBLIC_KEY_FILE (passed to audit verify as --public-key), KEEP_SCRATCH=1 (keep the copy),
+#   RESTORE_SERVER_URL (a database URL on the server that gets the scratch copy; default DATABASE_URL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BK_NAME=restore-test
@@ -19,12 +20,13 @@ mode=""
 case "${1:-}" in
   "") ;;
   --selftest-corrupt-dump | --selftest-tamper-audit) mode="$1" ;;
-  -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
   *) bk_die "unknown argument '$1' (try --help)" ;;
 esac
 
 bk_require_tools
 bk_check_reachable "$DATABASE_URL"
+[ "$RESTORE_SERVER_URL" = "$DATABASE_URL" ] || bk_check_reachable "$RESTORE_SERVER_URL"
 bk_log "source $(redact_url "$DATABASE_URL"), backups in $BACKUP_DIR${mode:+, mode $mode}"
 
 workdir=$(mktemp -d)
@@ -46,7 +48,7 @@ if [ "$mode" = --selftest-corrupt-dump ]; then
 fi
 
 verify_checksum "$restore_from" || true
-create_scratch "$DATABASE_URL"
+create_scratch "$RESTORE_SERVER_URL"
 if restore_dump "$restore_from"; then
   [ "$mode" = --selftest-tamper-audit ] && { tamper_audit "$SCRATCH_URL" || true; }
   collect_facts "$SCRATCH_URL" >"$workdir/restored.facts"

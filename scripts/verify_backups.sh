@@ -7,7 +7,8 @@
 # Environment: BACKUP_DIR (default ./backups), MAX_BACKUP_AGE_HOURS (default 26),
 #   DATABASE_URL (server for the scratch database, and the live source used when a dump has no
 #   manifest; default postgres://postgres@127.0.0.1:5432/voketag), FACTORY_BIN (default
-#   target/debug/factory-service), AUDIT_PUBLIC_KEY_FILE, KEEP_SCRATCH=1.
+#   target/debug/factory-service), AUDIT_PUBLIC_KEY_FILE, KEEP_SCRATCH=1, RESTORE_SERVER_URL (server
+#   for the scratch copy; default DATABASE_URL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BK_NAME=verify-backups
@@ -17,7 +18,7 @@ MAX_BACKUP_AGE_HOURS="${MAX_BACKUP_AGE_HOURS:-26}"
 
 case "${1:-}" in
   "") ;;
-  -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
   *) bk_die "unknown argument '$1' (try --help)" ;;
 esac
 [[ "$MAX_BACKUP_AGE_HOURS" =~ ^[0-9]+$ ]] || bk_die "MAX_BACKUP_AGE_HOURS must be a whole number of hours, got '$MAX_BACKUP_AGE_HOURS'"
@@ -57,8 +58,8 @@ else
   check "newest age" PASS "$(basename "$newest") is ${age_h}h old (limit ${MAX_BACKUP_AGE_HOURS}h)"
 fi
 
-bk_check_reachable "$DATABASE_URL"
-create_scratch "$DATABASE_URL"
+bk_check_reachable "$RESTORE_SERVER_URL"
+create_scratch "$RESTORE_SERVER_URL"
 if restore_dump "$newest"; then
   collect_facts "$SCRATCH_URL" >"$workdir/restored.facts"
   if [ -f "$newest.manifest" ]; then

@@ -12,6 +12,9 @@ BK_NAME="${BK_NAME:-backup}"
 FACTORY_BIN="${FACTORY_BIN:-target/debug/factory-service}"
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/voketag}"
 BACKUP_DIR="${BACKUP_DIR:-./backups}"
+# The scratch copy is created on this server (any database URL on it; default: the source's),
+# so production restores can be verified on a separate machine.
+RESTORE_SERVER_URL="${RESTORE_SERVER_URL:-$DATABASE_URL}"
 
 bk_log() { printf '[%s] %s\n' "$BK_NAME" "$*" >&2; }
 bk_die() { printf '[%s] ERROR: %s\n' "$BK_NAME" "$*" >&2; exit 2; }
@@ -58,7 +61,8 @@ bk_check_reachable() {
 #   rows:<schema>.<table>    exact row count of every ordinary table
 #   audit_head               "seq=<max seq> hash=<its hash>" from audit_events
 #   audit_rows_digest        md5 over every audit_events row, in seq order (catches edits anywhere)
-# Each query goes through query_to_xml so a missing table yields "none" instead of an error.
+# Each query goes through query_to_xml so a missing table yields "none" instead of an error; each
+# inner query returns exactly one row (an empty result would be an empty, unparseable document).
 FACTS_SQL=$(cat <<'SQL'
 SELECT 'migration_version', CASE WHEN to_regclass('public._sqlx_migrations') IS NULL THEN 'none' ELSE
   coalesce((xpath('/row/v/text()', query_to_xml(
@@ -71,8 +75,8 @@ WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'informat
 ORDER BY 1;
 SELECT 'audit_head', CASE WHEN to_regclass('public.audit_events') IS NULL THEN 'none' ELSE
   coalesce((xpath('/row/v/text()', query_to_xml(
-    $q$SELECT 'seq=' || seq || ' hash=' || coalesce(to_jsonb(a)->>'hash', '(no hash column)') AS v
-       FROM public.audit_events a ORDER BY seq DESC LIMIT 1$q$, false, true, '')))[1]::text, 'empty') END;
+    $q$SELECT (SELECT 'seq=' || seq || ' hash=' || coalesce(to_jsonb(a)->>'hash', '(no hash column)')
+       FROM public.audit_events a ORDER BY seq DESC LIMIT 1) AS v$q$, false, true, '')))[1]::text, 'empty') END;
 SELECT 'audit_rows_digest', CASE WHEN to_regclass('public.audit_events') IS NULL THEN 'none' ELSE
   coalesce((xpath('/row/v/text()', query_to_xml(
     $q$SELECT count(*) || ':' || coalesce(md5(string_agg(md5(a::text), '' ORDER BY seq)), '-') AS v
@@ -145,9 +149,10 @@ take_dump() {
     bk_die "could not export a snapshot from $(redact_url "$url"): ${snap:-no answer}"
   fi
 
-  local rc=0
+  local rc=0 what="pg_dump"
   pg_dump --snapshot="$snap" -Fc -d "$url" -f "$dump.partial" || rc=$?
   if [ $rc -eq 0 ]; then
+    what="collecting the manifest (row counts, audit head)"
     collect_facts "$url" "$snap" >"$dump.manifest.partial" || rc=$?
   fi
   printf 'COMMIT;\n' >&"$snap_in" || true
@@ -155,7 +160,7 @@ take_dump() {
   wait "$snap_pid" 2>/dev/null || true
   if [ $rc -ne 0 ]; then
     rm -f "$dump.partial" "$dump.manifest.partial"
-    bk_die "pg_dump of $(redact_url "$url") failed (exit $rc)"
+    bk_die "$what of $(redact_url "$url") failed (exit $rc)"
   fi
   mv "$dump.partial" "$dump"
   mv "$dump.manifest.partial" "$dump.manifest"
@@ -241,7 +246,9 @@ compare_facts() {
       audit_rows_digest) name="audit rows digest" ;;
       *) name="$key" ;;
     esac
-    if [ "$want" = "$got" ]; then
+    if [ "$key" = migration_version ] && [ "$want" = none ]; then
+      check "$name" FAIL "the $label has no applied migrations (_sqlx_migrations): run 'make migrate' (factory-service migrate) first"
+    elif [ "$want" = "$got" ]; then
       check "$name" PASS "$(short "$got")"
     else
       check "$name" FAIL "$label $(short "$want"), restored $(short "$got")"
