@@ -66,3 +66,8 @@ output "uptime_probe_paths" {
   description = "Per-region health probes through the load balancer (each reaches exactly one region's /healthz)."
   value       = { for k, s in local.run_services : k => "https://${var.domains[0]}/_probe/${s.region_key}/${s.app}" if s.public }
 }
+
+output "ops_jobs" {
+  description = "Cloud Run jobs for operator commands: run with `gcloud run jobs execute <name> --region <region> --wait`."
+  value       = { for k, j in google_cloud_run_v2_job.ops : k => { name = j.name, region = j.location } }
+}

@@ -291,6 +291,12 @@ variable "audit_signing_key_version" {
   default     = "latest"
 }
 
+variable "audit_public_key_pem" {
+  description = "Public key (PEM) of the audit signing key; when set, the audit-verify job checks signatures too (jobs.tf)."
+  type        = string
+  default     = ""
+}
+
 # ---- load balancer --------------------------------------------------------------------------
 
 variable "domains" {

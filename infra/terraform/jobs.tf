@@ -1,0 +1,73 @@
+# Operator commands as Cloud Run jobs in the writer's region, on the VPC, with the factory image:
+#   gcloud run jobs execute voketag-migrate --region <writer region> --wait
+#   gcloud run jobs execute voketag-audit-verify --region <writer region> --wait
+# `migrate` is the only way the schema changes (never at service start-up); `audit verify` exits
+# non-zero on a broken chain, so a failed execution is the alert.
+
+locals {
+  writer_region_key = var.database_writer
+
+  jobs = {
+    migrate      = ["migrate"]
+    audit-verify = concat(["audit", "verify"], var.audit_public_key_pem == "" ? [] : ["--public-key", var.audit_public_key_pem])
+  }
+}
+
+resource "google_cloud_run_v2_job" "ops" {
+  for_each = local.jobs
+
+  name                = "${var.name_prefix}-${each.key}"
+  location            = local.regions[local.writer_region_key]
+  labels              = merge(local.labels, { component = each.key })
+  deletion_protection = var.deletion_protection
+
+  template {
+    task_count = 1
+
+    template {
+      service_account = google_service_account.svc["factory"].email
+      max_retries     = 0
+      timeout         = "1800s"
+
+      vpc_access {
+        egress = "PRIVATE_RANGES_ONLY"
+        network_interfaces {
+          network    = google_compute_network.vpc.id
+          subnetwork = google_compute_subnetwork.run[local.writer_region_key].id
+        }
+      }
+
+      containers {
+        image = var.factory_image
+        args  = each.value
+
+        env {
+          name  = "APP_ENV"
+          value = "production"
+        }
+        env {
+          name  = "LOG_FORMAT"
+          value = "json"
+        }
+        env {
+          name = "DATABASE_URL"
+          value_source {
+            secret_key_ref {
+              secret  = google_secret_manager_secret.generated["database-url"].secret_id
+              version = google_secret_manager_secret_version.generated["database-url"].version
+            }
+          }
+        }
+
+        resources {
+          limits = {
+            cpu    = "1"
+            memory = "512Mi"
+          }
+        }
+      }
+    }
+  }
+
+  depends_on = [google_secret_manager_secret_iam_member.access]
+}
