@@ -34,8 +34,8 @@ pub struct NewApiKey {
     pub rate_limit_per_minute: Option<i32>,
 }
 
-/// A newly created key: the only time `key` is shown.
-#[derive(Debug, Serialize, ToSchema)]
+/// A newly created key: the only time `key` is shown. No `Debug`, so it cannot be logged.
+#[derive(Serialize, ToSchema)]
 pub struct CreatedApiKey {
     /// Id.
     pub id: Uuid,

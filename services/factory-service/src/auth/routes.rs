@@ -35,7 +35,7 @@ pub struct LoginRequest {
 }
 
 /// A new access token (the refresh and CSRF tokens come as cookies).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
     /// JWT access token.
     pub access_token: String,

@@ -15,8 +15,7 @@ use crate::error::FactoryError;
 use crate::state::AppState;
 use crate::users::{Role, normalize_email};
 
-/// What a successful login or refresh hands out.
-#[derive(Debug)]
+/// What a successful login or refresh hands out. Its `Debug` shows no token.
 pub struct Session {
     /// The JWT access token.
     pub access_token: String,
@@ -31,7 +30,8 @@ pub struct Session {
 }
 
 /// The refresh cookie, CSRF header and cookie, and device id sent with refresh and logout.
-#[derive(Debug, Default)]
+/// Its `Debug` shows which parts came, never their values.
+#[derive(Default)]
 pub struct Presented {
     /// `__Host-vt_refresh`.
     pub refresh_token: Option<String>,
@@ -41,6 +41,25 @@ pub struct Presented {
     pub csrf_cookie: Option<String>,
     /// `X-Device-ID`.
     pub device_id: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presented")
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("csrf_header", &self.csrf_header.is_some())
+            .field("csrf_cookie", &self.csrf_cookie.is_some())
+            .field("device_id", &self.device_id)
+            .finish()
+    }
 }
 
 /// Checks an `X-Device-ID`: 16 to 128 visible ASCII characters.
