@@ -37,7 +37,7 @@ schema_check() {
   elif ! python3 -c 'import hcl2' 2>/dev/null; then
     schema="SKIPPED: python-hcl2 is not installed (pip install python-hcl2)"
   elif python3 scripts/tf-schema-check.py "$dir" "$schema_dir/package/.jsii" >&2; then
-    schema="PASS (argument and block names, required arguments; google provider 6.50.0 schema)"
+    schema="PASS (argument, block and attribute names, required arguments; google provider 6.50.0 schema)"
   else
     schema="FAIL"
     rc=1

@@ -4,14 +4,15 @@
 Every google_* resource and data block is checked against the hashicorp/google provider schema as
 published in the prebuilt CDKTF bindings (@cdktf/provider-google 16.12.1 = google provider 6.50.0,
 inside the `~> 6.20` pin): unknown arguments or blocks, attributes written as blocks, and missing
-required arguments. It does not check types or expressions: `terraform validate` stays the real
+required arguments, and every `google_x.name.attr` reference names an attribute the resource
+exports. It does not check types or expressions: `terraform validate` stays the real
 gate wherever the registry is reachable.
 
 Usage: tf-schema-check.py <terraform dir> <path to the package's .jsii>
 Needs python-hcl2 (pip install python-hcl2) and the package
 (npm pack @cdktf/provider-google@16.12.1 && tar -xzf cdktf-provider-google-16.12.1.tgz package/.jsii).
 """
-import glob, json, sys
+import glob, json, re, sys
 import hcl2
 
 META = {"for_each", "count", "depends_on", "lifecycle", "provider"}
@@ -94,9 +95,32 @@ def check_block(types, name, blocks, ps, where):
         check_body(types, b, struct, f"{where}.{name}")
 
 
+REFERENCE = re.compile(r"\b(data\.)?(google_[a-z0-9_]+)\.([a-z0-9_]+)(\[[^\]]*\])?\.([a-z_]+)")
+
+
+def class_props(types, fqn):
+    t = types.get(fqn, {})
+    out = class_props(types, t["base"]) if "base" in t else set()
+    return out | {p["name"] for p in t.get("properties", [])}
+
+
+def check_references(types, path, text):
+    """`google_x.name[...].attr` must name an attribute the resource (or data source) exports."""
+    for m in REFERENCE.finditer(text):
+        is_data, rtype, _, _, attr = m.groups()
+        short = rtype[len("google_"):]
+        if is_data:
+            fqn = f"@cdktf/provider-google.dataGoogle{pascal(short)}.DataGoogle{pascal(short)}"
+        else:
+            fqn = f"@cdktf/provider-google.{camel(short)}.{pascal(short)}"
+        if fqn in types and camel(attr) not in class_props(types, fqn):
+            errors.append(f"{path.split('/')[-1]}: {m.group(0)}: {rtype} has no attribute '{attr}'")
+
+
 def main():
     types = json.load(open(sys.argv[2]))["types"]
     for path in sorted(glob.glob(sys.argv[1] + "/*.tf")):
+        check_references(types, path, open(path).read())
         doc = hcl2.load(open(path))
         for kind in ("resource", "data"):
             for item in doc.get(kind, []):
@@ -118,7 +142,7 @@ def main():
     if errors:
         print("\n".join(errors))
         return 1
-    print("schema check: every google_* block matches the provider schema (names, blocks, required arguments)")
+    print("schema check: every google_* block and reference matches the provider schema")
     return 0
 
 

@@ -342,3 +342,9 @@ variable "lb_log_sample_rate" {
   type        = number
   default     = 1
 }
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/<p>/notificationChannels/<id>) for the alerts in monitoring.tf."
+  type        = list(string)
+  default     = []
+}
