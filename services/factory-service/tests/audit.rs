@@ -1000,3 +1000,54 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     ]);
     assert_eq!(code, 2, "{out}");
 }
+
+#[tokio::test]
+async fn stripped_signatures_are_caught_when_signatures_are_required() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&db.pool, &audit, 5).await;
+    let required = || ring(&[(Some("k1"), K1_PUB)]).require_signatures();
+    assert!(
+        verify_with(&db.pool, &mut required(), &[])
+            .await
+            .broken
+            .is_none()
+    );
+    // Change seq 4, drop its signature, re-hash it and the next one.
+    let mut prev: chain::Hash = row(&db.pool, 3).await.hash.unwrap().try_into().unwrap();
+    for seq in 4..=5 {
+        let mut r = row(&db.pool, seq).await;
+        if seq == 4 {
+            r.details = json!({"name": "forged"});
+        }
+        let hash = chain::event_hash(&prev, &r, &mut Vec::new());
+        let strip = if seq == 4 {
+            ", signature = NULL, key_id = NULL"
+        } else {
+            ""
+        };
+        tamper(
+            &db.pool,
+            &format!(
+                "UPDATE audit_events SET details = '{}', prev_hash = '\\x{}', hash = '\\x{}'{strip} WHERE seq = {seq}; \
+                 UPDATE audit_chain_head SET hash = '\\x{}'",
+                r.details,
+                hex::encode(prev),
+                hex::encode(hash),
+                hex::encode(hash)
+            ),
+        )
+        .await;
+        prev = hash;
+    }
+    assert_broken(
+        &verify_with(&db.pool, &mut ring(&[(Some("k1"), K1_PUB)]), &[]).await,
+        5,
+        BreakReason::BadSignature,
+    );
+    assert_broken(
+        &verify_with(&db.pool, &mut required(), &[]).await,
+        4,
+        BreakReason::BadSignature,
+    );
+}

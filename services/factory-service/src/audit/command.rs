@@ -32,6 +32,10 @@ pub struct VerifyArgs {
     /// e.g. the service's `audit checkpoint` log lines). Repeatable.
     #[arg(long = "checkpoint", value_name = "JSON")]
     pub checkpoints: Vec<String>,
+    /// Treat an unsigned event or checkpoint as a break (for logs signed from the start with
+    /// AUDIT_SIGN_EVENTS=true), so signatures cannot be stripped along with a change.
+    #[arg(long)]
+    pub require_signatures: bool,
 }
 
 /// Runs an audit subcommand.
@@ -44,6 +48,13 @@ pub async fn run(command: AuditCommand, default_database_url: &SecretString) -> 
 async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -> ExitCode {
     let setup = || -> anyhow::Result<(KeyRing, Vec<Checkpoint>)> {
         let mut keys = KeyRing::new(UnknownKeys::Fail);
+        if args.require_signatures {
+            anyhow::ensure!(
+                !args.public_keys.is_empty(),
+                "--require-signatures needs --public-key"
+            );
+            keys = keys.require_signatures();
+        }
         for spec in &args.public_keys {
             let (id, key) = load_public_key(spec)?;
             keys.add(id, key);

@@ -204,6 +204,7 @@ pub struct KeyRing {
     named: HashMap<String, PublicKey>,
     unnamed: Vec<PublicKey>,
     policy: UnknownKeys,
+    require_signatures: bool,
 }
 
 impl KeyRing {
@@ -213,7 +214,21 @@ impl KeyRing {
             named: HashMap::new(),
             unnamed: Vec::new(),
             policy,
+            require_signatures: false,
         }
+    }
+
+    /// Makes an unsigned version-2 event or checkpoint a break. Use it when the log is known to
+    /// be signed throughout (`AUDIT_SIGN_EVENTS=true` from the start): otherwise whoever can
+    /// rewrite rows could strip signatures along with their changes.
+    pub fn require_signatures(mut self) -> Self {
+        self.require_signatures = true;
+        self
+    }
+
+    /// Whether unsigned events and checkpoints are breaks.
+    pub fn signatures_required(&self) -> bool {
+        self.require_signatures
     }
 
     /// Adds a key for one key id (`None`: for whichever id it verifies).

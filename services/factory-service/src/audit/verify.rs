@@ -222,6 +222,13 @@ impl RowChecker<'_> {
                 ),
             );
         }
+        if row.signature.is_none() && self.keys.signatures_required() {
+            return Self::broken(
+                seq,
+                BreakReason::BadSignature,
+                "the event is not signed, and signatures are required".into(),
+            );
+        }
         if let Some(signature) = &row.signature
             && !self.keys.is_empty()
         {
@@ -364,6 +371,15 @@ fn checkpoint_break(
             detail,
         })
     };
+    if cp.signature.is_none() && keys.signatures_required() {
+        return at(
+            BreakReason::BadSignature,
+            format!(
+                "the checkpoint at seq {} is not signed, and signatures are required",
+                cp.seq
+            ),
+        );
+    }
     if let (Some(signature), Some(key_id)) = (&cp.signature, &cp.key_id)
         && !keys.is_empty()
     {

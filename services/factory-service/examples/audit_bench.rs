@@ -1,0 +1,192 @@
+//! Audit log throughput on one chain, against a fresh local test database:
+//! appends per second (unsigned, and with every event signed), and verification speed
+//! (hash-only, and with per-event signatures).
+//!
+//! `cargo run --release -p factory-service --example audit_bench -- [VERIFY_EVENTS]`
+//! (default 1,000,000; needs the local PostgreSQL of `make services-up`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::testing::TestDb;
+use factory_service::audit::chain::{self, GENESIS_HASH};
+use factory_service::audit::record::AuditRecord;
+use factory_service::audit::signing::{KeyRing, PublicKey, UnknownKeys};
+use factory_service::audit::verify::{self, ChainState};
+use factory_service::audit::{Actor, AuditLog, NewEvent, Signer};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const KEY: &str = include_str!("../tests/fixtures/audit_k1.pem");
+const PUB: &str = include_str!("../tests/fixtures/audit_k1.pub.pem");
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let verify_events: i64 = std::env::args()
+        .nth(1)
+        .map_or(Ok(1_000_000), |a| a.parse())?;
+    let signer = Arc::new(Signer::from_pem(KEY, Some("bench"))?);
+
+    for (label, audit) in [
+        ("unsigned", AuditLog::new()),
+        (
+            "signed events",
+            AuditLog::with_signer(Some(signer.clone()), true),
+        ),
+    ] {
+        let db = TestDb::new().await;
+        let rate = appends(&db.pool, &audit, 16, Duration::from_secs(5)).await?;
+        println!("append, {label}, 16 concurrent writers: {rate:.0} events/s");
+    }
+
+    let db = TestDb::new().await;
+    load_chain(&db.pool, verify_events, None).await?;
+    let mut keys = KeyRing::new(UnknownKeys::Fail);
+    let started = Instant::now();
+    let v = verify::verify(&db.pool, &mut keys, &[], ChainState::default()).await?;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(v.broken.is_none(), "bench chain broken: {:?}", v.broken);
+    println!(
+        "verify, hash-only: {} events in {secs:.2} s = {:.0} events/s",
+        v.state.events_checked,
+        v.state.events_checked as f64 / secs
+    );
+
+    let signed_events = (verify_events / 10).max(1);
+    let db = TestDb::new().await;
+    load_chain(&db.pool, signed_events, Some(&signer)).await?;
+    keys.add(Some("bench".into()), PublicKey::from_pem(PUB)?);
+    let started = Instant::now();
+    let v = verify::verify(&db.pool, &mut keys, &[], ChainState::default()).await?;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        v.broken.is_none(),
+        "signed bench chain broken: {:?}",
+        v.broken
+    );
+    println!(
+        "verify, per-event signatures (RSA-2048): {} events in {secs:.2} s = {:.0} events/s",
+        v.state.signatures_checked,
+        v.state.signatures_checked as f64 / secs
+    );
+    Ok(())
+}
+
+/// `writers` tasks append for `duration`, each event in its own committed transaction.
+async fn appends(
+    pool: &PgPool,
+    audit: &AuditLog,
+    writers: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (pool, audit) = (pool.clone(), audit.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed() < duration {
+                let mut tx = pool.begin().await?;
+                audit
+                    .append(&mut tx, event(w as u64 * 1_000_000 + n))
+                    .await?;
+                tx.commit().await?;
+                n += 1;
+            }
+            Ok::<u64, sqlx::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+fn event(i: u64) -> NewEvent {
+    NewEvent::new(
+        "tag.revoked",
+        Actor::User {
+            id: Uuid::from_u128(0x8d0c_6c43_1f3e_4c11_9a43_5e0f_3b7c_2a10),
+            email: "admin@example.com".into(),
+        },
+    )
+    .target("tag", format!("TAG{i:020}"))
+    .client(Some("203.0.113.7".into()), Some("bench/1.0".into()))
+    .details(json!({"reason": "stolen batch", "n": i}))
+}
+
+/// Writes a valid chain of `n` events directly (appending one by one would take minutes).
+async fn load_chain(pool: &PgPool, n: i64, signer: Option<&Signer>) -> anyhow::Result<()> {
+    const BATCH: i64 = 5_000;
+    let t0: DateTime<Utc> =
+        DateTime::from_timestamp_micros(1_764_057_600_000_000).unwrap_or_default();
+    let mut prev = GENESIS_HASH;
+    let mut buf = Vec::new();
+    let mut seq = 1;
+    while seq <= n {
+        let end = (seq + BATCH - 1).min(n);
+        let (mut seqs, mut ids, mut times) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut targets, mut details) = (Vec::new(), Vec::new());
+        let (mut prevs, mut hashes, mut sigs, mut keys) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in seq..=end {
+            let record = AuditRecord {
+                seq: s,
+                version: 2,
+                event_id: Uuid::now_v7(),
+                occurred_at: t0 + chrono::Duration::microseconds(s),
+                actor_id: None,
+                actor_email: Some("system".into()),
+                action: "tag.revoked".into(),
+                target_type: Some("tag".into()),
+                target_id: Some(format!("TAG{s:020}")),
+                client_ip: Some("203.0.113.7".into()),
+                user_agent: Some("bench/1.0".into()),
+                details: json!({"reason": "stolen batch", "n": s}),
+                prev_hash: None,
+                hash: None,
+                signature: None,
+                key_id: None,
+            };
+            let hash = chain::event_hash(&prev, &record, &mut buf);
+            prevs.push(prev.to_vec());
+            hashes.push(hash.to_vec());
+            sigs.push(signer.map(|k| k.sign(&hash)).transpose()?);
+            keys.push(signer.map(|k| k.key_id().to_owned()));
+            seqs.push(s);
+            ids.push(record.event_id);
+            times.push(record.occurred_at);
+            targets.push(record.target_id.unwrap_or_default());
+            details.push(record.details);
+            prev = hash;
+        }
+        sqlx::query(
+            "INSERT INTO audit_events (seq, version, event_id, occurred_at, actor_email, action, target_type, \
+             target_id, client_ip, user_agent, details, prev_hash, hash, signature, key_id) \
+             SELECT s, 2, e, o, 'system', 'tag.revoked', 'tag', t, '203.0.113.7', 'bench/1.0', d, p, h, sg, k \
+             FROM unnest($1::bigint[], $2::uuid[], $3::timestamptz[], $4::text[], $5::jsonb[], $6::bytea[], \
+             $7::bytea[], $8::bytea[], $9::text[]) AS u(s, e, o, t, d, p, h, sg, k)",
+        )
+        .bind(&seqs)
+        .bind(&ids)
+        .bind(&times)
+        .bind(&targets)
+        .bind(&details)
+        .bind(&prevs)
+        .bind(&hashes)
+        .bind(&sigs)
+        .bind(&keys)
+        .execute(pool)
+        .await?;
+        seq = end + 1;
+    }
+    sqlx::query("UPDATE audit_chain_head SET seq = $1, hash = $2")
+        .bind(n)
+        .bind(prev.as_slice())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
