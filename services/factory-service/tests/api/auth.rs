@@ -326,3 +326,40 @@ async fn login_is_rate_limited_per_email() {
     assert_eq!(b["error"], "rate_limited");
     assert!(b["retry_after"].as_u64().is_some_and(|s| s >= 1));
 }
+
+#[tokio::test]
+async fn login_is_rate_limited_per_client_ip() {
+    let app = spawn_app().await;
+    // Different emails, one address: the IP's bucket (30) runs out first.
+    let mut statuses = Vec::new();
+    for i in 0..31 {
+        let r = app
+            .login_raw(
+                &format!("nobody{i}@example.com"),
+                "wrong password!!",
+                DEVICE,
+            )
+            .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses[30], 429);
+}
+
+#[tokio::test]
+async fn start_up_needs_a_jwt_secret_outside_development() {
+    let db = common::testing::TestDb::new().await;
+    let env = common::testing::env_for(&db); // APP_ENV=test, no JWT_SECRET
+    let config = factory_service::FactoryConfig::from_env(&env).unwrap();
+    let err = factory_service::Application::build(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+    let dev =
+        factory_service::FactoryConfig::from_env(&env.with("APP_ENV", "development")).unwrap();
+    assert!(
+        factory_service::Application::build(dev).await.is_ok(),
+        "development makes one up"
+    );
+}

@@ -15,6 +15,10 @@ async fn twenty_five_rapid_requests_twenty_pass() {
     })
     .await;
     let admin = app.signed_in(Role::Admin).await;
+    let first = app.get("/v1/api-keys", &admin.access).await;
+    assert_eq!(first.headers()["x-ratelimit-limit"], "60");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "19");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the token comes back
     let responses = join_all((0..25).map(|_| app.get("/v1/api-keys", &admin.access))).await;
     let passed = responses.iter().filter(|r| r.status() == 200).count();
     let limited: Vec<_> = responses
