@@ -165,7 +165,13 @@ bk_log "database $TEST_DB: migrated by $migrated_by, populated by $populated_by:
 
 # --- the cases ---------------------------------------------------------------------------------
 export DATABASE_URL="$TEST_URL"
-if [ -f "$work/audit.pub.pem" ]; then export AUDIT_PUBLIC_KEY_FILE="$work/audit.pub.pem"; fi
+if [ -f "$work/audit.pub.pem" ]; then
+  export AUDIT_PUBLIC_KEY_FILE="$work/audit.pub.pem"
+  # The test server signed every event; require it when this factory-service knows the flag.
+  if "$FACTORY_BIN" audit verify --help 2>/dev/null | grep -q -- --require-signatures; then
+    export AUDIT_REQUIRE_SIGNATURES=1
+  fi
+fi
 # What a tampered row must trip: audit verify reporting a broken chain (exit 1, not 2 = could not
 # check) when the subcommand exists, else at least the row digest.
 if has_subcommand audit verify; then tamper_pattern='FAIL audit verify: exit 1:'; else tamper_pattern='FAIL +audit rows digest'; fi

@@ -7,7 +7,7 @@
 # Environment: BACKUP_DIR (default ./backups), MAX_BACKUP_AGE_HOURS (default 26),
 #   DATABASE_URL (server for the scratch database, and the live source used when a dump has no
 #   manifest; default postgres://postgres@127.0.0.1:5432/voketag), FACTORY_BIN (default
-#   target/debug/factory-service), AUDIT_PUBLIC_KEY_FILE, KEEP_SCRATCH=1, RESTORE_SERVER_URL (server
+#   target/debug/factory-service), AUDIT_PUBLIC_KEY_FILE, AUDIT_REQUIRE_SIGNATURES=1, KEEP_SCRATCH=1, RESTORE_SERVER_URL (server
 #   for the scratch copy; default DATABASE_URL).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -272,6 +272,10 @@ run_audit_verify() {
   if [ -n "${AUDIT_PUBLIC_KEY_FILE:-}" ]; then
     args+=(--public-key "$AUDIT_PUBLIC_KEY_FILE")
   fi
+  # Where every event is signed (AUDIT_SIGN_EVENTS=true), a stripped signature is tampering too.
+  if [ "${AUDIT_REQUIRE_SIGNATURES:-0}" = 1 ]; then
+    args+=(--require-signatures)
+  fi
   # An offline verifier needs no JWT secret: development mode keeps config from asking for one.
   out=$(DATABASE_URL="$url" APP_ENV="${AUDIT_VERIFY_APP_ENV:-development}" LOG_FORMAT=pretty RUST_LOG=warn \
     "$FACTORY_BIN" "${args[@]}" 2>&1) || rc=$?
