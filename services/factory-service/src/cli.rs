@@ -20,6 +20,18 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Consume scan events only, without the admin API (any number of workers may run).
+    Worker {
+        /// Also serve /healthz, /readyz and /metrics on this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Pub/Sub plumbing of the scan-event pipeline.
+    #[command(subcommand)]
+    Pubsub(crate::events::commands::PubsubCommand),
+    /// Inspect and replay dead-lettered scan events.
+    #[command(subcommand)]
+    Dlq(crate::events::commands::DlqCommand),
     /// Manage admin users.
     #[command(subcommand)]
     User(UserCommand),

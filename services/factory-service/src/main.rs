@@ -1,4 +1,5 @@
 use std::io::BufRead as _;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -6,6 +7,7 @@ use clap::Parser;
 use common::Env;
 use factory_service::audit::{Actor, AuditLog};
 use factory_service::cli::{Cli, Command, UserCommand};
+use factory_service::events::commands as events;
 use factory_service::{Application, FactoryConfig};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,9 @@ async fn main() -> ExitCode {
         }
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::Worker { metrics_addr } => worker(config, metrics_addr).await,
+        Command::Pubsub(command) => events::pubsub(&config, &command).await,
+        Command::Dlq(command) => events::dlq(&config, &command).await,
         Command::User(UserCommand::Create { email, role }) => {
             create_user(config, &env, &email, role).await
         }
@@ -58,11 +63,26 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: FactoryConfig) -> anyhow::Result<()> {
+    let consumer = events::consumer(&config).await?;
     let app = Application::build(config).await?;
     tracing::info!("factory-service listening on http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
     common::server::cancel_on_signal(shutdown.clone());
-    app.run_until_stopped(shutdown).await
+    // The scan-event consumer runs beside the API under the same shutdown token.
+    let consumer = tokio::spawn(consumer.run(shutdown.clone()));
+    let served = app.run_until_stopped(shutdown.clone()).await;
+    // Stop the consumer too if serving ended on its own, and let it settle in-flight events.
+    shutdown.cancel();
+    if let Err(e) = consumer.await {
+        tracing::error!(error = %e, "the scan-event consumer task failed");
+    }
+    served
+}
+
+async fn worker(config: FactoryConfig, metrics_addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    common::server::cancel_on_signal(shutdown.clone());
+    events::worker(&config, metrics_addr, shutdown).await
 }
 
 async fn migrate(config: FactoryConfig) -> anyhow::Result<()> {

@@ -1,0 +1,162 @@
+//! The command-line edge of the event pipeline: `worker`, `pubsub setup`, `dlq list` and
+//! `dlq replay`. Errors become `anyhow` here, with what was being done.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use common::health::{self, ReadinessCheck};
+use tokio_util::sync::CancellationToken;
+
+use super::dlq::{self, ReadWindow, Selector};
+use super::{Consumer, EventsSettings, setup};
+use crate::config::FactoryConfig;
+
+/// `factory-service pubsub …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PubsubCommand {
+    /// Create the scan-event topic, DLQ topic and subscriptions (safe to run again).
+    Setup,
+}
+
+/// `factory-service dlq …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead-lettered scan events without consuming them.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Characters of each body to show.
+        #[arg(long, default_value_t = 120)]
+        preview: usize,
+        /// Seconds to wait for the first message.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_WAIT_SECS)]
+        wait: u64,
+    },
+    /// Republish dead-lettered scan events to the main topic, then remove them from the DLQ.
+    Replay {
+        /// Which messages.
+        #[command(flatten)]
+        which: ReplayArgs,
+        /// Seconds to wait for the first message.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_WAIT_SECS)]
+        wait: u64,
+    },
+}
+
+/// Long enough for messages another read left leased on the emulator to come back.
+const DEFAULT_WAIT_SECS: u64 = dlq::READ_LEASE.as_secs() + 2;
+
+fn window(wait: u64) -> ReadWindow {
+    ReadWindow {
+        first: std::time::Duration::from_secs(wait),
+        ..ReadWindow::default()
+    }
+}
+
+/// Which dead letters `dlq replay` takes: exactly one of the two.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReplayArgs {
+    /// Every message in the DLQ.
+    #[arg(long)]
+    pub all: bool,
+    /// One message, by its DLQ message id or its original message id.
+    #[arg(long, value_name = "ID")]
+    pub message_id: Option<String>,
+}
+
+/// `factory-service worker`: the consumer alone, until `shutdown`.
+pub async fn worker(
+    config: &FactoryConfig,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = consumer(config).await?;
+    let Some(addr) = metrics_addr else {
+        consumer.run(shutdown).await;
+        return Ok(());
+    };
+    // A worker on its own still wants probes and scraping; it serves only those.
+    let pool = common::db::pg_pool(&config.common.database_url, 2)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the worker's metrics address {addr}"))?;
+    tracing::info!("worker health and metrics on http://{addr}");
+    let router = health::routes(vec![ReadinessCheck::postgres(pool)]);
+    let (served, ()) = tokio::join!(
+        common::server::serve(listener, router, shutdown.clone()),
+        consumer.run(shutdown),
+    );
+    served.context("serving the worker's health and metrics")
+}
+
+/// A consumer for `config`, with its own database pool sized for its concurrency.
+pub async fn consumer(config: &FactoryConfig) -> anyhow::Result<Consumer> {
+    let settings = EventsSettings::from_config(config);
+    let connections = u32::try_from(settings.concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(2);
+    let pool = common::db::pg_pool(&config.common.database_url, connections)?;
+    Consumer::build(settings, pool)
+        .await
+        .context("building the scan-event consumer")
+}
+
+/// `factory-service pubsub …`.
+pub async fn pubsub(config: &FactoryConfig, command: &PubsubCommand) -> anyhow::Result<()> {
+    match command {
+        PubsubCommand::Setup => {
+            let settings = EventsSettings::from_config(config);
+            let done = setup::setup(&settings)
+                .await
+                .context("setting up Pub/Sub topics and subscriptions")?;
+            for resource in done {
+                println!("{resource}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `factory-service dlq …`.
+pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result<()> {
+    let settings = EventsSettings::from_config(config);
+    match command {
+        DlqCommand::List {
+            limit,
+            preview,
+            wait,
+        } => {
+            let entries = dlq::list(&settings, *limit, window(*wait))
+                .await
+                .context("listing the DLQ")?;
+            let now = chrono::Utc::now();
+            for entry in &entries {
+                println!("{}", dlq::describe(entry, now, *preview));
+            }
+            println!("{} dead-lettered message(s) shown", entries.len());
+            Ok(())
+        }
+        DlqCommand::Replay { which, wait } => {
+            let selector = match &which.message_id {
+                Some(id) => Selector::MessageId(id.clone()),
+                None => Selector::All,
+            };
+            let replayed = dlq::replay(&settings, &selector, window(*wait))
+                .await
+                .context("replaying from the DLQ")?;
+            for entry in &replayed {
+                println!("replayed {} (reason {})", entry.message_id, entry.reason);
+            }
+            if let Selector::MessageId(id) = &selector
+                && replayed.is_empty()
+            {
+                anyhow::bail!("no dead-lettered message with id {id} was found");
+            }
+            println!("{} message(s) replayed", replayed.len());
+            Ok(())
+        }
+    }
+}

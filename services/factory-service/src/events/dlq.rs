@@ -1,0 +1,229 @@
+//! `dlq list` and `dlq replay`: read the DLQ inspection subscription.
+//!
+//! There is no unary pull in the client, so both read a short streaming pull: they take what
+//! arrives until the stream has been quiet for a moment. Messages they do not consume are held
+//! until the end, so the same message is not shown twice in one run, and then given back: the
+//! stream is closed and they are nacked. Pub/Sub makes them visible again at once; the emulator
+//! ignores a nack from a closed stream, so there they come back when their lease of
+//! [`READ_LEASE`] runs out, and the default first wait of a read is longer than that.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
+
+use super::dead_letter::{self, DlqEntry};
+use super::{EventsError, EventsSettings};
+
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The lease a read takes on what it sees (Pub/Sub's minimum), so that a message it could not
+/// give back is visible again soon.
+pub const READ_LEASE: Duration = Duration::from_secs(10);
+
+/// How long a read waits for messages before concluding it has seen what there is.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadWindow {
+    /// Wait for the first message (opening the stream takes a moment).
+    pub first: Duration,
+    /// Wait for each further message.
+    pub idle: Duration,
+}
+
+impl Default for ReadWindow {
+    fn default() -> Self {
+        Self {
+            first: READ_LEASE + Duration::from_secs(2),
+            idle: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Every message that was in the DLQ when the replay started.
+    All,
+    /// The one with this DLQ message id or original message id.
+    MessageId(String),
+}
+
+/// Up to `limit` dead letters, oldest first as the service delivers them, without consuming
+/// any of them.
+pub async fn list(
+    settings: &EventsSettings,
+    limit: usize,
+    window: ReadWindow,
+) -> Result<Vec<DlqEntry>, EventsError> {
+    let mut reader = Reader::open(settings, limit).await?;
+    let mut entries = Vec::new();
+    while entries.len() < limit {
+        let Some((message, handler)) = reader.next(window).await? else {
+            break;
+        };
+        if reader.first_sight(&message) {
+            entries.push(DlqEntry::from_message(&message));
+        }
+        reader.hold(handler);
+    }
+    reader.close().await;
+    Ok(entries)
+}
+
+/// Republishes the selected dead letters to the main topic and acks each from the DLQ once the
+/// main topic has it. Messages dead-lettered after the replay began are left alone, so a
+/// message that fails again is not replayed in a loop. Returns what was replayed.
+pub async fn replay(
+    settings: &EventsSettings,
+    selector: &Selector,
+    window: ReadWindow,
+) -> Result<Vec<DlqEntry>, EventsError> {
+    let topic = &settings.pubsub.topic;
+    let publisher = common::pubsub::publisher(&settings.pubsub, topic).await?;
+    let started = Utc::now();
+    let mut reader = Reader::open(settings, 1000).await?;
+    let mut replayed = Vec::new();
+    while let Some((message, handler)) = reader.next(window).await? {
+        let entry = DlqEntry::from_message(&message);
+        let wanted = match selector {
+            Selector::All => reader.first_sight(&message),
+            Selector::MessageId(id) => entry.is_named(id),
+        };
+        let before_start = entry.dead_lettered_at.is_none_or(|t| t <= started);
+        if !(wanted && before_start) {
+            reader.hold(handler);
+            continue;
+        }
+        let publish = publisher.publish(dead_letter::to_replay_message(&message));
+        let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
+        match outcome {
+            Ok(Ok(_)) => {
+                handler.ack();
+                replayed.push(entry);
+            }
+            Ok(Err(source)) => {
+                handler.nack();
+                reader.close().await;
+                return Err(EventsError::Publish {
+                    topic: topic.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                handler.nack();
+                reader.close().await;
+                return Err(EventsError::PublishTimeout {
+                    topic: topic.clone(),
+                });
+            }
+        }
+        if matches!(selector, Selector::MessageId(_)) {
+            break;
+        }
+    }
+    reader.close().await;
+    Ok(replayed)
+}
+
+/// A short-lived streaming pull on the inspection subscription.
+struct Reader {
+    stream: MessageStream,
+    held: Vec<Handler>,
+    seen: HashSet<String>,
+    started: bool,
+}
+
+impl Reader {
+    async fn open(settings: &EventsSettings, max_outstanding: usize) -> Result<Self, EventsError> {
+        let ps = &settings.pubsub;
+        let client = common::pubsub::subscriber(ps).await?;
+        let stream = client
+            .subscribe(ps.subscription_path(&settings.inspect_subscription()))
+            .set_max_outstanding_messages(i64::try_from(max_outstanding.max(1)).unwrap_or(i64::MAX))
+            .set_max_lease_extension(READ_LEASE)
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build();
+        Ok(Self {
+            stream,
+            held: Vec::new(),
+            seen: HashSet::new(),
+            started: false,
+        })
+    }
+
+    /// The next message, or `None` once the stream stays quiet for the window.
+    async fn next(
+        &mut self,
+        window: ReadWindow,
+    ) -> Result<Option<(Message, Handler)>, EventsError> {
+        let wait = if self.started {
+            window.idle
+        } else {
+            window.first
+        };
+        match tokio::time::timeout(wait, self.stream.next()).await {
+            Err(_) | Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(EventsError::rpc("reading the DLQ subscription", e)),
+            Ok(Some(Ok(pair))) => {
+                self.started = true;
+                Ok(Some(pair))
+            }
+        }
+    }
+
+    /// Whether this is the first time this run sees `message`.
+    fn first_sight(&mut self, message: &Message) -> bool {
+        self.seen.insert(message.message_id.clone())
+    }
+
+    fn hold(&mut self, handler: Handler) {
+        self.held.push(handler);
+    }
+
+    /// Flushes acks and gives back what was held. The gRPC stream is closed first: the
+    /// emulator (like the service) would otherwise redeliver the nacked messages onto this
+    /// dying stream, where they would sit unseen until their ack deadline.
+    async fn close(self) {
+        let Self { stream, held, .. } = self;
+        let token = stream.shutdown_token();
+        drop(stream);
+        // Shutting down nacks what is still leased (the held messages) and flushes acks.
+        token.shutdown().await;
+        drop(held);
+    }
+}
+
+/// Formats an entry for `dlq list`: one line, the body cut to `preview` characters.
+pub fn describe(entry: &DlqEntry, now: DateTime<Utc>, preview: usize) -> String {
+    let age = entry
+        .dead_lettered_at
+        .map(|t| format_age(now - t))
+        .unwrap_or_else(|| "?".to_owned());
+    let attempts = entry
+        .attempts
+        .map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let mut body: String = entry.body.chars().take(preview).collect();
+    if entry.body.chars().count() > preview {
+        body.push('…');
+    }
+    let body = body.escape_debug();
+    format!(
+        "{id}  original={orig}  reason={reason}  attempts={attempts}  age={age}\n    error: {error}\n    body:  {body}",
+        id = entry.message_id,
+        orig = entry.original_message_id.as_deref().unwrap_or("?"),
+        reason = entry.reason,
+        error = entry.error.as_deref().unwrap_or("-"),
+    )
+}
+
+fn format_age(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}

@@ -1,0 +1,53 @@
+//! Failures of the event pipeline's Pub/Sub plumbing.
+
+use common::pubsub::ClientError;
+
+/// Why a Pub/Sub operation of the event pipeline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// A client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// An admin or streaming call failed.
+    #[error("{operation}: {source}")]
+    Rpc {
+        /// What was being done.
+        operation: String,
+        /// The library's error.
+        #[source]
+        source: google_cloud_pubsub::Error,
+    },
+    /// A message could not be published.
+    #[error("publishing to {topic}: {source}")]
+    Publish {
+        /// The short topic name.
+        topic: String,
+        /// The library's error.
+        #[source]
+        source: google_cloud_pubsub::error::PublishError,
+    },
+    /// Publishing did not finish in time.
+    #[error("publishing to {topic} timed out")]
+    PublishTimeout {
+        /// The short topic name.
+        topic: String,
+    },
+    /// A setting cannot be expressed to Pub/Sub.
+    #[error("invalid setting {setting}: {problem}")]
+    Setting {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl EventsError {
+    /// Wraps a failed call with what was being done.
+    pub fn rpc(operation: impl Into<String>, source: google_cloud_pubsub::Error) -> Self {
+        Self::Rpc {
+            operation: operation.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The pipeline's Prometheus metrics. Labels are small fixed sets, never ids.
+
+/// `scan_events_processed_total{outcome}`.
+pub const PROCESSED: &str = "scan_events_processed_total";
+/// `dlq_messages_total{reason}`.
+pub const DEAD_LETTERED: &str = "dlq_messages_total";
+/// `scan_events_lag_seconds`: publish to processing time, the consumer lag the client exposes.
+pub const LAG: &str = "scan_events_lag_seconds";
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded for the first time.
+    Applied,
+    /// Already recorded (a redelivery or a duplicate publish).
+    Duplicate,
+    /// Could never succeed; sent to the DLQ at once.
+    Poison,
+    /// Failed for now; nacked for redelivery.
+    Retried,
+    /// Failed on its last allowed attempt; sent to the DLQ.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Poison => "poison",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Counts one delivery's outcome.
+pub fn processed(outcome: Outcome) {
+    metrics::counter!(PROCESSED, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// Counts one message sent to the DLQ.
+pub fn dead_lettered(reason: &'static str) {
+    metrics::counter!(DEAD_LETTERED, "reason" => reason).increment(1);
+}
+
+/// Records how long after publishing a message was processed.
+pub fn lag(seconds: f64) {
+    metrics::histogram!(LAG).record(seconds.max(0.0));
+}
+
+/// Registers descriptions so `/metrics` explains the series.
+pub fn describe() {
+    metrics::describe_counter!(PROCESSED, "Scan event deliveries by outcome");
+    metrics::describe_counter!(
+        DEAD_LETTERED,
+        "Scan events sent to the dead-letter topic by reason"
+    );
+    metrics::describe_histogram!(
+        LAG,
+        metrics::Unit::Seconds,
+        "Time from publishing a scan event to processing it"
+    );
+}

@@ -1,0 +1,24 @@
+//! The scan-event pipeline: scan events published by the scan service (contract 2.4) are
+//! consumed here to keep scan history and the tags' counters.
+//!
+//! - [`schema`] parses and validates a message, telling poison (can never succeed) apart.
+//! - [`apply`] records a valid event exactly once, in one transaction.
+//! - [`consumer`] is the streaming-pull worker (inside `serve`, or alone as `worker`).
+//! - [`dead_letter`] is the format of dead-lettered messages; [`dlq`] lists and replays them.
+//! - [`setup`] creates the topics and subscriptions (`pubsub setup`).
+//! - [`commands`] is the command-line edge of all of the above.
+
+pub mod apply;
+pub mod commands;
+pub mod consumer;
+pub mod dead_letter;
+pub mod dlq;
+pub mod error;
+pub mod metrics;
+pub mod schema;
+pub mod settings;
+pub mod setup;
+
+pub use consumer::Consumer;
+pub use error::EventsError;
+pub use settings::EventsSettings;

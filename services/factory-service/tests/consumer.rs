@@ -1,0 +1,494 @@
+//! The scan-event consumer against the real Pub/Sub emulator and PostgreSQL. Every test has its
+//! own database and its own topic, subscription and DLQ names, and runs `pubsub setup` itself,
+//! so tests run in parallel. Waits poll with deadlines; nothing sleeps for a fixed long time.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use common::config::PubSubConfig;
+use common::testing::TestDb;
+use factory_service::events::dead_letter::{self, DlqEntry};
+use factory_service::events::dlq::{self, ReadWindow, Selector};
+use factory_service::events::setup::{self, Change};
+use factory_service::events::{Consumer, EventsSettings};
+use google_cloud_pubsub::model::Message;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn emulator() -> String {
+    std::env::var("PUBSUB_EMULATOR_HOST").unwrap_or_else(|_| "127.0.0.1:8085".to_owned())
+}
+
+/// Settings on names no other test uses, with fast back-off so retries take seconds.
+fn settings(max_delivery_attempts: u32) -> EventsSettings {
+    // Install the recorder before anything counts, or early counts are lost.
+    common::telemetry::prometheus();
+    let id = Uuid::new_v4().simple();
+    let pubsub = PubSubConfig {
+        project_id: "voketag-test".into(),
+        emulator_host: Some(emulator()),
+        topic: format!("scan-events-{id}"),
+        subscription: format!("factory-scan-events-{id}"),
+        dlq_topic: format!("scan-events-dlq-{id}"),
+    };
+    let mut s = EventsSettings::new(pubsub, max_delivery_attempts);
+    s.ack_deadline = Duration::from_secs(10);
+    s.min_backoff = Duration::from_millis(100);
+    s.max_backoff = Duration::from_secs(1);
+    s.drain_timeout = Duration::from_secs(5);
+    s
+}
+
+async fn set_up(max_delivery_attempts: u32) -> EventsSettings {
+    let s = settings(max_delivery_attempts);
+    setup::setup(&s).await.expect("pubsub setup");
+    s
+}
+
+/// A consumer running on its own task until stopped.
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    settled: Arc<AtomicU64>,
+}
+
+impl Running {
+    async fn start(settings: &EventsSettings, pool: PgPool) -> Self {
+        let consumer = Consumer::build(settings.clone(), pool)
+            .await
+            .expect("consumer");
+        let stop = CancellationToken::new();
+        let settled = consumer.settled();
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        Self {
+            stop,
+            task,
+            settled,
+        }
+    }
+
+    /// Stops it and checks that shutdown is prompt.
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("consumer stops within 20 s")
+            .expect("consumer task");
+    }
+}
+
+async fn publish_raw(
+    settings: &EventsSettings,
+    data: &[u8],
+    attributes: &[(&str, &str)],
+) -> String {
+    let publisher = common::pubsub::publisher(&settings.pubsub, &settings.pubsub.topic)
+        .await
+        .expect("publisher");
+    let message = Message::new()
+        .set_data(data.to_vec())
+        .set_attributes(attributes.iter().copied());
+    publisher.publish(message).await.expect("publish")
+}
+
+const SCAN_ATTRIBUTES: &[(&str, &str)] = &[("event_type", "scan"), ("schema_version", "1")];
+
+async fn publish_event(settings: &EventsSettings, event: &Value) -> String {
+    publish_raw(settings, event.to_string().as_bytes(), SCAN_ATTRIBUTES).await
+}
+
+fn event(tag_id: &str, scanned_at: DateTime<Utc>) -> Value {
+    json!({
+        "event_id": Uuid::now_v7(),
+        "tag_id": tag_id,
+        "result": "authentic",
+        "scanned_at": scanned_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "client_ip_hash": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "api_key_id": null,
+        "user_agent": "consumer-test/1"
+    })
+}
+
+/// A product, a batch and `n` tags; returns the tag ids.
+async fn seed_tags(pool: &PgPool, n: usize) -> Vec<String> {
+    let product = Uuid::new_v4();
+    let batch = Uuid::new_v4();
+    sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'Test', $2)")
+        .bind(product)
+        .bind(format!("SKU-{product}"))
+        .execute(pool)
+        .await
+        .expect("product");
+    sqlx::query("INSERT INTO batches (id, product_id, quantity) VALUES ($1, $2, $3)")
+        .bind(batch)
+        .bind(product)
+        .bind(i32::try_from(n).expect("small n"))
+        .execute(pool)
+        .await
+        .expect("batch");
+    let mut tags = Vec::new();
+    for _ in 0..n {
+        let tag = format!("T{}", Uuid::new_v4().simple());
+        sqlx::query("INSERT INTO tags (tag_id, batch_id, product_id) VALUES ($1, $2, $3)")
+            .bind(&tag)
+            .bind(batch)
+            .bind(product)
+            .execute(pool)
+            .await
+            .expect("tag");
+        tags.push(tag);
+    }
+    tags
+}
+
+async fn scan_state(pool: &PgPool, tag: &str) -> (i64, Option<DateTime<Utc>>) {
+    sqlx::query_as("SELECT scan_count, first_scanned_at FROM tags WHERE tag_id = $1")
+        .bind(tag)
+        .fetch_one(pool)
+        .await
+        .expect("tag row")
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// Polls `check` until it yields a value or the deadline passes.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const QUICK: ReadWindow = ReadWindow {
+    first: Duration::from_secs(2),
+    idle: Duration::from_millis(500),
+};
+
+/// Waits until the DLQ holds `n` messages (read without consuming them).
+async fn dlq_entries(settings: &EventsSettings, n: usize) -> Vec<DlqEntry> {
+    eventually(&format!("{n} DLQ messages"), || async {
+        let entries = dlq::list(settings, 100, QUICK).await.expect("dlq list");
+        (entries.len() >= n).then_some(entries)
+    })
+    .await
+}
+
+/// The value of a counter with one label in this process's Prometheus text.
+fn counter(name: &str, label: &str, value: &str) -> u64 {
+    let text = common::telemetry::prometheus().render();
+    let prefix = format!("{name}{{{label}=\"{value}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn processed(outcome: &str) -> u64 {
+    counter("scan_events_processed_total", "outcome", outcome)
+}
+
+#[tokio::test]
+async fn setup_is_idempotent_and_configures_dead_lettering() {
+    let s = set_up(3).await;
+    let again = setup::setup(&s).await.expect("second setup");
+    assert!(
+        again.iter().all(|r| r.change == Change::Existed),
+        "{again:?}"
+    );
+    assert_eq!(again.len(), 4);
+
+    let admin = common::pubsub::subscription_admin(&s.pubsub)
+        .await
+        .expect("admin");
+    let sub = admin
+        .get_subscription()
+        .set_subscription(s.pubsub.subscription_path(&s.pubsub.subscription))
+        .send()
+        .await
+        .expect("get subscription");
+    let policy = sub.dead_letter_policy.expect("dead-letter policy");
+    assert_eq!(
+        policy.dead_letter_topic,
+        s.pubsub.topic_path(&s.pubsub.dlq_topic)
+    );
+    // 3 is below Pub/Sub's minimum of 5; the consumer enforces 3 itself.
+    assert_eq!(policy.max_delivery_attempts, 5);
+    assert!(sub.retry_policy.is_some());
+    assert_eq!(sub.ack_deadline_seconds, 10);
+}
+
+#[tokio::test]
+async fn a_published_scan_event_is_applied() {
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let consumer = Running::start(&s, db.pool.clone()).await;
+    let scanned_at = Utc::now().trunc_subsecs(3);
+    let body = event(&tag, scanned_at);
+    publish_event(&s, &body).await;
+
+    let (count, first) = eventually("the scan to be counted", || async {
+        let state = scan_state(&db.pool, &tag).await;
+        (state.0 > 0).then_some(state)
+    })
+    .await;
+    assert_eq!(count, 1);
+    assert_eq!(first, Some(scanned_at));
+    let (result, ua): (String, Option<String>) =
+        sqlx::query_as("SELECT result, user_agent FROM scans WHERE event_id = $1")
+            .bind(Uuid::parse_str(body["event_id"].as_str().expect("id")).expect("uuid"))
+            .fetch_one(&db.pool)
+            .await
+            .expect("scan row");
+    assert_eq!(
+        (result.as_str(), ua.as_deref()),
+        ("authentic", Some("consumer-test/1"))
+    );
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicated_event_counts_once() {
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let consumer = Running::start(&s, db.pool.clone()).await;
+    let early = Utc::now().trunc_subsecs(3) - chrono::TimeDelta::minutes(5);
+    let twice = event(&tag, Utc::now().trunc_subsecs(3));
+    let once = event(&tag, early);
+    publish_event(&s, &twice).await;
+    publish_event(&s, &twice).await;
+    publish_event(&s, &once).await;
+
+    eventually("three deliveries: two applied, one duplicate", || async {
+        (processed("applied") >= 2 && processed("duplicate") >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(scan_state(&db.pool, &tag).await, (2, Some(early)));
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM scans").await, 2);
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn poison_goes_straight_to_the_dlq_while_valid_events_flow() {
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let consumer = Running::start(&s, db.pool.clone()).await;
+
+    let bad_json = publish_raw(&s, b"{\"event_id\": oops", SCAN_ATTRIBUTES).await;
+    let future = event(&tag, Utc::now());
+    let v2 = publish_raw(
+        &s,
+        future.to_string().as_bytes(),
+        &[("event_type", "scan"), ("schema_version", "2")],
+    )
+    .await;
+    let mut missing = event(&tag, Utc::now());
+    missing.as_object_mut().expect("object").remove("tag_id");
+    let missing = publish_event(&s, &missing).await;
+    publish_event(&s, &event(&tag, Utc::now())).await;
+
+    eventually("the valid event to be applied", || async {
+        (scan_state(&db.pool, &tag).await.0 == 1).then_some(())
+    })
+    .await;
+    let entries = dlq_entries(&s, 3).await;
+    let reasons: HashMap<String, String> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.original_message_id.clone().expect("original id"),
+                e.reason.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[&bad_json], "bad_json");
+    assert_eq!(reasons[&v2], "unknown_schema_version");
+    assert_eq!(reasons[&missing], "missing_field");
+    assert!(entries.iter().all(|e| e.attempts == Some(1)), "{entries:?}");
+    // Poison is dead-lettered on its first delivery, never retried.
+    assert_eq!(processed("retried"), 0);
+    assert_eq!(processed("poison"), 3);
+    assert_eq!(counter("dlq_messages_total", "reason", "bad_json"), 1);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM scans").await, 1);
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_then_replayed() {
+    const MAX: u32 = 3;
+    let db = TestDb::new().await;
+    let s = set_up(MAX).await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let dead_db = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/x")
+        .expect("lazy pool");
+    let down = Running::start(&s, dead_db).await;
+    let original = publish_event(&s, &event(&tag, Utc::now())).await;
+
+    eventually("the event to be dead-lettered", || async {
+        (processed("dead_lettered") == 1).then_some(())
+    })
+    .await;
+    // Exactly MAX attempts: MAX - 1 nacks for redelivery, then the dead letter on the last.
+    assert_eq!(processed("retried"), u64::from(MAX - 1));
+    assert_eq!(counter("dlq_messages_total", "reason", "max_attempts"), 1);
+    down.stop().await;
+    assert_eq!(scan_state(&db.pool, &tag).await.0, 0);
+
+    // The database is back: replay the dead letter by its original id. (Replaying without
+    // listing first: on the emulator a listed message stays leased for a while.)
+    let up = Running::start(&s, db.pool.clone()).await;
+    let selector = Selector::MessageId(original.clone());
+    let replayed = eventually("the dead letter to be replayed", || async {
+        let replayed = dlq::replay(&s, &selector, QUICK).await.expect("replay");
+        (!replayed.is_empty()).then_some(replayed)
+    })
+    .await;
+    assert_eq!(replayed.len(), 1);
+    let entry = &replayed[0];
+    assert_eq!(
+        entry.original_message_id.as_deref(),
+        Some(original.as_str())
+    );
+    assert_eq!(entry.reason, dead_letter::MAX_ATTEMPTS);
+    assert_eq!(entry.attempts, Some(i32::try_from(MAX).expect("small")));
+    assert!(
+        entry
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("database")),
+        "{entry:?}"
+    );
+    eventually("the replayed event to be applied", || async {
+        (scan_state(&db.pool, &tag).await.0 == 1).then_some(())
+    })
+    .await;
+    assert!(
+        dlq::list(&s, 10, QUICK).await.expect("list").is_empty(),
+        "replay acks the DLQ copy"
+    );
+    up.stop().await;
+}
+
+#[tokio::test]
+async fn replay_all_republishes_every_dead_letter() {
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    // Dead letters as the consumer writes them, published straight to the DLQ topic.
+    let dlq_publisher = common::pubsub::publisher(&s.pubsub, &s.pubsub.dlq_topic)
+        .await
+        .expect("publisher");
+    let tags = seed_tags(&db.pool, 2).await;
+    for tag in &tags {
+        let mut original = Message::new()
+            .set_data(event(tag, Utc::now()).to_string())
+            .set_attributes(SCAN_ATTRIBUTES.iter().copied());
+        original.message_id = Uuid::new_v4().to_string();
+        let letter = dead_letter::DeadLetter {
+            reason: dead_letter::MAX_ATTEMPTS,
+            error: "database unavailable".into(),
+            delivery_attempt: Some(5),
+            subscription: "test",
+        };
+        dlq_publisher
+            .publish(dead_letter::to_dlq_message(&original, &letter, Utc::now()))
+            .await
+            .expect("publish dead letter");
+    }
+    let mut replayed = Vec::new();
+    while replayed.len() < 2 {
+        let more = eventually("dead letters to replay", || async {
+            let more = dlq::replay(&s, &Selector::All, QUICK)
+                .await
+                .expect("replay");
+            (!more.is_empty()).then_some(more)
+        })
+        .await;
+        replayed.extend(more);
+    }
+    assert_eq!(replayed.len(), 2);
+    let consumer = Running::start(&s, db.pool.clone()).await;
+    for tag in &tags {
+        eventually("each replayed event to be applied", || async {
+            (scan_state(&db.pool, tag).await.0 == 1).then_some(())
+        })
+        .await;
+    }
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn two_consumers_share_the_load_without_double_counting() {
+    const EVENTS: usize = 60;
+    let db = TestDb::new().await;
+    let mut s = set_up(5).await;
+    // A small outstanding limit makes the emulator spread messages over both streams.
+    s.max_outstanding_messages = 5;
+    s.concurrency = 4;
+    let tags = seed_tags(&db.pool, 6).await;
+    let a = Running::start(&s, db.pool.clone()).await;
+    let b = Running::start(&s, db.pool.clone()).await;
+
+    let mut ids = HashSet::new();
+    for i in 0..EVENTS {
+        let body = event(&tags[i % tags.len()], Utc::now());
+        ids.insert(body["event_id"].as_str().expect("id").to_owned());
+        publish_event(&s, &body).await;
+        // Every third event is published again: a producer retry.
+        if i % 3 == 0 {
+            publish_event(&s, &body).await;
+        }
+    }
+    let total = EVENTS + EVENTS.div_ceil(3);
+    eventually("every delivery to be settled", || async {
+        let settled = a.settled.load(Ordering::Relaxed) + b.settled.load(Ordering::Relaxed);
+        (settled >= total as u64).then_some(())
+    })
+    .await;
+    let counted = count(&db.pool, "SELECT sum(scan_count)::bigint FROM tags").await;
+    assert_eq!(counted, EVENTS as i64);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM scans").await,
+        EVENTS as i64
+    );
+    assert_eq!(ids.len(), EVENTS);
+    let (by_a, by_b) = (
+        a.settled.load(Ordering::Relaxed),
+        b.settled.load(Ordering::Relaxed),
+    );
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both consumers worked: {by_a} and {by_b}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
