@@ -20,7 +20,8 @@ pub struct FactoryConfig {
     pub admin_rate_limit: RateLimitConfig,
     /// `IDEMPOTENCY_TTL_SEC`: how long idempotent results are kept.
     pub idempotency_ttl: Duration,
-    /// `MAX_DELIVERY_ATTEMPTS`: deliveries of a scan event before it is dead-lettered.
+    /// `MAX_DELIVERY_ATTEMPTS` (1 to 100, Pub/Sub's ceiling): deliveries of a scan event before
+    /// it is dead-lettered.
     pub max_delivery_attempts: u32,
     /// `AUDIT_*`: the audit log's signing key and checkpoint/verification cadence.
     pub audit: crate::audit::AuditConfig,
@@ -96,7 +97,7 @@ impl FactoryConfig {
             auth,
             admin_rate_limit,
             idempotency_ttl: Duration::from_secs(idempotency_secs),
-            max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 1000)?,
+            max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 100)?,
             audit: crate::audit::AuditConfig::from_env(env)?,
         })
     }
