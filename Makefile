@@ -50,3 +50,9 @@ test-backups:
 ## terraform fmt -check on infra/terraform, and validate when the provider plugins can be downloaded.
 infra-check:
 	scripts/infra-check.sh
+
+.PHONY: e2e
+
+## The admin console tests in real headless Chromium (installs Debian's chromium if missing).
+e2e:
+	scripts/e2e.sh

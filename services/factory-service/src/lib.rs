@@ -1,5 +1,6 @@
 //! The factory service: the admin API brand staff use to manage products, batches, tags and keys.
 
+pub mod admin;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;

@@ -76,6 +76,8 @@ impl Application {
             ReadinessCheck::postgres(pool),
             ReadinessCheck::redis(redis_pool),
         ]));
+        // The admin console's pages (public; its API calls carry the bearer token).
+        let router = router.merge(crate::admin::routes());
         let router = common::http::harden(router, &config.common.http);
         let listener = TcpListener::bind(config.common.bind_addr)
             .await

@@ -1,0 +1,106 @@
+// The audit log: a paged list, "verify chain" with the verifier's own answer, and the newest
+// signed checkpoint (which anyone may fetch and keep to detect a rewritten history later).
+
+import { get } from '../api.js';
+import { h, section, errorBox, when, table } from '../dom.js';
+import { describe } from '../errors.js';
+
+const PAGE = 50;
+
+function actorOf(e) {
+  return e.actor_email ?? (e.actor_id ? e.actor_id : 'system');
+}
+
+export async function render(root) {
+  const listSlot = h('div');
+  const listErrors = errorBox();
+  const pageLabel = h('span', { class: 'muted', 'aria-live': 'polite' });
+  const cursors = [0]; // after_seq of each page visited, so "Previous" can go back
+  let last = null;
+
+  const prev = h('button', { type: 'button', text: '← Previous', onclick: () => { cursors.pop(); load(); } });
+  const next = h('button', { type: 'button', text: 'Next →', onclick: () => { cursors.push(last); load(); } });
+
+  async function load() {
+    listErrors.clear();
+    const after = cursors.at(-1);
+    try {
+      const { items } = await get(`/v1/audit/events?after_seq=${after}&limit=${PAGE}`);
+      last = items.at(-1)?.seq ?? after;
+      prev.disabled = cursors.length === 1;
+      next.disabled = items.length < PAGE;
+      pageLabel.textContent = items.length ? `Events ${items[0].seq} to ${last}` : 'No events';
+      listSlot.replaceChildren(table('Audit events, oldest first', ['Seq', 'Time', 'Actor', 'Action', 'Target', 'Client IP', 'Details'],
+        items.map((e) => [
+          String(e.seq),
+          when(e.occurred_at),
+          actorOf(e),
+          h('code', { class: 'action', text: e.action }),
+          e.target_type ? `${e.target_type} ${e.target_id ?? ''}` : '—',
+          e.client_ip ?? '—',
+          h('details', {}, h('summary', { text: 'Show' }), h('pre', { text: JSON.stringify(e.details, null, 2) }),
+            h('p', { class: 'hash', text: `hash ${e.hash ?? '—'}` })),
+        ])));
+    } catch (err) {
+      listErrors.show(err);
+    }
+  }
+
+  const verifySlot = h('div', { 'aria-live': 'polite' });
+  const verifyErrors = errorBox();
+  const verifyButton = h('button', { type: 'button', class: 'primary', text: 'Verify chain', onclick: verify });
+
+  async function verify() {
+    verifyErrors.clear();
+    verifyButton.disabled = true;
+    verifySlot.replaceChildren(h('p', { class: 'muted', text: 'Verifying every event…' }));
+    try {
+      const r = await get('/v1/audit/verify');
+      verifySlot.replaceChildren(h('div', { class: `verdict ${r.ok ? 'ok' : 'bad'}`, id: 'verify-result' },
+        h('strong', { text: r.ok ? 'Chain intact' : 'Chain BROKEN' }),
+        h('dl', { class: 'facts' },
+          h('dt', { text: 'Events checked' }), h('dd', { text: String(r.events_checked) }),
+          h('dt', { text: 'Legacy events' }), h('dd', { text: String(r.legacy_events ?? 0) }),
+          r.signatures_checked !== undefined && [h('dt', { text: 'Signatures checked' }), h('dd', { text: String(r.signatures_checked) })],
+          h('dt', { text: 'Head' }), h('dd', {}, `seq ${r.head?.seq ?? '—'} `, h('code', { class: 'hash', text: r.head?.hash ?? '' })),
+          !r.ok && [
+            h('dt', { text: 'First bad seq' }), h('dd', { text: String(r.first_bad_seq) }),
+            h('dt', { text: 'Reason' }), h('dd', { text: `${r.reason ?? ''}${r.detail ? `: ${r.detail}` : ''}` }),
+          ])));
+    } catch (err) {
+      verifySlot.replaceChildren();
+      verifyErrors.show(err);
+    } finally {
+      verifyButton.disabled = false;
+    }
+  }
+
+  const checkpointSlot = h('div');
+  async function loadCheckpoint() {
+    try {
+      const c = await get('/v1/audit/checkpoint');
+      checkpointSlot.replaceChildren(h('dl', { class: 'facts' },
+        h('dt', { text: 'Seq' }), h('dd', { text: String(c.seq) }),
+        h('dt', { text: 'Hash' }), h('dd', {}, h('code', { class: 'hash', text: c.hash })),
+        h('dt', { text: 'Signed at' }), h('dd', { text: when(c.signed_at) }),
+        h('dt', { text: 'Key id' }), h('dd', { text: c.key_id ?? 'unsigned' }),
+        h('dt', { text: 'Signature' }), h('dd', {}, c.signature ? h('code', { class: 'signature', text: c.signature }) : 'none (no signing key configured)')));
+    } catch (err) {
+      checkpointSlot.replaceChildren(err.status === 404
+        ? h('p', { class: 'empty', text: 'No checkpoint has been written yet.' })
+        : h('p', { class: 'error', role: 'alert', text: describe(err) }));
+    }
+  }
+
+  root.append(
+    h('h1', { text: 'Audit log' }),
+    h('div', { class: 'columns' },
+      section('Integrity', h('p', { class: 'muted', text: 'Recomputes every event\u2019s hash and signature and checks the links between them.' }),
+        h('div', { class: 'toolbar' }, verifyButton), verifyErrors.el, verifySlot),
+      section('Latest signed checkpoint', checkpointSlot)),
+    section('Events',
+      h('div', { class: 'toolbar' }, prev, next, h('button', { type: 'button', text: 'Reload', onclick: load }), pageLabel),
+      listErrors.el, listSlot),
+  );
+  await Promise.all([load(), loadCheckpoint()]);
+}
