@@ -492,3 +492,33 @@ async fn two_consumers_share_the_load_without_double_counting() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_stopped_consumer_settles_its_messages_and_the_next_one_takes_the_rest() {
+    const EVENTS: usize = 20;
+    let db = TestDb::new().await;
+    let mut s = set_up(5).await;
+    s.max_outstanding_messages = 2;
+    s.concurrency = 1;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    for _ in 0..EVENTS {
+        publish_event(&s, &event(&tag, Utc::now())).await;
+    }
+    let first = Running::start(&s, db.pool.clone()).await;
+    eventually("the first consumer to get going", || async {
+        (first.settled.load(Ordering::Relaxed) >= 3).then_some(())
+    })
+    .await;
+    // Shutdown stops pulling and settles what is in flight; nothing is applied twice or lost.
+    first.stop().await;
+    let second = Running::start(&s, db.pool.clone()).await;
+    eventually("every event to be applied", || async {
+        (scan_state(&db.pool, &tag).await.0 == EVENTS as i64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM scans").await,
+        EVENTS as i64
+    );
+    second.stop().await;
+}
