@@ -12,7 +12,7 @@ use super::store::{self, Claim, StoredResponse};
 use super::{IdempotencyKey, is_valid_key, mark_replayed};
 use crate::auth::Identity;
 use crate::error::FactoryError;
-use crate::state::AppState;
+use crate::state::{AppState, Redis};
 
 /// Largest response kept for replay; every idempotent route answers a small JSON document.
 const MAX_STORED_RESPONSE: usize = 1024 * 1024;
@@ -84,12 +84,13 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         Ok(Claim::Done(..)) => return FactoryError::IdempotencyKeyReused.into_response(),
     };
 
+    let mut guard = ClaimGuard(Some((state.redis.clone(), key.clone(), claim_value)));
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(key.clone());
     let response = next.run(req).await;
 
     if response.status().is_server_error() {
-        release(&state, &key, &claim_value).await;
+        guard.release().await;
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -97,10 +98,11 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "idempotent response could not be buffered");
-            release(&state, &key, &claim_value).await;
+            guard.release().await;
             return FactoryError::Internal("response body unreadable".to_owned()).into_response();
         }
     };
+    guard.0 = None;
     let stored = StoredResponse {
         status: parts.status.as_u16(),
         content_type: parts
@@ -118,8 +120,33 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     Response::from_parts(parts, Body::from(body))
 }
 
-async fn release(state: &AppState, key: &IdempotencyKey, claim_value: &str) {
-    if let Err(e) = store::release(&state.redis, key, claim_value).await {
+/// Holds our claim while the handler runs. If the request is abandoned (client gone, request
+/// timeout) the claim is given back in the background instead of blocking retries with 409
+/// until its lease runs out. That is always safe: the handler's transaction either rolled back
+/// (the retry must run) or committed together with its idempotency record (the retry replays).
+struct ClaimGuard(Option<(Redis, IdempotencyKey, String)>);
+
+impl ClaimGuard {
+    /// Gives the claim back now (after a 5xx), so a retry runs the request again.
+    async fn release(&mut self) {
+        if let Some((redis, key, claim)) = self.0.take() {
+            release(&redis, &key, &claim).await;
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some((redis, key, claim)) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { release(&redis, &key, &claim).await });
+        }
+    }
+}
+
+async fn release(redis: &Redis, key: &IdempotencyKey, claim_value: &str) {
+    if let Err(e) = store::release(redis, key, claim_value).await {
         tracing::warn!(error = %e, "idempotency claim not released; it expires with its lease");
     }
 }

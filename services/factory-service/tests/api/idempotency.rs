@@ -240,3 +240,37 @@ async fn deletes_are_idempotent_too() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(app.audit_count("api_key.revoked").await, 1);
 }
+
+#[tokio::test]
+async fn an_abandoned_request_gives_its_claim_back() {
+    // A request cut off by the request timeout: its claim must not block retries until the
+    // lease runs out, and its transaction must not have committed.
+    let app = spawn_app_with(|env| env.with("REQUEST_TIMEOUT_SEC", "1")).await;
+    let op = app.signed_in(Role::Operator).await;
+    let product = app.product(&op.access).await;
+    let req = json!({"product_id": product, "quantity": 100000});
+    let r = app
+        .post("/v1/batches", &op.access, &req, Some("slow"))
+        .await;
+    if r.status() == 201 {
+        eprintln!("the batch finished within the 1 s timeout; nothing to abandon on this machine");
+        return;
+    }
+    assert_error(r, 503, "service_unavailable").await;
+    let mut redis = app.redis().await;
+    let mut claims = 1;
+    for _ in 0..50 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:idem:*", app.redis_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        claims = keys.len();
+        if claims == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(claims, 0, "the claim was given back");
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+}
