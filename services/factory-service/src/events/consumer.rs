@@ -97,12 +97,9 @@ impl Consumer {
                     if delivered {
                         backoff = Duration::from_secs(1);
                     }
-                    match error {
-                        Some(e) => {
-                            tracing::warn!(error = %e, ?backoff, "scan-event stream failed; reopening")
-                        }
-                        None => tracing::warn!(?backoff, "scan-event stream ended; reopening"),
-                    }
+                    let why =
+                        error.map_or_else(|| "the stream ended".to_owned(), |e| e.to_string());
+                    tracing::warn!(error = %why, ?backoff, "scan-event stream stopped; reopening");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}
@@ -194,52 +191,65 @@ impl Consumer {
     }
 }
 
-/// Handles one delivery to its end: ack, nack, or dead-letter then ack.
+/// Handles one delivery to its end, in a span naming the message (never the tag).
 async fn handle(context: &Context, message: Message, handler: Handler) {
     let attempt = handler.delivery_attempt();
-    let span = tracing::info_span!("scan_event", message_id = %message.message_id, attempt, event_id = tracing::field::Empty);
-    async move {
-        if let Some(published) = &message.publish_time {
-            let now = Utc::now();
-            let lag = now.timestamp() as f64 - published.seconds() as f64
-                + (f64::from(now.timestamp_subsec_nanos()) - f64::from(published.nanos())) / 1e9;
-            metrics::lag(lag);
+    let span = tracing::info_span!(
+        "scan_event",
+        message_id = %message.message_id,
+        attempt,
+        event_id = tracing::field::Empty,
+    );
+    process(context, message, handler, attempt)
+        .instrument(span)
+        .await;
+}
+
+/// Acks, nacks, or dead-letters then acks one delivery.
+async fn process(context: &Context, message: Message, handler: Handler, attempt: Option<i32>) {
+    if let Some(published) = &message.publish_time {
+        metrics::lag(seconds_since(published.seconds(), published.nanos()));
+    }
+    let event = match schema::parse(&message.attributes, &message.data) {
+        Ok(event) => event,
+        Err(poison) => {
+            let letter = letter(context, poison.reason.as_str(), poison.detail, attempt);
+            return dead_letter(context, &message, handler, letter, Outcome::Poison).await;
         }
-        let event = match schema::parse(&message.attributes, &message.data) {
-            Ok(event) => event,
-            Err(poison) => {
-                let letter = letter(context, poison.reason.as_str(), poison.detail, attempt);
-                return dead_letter(context, &message, handler, letter, Outcome::Poison).await;
+    };
+    tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
+    match apply::apply(&context.pool, &event).await {
+        Ok(Applied::Recorded) => settle(handler, Outcome::Applied),
+        Ok(Applied::Duplicate) => settle(handler, Outcome::Duplicate),
+        Err(ApplyError::Rejected(e)) => {
+            let reason = PoisonReason::Rejected.as_str();
+            let letter = letter(context, reason, e.to_string(), attempt);
+            dead_letter(context, &message, handler, letter, Outcome::Poison).await;
+        }
+        Err(e @ ApplyError::Transient(_)) => {
+            let max = i64::from(context.settings.max_delivery_attempts);
+            if attempt.is_some_and(|a| i64::from(a) >= max) {
+                let letter = letter(context, dead_letter::MAX_ATTEMPTS, e.to_string(), attempt);
+                dead_letter(context, &message, handler, letter, Outcome::DeadLettered).await;
+                return;
             }
-        };
-        tracing::Span::current().record("event_id", tracing::field::display(event.event_id));
-        match apply::apply(&context.pool, &event).await {
-            Ok(Applied::Recorded) => settle(handler, Outcome::Applied),
-            Ok(Applied::Duplicate) => settle(handler, Outcome::Duplicate),
-            Err(ApplyError::Rejected(e)) => {
-                let letter = letter(
-                    context,
-                    PoisonReason::Rejected.as_str(),
-                    e.to_string(),
-                    attempt,
-                );
-                dead_letter(context, &message, handler, letter, Outcome::Poison).await;
+            if attempt.is_none() {
+                // Without a dead-letter policy Pub/Sub does not count deliveries, so this
+                // message would be retried for as long as the failure lasts.
+                tracing::warn!("no delivery count on the subscription: run `pubsub setup`");
             }
-            Err(e @ ApplyError::Transient(_)) => {
-                let max = i64::from(context.settings.max_delivery_attempts);
-                if attempt.is_some_and(|a| i64::from(a) >= max) {
-                    let letter = letter(context, dead_letter::MAX_ATTEMPTS, e.to_string(), attempt);
-                    dead_letter(context, &message, handler, letter, Outcome::DeadLettered).await;
-                } else {
-                    tracing::warn!(error = %e, "scan event not applied; nacking for redelivery");
-                    handler.nack();
-                    metrics::processed(Outcome::Retried);
-                }
-            }
+            tracing::warn!(error = %e, "scan event not applied; nacking for redelivery");
+            handler.nack();
+            metrics::processed(Outcome::Retried);
         }
     }
-    .instrument(span)
-    .await;
+}
+
+/// Seconds from a protobuf timestamp to now.
+fn seconds_since(seconds: i64, nanos: i32) -> f64 {
+    let now = Utc::now();
+    (now.timestamp() - seconds) as f64
+        + (f64::from(now.timestamp_subsec_nanos()) - f64::from(nanos)) / 1e9
 }
 
 fn letter<'a>(
@@ -277,10 +287,19 @@ async fn dead_letter(
             handler.ack();
             metrics::processed(outcome);
             metrics::dead_lettered(letter.reason);
-            tracing::warn!(reason = letter.reason, error = %letter.error, %dlq_message_id, "scan event dead-lettered");
+            tracing::warn!(
+                reason = letter.reason,
+                error = %letter.error,
+                %dlq_message_id,
+                "scan event dead-lettered"
+            );
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, reason = letter.reason, "scan event could not be dead-lettered; nacking");
+            tracing::error!(
+                error = %e,
+                reason = letter.reason,
+                "scan event could not be dead-lettered; nacking"
+            );
             handler.nack();
             metrics::processed(Outcome::Retried);
         }

@@ -210,7 +210,8 @@ pub fn describe(entry: &DlqEntry, now: DateTime<Utc>, preview: usize) -> String 
     }
     let body = body.escape_debug();
     format!(
-        "{id}  original={orig}  reason={reason}  attempts={attempts}  age={age}\n    error: {error}\n    body:  {body}",
+        "{id}  original={orig}  reason={reason}  attempts={attempts}  age={age}\n    \
+         error: {error}\n    body:  {body}",
         id = entry.message_id,
         orig = entry.original_message_id.as_deref().unwrap_or("?"),
         reason = entry.reason,

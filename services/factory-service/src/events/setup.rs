@@ -166,7 +166,11 @@ async fn ensure_subscription(
                 e,
             ));
         }
-        tracing::info!(subscription = %name, fields = ?changed, "subscription brought up to the settings");
+        tracing::info!(
+            subscription = %name,
+            fields = ?changed,
+            "subscription brought up to the settings"
+        );
     }
     Ok(Resource {
         name,
