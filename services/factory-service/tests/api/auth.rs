@@ -64,28 +64,36 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     // Warm up the connection pool so neither measurement pays for it.
     let _ = app.login_raw("warmup@example.com", "x", DEVICE).await;
 
-    let started = Instant::now();
-    let wrong = app
-        .login_raw(&email, "not the password at all", DEVICE)
-        .await;
-    let wrong_time = started.elapsed();
-    let wrong = assert_error(wrong, 401, "invalid_credentials").await;
+    // The fastest of three tries each, so a busy machine's hiccups do not decide the test.
+    let mut wrong_time = Duration::MAX;
+    let mut unknown_time = Duration::MAX;
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let wrong = app
+            .login_raw(&email, "not the password at all", DEVICE)
+            .await;
+        wrong_time = wrong_time.min(started.elapsed());
+        bodies.push(assert_error(wrong, 401, "invalid_credentials").await);
 
-    let started = Instant::now();
-    let unknown = app
-        .login_raw("nobody@example.com", "not the password at all", DEVICE)
-        .await;
-    let unknown_time = started.elapsed();
-    let unknown = assert_error(unknown, 401, "invalid_credentials").await;
-
-    assert_eq!(wrong, unknown, "same body for both");
+        let started = Instant::now();
+        let unknown = app
+            .login_raw("nobody@example.com", "not the password at all", DEVICE)
+            .await;
+        unknown_time = unknown_time.min(started.elapsed());
+        bodies.push(assert_error(unknown, 401, "invalid_credentials").await);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "same body for both: {bodies:?}"
+    );
     // Both verify one argon2 hash; without the dummy hash the unknown email would answer in
     // a small fraction of the time.
     assert!(
         unknown_time * 3 > wrong_time && wrong_time * 3 > unknown_time,
         "similar time: wrong {wrong_time:?}, unknown {unknown_time:?}"
     );
-    assert_eq!(app.audit_count("auth.login_failed").await, 3);
+    assert_eq!(app.audit_count("auth.login_failed").await, 7);
 }
 
 #[tokio::test]

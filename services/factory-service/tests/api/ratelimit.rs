@@ -19,13 +19,18 @@ async fn twenty_five_rapid_requests_twenty_pass() {
     assert_eq!(first.headers()["x-ratelimit-limit"], "60");
     assert_eq!(first.headers()["x-ratelimit-remaining"], "19");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the token comes back
+    let started = std::time::Instant::now();
     let responses = join_all((0..25).map(|_| app.get("/v1/api-keys", &admin.access))).await;
+    // With a refill of 1/s, exactly 20 pass unless the machine needed over a second for 25
+    // local requests (then one more token may have come back meanwhile).
+    let refilled = started.elapsed().as_secs() as usize;
     let passed = responses.iter().filter(|r| r.status() == 200).count();
     let limited: Vec<_> = responses
         .into_iter()
         .filter(|r| r.status() == 429)
         .collect();
-    assert_eq!((passed, limited.len()), (20, 5));
+    assert!((20..=20 + refilled).contains(&passed), "{passed} passed");
+    assert_eq!(passed + limited.len(), 25);
     let r = limited.into_iter().next().unwrap();
     assert_eq!(r.headers()["x-ratelimit-limit"], "60");
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
