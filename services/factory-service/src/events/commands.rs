@@ -160,3 +160,48 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let argv = std::iter::once("factory-service").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| cli.command.unwrap_or(Command::Serve))
+    }
+
+    #[test]
+    fn replay_takes_exactly_one_selector() {
+        assert!(parse(&["dlq", "replay"]).is_err());
+        assert!(parse(&["dlq", "replay", "--all", "--message-id", "7"]).is_err());
+        let Ok(Command::Dlq(DlqCommand::Replay { which, wait })) =
+            parse(&["dlq", "replay", "--message-id", "7"])
+        else {
+            panic!("not a replay");
+        };
+        assert_eq!(which.message_id.as_deref(), Some("7"));
+        assert_eq!(wait, DEFAULT_WAIT_SECS);
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        assert!(matches!(
+            parse(&["pubsub", "setup"]),
+            Ok(Command::Pubsub(PubsubCommand::Setup))
+        ));
+        assert!(matches!(
+            parse(&["dlq", "list", "--limit", "5"]),
+            Ok(Command::Dlq(DlqCommand::List { limit: 5, .. }))
+        ));
+        assert!(matches!(
+            parse(&["worker", "--metrics-addr", "127.0.0.1:9100"]),
+            Ok(Command::Worker {
+                metrics_addr: Some(_)
+            })
+        ));
+    }
+}
