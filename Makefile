@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: run test migrate lint services-up services-down build
+.PHONY: run test migrate lint services-up services-down build bench
 
 ## Start local PostgreSQL, Redis and the Pub/Sub emulator if needed, migrate, start both services.
 run: services-up
@@ -21,6 +21,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/compose-check.sh
+
+## Benchmarks (release builds, wrk, redis-benchmark); writes docs/PERFORMANCE.md. BENCH_ARGS=--quick for a short run.
+bench:
+	scripts/bench.sh $(BENCH_ARGS)
 
 build:
 	$(CARGO) build --workspace

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make bench`: release builds, local services, wrk, then the suite in scripts/bench/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/dev-services.sh up
+for tool in wrk redis-benchmark; do
+  if ! command -v "$tool" >/dev/null; then
+    pkg=$([ "$tool" = wrk ] && echo wrk || echo redis-tools)
+    if [ "$(id -u)" = 0 ]; then
+      echo "[bench] installing $pkg"
+      apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null
+    else
+      echo "[bench] $tool is missing: sudo apt-get install -y $pkg" >&2; exit 1
+    fi
+  fi
+done
+cargo build --release -q -p scan-service -p factory-service --example audit_bench
+# c=1000 needs more descriptors than the default soft limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec python3 scripts/bench/bench.py "$@"
