@@ -147,3 +147,69 @@ static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::open
 pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(&DOCUMENT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("$ref", serde_json::Value::String(r)) => out.push(r.clone()),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = serde_json::to_value(&*DOCUMENT).unwrap();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .expect("a schema reference");
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} is defined"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_are_described() {
+        let doc = serde_json::to_value(&*DOCUMENT).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "LoginRequest",
+            "TokenResponse",
+            "NewApiKey",
+            "CreatedApiKey",
+            "ApiKeyList",
+            "NewProduct",
+            "Product",
+            "NewBatch",
+            "Batch",
+            "Tag",
+            "RevokeTag",
+            "RevokedTag",
+            "ApiError",
+        ] {
+            assert!(schemas[name].is_object(), "{name}");
+        }
+        // The key's hash is never part of a response.
+        assert!(
+            schemas["RevokedApiKey"]["properties"]
+                .get("key_hash")
+                .is_none()
+        );
+    }
+}
