@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod openapi;
+pub mod path;
 pub mod ratelimit;
 pub mod routes;
 pub mod scan_cache;

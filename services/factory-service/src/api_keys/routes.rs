@@ -1,7 +1,7 @@
 //! `POST /v1/api-keys`, `GET /v1/api-keys`, `DELETE /v1/api-keys/{id}` (admin).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get};
@@ -14,6 +14,7 @@ use super::{ApiKeySummary, CreatedApiKey, NewApiKey, RevokedApiKey};
 use crate::auth::{AdminOnly, Authorized, ClientInfo};
 use crate::error::FactoryError;
 use crate::idempotency::Idempotency;
+use crate::path::Path;
 use crate::state::AppState;
 
 /// The API key routes.

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +17,7 @@ use super::tags::{self, RevokeTag, RevokedTag, Tag};
 use crate::auth::{AnyRole, Authorized, CatalogWriter, ClientInfo};
 use crate::error::FactoryError;
 use crate::idempotency::Idempotency;
+use crate::path::Path;
 use crate::state::AppState;
 
 /// Rows per chunk of the CSV stream: big enough to keep syscalls few, small enough to keep

@@ -60,7 +60,7 @@ async fn products_are_created_and_read_and_skus_are_unique() {
         .await;
     assert_error(missing, 404, "not_found").await;
     let bad = app.get("/v1/products/not-a-uuid", &op.access).await;
-    assert_eq!(bad.status(), 400);
+    assert_error(bad, 400, "invalid_id").await;
 }
 
 #[tokio::test]
