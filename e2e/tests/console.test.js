@@ -135,12 +135,15 @@ describe('admin console', () => {
     }
     // Both tabs load together: each must refresh, and the Web Lock queues them so the
     // second presents the token the first just received (not the same one: that is reuse).
+    // Slow refreshes widen the window in which two unqueued requests would overlap.
+    await context.route('**/v1/auth/refresh', async (route) => { await sleep(400); await route.continue(); });
     await Promise.all([page.reload(), second.goto(`${CONSOLE}#/keys`)]);
     await Promise.all([page, second].map((p) => p.getByRole('cell', { name: KEY_NAME, exact: true }).waitFor()));
     await sleep((ACCESS_TTL_SEC + 1) * 1000);
     const listed = [page, second].map((p) => p.waitForResponse((r) => r.url().endsWith('/v1/api-keys') && r.status() === 200));
     await Promise.all([page, second].map((p) => p.getByRole('button', { name: 'Reload' }).click()));
     await Promise.all(listed);
+    await context.unroute('**/v1/auth/refresh');
     assert.deepEqual(refreshes, [200, 200, 200, 200]);
     assert.equal(await second.getByRole('button', { name: 'Sign out' }).isVisible(), true);
     assert.deepEqual(second.problems, []);
@@ -233,6 +236,29 @@ describe('admin console', () => {
     await screenshot(page, '06-tag-revoked');
   });
 
+  it('refreshes once and retries when the API answers 401, without looping', async () => {
+    await page.getByRole('link', { name: 'API keys' }).click();
+    await page.getByRole('cell', { name: KEY_NAME, exact: true }).waitFor();
+    const refreshes = countRequests(page, '/v1/auth/refresh');
+    let refused = 0;
+    // The server stops accepting the token early (say, it restarted with a new key).
+    await page.route('**/v1/api-keys', (route) => {
+      if (refused++ > 0) return route.continue();
+      return route.fulfill({ status: 401, contentType: 'application/json', body: '{"error":"invalid_token","detail":"The access token is not valid."}' });
+    });
+    const listed = page.waitForResponse((r) => r.url().endsWith('/v1/api-keys') && r.status() === 200);
+    await page.getByRole('button', { name: 'Reload' }).click();
+    await listed;
+    assert.equal(refreshes.count, 1);
+    await page.unroute('**/v1/api-keys');
+    // A 401 that persists after the refresh is shown, not retried forever.
+    await page.route('**/v1/api-keys', (route) => route.fulfill({ status: 401, contentType: 'application/json', body: '{"error":"invalid_token","detail":"The access token is not valid."}' }));
+    await page.getByRole('button', { name: 'Reload' }).click();
+    await page.getByRole('alert').filter({ hasText: 'invalid_token' }).waitFor();
+    assert.equal(refreshes.count, 2);
+    await page.unroute('**/v1/api-keys');
+  });
+
   it('shows a 429 with when to retry', async () => {
     // The admin limit is set high for these tests; the 429 itself is staged at the network.
     await page.route('**/v1/api-keys', (route) => route.fulfill({
@@ -240,8 +266,9 @@ describe('admin console', () => {
       headers: { 'Retry-After': '7', 'Content-Type': 'application/json' },
       body: JSON.stringify({ error: 'rate_limited', detail: 'Rate limit exceeded. Try again in 7 seconds', retry_after: 7 }),
     }));
-    await page.getByRole('link', { name: 'API keys' }).click();
+    await page.getByRole('button', { name: 'Reload' }).click();
     await page.getByRole('alert').filter({ hasText: 'Try again in 7 seconds' }).waitFor();
+    await screenshot(page, '09-rate-limited');
     await page.unroute('**/v1/api-keys');
   });
 
@@ -285,6 +312,9 @@ describe('admin console', () => {
     }
     await page.getByRole('button', { name: 'Verify chain' }).click();
     await page.locator('#verify-result').getByText('Chain intact').waitFor();
+    // scripts/e2e.sh gives the service a signing key, so the checkpoint is really signed.
+    const checkpoint = page.locator('section').filter({ hasText: 'Latest signed checkpoint' });
+    await checkpoint.getByText('e2e-key').waitFor();
     await screenshot(page, '07-audit');
   });
 

@@ -1,0 +1,73 @@
+// Sessions in separate browser profiles: keyboard-only sign-in, the API's error for a wrong
+// password, sign-out reaching every tab, and a control proving the two-tab test can fail.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+
+import { ADMIN_EMAIL, ADMIN_PASSWORD, CONSOLE, launch, newContext, openPage, screenshot, sleep } from './helpers.js';
+
+describe('sessions', () => {
+  let browser;
+
+  before(async () => { browser = await launch(); });
+  after(async () => { await browser?.close(); });
+
+  it('signs in with the keyboard alone and shows the API\'s error for a wrong password', async () => {
+    const context = await newContext(browser);
+    const page = await openPage(context);
+    await page.goto(CONSOLE);
+    // The email field has focus on arrival; Tab moves to the password; Enter submits.
+    await page.getByLabel('Email').waitFor();
+    await page.keyboard.type(ADMIN_EMAIL);
+    await page.keyboard.press('Tab');
+    await page.keyboard.type('not the password');
+    await page.keyboard.press('Enter');
+    await page.getByRole('alert').filter({ hasText: 'invalid_credentials' }).waitFor();
+    await screenshot(page, '00-sign-in-error');
+    await page.getByLabel('Password').fill(ADMIN_PASSWORD);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'API keys', level: 1 }).waitFor();
+    // The nav is reachable by keyboard: focus a link and follow it with Enter.
+    await page.getByRole('link', { name: 'Audit log' }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Audit log', level: 1 }).waitFor();
+    // Sign-out in one tab signs out the others (BroadcastChannel; no token crosses it).
+    const other = await openPage(context);
+    await other.goto(`${CONSOLE}#/keys`);
+    await other.getByRole('button', { name: 'Sign out' }).waitFor();
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await other.getByLabel('Email').waitFor();
+    assert.deepEqual([...page.problems, ...other.problems], []);
+    await context.close();
+  });
+
+  it('control: without the Web Lock, two tabs refreshing together lose the session', async () => {
+    // Proves the two-tab test in console.test.js would fail if the console did not queue its
+    // refreshes: the same scenario with navigator.locks removed ends the session.
+    const context = await newContext(browser);
+    await context.addInitScript(() => {
+      Object.defineProperty(Navigator.prototype, 'locks', { get: () => undefined });
+    });
+    const page = await openPage(context);
+    await page.goto(CONSOLE);
+    await page.getByLabel('Email').fill(ADMIN_EMAIL);
+    await page.getByLabel('Password').fill(ADMIN_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('button', { name: 'Sign out' }).waitFor();
+    const second = await openPage(context);
+    const statuses = [];
+    for (const p of [page, second]) {
+      p.on('response', (r) => { if (r.url().endsWith('/v1/auth/refresh')) statuses.push(r.status()); });
+    }
+    await context.route('**/v1/auth/refresh', async (route) => { await sleep(400); await route.continue(); });
+    await Promise.all([page.reload(), second.goto(`${CONSOLE}#/keys`)]);
+    await sleep(1500);
+    // Both requests left with the same CSRF header. The server answers the later one with 401
+    // refresh_token_reused when its old refresh cookie arrives, or 403 csrf_failed when the
+    // browser attached the already-rotated cookie (it does so at send time, after the delay).
+    // Either way that tab loses the session, which the Web Lock prevents.
+    assert.equal(statuses.filter((s) => s === 200).length, 1, `${statuses}`);
+    assert.ok(statuses.some((s) => s === 401 || s === 403), `${statuses}`);
+    await context.close();
+  });
+});
