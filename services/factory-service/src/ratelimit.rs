@@ -146,6 +146,7 @@ pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next
     let mut response = if decision.allowed {
         next.run(req).await
     } else {
+        metrics::counter!("admin_rate_limited_total").increment(1);
         rate_limited_response(decision.retry_after_secs)
     };
     add_headers(response.headers_mut(), limiter.per_minute(), &decision);

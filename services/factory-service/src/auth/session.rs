@@ -103,6 +103,7 @@ pub async fn login(
         state.login_by_email.check(&email),
     ] {
         if !decision.allowed {
+            metrics::counter!("auth_logins_total", "result" => "rate_limited").increment(1);
             return Err(FactoryError::RateLimited {
                 retry_after: decision.retry_after_secs,
             });
@@ -125,6 +126,7 @@ pub async fn login(
                 .client(client.ip.clone(), client.user_agent.clone());
             state.audit.append(&mut tx, event).await?;
             tx.commit().await?;
+            metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);
             return Err(invalid_credentials());
         }
     };
@@ -155,6 +157,7 @@ pub async fn login(
     .client(client.ip.clone(), client.user_agent.clone());
     state.audit.append(&mut tx, event).await?;
     tx.commit().await?;
+    metrics::counter!("auth_logins_total", "result" => "success").increment(1);
     session(state, user.id, &user.email, role, family_id, refresh_token)
 }
 
@@ -192,6 +195,7 @@ pub async fn refresh(
             .client(client.ip.clone(), client.user_agent.clone());
         state.audit.append(&mut tx, event).await?;
         tx.commit().await?;
+        metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
         return Err(FactoryError::unauthorized(
             "refresh_token_reused",
             "This refresh token was already used; the session has been revoked.",
@@ -204,6 +208,7 @@ pub async fn refresh(
             .client(client.ip.clone(), client.user_agent.clone());
         state.audit.append(&mut tx, event).await?;
         tx.commit().await?;
+        metrics::counter!("auth_refreshes_total", "result" => "device_mismatch").increment(1);
         return Err(FactoryError::unauthorized(
             "device_mismatch",
             "The refresh token belongs to another device; the session has been revoked.",
@@ -229,6 +234,7 @@ pub async fn refresh(
     )
     .await?;
     tx.commit().await?;
+    metrics::counter!("auth_refreshes_total", "result" => "rotated").increment(1);
     session(
         state,
         found.user_id,

@@ -70,18 +70,30 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let fingerprint = hex::encode(key.fingerprint);
 
-    let claim_value = match store::claim(&state.redis, &key, state.idempotency_lease).await {
+    let outcome = store::claim(&state.redis, &key, state.idempotency_lease).await;
+    let (label, claimed) = match outcome {
         Err(e) => {
             tracing::warn!(error = %e, "idempotency claim failed; refusing rather than risking a duplicate");
-            return FactoryError::Unavailable("redis").into_response();
+            (
+                "unavailable",
+                Err(FactoryError::Unavailable("redis").into_response()),
+            )
         }
-        Ok(Claim::Acquired(value)) => value,
-        Ok(Claim::InFlight(fp)) if fp == fingerprint => {
-            return FactoryError::IdempotencyKeyInUse.into_response();
-        }
-        Ok(Claim::InFlight(_)) => return FactoryError::IdempotencyKeyReused.into_response(),
-        Ok(Claim::Done(fp, stored)) if fp == fingerprint => return replay(stored),
-        Ok(Claim::Done(..)) => return FactoryError::IdempotencyKeyReused.into_response(),
+        Ok(Claim::Acquired(value)) => ("claimed", Ok(value)),
+        Ok(Claim::InFlight(fp)) if fp == fingerprint => (
+            "in_use",
+            Err(FactoryError::IdempotencyKeyInUse.into_response()),
+        ),
+        Ok(Claim::Done(fp, stored)) if fp == fingerprint => ("replayed", Err(replay(stored))),
+        Ok(Claim::InFlight(_) | Claim::Done(..)) => (
+            "reused",
+            Err(FactoryError::IdempotencyKeyReused.into_response()),
+        ),
+    };
+    metrics::counter!("idempotency_requests_total", "outcome" => label).increment(1);
+    let claim_value = match claimed {
+        Ok(value) => value,
+        Err(response) => return response,
     };
 
     let mut guard = ClaimGuard(Some((state.redis.clone(), key.clone(), claim_value)));
