@@ -154,6 +154,30 @@ mod tests {
     }
 
     #[test]
+    fn every_file_in_the_folder_is_listed() {
+        fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, base, out);
+                } else {
+                    let rel = path.strip_prefix(base).unwrap();
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("admin");
+        let mut files = Vec::new();
+        walk(&base, &base, &mut files);
+        for file in files {
+            assert!(
+                ASSETS.iter().any(|a| a.path == file),
+                "admin/{file} is not in ASSETS"
+            );
+        }
+    }
+
+    #[test]
     fn a_matching_etag_is_304() {
         let etag = serve("app.js", &HeaderMap::new()).headers()[header::ETAG].clone();
         let mut request = HeaderMap::new();

@@ -15,21 +15,29 @@ export async function render(root) {
   const listSlot = h('div');
   const listErrors = errorBox();
   const pageLabel = h('span', { class: 'muted', 'aria-live': 'polite' });
-  const cursors = [0]; // after_seq of each page visited, so "Previous" can go back
+  let first = null; // seq range on screen
   let last = null;
 
-  const prev = h('button', { type: 'button', text: '← Previous', onclick: () => { cursors.pop(); load(); } });
-  const next = h('button', { type: 'button', text: 'Next →', onclick: () => { cursors.push(last); load(); } });
+  // The API pages forward only (after_seq). A page is a range of seqs: "Previous" asks for the
+  // PAGE seqs before the first one shown (fewer events if a rolled-back write left a gap).
+  const prev = h('button', { type: 'button', text: '← Older', onclick: () => show(Math.max(0, first - 1 - PAGE), first) });
+  const next = h('button', { type: 'button', text: 'Newer →', onclick: () => show(last) });
+  const newest = h('button', { type: 'button', text: 'Newest', onclick: () => showNewest() });
+  const oldest = h('button', { type: 'button', text: 'Oldest', onclick: () => show(0) });
 
-  async function load() {
+  async function show(after, before = null) {
     listErrors.clear();
-    const after = cursors.at(-1);
     try {
-      const { items } = await get(`/v1/audit/events?after_seq=${after}&limit=${PAGE}`);
+      // One extra event tells whether a newer page exists.
+      let { items } = await get(`/v1/audit/events?after_seq=${after}&limit=${PAGE + 1}`);
+      const more = items.length > PAGE;
+      items = items.slice(0, PAGE);
+      if (before !== null) items = items.filter((e) => e.seq < before);
+      first = items[0]?.seq ?? after + 1;
       last = items.at(-1)?.seq ?? after;
-      prev.disabled = cursors.length === 1;
-      next.disabled = items.length < PAGE;
-      pageLabel.textContent = items.length ? `Events ${items[0].seq} to ${last}` : 'No events';
+      prev.disabled = first <= 1;
+      next.disabled = before === null && !more;
+      pageLabel.textContent = items.length ? `Events ${first} to ${last}` : 'No events';
       listSlot.replaceChildren(table('Audit events, oldest first', ['Seq', 'Time', 'Actor', 'Action', 'Target', 'Client IP', 'Details'],
         items.map((e) => [
           String(e.seq),
@@ -41,6 +49,31 @@ export async function render(root) {
           h('details', {}, h('summary', { text: 'Show' }), h('pre', { text: JSON.stringify(e.details, null, 2) }),
             h('p', { class: 'hash', text: `hash ${e.hash ?? '—'}` })),
         ])));
+    } catch (err) {
+      listErrors.show(err);
+    }
+  }
+
+  // The newest page: start from the newest checkpoint (at most a few hundred events behind
+  // the head) and walk forward to the end in large pages.
+  async function showNewest() {
+    listErrors.clear();
+    try {
+      let after = 0;
+      try {
+        after = Math.max(0, (await get('/v1/audit/checkpoint')).seq - 1);
+      } catch (err) {
+        if (err.status !== 404) throw err;
+      }
+      for (;;) {
+        const { items } = await get(`/v1/audit/events?after_seq=${after}&limit=1000`);
+        if (items.length < 1000) {
+          after = Math.max(after, items.at(-1)?.seq ?? after);
+          break;
+        }
+        after = items.at(-1).seq;
+      }
+      await show(Math.max(0, after - PAGE));
     } catch (err) {
       listErrors.show(err);
     }
@@ -99,8 +132,8 @@ export async function render(root) {
         h('div', { class: 'toolbar' }, verifyButton), verifyErrors.el, verifySlot),
       section('Latest signed checkpoint', checkpointSlot)),
     section('Events',
-      h('div', { class: 'toolbar' }, prev, next, h('button', { type: 'button', text: 'Reload', onclick: load }), pageLabel),
+      h('div', { class: 'toolbar' }, oldest, prev, next, newest, pageLabel),
       listErrors.el, listSlot),
   );
-  await Promise.all([load(), loadCheckpoint()]);
+  await Promise.all([showNewest(), loadCheckpoint()]);
 }
