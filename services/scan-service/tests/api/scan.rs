@@ -265,3 +265,36 @@ async fn api_key_valid_unknown_and_revoked_within_five_seconds() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn health_routes_are_never_rate_limited_and_readyz_names_a_dead_dependency() {
+    let env = TestEnv::new().await;
+    let app = env
+        .spawn(&[
+            ("RATE_LIMIT_IP_PER_MINUTE", "1"),
+            ("RATE_LIMIT_IP_BURST", "1"),
+        ])
+        .await;
+    for _ in 0..5 {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let r = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            assert!(header(&r, "x-ratelimit-limit").is_none(), "{path}");
+        }
+    }
+
+    let dead = env.spawn(&[("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    let r = dead.client.get(dead.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["failing"], json!(["redis"]));
+    assert_eq!(
+        dead.client
+            .get(dead.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
