@@ -1,10 +1,11 @@
 // Sessions in separate browser profiles: keyboard-only sign-in, the API's error for a wrong
-// password, sign-out reaching every tab, and a control proving the two-tab test can fail.
+// password, the proactive refresh of an active tab, sign-out reaching every tab, and a control
+// proving the two-tab test can fail.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { ADMIN_EMAIL, ADMIN_PASSWORD, CONSOLE, launch, newContext, openPage, screenshot, sleep } from './helpers.js';
+import { ACCESS_TTL_SEC, ADMIN_EMAIL, ADMIN_PASSWORD, CONSOLE, launch, newContext, openPage, screenshot, sleep } from './helpers.js';
 
 describe('sessions', () => {
   let browser;
@@ -12,7 +13,7 @@ describe('sessions', () => {
   before(async () => { browser = await launch(); });
   after(async () => { await browser?.close(); });
 
-  it('signs in with the keyboard alone and shows the API\'s error for a wrong password', async () => {
+  it('keyboard sign-in with the API\'s error for a wrong password; an active tab refreshes before expiry; sign-out reaches every tab', async () => {
     const context = await newContext(browser);
     const page = await openPage(context);
     await page.goto(CONSOLE);
@@ -31,6 +32,17 @@ describe('sessions', () => {
     await page.getByRole('link', { name: 'Audit log' }).focus();
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Audit log', level: 1 }).waitFor();
+    // An active user is refreshed shortly before expiry, before any call needs it.
+    const refreshes = [];
+    page.on('request', (r) => { if (r.url().endsWith('/v1/auth/refresh')) refreshes.push(Date.now()); });
+    await page.reload();
+    await page.getByRole('heading', { name: 'Audit log', level: 1 }).waitFor();
+    const loaded = Date.now();
+    await sleep(500);
+    await page.keyboard.press('Shift'); // user activity
+    await sleep((ACCESS_TTL_SEC - 0.2) * 1000);
+    assert.equal(refreshes.length, 2, 'the reload\'s refresh, then one proactive refresh');
+    assert.ok(refreshes[1] - loaded < ACCESS_TTL_SEC * 1000, 'before the token expired');
     // Sign-out in one tab signs out the others (BroadcastChannel; no token crosses it).
     const other = await openPage(context);
     await other.goto(`${CONSOLE}#/keys`);

@@ -148,8 +148,9 @@ async function exchange() {
     return true;
   }
   if (response.status === 401 || response.status === 403) {
-    // Expired, revoked or reused: the session is over; sign in again.
-    drop(true);
+    // Expired, revoked or reused: this tab's session is over. Other tabs are not told: each
+    // finds out at its own next refresh, so one odd failure cannot sign every tab out.
+    drop(false);
     return false;
   }
   throw await ApiError.from(response); // 429 or 5xx: the session may still be fine
