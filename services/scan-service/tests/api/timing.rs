@@ -89,3 +89,17 @@ async fn jitter_spans_its_range() {
         max - min
     );
 }
+
+#[tokio::test]
+async fn work_longer_than_the_target_is_counted_as_an_overrun() {
+    let env = TestEnv::new().await;
+    // A 1 ms target: the first scan opens the database connection, which takes longer.
+    let app = env
+        .spawn(&[("SCAN_MIN_RESPONSE_MS", "1"), ("SCAN_JITTER_MS", "0")])
+        .await;
+    let tag = env.tag().await;
+    assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
+    let metrics = app.metrics().await;
+    let overruns = crate::helpers::metric(&metrics, "scan_timing_overrun_total").unwrap_or(0.0);
+    assert!(overruns >= 1.0, "no overrun counted:\n{metrics}");
+}
