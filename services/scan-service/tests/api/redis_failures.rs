@@ -150,3 +150,56 @@ async fn breaker_opens_after_the_threshold_and_closes_after_a_healthy_probe() {
     assert_eq!(metric(&app.metrics().await, state), Some(0.0));
     assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
 }
+
+/// A real Redis that turns slow after the service connected: `CLIENT PAUSE` holds every
+/// command on the established connections, so the call (not the connection set-up) must time
+/// out. A Redis of the test's own, since pausing the shared one would slow every other test.
+#[tokio::test]
+async fn established_connection_to_a_paused_redis_times_out_in_both_modes() {
+    let env = TestEnv::new().await;
+    let redis = OwnRedis::start().await;
+    let tag = env.tag().await;
+    for fail_closed in [true, false] {
+        let app = env
+            .spawn(&[
+                ("REDIS_URL", redis.url().as_str()),
+                ("REDIS_TIMEOUT_MS", "50"),
+                (
+                    "RATE_LIMIT_FAIL_CLOSED",
+                    if fail_closed { "true" } else { "false" },
+                ),
+            ])
+            .await;
+        assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
+
+        let mut admin = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .arg("ALL")
+            .query_async::<()>(&mut admin)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let r = app.scan(&tag).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "waited for the paused Redis: {:?}",
+            started.elapsed()
+        );
+        if fail_closed {
+            assert_fail_closed(r).await;
+        } else {
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        // After the pause, Redis decides again.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let r = app.scan(&tag).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        app.stop().await;
+    }
+}

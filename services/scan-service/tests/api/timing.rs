@@ -12,14 +12,14 @@ async fn floor_holds_for_every_normalized_status_and_429_is_fast() {
     let env = TestEnv::new().await;
     let app = env
         .spawn(&[
-            ("SCAN_MIN_RESPONSE_MS", "300"),
+            ("SCAN_MIN_RESPONSE_MS", "500"),
             ("SCAN_JITTER_MS", "50"),
             ("RATE_LIMIT_IP_PER_MINUTE", "1"),
             ("RATE_LIMIT_IP_BURST", "5"),
         ])
         .await;
     let tag = env.tag().await;
-    let floor = Duration::from_millis(250);
+    let floor = Duration::from_millis(450);
     let cases: [(&str, Option<&str>, StatusCode); 5] = [
         (tag.as_str(), None, StatusCode::OK),
         (tag.as_str(), None, StatusCode::OK), // from the cache this time
