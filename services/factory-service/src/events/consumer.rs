@@ -60,7 +60,6 @@ enum StreamEnd {
 impl Consumer {
     /// Builds the Pub/Sub clients. `pool` is where events are applied.
     pub async fn build(settings: EventsSettings, pool: PgPool) -> Result<Self, EventsError> {
-        metrics::describe();
         let subscriber = common::pubsub::subscriber(&settings.pubsub).await?;
         let dlq = common::pubsub::publisher(&settings.pubsub, &settings.pubsub.dlq_topic).await?;
         let subscription = settings
@@ -89,6 +88,8 @@ impl Consumer {
     /// is reopened with back-off rather than ending the consumer, so a missing subscription or
     /// an absent emulator heals by itself.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Here rather than in `build`: by now the process has installed its metrics recorder.
+        metrics::describe();
         let mut backoff = Duration::from_secs(1);
         loop {
             match self.run_stream(&shutdown).await {

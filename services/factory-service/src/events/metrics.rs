@@ -50,8 +50,21 @@ pub fn lag(seconds: f64) {
     metrics::histogram!(LAG).record(seconds.max(0.0));
 }
 
-/// Registers descriptions so `/metrics` explains the series.
+/// Every outcome, for starting each series at zero.
+const OUTCOMES: [Outcome; 5] = [
+    Outcome::Applied,
+    Outcome::Duplicate,
+    Outcome::Poison,
+    Outcome::Retried,
+    Outcome::DeadLettered,
+];
+
+/// Registers descriptions so `/metrics` explains the series, and starts every outcome at zero
+/// so that rates and alerts work before the first event of a kind.
 pub fn describe() {
+    for outcome in OUTCOMES {
+        metrics::counter!(PROCESSED, "outcome" => outcome.as_str()).increment(0);
+    }
     metrics::describe_counter!(PROCESSED, "Scan event deliveries by outcome");
     metrics::describe_counter!(
         DEAD_LETTERED,
