@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -16,9 +16,11 @@ use factory_service::events::dlq::{self, ReadWindow, Selector};
 use factory_service::events::setup::{self, Change};
 use factory_service::events::{Consumer, EventsSettings};
 use google_cloud_pubsub::model::Message;
+use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -164,6 +166,54 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count")
+}
+
+/// A TCP proxy in front of PostgreSQL that can be switched off: while it is down it closes
+/// every connection at once, as an unreachable database would fail.
+struct SwitchableDb {
+    url: String,
+    up: Arc<AtomicBool>,
+}
+
+impl SwitchableDb {
+    async fn start(db: &TestDb) -> Self {
+        let url = db.url.expose_secret();
+        let (head, rest) = url.split_once('@').expect("user@host in the test URL");
+        let (target, name) = rest.split_once('/').expect("host/db in the test URL");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(false));
+        let (switch, target) = (Arc::clone(&up), target.to_owned());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !switch.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            url: format!("{head}@{addr}/{name}"),
+            up,
+        }
+    }
+
+    /// A pool through the proxy that gives up quickly while the database is away.
+    fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy(&self.url)
+            .expect("lazy pool")
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
 }
 
 /// Polls `check` until it yields a value or the deadline passes.
@@ -347,11 +397,9 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
     let db = TestDb::new().await;
     let s = set_up(MAX).await;
     let tag = seed_tags(&db.pool, 1).await.remove(0);
-    let dead_db = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy("postgres://postgres@127.0.0.1:1/x")
-        .expect("lazy pool");
-    let down = Running::start(&s, dead_db).await;
+    // One consumer throughout, its database switched off and on under it.
+    let switchable = SwitchableDb::start(&db).await;
+    let consumer = Running::start(&s, switchable.pool()).await;
     let original = publish_event(&s, &event(&tag, Utc::now())).await;
 
     eventually("the event to be dead-lettered", || async {
@@ -361,12 +409,11 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
     // Exactly MAX attempts: MAX - 1 nacks for redelivery, then the dead letter on the last.
     assert_eq!(processed("retried"), u64::from(MAX - 1));
     assert_eq!(counter("dlq_messages_total", "reason", "max_attempts"), 1);
-    down.stop().await;
     assert_eq!(scan_state(&db.pool, &tag).await.0, 0);
 
     // The database is back: replay the dead letter by its original id. (Replaying without
     // listing first: on the emulator a listed message stays leased for a while.)
-    let up = Running::start(&s, db.pool.clone()).await;
+    switchable.set_up(true);
     let selector = Selector::MessageId(original.clone());
     let replayed = eventually("the dead letter to be replayed", || async {
         let replayed = dlq::replay(&s, &selector, QUICK).await.expect("replay");
@@ -396,7 +443,7 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
         dlq::list(&s, 10, QUICK).await.expect("list").is_empty(),
         "replay acks the DLQ copy"
     );
-    up.stop().await;
+    consumer.stop().await;
 }
 
 #[tokio::test]
