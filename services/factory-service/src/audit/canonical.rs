@@ -5,7 +5,7 @@
 //! escaped minimally, numbers in ECMAScript `Number.prototype.toString` form, timestamps as
 //! strings with exactly six fractional digits (PostgreSQL stores microseconds).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use serde_json::{Map, Number, Value};
 
 use super::record::AuditRecord;
@@ -18,7 +18,50 @@ const MAX_SAFE_INTEGER: u64 = 1 << 53;
 
 /// A timestamp as it is hashed and served: `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
 pub fn timestamp(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    let mut out = Vec::with_capacity(27);
+    write_timestamp(t, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`timestamp`] written into `out`. Digit by digit rather than through chrono's format
+/// machinery: the verifier does this for every event.
+fn write_timestamp(t: &DateTime<Utc>, out: &mut Vec<u8>) {
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside four-digit years chrono's %Y spelling (sign, more digits) is the definition.
+        out.extend_from_slice(t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string().as_bytes());
+        return;
+    }
+    // A leap second (nanosecond >= 1e9) is shown as second 60 like chrono does.
+    let nanos = t.nanosecond();
+    let (second, micros) = if nanos >= 1_000_000_000 {
+        (t.second() + 1, (nanos - 1_000_000_000) / 1000)
+    } else {
+        (t.second(), nanos / 1000)
+    };
+    let fields: [(u32, u32, u8); 7] = [
+        (year.unsigned_abs(), 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, b'T'),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (second, 2, b'.'),
+        (micros, 6, b'Z'),
+    ];
+    for (value, width, separator) in fields {
+        for i in (0..width).rev() {
+            out.push(b'0' + u8::try_from(value / 10u32.pow(i) % 10).unwrap_or(0));
+        }
+        out.push(separator);
+    }
+}
+
+/// Writes a UUID as a JSON string, lower-case and hyphenated, without allocating.
+fn write_uuid(id: &uuid::Uuid, out: &mut Vec<u8>) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push(b'"');
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
 }
 
 /// Appends the canonical bytes of a version-2 event to `out`: the JCS form of the object with
@@ -33,7 +76,7 @@ pub fn event_bytes(event: &AuditRecord, out: &mut Vec<u8>) {
     write_opt_string(event.actor_email.as_deref(), out);
     out.extend_from_slice(b",\"actor_id\":");
     match &event.actor_id {
-        Some(id) => write_string(&id.hyphenated().to_string(), out),
+        Some(id) => write_uuid(id, out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"client_ip\":");
@@ -41,11 +84,13 @@ pub fn event_bytes(event: &AuditRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"details\":");
     write_value(&event.details, out);
     out.extend_from_slice(b",\"event_id\":");
-    write_string(&event.event_id.hyphenated().to_string(), out);
+    write_uuid(&event.event_id, out);
     out.extend_from_slice(b",\"occurred_at\":");
-    write_string(&timestamp(&event.occurred_at), out);
+    out.push(b'"');
+    write_timestamp(&event.occurred_at, out);
+    out.push(b'"');
     out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(event.seq.to_string().as_bytes());
+    write_integer(event.seq, out);
     out.extend_from_slice(b",\"target_id\":");
     write_opt_string(event.target_id.as_deref(), out);
     out.extend_from_slice(b",\"target_type\":");
@@ -53,8 +98,27 @@ pub fn event_bytes(event: &AuditRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"user_agent\":");
     write_opt_string(event.user_agent.as_deref(), out);
     out.extend_from_slice(b",\"version\":");
-    out.extend_from_slice(event.version.to_string().as_bytes());
+    write_integer(i64::from(event.version), out);
     out.push(b'}');
+}
+
+/// Writes an integer in decimal without allocating.
+fn write_integer(n: i64, out: &mut Vec<u8>) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// The RFC 8785 canonical form of any JSON value.
@@ -144,7 +208,7 @@ fn write_number(n: &Number, out: &mut Vec<u8>) {
     if let Some(i) = n.as_i64()
         && i.unsigned_abs() <= MAX_SAFE_INTEGER
     {
-        out.extend_from_slice(i.to_string().as_bytes());
+        write_integer(i, out);
         return;
     }
     if let Some(u) = n.as_u64()
@@ -285,6 +349,29 @@ mod tests {
         ];
         for (bits, want) in cases {
             assert_eq!(num(bits), want, "bits {bits:#018x}");
+        }
+    }
+
+    #[test]
+    fn timestamps_have_six_fractional_digits_like_chrono() {
+        for micros in [
+            0,
+            1,
+            1_764_057_600_000_000,
+            1_764_057_600_123_456,
+            253_402_300_799_999_999,
+        ] {
+            let t = DateTime::from_timestamp_micros(micros).unwrap();
+            assert_eq!(
+                timestamp(&t),
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+            );
+        }
+        let mut out = Vec::new();
+        for n in [0, 7, -7, 42, i64::MAX, i64::MIN] {
+            out.clear();
+            write_integer(n, &mut out);
+            assert_eq!(out, n.to_string().as_bytes());
         }
     }
 
