@@ -228,3 +228,34 @@ fn format_age(d: chrono::TimeDelta) -> String {
         _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_one_readable_block() {
+        let now = Utc::now();
+        let entry = DlqEntry {
+            message_id: "9".into(),
+            original_message_id: Some("4".into()),
+            reason: "bad_json".into(),
+            error: Some("body is not JSON".into()),
+            attempts: Some(1),
+            dead_lettered_at: Some(now - chrono::TimeDelta::seconds(3725)),
+            body: "{\"a\":\n1}xyz".into(),
+        };
+        let text = describe(&entry, now, 8);
+        assert!(text.starts_with("9  original=4  reason=bad_json  attempts=1  age=1h2m"));
+        assert!(text.contains("error: body is not JSON"));
+        assert!(text.ends_with("body:  {\\\"a\\\":\\n1}…"), "{text}");
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(format_age(chrono::TimeDelta::seconds(59)), "59s");
+        assert_eq!(format_age(chrono::TimeDelta::seconds(61)), "1m1s");
+        assert_eq!(format_age(chrono::TimeDelta::days(2)), "2d0h");
+        assert_eq!(format_age(chrono::TimeDelta::seconds(-5)), "0s");
+    }
+}

@@ -225,3 +225,55 @@ fn wkt_duration(setting: &'static str, d: Duration) -> Result<wkt::Duration, Eve
         problem: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use common::config::PubSubConfig;
+
+    use super::*;
+
+    fn settings(max: u32) -> EventsSettings {
+        EventsSettings::new(
+            PubSubConfig {
+                project_id: "p".into(),
+                emulator_host: None,
+                topic: "t".into(),
+                subscription: "s".into(),
+                dlq_topic: "d".into(),
+            },
+            max,
+        )
+    }
+
+    #[test]
+    fn the_policy_is_clamped_to_what_pubsub_accepts() {
+        let policy = |max| {
+            main_subscription(&settings(max))
+                .unwrap()
+                .dead_letter_policy
+                .unwrap()
+        };
+        assert_eq!(policy(2).max_delivery_attempts, 5);
+        assert_eq!(policy(7).max_delivery_attempts, 7);
+        assert_eq!(policy(100).dead_letter_topic, "projects/p/topics/d");
+    }
+
+    #[test]
+    fn only_settings_that_differ_are_updated() {
+        let wanted = main_subscription(&settings(5)).unwrap();
+        assert!(changed_fields(&wanted, &wanted).is_empty());
+        let mut existing = wanted.clone();
+        existing.ack_deadline_seconds = 30;
+        existing.dead_letter_policy = None;
+        // A service default the settings do not mention is left alone.
+        existing.message_retention_duration = Some(wkt::Duration::clamp(3600, 0));
+        assert_eq!(
+            changed_fields(&existing, &wanted),
+            ["ack_deadline_seconds", "dead_letter_policy"]
+        );
+        existing = wanted.clone();
+        existing.expiration_policy =
+            Some(ExpirationPolicy::new().set_ttl(wkt::Duration::clamp(86_400, 0)));
+        assert_eq!(changed_fields(&existing, &wanted), ["expiration_policy"]);
+    }
+}
