@@ -115,7 +115,8 @@ async fn create_user(
     let pool = common::db::pg_pool(&config.common.database_url, 2)?;
     let user = factory_service::users::create_user(
         &pool,
-        &AuditLog::new(),
+        // The configured key, so a user created here is signed like one created by the API.
+        &AuditLog::from_config(&config.audit),
         email,
         &password,
         role,
