@@ -108,9 +108,11 @@ class WrkResult:
 
 
 def _ms(value: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
+    if not m:
+        raise ValueError(f"unreadable wrk latency {value!r}")
     n, unit = float(m.group(1)), m.group(2)
-    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+    return {"us": n / 1000, "ms": n, "s": n * 1000, "m": n * 60000}[unit]
 
 
 def wrk(url: str, connections: int, seconds: int, script: str | None = None, threads: int = 2) -> WrkResult:
@@ -118,6 +120,13 @@ def wrk(url: str, connections: int, seconds: int, script: str | None = None, thr
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], check=True, capture_output=True, text=True).stdout
+    try:
+        return _parse_wrk(out)
+    except (AttributeError, ValueError) as e:
+        raise RuntimeError(f"could not read wrk's output ({e}):\n{out}") from e
+
+
+def _parse_wrk(out: str) -> WrkResult:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))

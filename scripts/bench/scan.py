@@ -117,6 +117,8 @@ def run(quick: bool) -> dict:
         for tag in known:
             get(svc.port, f"/v1/scan/{tag}")
         results["norm80"] = wrk(svc.base, 80, secs, script)
+        metrics = get(svc.port, "/metrics")[1].decode()
+        results["rl_quantiles_norm"] = histogram_quantiles(metrics, "rate_limit_redis_seconds", (0.5, 0.99))
         results["norm1000"] = wrk(svc.base, 1000, secs, script)
         per_class = 2000 if quick else 5000
         k, u = timing_samples(svc.port, known, unknown_ids(2000), per_class)
