@@ -46,7 +46,8 @@ async fn main() -> ExitCode {
     let result = match command {
         // `audit verify` has its own exit codes: 0 intact, 1 broken, 2 could not verify.
         Command::Audit(command) => {
-            return factory_service::audit::command::run(command, &config.common.database_url).await;
+            return factory_service::audit::command::run(command, &config.common.database_url)
+                .await;
         }
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
