@@ -493,8 +493,10 @@ async fn a_tail_truncated_below_a_saved_checkpoint_is_detected() {
     let log_line =
         json!({"level": "INFO", "fields": {"message": "audit checkpoint", "checkpoint": saved}})
             .to_string();
-    let external = Checkpoint::parse_many(&format!("{log_line}\n")).unwrap();
-    assert_eq!(external[0], cp);
+    let log = format!("{{\"message\":\"listening\"}}\nnot json at all\n{log_line}\n");
+    let external = Checkpoint::parse_many(&log).unwrap();
+    assert_eq!(external, vec![cp]);
+    assert!(Checkpoint::parse_many("{\"message\":\"x\"}\nplain\n").is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,23 +99,33 @@ impl Checkpoint {
         })
     }
 
-    /// Parses checkpoints from text: one JSON object, or one per line (e.g. log lines that
-    /// carry the checkpoint under a `checkpoint` field).
+    /// Parses checkpoints from text: one JSON object, or JSON lines. In JSON lines, log lines
+    /// carrying a checkpoint (a `checkpoint` field, as the service logs them) and bare
+    /// checkpoint objects count; other lines (the rest of a log file) are skipped, so a whole
+    /// service log can be given. A malformed checkpoint is an error, and so is text without any.
     pub fn parse_many(text: &str) -> Result<Vec<Self>, AuditError> {
         let trimmed = text.trim();
         if let Ok(one) = serde_json::from_str::<serde_json::Value>(trimmed) {
             return Ok(vec![Self::from_value(&one)?]);
         }
-        trimmed
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|line| {
-                let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| AuditError::InvalidCheckpoint(format!("not JSON: {e}")))?;
-                Self::from_value(&value)
-            })
-            .collect()
+        let mut found = Vec::new();
+        for line in trimmed.lines() {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(line.trim()) else {
+                continue;
+            };
+            let carries_one = value.get("checkpoint").is_some()
+                || value.pointer("/fields/checkpoint").is_some()
+                || (value.get("seq").is_some() && value.get("hash").is_some());
+            if carries_one {
+                found.push(Self::from_value(&value)?);
+            }
+        }
+        if found.is_empty() {
+            return Err(AuditError::InvalidCheckpoint(
+                "no checkpoint found (expected a checkpoint JSON object or log lines with a `checkpoint` field)".into(),
+            ));
+        }
+        Ok(found)
     }
 
     fn from_value(value: &serde_json::Value) -> Result<Self, AuditError> {
