@@ -736,7 +736,11 @@ impl Drop for App {
 
 /// The service with events signed by `k1` and a checkpoint after every event.
 async fn spawn_app() -> App {
-    let db = TestDb::new().await;
+    spawn_app_on(TestDb::new().await).await
+}
+
+/// [`spawn_app`] on an existing database.
+async fn spawn_app_on(db: TestDb) -> App {
     let env = common::testing::env_for(&db)
         .with(
             "JWT_SECRET",
@@ -885,6 +889,40 @@ async fn http_routes_serve_events_verification_and_the_signed_checkpoint() {
         (Some(false), Some(2), Some("hash_mismatch")),
         "{report}"
     );
+}
+
+#[tokio::test]
+async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 5).await;
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET action = 'nothing' WHERE seq = 3",
+    )
+    .await;
+    // The job verifies as soon as the service runs.
+    let app = spawn_app_on(db).await;
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = app
+            .client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("audit_chain_breaks_total") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("audit_chain_breaks_total"))
+        .unwrap_or_else(|| panic!("no audit_chain_breaks_total in /metrics:\n{metrics}"));
+    assert_eq!(line.split_whitespace().last(), Some("1"), "{line}");
 }
 
 // ---------------------------------------------------------------------------------------------
