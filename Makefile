@@ -60,3 +60,13 @@ infra-check:
 ## The admin console tests in real headless Chromium (installs Debian's chromium if missing).
 e2e:
 	scripts/e2e.sh
+
+.PHONY: chaos fuzz
+
+## Failure scenarios against the real processes (private Redis, PostgreSQL, emulator); writes docs/RELIABILITY.md. CHAOS_ARGS="--only 1,2" for some.
+chaos:
+	scripts/chaos.sh $(CHAOS_ARGS)
+
+## schemathesis (venv under target/) against the factory's /openapi.json: no 5xx. FUZZ_MAX_EXAMPLES, FUZZ_SEED.
+fuzz:
+	scripts/fuzz.sh
