@@ -60,6 +60,7 @@ ADMIN_EMAIL="e2e-admin@example.com"
 ADMIN_PASSWORD="e2e-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 ACCESS_TTL=5
 # A throwaway RSA key, so the checkpoint the audit page shows is really signed.
+command -v openssl >/dev/null || die "openssl is needed for the test's audit signing key: apt-get install -y openssl"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/audit.pem" 2>/dev/null
 
 mkdir -p "$OUT"
@@ -82,10 +83,17 @@ for _ in $(seq 1 150); do
 done
 curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null || die "factory-service did not answer /healthz"
 
+# A read-only user, to check the console shows a viewer only what a viewer may use. Created
+# after start-up: the bootstrap admin is only made when no user exists yet.
+VIEWER_EMAIL="e2e-viewer@example.com"
+VIEWER_PASSWORD="e2e-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+FACTORY_USER_PASSWORD="$VIEWER_PASSWORD" "$BIN" user create --email "$VIEWER_EMAIL" --role viewer >/dev/null
+
 # http://localhost, not 127.0.0.1: the tests use 127.0.0.1 as "another site". Both are
 # potentially trustworthy origins for Chromium, so the Secure __Host- cookies work over http.
 log "running the console tests in Chromium"
 (cd e2e && E2E_BASE_URL="http://localhost:$PORT" E2E_ADMIN_EMAIL="$ADMIN_EMAIL" \
-  E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" E2E_ACCESS_TTL_SEC=$ACCESS_TTL E2E_OUTPUT_DIR="$OUT" \
+  E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" E2E_VIEWER_EMAIL="$VIEWER_EMAIL" \
+  E2E_VIEWER_PASSWORD="$VIEWER_PASSWORD" E2E_ACCESS_TTL_SEC=$ACCESS_TTL E2E_OUTPUT_DIR="$OUT" \
   node --test --test-concurrency=1 --test-reporter=spec "$@" tests/)
 log "passed; screenshots in $OUT"

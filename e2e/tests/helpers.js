@@ -15,6 +15,8 @@ function required(name) {
 export const BASE_URL = required('E2E_BASE_URL'); // http://localhost:<port>
 export const ADMIN_EMAIL = required('E2E_ADMIN_EMAIL');
 export const ADMIN_PASSWORD = required('E2E_ADMIN_PASSWORD');
+export const VIEWER_EMAIL = required('E2E_VIEWER_EMAIL');
+export const VIEWER_PASSWORD = required('E2E_VIEWER_PASSWORD');
 export const ACCESS_TTL_SEC = Number(process.env.E2E_ACCESS_TTL_SEC ?? 5);
 export const CONSOLE = `${BASE_URL}/admin/`;
 const OUTPUT = process.env.E2E_OUTPUT_DIR ?? path.resolve('..', 'test-output', 'e2e');

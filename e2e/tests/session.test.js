@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { ACCESS_TTL_SEC, ADMIN_EMAIL, ADMIN_PASSWORD, CONSOLE, launch, newContext, openPage, screenshot, sleep } from './helpers.js';
+import { ACCESS_TTL_SEC, ADMIN_EMAIL, ADMIN_PASSWORD, CONSOLE, VIEWER_EMAIL, VIEWER_PASSWORD, launch, newContext, openPage, screenshot, sleep } from './helpers.js';
 
 describe('sessions', () => {
   let browser;
@@ -50,6 +50,34 @@ describe('sessions', () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await other.getByLabel('Email').waitFor();
     assert.deepEqual([...page.problems, ...other.problems], []);
+    await context.close();
+  });
+
+  it('shows a viewer only the pages a viewer may use; the API refuses the rest', async () => {
+    const context = await newContext(browser);
+    const page = await openPage(context);
+    await page.goto(`${CONSOLE}#/keys`);
+    await page.getByLabel('Email').fill(VIEWER_EMAIL);
+    await page.getByLabel('Password').fill(VIEWER_PASSWORD);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    // Asked for the keys page, a viewer lands on the tag look-up instead.
+    await page.getByRole('heading', { name: 'Tags', level: 1 }).waitFor();
+    const nav = page.getByRole('navigation', { name: 'Sections' });
+    assert.deepEqual(await nav.getByRole('link').allTextContents(), ['Tags']);
+    assert.match(await page.locator('#whoami').textContent(), /\(viewer\)/);
+    await screenshot(page, '10-viewer');
+    // Hiding is a courtesy: the server itself refuses a viewer.
+    const status = await page.evaluate(async () => {
+      const { request } = await import('./api.js');
+      try {
+        await request('GET', '/v1/api-keys');
+        return 200;
+      } catch (e) {
+        return e.code;
+      }
+    });
+    assert.equal(status, 'forbidden');
+    assert.deepEqual(page.problems, []);
     await context.close();
   });
 

@@ -10,21 +10,27 @@ import * as catalog from './pages/catalog.js';
 import * as tags from './pages/tags.js';
 import * as audit from './pages/audit.js';
 
+// Which roles each page is for. The API enforces roles on every call; hiding pages only
+// spares users forms that would answer "forbidden".
 const PAGES = {
-  keys: { title: 'API keys', page: keys },
-  catalog: { title: 'Products and batches', page: catalog },
-  tags: { title: 'Tags', page: tags },
-  audit: { title: 'Audit log', page: audit },
+  keys: { title: 'API keys', page: keys, roles: ['admin'] },
+  catalog: { title: 'Products and batches', page: catalog, roles: ['admin', 'operator'] },
+  tags: { title: 'Tags', page: tags, roles: ['admin', 'operator', 'viewer'] },
+  audit: { title: 'Audit log', page: audit, roles: ['admin'] },
 };
-const DEFAULT_PAGE = 'keys';
 
 const main = document.getElementById('main');
 const topbar = document.getElementById('topbar');
 const whoami = document.getElementById('whoami');
 
-function currentPage() {
+function allowed(name, role) {
+  return PAGES[name]?.roles.includes(role) ?? false;
+}
+
+function currentPage(role) {
   const name = location.hash.match(/^#\/([a-z]+)/)?.[1];
-  return PAGES[name] ? name : DEFAULT_PAGE;
+  if (allowed(name, role)) return name;
+  return Object.keys(PAGES).find((n) => allowed(n, role)) ?? 'tags';
 }
 
 let rendering = 0;
@@ -39,10 +45,12 @@ async function show() {
     return;
   }
   whoami.textContent = `${user.email} (${user.role})`;
-  const name = currentPage();
+  const name = currentPage(user.role);
   document.title = `${PAGES[name].title} · VokeTag admin`;
   for (const link of topbar.querySelectorAll('nav a')) {
-    if (link.getAttribute('href') === `#/${name}`) link.setAttribute('aria-current', 'page');
+    const target = link.getAttribute('href').slice(2);
+    link.parentElement.hidden = !allowed(target, user.role);
+    if (target === name) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
   await PAGES[name].page.render(main);

@@ -3,6 +3,7 @@
 import { Action } from '../action.js';
 import { get } from '../api.js';
 import { h, field, form, section, errorBox, notice, confirm, when } from '../dom.js';
+import { user } from '../session.js';
 
 const TAG_PATTERN = '[A-Za-z0-9_\\-]{16,64}';
 
@@ -23,7 +24,8 @@ export async function render(root) {
         ['Created', when(tag.created_at)],
         tag.revoked_at && ['Revoked', `${when(tag.revoked_at)}: ${tag.revoked_reason ?? ''}`],
       ].filter(Boolean).flatMap(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)]));
-    const revokeForm = tag.status === 'revoked' ? null : form({ class: 'inline' }, [
+    const canRevoke = tag.status !== 'revoked' && ['admin', 'operator'].includes(user()?.role);
+    const revokeForm = !canRevoke ? null : form({ class: 'inline' }, [
       field('Reason', { name: 'reason', required: true, maxlength: 500 }),
     ], 'Revoke tag', async ({ reason }) => {
       const ok = await confirm('Revoke this tag?', `Scans of ${tag.tag_id} will answer “revoked” within seconds. This cannot be undone.`, 'Revoke tag');
