@@ -10,8 +10,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from lib import (Admin, Stack, TcpProxy, check, factory_cli, log, metric, scan_event, service,
-                 wait_until)
+from lib import (PROJECT, Admin, Fail, Stack, TcpProxy, check, factory_cli, log, metric, request,
+                 scan_event, service, wait_until)
 
 NO_LIMITS = {"RATE_LIMIT_IP_PER_MINUTE": 10_000_000, "RATE_LIMIT_IP_BURST": 10_000_000}
 
@@ -168,7 +168,8 @@ def consumer_killed(stack: Stack) -> str:
     """9. The consumer killed -9 mid-batch: after a restart nothing is lost or counted twice."""
     db, env, tags = _consumer_env(stack, "s09")
     per_tag, total = 40, 40 * len(tags)
-    stack.emulator.publish(env["SCAN_EVENTS_TOPIC"], [scan_event(t) for t in tags for _ in range(per_tag)])
+    events = [scan_event(t) for t in tags for _ in range(per_tag)]
+    stack.emulator.publish(env["SCAN_EVENTS_TOPIC"], events)
     worker = service("s09-worker", "factory-service", env, ["worker"])
     wait_until("some events applied", lambda: _rows(stack, db) >= 100, 60, 0.05)
     worker.proc.kill9()
@@ -178,7 +179,16 @@ def consumer_killed(stack: Stack) -> str:
     t0 = time.monotonic()
     worker2 = service("s09-worker2", "factory-service", env, ["worker"])
     # Messages the killed consumer had leased come back after the 60 s ack deadline.
-    wait_until(f"{total} rows", lambda: _rows(stack, db) >= total, 150, 0.5)
+    try:
+        wait_until(f"{total} rows", lambda: _rows(stack, db) >= total, 150, 0.5)
+    except Fail as e:
+        have = set(stack.pg.sql("SELECT event_id FROM scans", db).split())
+        missing = [json.loads(b)["event_id"] for b, _ in events if json.loads(b)["event_id"] not in have]
+        sub = f"/v1/projects/{PROJECT}/subscriptions/{env['SCAN_EVENTS_SUBSCRIPTION']}:pull"
+        pulled = request(stack.emulator.port, "POST", sub, body={"maxMessages": 50}).json()
+        raise Fail(f"{e}; {len(missing)} event ids missing ({', '.join(missing[:5])}); a REST pull "
+                   f"of the subscription now returns {len(pulled.get('receivedMessages', []))} "
+                   f"messages; worker logs target/chaos/s09-worker*.log") from None
     took = time.monotonic() - t0
     time.sleep(2)
     rows = _rows(stack, db)

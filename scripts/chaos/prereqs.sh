@@ -21,10 +21,11 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 fi
 export CHAOS_PG_BIN="$PG_BIN"
-if ! ls /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator \
-      /usr/share/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator \
-      /opt/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator \
-      "${CLOUDSDK_ROOT_DIR:-/nonexistent}/platform/pubsub-emulator/bin/cloud-pubsub-emulator" >/dev/null 2>&1; then
+emulator=
+for sdk in /usr/lib/google-cloud-sdk /usr/share/google-cloud-sdk /opt/google-cloud-sdk "${CLOUDSDK_ROOT_DIR:-}"; do
+  [ -n "$sdk" ] && [ -x "$sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator" ] && emulator=1
+done
+if [ -z "$emulator" ]; then
   echo "[chaos] the Pub/Sub emulator is missing: apt-get install -y google-cloud-cli-pubsub-emulator (Google's Cloud SDK apt repository)" >&2
   exit 1
 fi
