@@ -37,6 +37,8 @@ let rendering = 0;
 async function show() {
   const ticket = ++rendering;
   main.replaceChildren();
+  // A message about the previous page would be misread on the next one.
+  document.getElementById('notice').textContent = '';
   const user = session.user();
   topbar.hidden = !user;
   if (!user) {
