@@ -4,6 +4,11 @@
 //! After the open timeout the next call becomes the single HALF_OPEN probe (every other call is
 //! still rejected while it runs); the probe's success closes the breaker, its failure re-opens it.
 //!
+//! Every state change starts a new *generation*, and each permit remembers the generation it was
+//! issued in. Only results from the current generation count: a call admitted while CLOSED that
+//! finishes after the breaker opened (or after it re-closed) cannot close, re-open or re-count
+//! anything, so only the probe's own outcome moves the breaker out of OPEN/HALF_OPEN.
+//!
 //! Time comes from `tokio::time::Instant`, so tests drive it with `tokio::time::pause()` and
 //! `advance()` instead of sleeping.
 
@@ -64,6 +69,8 @@ struct Inner {
     state: BreakerState,
     failures: u32,
     opened_at: Instant,
+    /// Bumped on every state change; permits from an older generation are stale.
+    generation: u64,
 }
 
 /// A named circuit breaker; cheap to clone (clones share state).
@@ -81,6 +88,9 @@ pub struct CircuitBreaker {
 #[must_use]
 pub struct Permit {
     breaker: CircuitBreaker,
+    /// The breaker generation the permit was issued in.
+    generation: u64,
+    /// Whether this is the half-open probe.
     probe: bool,
     done: bool,
 }
@@ -89,20 +99,20 @@ impl Permit {
     /// The call succeeded.
     pub fn success(mut self) {
         self.done = true;
-        self.breaker.on_success();
+        self.breaker.on_success(self.generation, self.probe);
     }
 
     /// The call failed.
     pub fn failure(mut self) {
         self.done = true;
-        self.breaker.on_failure();
+        self.breaker.on_failure(self.generation, self.probe);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done && self.probe {
-            self.breaker.on_failure();
+            self.breaker.on_failure(self.generation, true);
         }
     }
 }
@@ -118,6 +128,7 @@ impl CircuitBreaker {
                 state: BreakerState::Closed,
                 failures: 0,
                 opened_at: Instant::now(),
+                generation: 0,
             })),
         };
         breaker.export(BreakerState::Closed);
@@ -139,7 +150,7 @@ impl CircuitBreaker {
     pub fn acquire(&self) -> Result<Permit, Duration> {
         let mut inner = self.lock();
         match inner.state {
-            BreakerState::Closed => Ok(self.permit(false)),
+            BreakerState::Closed => Ok(self.permit(inner.generation, false)),
             BreakerState::Open => {
                 let elapsed = inner.opened_at.elapsed();
                 if elapsed >= self.open_timeout {
@@ -148,7 +159,7 @@ impl CircuitBreaker {
                         BreakerState::HalfOpen,
                         "timeout passed; letting one probe through",
                     );
-                    Ok(self.permit(true))
+                    Ok(self.permit(inner.generation, true))
                 } else {
                     drop(inner);
                     self.reject(self.open_timeout - elapsed)
@@ -182,9 +193,10 @@ impl CircuitBreaker {
         }
     }
 
-    fn permit(&self, probe: bool) -> Permit {
+    fn permit(&self, generation: u64, probe: bool) -> Permit {
         Permit {
             breaker: self.clone(),
+            generation,
             probe,
             done: false,
         }
@@ -196,16 +208,43 @@ impl CircuitBreaker {
         Err(retry_after.max(Duration::from_millis(1)))
     }
 
-    fn on_success(&self) {
+    /// Whether a result reported for a permit of `generation` still counts: it must come from
+    /// the current generation, and be the probe's if (and only if) the breaker is half-open.
+    /// Anything else is a late result of a call admitted before the last state change.
+    fn is_current(&self, inner: &Inner, generation: u64, probe: bool) -> bool {
+        let current = inner.generation == generation
+            && match inner.state {
+                BreakerState::Closed => !probe,
+                BreakerState::HalfOpen => probe,
+                BreakerState::Open => false,
+            };
+        if !current {
+            tracing::debug!(
+                breaker = %self.name,
+                state = inner.state.as_str(),
+                "[CircuitBreaker:{}] ignoring the late result of a call from an earlier generation",
+                self.name
+            );
+        }
+        current
+    }
+
+    fn on_success(&self, generation: u64, probe: bool) {
         let mut inner = self.lock();
+        if !self.is_current(&inner, generation, probe) {
+            return;
+        }
         inner.failures = 0;
-        if inner.state != BreakerState::Closed {
+        if inner.state == BreakerState::HalfOpen {
             self.transition(&mut inner, BreakerState::Closed, "probe succeeded");
         }
     }
 
-    fn on_failure(&self) {
+    fn on_failure(&self, generation: u64, probe: bool) {
         let mut inner = self.lock();
+        if !self.is_current(&inner, generation, probe) {
+            return;
+        }
         match inner.state {
             BreakerState::Closed => {
                 inner.failures = inner.failures.saturating_add(1);
@@ -219,7 +258,7 @@ impl CircuitBreaker {
                 inner.opened_at = Instant::now();
                 self.transition(&mut inner, BreakerState::Open, "probe failed");
             }
-            // A call admitted before the breaker opened finished late: nothing to change.
+            // Unreachable: no permit is current while OPEN.
             BreakerState::Open => {}
         }
     }
@@ -227,6 +266,10 @@ impl CircuitBreaker {
     fn transition(&self, inner: &mut Inner, to: BreakerState, why: &str) {
         let from = inner.state;
         inner.state = to;
+        inner.generation = inner.generation.wrapping_add(1);
+        if to == BreakerState::Closed {
+            inner.failures = 0;
+        }
         if to == BreakerState::Open {
             tracing::warn!(breaker = %self.name, "[CircuitBreaker:{}] {} -> {}: {}", self.name, from.as_str(), to.as_str(), why);
         } else {
@@ -330,6 +373,115 @@ mod tests {
         let permit = b.acquire().unwrap();
         assert_eq!(b.state(), BreakerState::HalfOpen);
         drop(permit);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    /// Opens a threshold-1 breaker while `old` (admitted while CLOSED) is still running, then
+    /// waits out the timeout and takes the probe: the breaker is HALF_OPEN with the probe running.
+    async fn half_open_with_old_call(b: &CircuitBreaker) -> (Permit, Permit) {
+        let old = b.acquire().unwrap();
+        fail(b).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let probe = b.acquire().unwrap();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        (old, probe)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_success_of_closed_call_does_not_close_open_breaker() {
+        let b = breaker(3, 60);
+        let old = b.acquire().unwrap();
+        for _ in 0..3 {
+            fail(&b).await.unwrap_err();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        old.success();
+        assert_eq!(b.state(), BreakerState::Open);
+        // Still rejecting fast until the timeout, then exactly one probe decides.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(
+            succeed(&b).await,
+            Err(BreakerError::Rejected { .. })
+        ));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.acquire().unwrap();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        probe.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_failure_of_closed_call_does_not_extend_open() {
+        let b = breaker(1, 60);
+        let old = b.acquire().unwrap();
+        fail(&b).await.unwrap_err();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        old.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let _probe = b
+            .acquire()
+            .expect("the timeout counts from the original opening");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_success_in_half_open_does_not_close_while_probe_runs() {
+        let b = breaker(1, 60);
+        let (old, probe) = half_open_with_old_call(&b).await;
+        old.success();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(matches!(
+            succeed(&b).await,
+            Err(BreakerError::Rejected { .. })
+        ));
+        probe.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_failure_in_half_open_does_not_reopen_probe_success_closes() {
+        let b = breaker(1, 60);
+        let (old, probe) = half_open_with_old_call(&b).await;
+        old.failure();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(matches!(
+            succeed(&b).await,
+            Err(BreakerError::Rejected { .. })
+        ));
+        probe.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_failure_in_half_open_does_not_reopen_probe_failure_reopens() {
+        let b = breaker(1, 60);
+        let (old, probe) = half_open_with_old_call(&b).await;
+        old.failure();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        probe.failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        // A fresh timeout from the probe's failure.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(
+            succeed(&b).await,
+            Err(BreakerError::Rejected { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_result_from_earlier_closed_generation_does_not_reset_count() {
+        let b = breaker(2, 60);
+        let old = b.acquire().unwrap();
+        fail(&b).await.unwrap_err();
+        fail(&b).await.unwrap_err();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        succeed(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b).await.unwrap_err();
+        old.success(); // from the generation before the outage: must not reset the count
+        fail(&b).await.unwrap_err();
         assert_eq!(b.state(), BreakerState::Open);
     }
 
