@@ -101,7 +101,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     req.extensions_mut().insert(key.clone());
     let response = next.run(req).await;
 
-    if response.status().is_server_error() {
+    if response.status().is_server_error() || is_refused_before_running(response.status()) {
         guard.release().await;
         return response;
     }
@@ -114,7 +114,16 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             return FactoryError::Internal("response body unreadable".to_owned()).into_response();
         }
     };
-    guard.0 = None;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if is_idempotency_refusal(parts.status, &body) {
+        // `Idempotency::recorded`/`commit` found another run's record: that record, not this
+        // refusal, is the key's result. Give the claim back; a retry replays the record.
+        guard.release().await;
+        return Response::from_parts(parts, Body::from(body));
+    }
+    let Some((redis, _, claim_value)) = guard.0.take() else {
+        return Response::from_parts(parts, Body::from(body));
+    };
     let stored = StoredResponse {
         status: parts.status.as_u16(),
         content_type: parts
@@ -124,12 +133,40 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             .map(str::to_owned),
         body: body.to_vec(),
     };
-    if let Err(e) = store::complete(&state.redis, &key, &stored, state.idempotency_ttl).await {
+    match store::complete(&redis, &key, &claim_value, &stored, state.idempotency_ttl).await {
+        Ok(true) => {}
+        // Our lease ran out meanwhile; whatever holds the key now stays. A retry replays from
+        // PostgreSQL if this run committed.
+        Ok(false) => tracing::warn!("idempotency claim lapsed before the result was stored"),
         // The claim's lease runs out by itself; a retry then replays from PostgreSQL.
-        tracing::warn!(error = %e, "idempotent result not stored in Redis");
+        Err(e) => tracing::warn!(error = %e, "idempotent result not stored in Redis"),
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
+}
+
+/// Responses that refuse the request before the handler acted, for reasons outside the
+/// request's fingerprint (the token's role, the rate limit): a retry with the same key after
+/// the cause went away must run, not replay the refusal.
+fn is_refused_before_running(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    )
+}
+
+/// The 409 `idempotency_key_in_use` / 422 `idempotency_key_reused` that [`super::Idempotency`]
+/// answers when PostgreSQL already holds another run's record for the key. Only the
+/// idempotency code produces these error codes.
+fn is_idempotency_refusal(status: StatusCode, body: &[u8]) -> bool {
+    let expected = match status {
+        StatusCode::CONFLICT => "idempotency_key_in_use",
+        StatusCode::UNPROCESSABLE_ENTITY => "idempotency_key_reused",
+        _ => return false,
+    };
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(|code| code == expected))
+        .unwrap_or(false)
 }
 
 /// Holds our claim while the handler runs. If the request is abandoned (client gone, request
@@ -139,7 +176,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
 struct ClaimGuard(Option<(Redis, IdempotencyKey, String)>);
 
 impl ClaimGuard {
-    /// Gives the claim back now (after a 5xx), so a retry runs the request again.
+    /// Gives the claim back now (after a 5xx or a refusal), so a retry runs the request again.
     async fn release(&mut self) {
         if let Some((redis, key, claim)) = self.0.take() {
             release(&redis, &key, &claim).await;

@@ -129,13 +129,18 @@ pub async fn claim(
     Ok(Claim::InFlight(hex::encode(key.fingerprint)))
 }
 
-/// Stores the finished response for `ttl`.
+/// Stores the finished response for `ttl` in place of our claim `claim_value`. Returns
+/// `false` (and changes nothing) when the claim no longer holds the key: its lease ran out, so
+/// the key may now belong to another run or hold that run's result, which must stay.
 pub async fn complete(
     redis: &Redis,
     key: &IdempotencyKey,
+    claim_value: &str,
     response: &StoredResponse,
     ttl: Duration,
-) -> Result<(), RedisCallError> {
+) -> Result<bool, RedisCallError> {
+    static COMPLETE: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(include_str!("complete.lua")));
     let done = Entry::Done {
         fp: hex::encode(key.fingerprint),
         status: response.status,
@@ -146,17 +151,19 @@ pub async fn complete(
     let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
     bounded(
         redis.timeout,
-        redis::cmd("SET")
-            .arg(redis_key(redis, key))
+        COMPLETE
+            .key(redis_key(redis, key))
+            .arg(claim_value)
             .arg(value)
-            .arg("PX")
             .arg(ttl.as_millis() as u64)
-            .query_async::<()>(&mut conn),
+            .invoke_async::<i64>(&mut conn),
     )
     .await
+    .map(|stored| stored == 1)
 }
 
-/// Gives the key back (after a 5xx) if our claim still holds it, so a retry can run.
+/// Gives the key back (after a 5xx or a refusal that is not the request's result) if our claim
+/// still holds it, so a retry can run.
 pub async fn release(
     redis: &Redis,
     key: &IdempotencyKey,

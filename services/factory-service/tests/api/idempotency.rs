@@ -1,10 +1,16 @@
 //! CONTRACT 3.4: replay, 409 while in flight (one side effect), 422 on a changed request, 400
 //! on a bad key, 5xx not stored, Redis down gives 503 without a side effect, and a crash between
-//! commit and Redis does not repeat the side effect.
+//! commit and Redis does not repeat the side effect. Refusals that are not the request's result
+//! (a run that lost a race after its lease ran out, a role refusal) are not stored.
 
+use std::time::Duration;
+
+use factory_service::idempotency::{IdempotencyKey, record};
 use factory_service::users::Role;
 use reqwest::Method;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::helpers::{assert_error, body, spawn_app, spawn_app_with};
 
@@ -273,4 +279,120 @@ async fn an_abandoned_request_gives_its_claim_back() {
     }
     assert_eq!(claims, 0, "the claim was given back");
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+}
+
+#[tokio::test]
+async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409() {
+    let app = spawn_app().await;
+    let email = app.user(Role::Operator).await;
+    let op = app.login(&email).await;
+    let user_id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let product = app.product(&op.access).await;
+    let req = json!({"product_id": product, "quantity": 5});
+    // The key exactly as the layer derives it for this request.
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(b"POST\n/v1/batches\n");
+    fingerprint.update(serde_json::to_vec(&req).unwrap());
+    let key = IdempotencyKey {
+        user_id,
+        key_hash: Sha256::digest(b"raced").into(),
+        fingerprint: fingerprint.finalize().into(),
+    };
+    let other_result = json!({"id": Uuid::new_v4(), "product_id": product, "quantity": 5});
+
+    // Hold the record table so the first run stops right before it records its result.
+    let mut other = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE idempotency_keys IN SHARE MODE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let first = app.post("/v1/batches", &op.access, &req, Some("raced"));
+    let other_run = async {
+        let mut waiting = 0;
+        for _ in 0..600 {
+            waiting = app
+                .count(
+                    "SELECT count(*) FROM pg_locks \
+                     WHERE database = (SELECT oid FROM pg_database \
+                                       WHERE datname = current_database()) \
+                       AND relation = 'idempotency_keys'::regclass AND NOT granted",
+                )
+                .await;
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting, 1, "the first run waits to record its result");
+        // Its lease runs out: Redis forgets the claim, and another run takes the key over,
+        // acts and commits first.
+        let mut redis = app.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:idem:*", app.redis_prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1);
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(
+            record::save(
+                &mut other,
+                &key,
+                Duration::from_secs(86_400),
+                201,
+                &other_result
+            )
+            .await
+            .unwrap()
+        );
+        other.commit().await.unwrap();
+    };
+    let (first, ()) = tokio::join!(first, other_run);
+    // The first run finds the other run's record at commit and backs out.
+    assert_error(first, 409, "idempotency_key_in_use").await;
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+
+    // A retry gets the other run's result, not the 409 the loser saw.
+    for _ in 0..2 {
+        let retry = app
+            .post("/v1/batches", &op.access, &req, Some("raced"))
+            .await;
+        assert_eq!(retry.status(), 201);
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(body(retry).await, other_result);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+}
+
+#[tokio::test]
+async fn a_role_refusal_is_not_stored() {
+    let app = spawn_app().await;
+    let email = app.user(Role::Viewer).await;
+    let viewer = app.login(&email).await;
+    let req = json!({"name": "A", "sku": "A-1"});
+    let r = app
+        .post("/v1/products", &viewer.access, &req, Some("promote-me"))
+        .await;
+    assert_error(r, 403, "forbidden").await;
+    // Promoted, signed in again: the same request with the same key now runs.
+    sqlx::query("UPDATE users SET role = 'operator' WHERE email = $1")
+        .bind(&email)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let op = app.login(&email).await;
+    let r = app
+        .post("/v1/products", &op.access, &req, Some("promote-me"))
+        .await;
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
