@@ -4,6 +4,11 @@
 //! `cargo run --release -p factory-service --example events_bench -- [EVENTS]`
 //! (default 100,000; needs the local PostgreSQL and emulator of `make services-up`). Each run
 //! uses a fresh test database and its own topic and subscription names.
+//!
+//! The drain fails (exit status 1) instead of waiting forever when no event is applied for
+//! [`STALL`], or when the whole drain takes longer than [`DRAIN_DEADLINE_BASE`] plus one second
+//! per [`DEADLINE_RATE`] events; publishing has [`PUBLISH_DEADLINE`] per window. The last line
+//! is this process's peak RSS (`VmHWM`): publisher and consumers together.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,15 @@ use uuid::Uuid;
 const TAGS: usize = 1000;
 /// Publishes awaited together (the publisher batches them).
 const PUBLISH_WINDOW: usize = 1000;
+/// No progress for this long fails the drain (a message that is never applied, e.g. one
+/// dead-lettered, would otherwise leave the count short forever).
+const STALL: Duration = Duration::from_secs(60);
+/// The drain's deadline: this, plus one second per `DEADLINE_RATE` events.
+const DRAIN_DEADLINE_BASE: Duration = Duration::from_secs(60);
+/// A tenth of the 5,000 events/s target.
+const DEADLINE_RATE: usize = 500;
+/// Longest wait for one window of publishes.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .map_or(Ok(100_000), |a| a.parse())
         .context("EVENTS must be a whole number")?;
+    anyhow::ensure!(events > 0, "EVENTS must be at least 1");
     common::telemetry::prometheus();
     for consumers in [1, 2] {
         let db = TestDb::new().await;
@@ -44,7 +59,19 @@ async fn main() -> anyhow::Result<()> {
             events as f64 / secs
         );
     }
+    println!("peak RSS: {:.0} MiB", peak_rss_mib()?);
     Ok(())
+}
+
+/// `VmHWM` of this process, in MiB.
+fn peak_rss_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib / 1024.0)
 }
 
 fn settings() -> EventsSettings {
@@ -111,12 +138,27 @@ async fn publish_backlog(
             .set_attributes([("event_type", "scan"), ("schema_version", "1")]);
         pending.push(publisher.publish(message));
         if pending.len() == PUBLISH_WINDOW {
-            for id in futures::future::join_all(pending.drain(..)).await {
-                id?;
-            }
+            await_window(pending.drain(..), i + 1).await?;
         }
     }
-    for id in futures::future::join_all(pending).await {
+    await_window(pending.drain(..), events).await
+}
+
+/// Waits for a window of publishes, each one of which must succeed, within [`PUBLISH_DEADLINE`].
+async fn await_window<F, T, E>(
+    window: impl IntoIterator<Item = F>,
+    upto: usize,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let ids = tokio::time::timeout(PUBLISH_DEADLINE, futures::future::join_all(window))
+        .await
+        .with_context(|| {
+            format!("publishing stalled: events up to #{upto} not acknowledged within {PUBLISH_DEADLINE:?}")
+        })?;
+    for id in ids {
         id?;
     }
     Ok(())
@@ -140,18 +182,35 @@ async fn drain(
         let consumer = Consumer::build(settings.clone(), own_pool).await?;
         tasks.push(tokio::spawn(consumer.run(stop.clone())));
     }
-    loop {
+    let deadline = DRAIN_DEADLINE_BASE + Duration::from_secs((events / DEADLINE_RATE) as u64);
+    let (mut last_count, mut last_progress) = (-1, Instant::now());
+    let outcome = loop {
         let counted: i64 =
             sqlx::query_scalar("SELECT coalesce(sum(scan_count), 0)::bigint FROM tags")
                 .fetch_one(pool)
                 .await?;
         if counted >= events as i64 {
-            break;
+            break Ok(started.elapsed().as_secs_f64());
+        }
+        if counted != last_count {
+            (last_count, last_progress) = (counted, Instant::now());
+        }
+        if last_progress.elapsed() >= STALL {
+            break Err(anyhow::anyhow!(
+                "consumers={consumers}: stalled at {counted} of {events} events applied \
+                 (none for {STALL:?}; dead-lettered or lost messages?)"
+            ));
+        }
+        if started.elapsed() >= deadline {
+            break Err(anyhow::anyhow!(
+                "consumers={consumers}: only {counted} of {events} events applied within {deadline:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    };
     stop.cancel();
+    // After a failure, exit at once rather than wait for the consumers to settle.
+    let secs = outcome?;
     for task in tasks {
         task.await?;
     }
