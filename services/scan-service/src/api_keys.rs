@@ -6,12 +6,15 @@
 //! the SHA-256 of that whole string. The scan service does not parse the parts: any value is
 //! hashed and looked up, which keeps it correct if the issued format changes.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cache::Cache;
+use crate::near_cache::{self, NearCache};
 
 const FIND_API_KEY: &str = include_str!("sql/find_api_key.sql");
 
@@ -43,10 +46,14 @@ pub fn is_plausible(presented: &[u8]) -> bool {
     (1..=MAX_KEY_LEN).contains(&presented.len()) && presented.iter().all(|b| b.is_ascii_graphic())
 }
 
+/// Presented keys the in-process tier holds at most.
+const NEAR_ENTRIES: usize = 50_000;
+
 /// Checks API keys.
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
     pool: PgPool,
+    near: Arc<NearCache<[u8; 32], Option<ApiKey>>>,
     cache: Cache,
     prefix: String,
 }
@@ -56,9 +63,15 @@ impl ApiKeys {
     pub fn new(pool: PgPool, cache: Cache, prefix: &str) -> Self {
         Self {
             pool,
+            near: Arc::new(NearCache::new(near_cache::TTL, NEAR_ENTRIES)),
             cache,
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// Frees expired entries of the in-process tier.
+    pub fn sweep(&self) {
+        self.near.sweep();
     }
 
     /// The key `presented`, `None` when it is unknown, revoked or malformed.
@@ -70,8 +83,12 @@ impl ApiKeys {
             return Ok(None);
         };
         let hash = hash_key(presented);
+        if let Some(known) = self.near.get(&hash) {
+            return Ok(known);
+        }
         let cache_key = format!("{}:apikey:{{{}}}", self.prefix, hex::encode(hash));
         if let Some(cached) = self.cache.get::<Option<ApiKey>>(&cache_key).await {
+            self.near.insert(hash, cached);
             return Ok(cached);
         }
         let key = sqlx::query_as::<_, ApiKeyRow>(FIND_API_KEY)
@@ -85,6 +102,7 @@ impl ApiKeys {
                     .and_then(|r| u32::try_from(r).ok()),
             });
         self.cache.put(cache_key, &key);
+        self.near.insert(hash, key);
         Ok(key)
     }
 }

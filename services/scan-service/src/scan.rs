@@ -93,15 +93,20 @@ impl Scanner {
         };
         let valid = is_valid_tag_id(req.tag_id);
 
-        // The decision and the cache read go out together: on one multiplexed connection they
-        // share a round trip.
-        let (decision, cached) = if valid && !bad_key {
+        // A tag the in-process tier knows costs one Redis call, the decision. Otherwise the
+        // decision and the Redis cache read go out together and share a round trip.
+        let near = if valid && !bad_key {
+            self.tags.near(req.tag_id)
+        } else {
+            None
+        };
+        let (decision, cached) = if valid && !bad_key && near.is_none() {
             tokio::join!(
                 self.limiter.check(identity, limits),
                 self.tags.cached(req.tag_id)
             )
         } else {
-            (self.limiter.check(identity, limits).await, None)
+            (self.limiter.check(identity, limits).await, near)
         };
         let verdict = match decision {
             Ok(v) => v,

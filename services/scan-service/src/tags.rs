@@ -1,12 +1,15 @@
 //! Tag look-up: PostgreSQL (`DATABASE_READ_URL`) behind the short-lived Redis cache, which keeps
 //! unknown tags too so guessing ids does not reach the database every time.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cache::Cache;
+use crate::near_cache::{self, NearCache};
 
 const FIND_TAG: &str = include_str!("sql/find_tag.sql");
 
@@ -86,10 +89,14 @@ impl From<TagRow> for Tag {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cached(pub Option<Tag>);
 
+/// Tag ids the in-process tier holds at most (about 200 bytes each).
+const NEAR_ENTRIES: usize = 50_000;
+
 /// Finds tags.
 #[derive(Debug, Clone)]
 pub struct TagLookup {
     pool: PgPool,
+    near: Arc<NearCache<String, Cached>>,
     cache: Cache,
     prefix: String,
 }
@@ -107,6 +114,7 @@ impl TagLookup {
     pub fn new(pool: PgPool, cache: Cache, prefix: &str) -> Self {
         Self {
             pool,
+            near: Arc::new(NearCache::new(near_cache::TTL, NEAR_ENTRIES)),
             cache,
             prefix: prefix.to_owned(),
         }
@@ -116,10 +124,22 @@ impl TagLookup {
         format!("{}:tag:{{{tag_id}}}", self.prefix)
     }
 
-    /// The cached answer for `tag_id`, if any (run alongside the rate-limit decision so a cache
-    /// hit costs no extra round trip).
+    /// The answer the in-process tier holds for `tag_id`, if it is fresh: no I/O at all.
+    pub fn near(&self, tag_id: &str) -> Option<Cached> {
+        self.near.get(tag_id)
+    }
+
+    /// The answer the Redis tier holds for `tag_id`, if any (run alongside the rate-limit
+    /// decision so that a hit costs no extra round trip). A hit fills the in-process tier.
     pub async fn cached(&self, tag_id: &str) -> Option<Cached> {
-        self.cache.get(&self.cache_key(tag_id)).await
+        let cached: Cached = self.cache.get(&self.cache_key(tag_id)).await?;
+        self.near.insert(tag_id.to_owned(), cached.clone());
+        Some(cached)
+    }
+
+    /// Frees expired entries of the in-process tier.
+    pub fn sweep(&self) {
+        self.near.sweep();
     }
 
     /// The tag from the database, caching the answer (found or not).
@@ -129,8 +149,10 @@ impl TagLookup {
             .fetch_optional(&self.pool)
             .await?
             .map(Tag::from);
-        self.cache.put(self.cache_key(tag_id), &Cached(tag.clone()));
-        Ok(tag)
+        let cached = Cached(tag);
+        self.cache.put(self.cache_key(tag_id), &cached);
+        self.near.insert(tag_id.to_owned(), cached.clone());
+        Ok(cached.0)
     }
 }
 
