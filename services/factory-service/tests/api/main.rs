@@ -6,6 +6,7 @@ mod api_keys;
 mod auth;
 mod catalog;
 mod errors;
+mod health;
 mod helpers;
 mod idempotency;
 mod migrations;

@@ -1,0 +1,45 @@
+//! `/healthz` and `/readyz` against the real dependencies: ready while PostgreSQL and Redis
+//! answer; 503 naming Redis when it is pointed at a port nobody listens on.
+
+use reqwest::Method;
+
+use crate::helpers::{body, spawn_app, spawn_app_with};
+
+/// A loopback port nobody listens on right now.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn readyz_is_200_with_live_dependencies() {
+    let app = spawn_app().await;
+    let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let b = body(r).await;
+    assert_eq!(b["status"], "ready");
+    assert_eq!(b["checks"]["postgres"], "ok", "{b}");
+    assert_eq!(b["checks"]["redis"], "ok", "{b}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_a_dead_redis_while_healthz_stays_200() {
+    let url = format!("redis://127.0.0.1:{}", dead_port());
+    let app =
+        spawn_app_with(|env| env.with("REDIS_URL", &url).with("REDIS_TIMEOUT_MS", "200")).await;
+    let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let b = body(r).await;
+    assert_eq!(b["error"], "not_ready", "{b}");
+    assert_eq!(b["failing"], serde_json::json!(["redis"]), "{b}");
+    assert_eq!(b["checks"]["postgres"], "ok", "{b}");
+    let live = app.req(Method::GET, "/healthz", None).send().await.unwrap();
+    assert_eq!(live.status(), 200, "liveness does not depend on Redis");
+}
