@@ -237,6 +237,34 @@ mod tests {
     }
 
     #[test]
+    fn jwt_key_file_is_read_trimmed_and_checked() {
+        let dir = std::env::temp_dir().join(format!("vt-jwt-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.key");
+        let secret = "0123456789abcdef0123456789abcdef0123";
+        std::fs::write(&good, format!("{secret}\n")).unwrap();
+        let c = parse(&[("JWT_KEY_FILE", good.to_str().unwrap())]).unwrap();
+        let (read, generated) = c.jwt_secret().unwrap();
+        assert!(!generated);
+        assert_eq!(
+            read.expose(),
+            secret.as_bytes(),
+            "the trailing newline is not part of it"
+        );
+
+        let short = dir.join("short.key");
+        std::fs::write(&short, "short\n").unwrap();
+        let e = parse(&[("JWT_KEY_FILE", short.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "JWT_KEY_FILE");
+        assert!(!e.to_string().contains("short\n"));
+
+        let missing = dir.join("missing.key");
+        let e = parse(&[("JWT_KEY_FILE", missing.to_str().unwrap())]).unwrap_err();
+        assert_eq!(e.var, "JWT_KEY_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bootstrap_needs_both() {
         assert!(parse(&[("BOOTSTRAP_ADMIN_EMAIL", "a@example.com")]).is_err());
         let c = parse(&[
