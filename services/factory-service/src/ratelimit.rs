@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use common::http::ClientIp;
@@ -149,7 +149,12 @@ pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next
         metrics::counter!("admin_rate_limited_total").increment(1);
         rate_limited_response(decision.retry_after_secs)
     };
-    add_headers(response.headers_mut(), limiter.per_minute(), &decision);
+    // A refusal from an inner limiter (login attempts per IP and email) carries its own
+    // Retry-After; this bucket's figures (tokens left) would contradict it.
+    let inner_refusal = decision.allowed && response.status() == StatusCode::TOO_MANY_REQUESTS;
+    if !inner_refusal {
+        add_headers(response.headers_mut(), limiter.per_minute(), &decision);
+    }
     response
 }
 

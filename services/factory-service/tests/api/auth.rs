@@ -334,6 +334,10 @@ async fn login_is_rate_limited_per_email() {
     // The right password is refused too while the email's bucket is empty.
     let r = app.login_raw(&email, PASSWORD, DEVICE).await;
     assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        !r.headers().contains_key("x-ratelimit-remaining"),
+        "the admin bucket's figures would contradict the login refusal"
+    );
     let b = body(r).await;
     assert_eq!(b["error"], "rate_limited");
     assert!(b["retry_after"].as_u64().is_some_and(|s| s >= 1));
