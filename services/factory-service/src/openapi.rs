@@ -5,9 +5,11 @@ use std::sync::LazyLock;
 
 use axum::Json;
 use serde::Serialize;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ObjectBuilder, Required, ResponseBuilder, Type};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::{api_keys, auth, catalog};
@@ -102,6 +104,88 @@ impl Modify for AuditPaths {
     }
 }
 
+/// The responses the shared layers give, added to every operation that can get them (and does
+/// not describe them itself), so the document says what the service does: 429 and 503 on every
+/// route; 401 on authenticated ones; 400, 413 and 415 where a JSON body is read; and the
+/// idempotency layer's 400, 409 and 422 on POST and DELETE outside `/v1/auth`.
+struct CommonResponses;
+
+impl CommonResponses {
+    fn error(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build()
+            .into()
+    }
+
+    fn add(operation: &mut Operation, status: &str, description: &str) {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| Self::error(description));
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in &mut openapi.paths.paths {
+            let idempotent = !path.starts_with("/v1/auth/");
+            let operations = [
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.get, false),
+            ];
+            for (operation, writes) in operations {
+                let Some(operation) = operation.as_mut() else {
+                    continue;
+                };
+                Self::add(operation, "429", "Rate limited: wait `Retry-After` seconds");
+                Self::add(
+                    operation,
+                    "503",
+                    "A dependency (PostgreSQL or Redis) is unavailable",
+                );
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    Self::add(
+                        operation,
+                        "401",
+                        "Not signed in, or the access token expired",
+                    );
+                }
+                if operation.request_body.is_some() {
+                    Self::add(
+                        operation,
+                        "400",
+                        "Malformed JSON, or a field is missing or wrong",
+                    );
+                    Self::add(operation, "413", "The body is too large");
+                    Self::add(operation, "415", "The body is not `application/json`");
+                }
+                if writes && idempotent {
+                    Self::add(operation, "400", "Invalid `Idempotency-Key`");
+                    Self::add(
+                        operation,
+                        "409",
+                        "`idempotency_key_in_use`: a request with this key is still running",
+                    );
+                    Self::add(
+                        operation,
+                        "422",
+                        "`idempotency_key_reused`: this key was used for a different request",
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
@@ -131,7 +215,7 @@ impl Modify for AuditPaths {
         catalog::routes::revoke_tag,
     ),
     components(schemas(ApiError)),
-    modifiers(&BearerAuth, &AuditPaths),
+    modifiers(&BearerAuth, &AuditPaths, &CommonResponses),
     tags(
         (name = "auth", description = "Sign-in with rotating, device-bound refresh tokens"),
         (name = "api-keys", description = "Scan API keys (admin)"),
@@ -182,6 +266,40 @@ mod tests {
                 "{r} is defined"
             );
         }
+    }
+
+    #[test]
+    fn shared_layers_responses_are_described() {
+        let doc = serde_json::to_value(&*DOCUMENT).unwrap();
+        let codes = |path: &str, method: &str| -> Vec<String> {
+            doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path}"))
+                .keys()
+                .cloned()
+                .collect()
+        };
+        for (path, method) in [("/v1/api-keys", "post"), ("/v1/api-keys/{id}", "delete")] {
+            let c = codes(path, method);
+            for code in ["400", "401", "409", "422", "429", "503"] {
+                assert!(
+                    c.contains(&code.to_owned()),
+                    "{method} {path}: {code} in {c:?}"
+                );
+            }
+        }
+        let login = codes("/v1/auth/login", "post");
+        assert!(login.contains(&"415".to_owned()) && login.contains(&"429".to_owned()));
+        assert!(
+            !login.contains(&"409".to_owned()),
+            "auth is outside the idempotency layer"
+        );
+        let checkpoint = codes("/v1/audit/checkpoint", "get");
+        assert!(
+            !checkpoint.contains(&"401".to_owned()),
+            "the checkpoint needs no auth"
+        );
+        assert!(codes("/v1/audit/verify", "get").contains(&"401".to_owned()));
     }
 
     #[test]
