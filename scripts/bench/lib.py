@@ -128,8 +128,10 @@ def wrk(url: str, connections: int, seconds: int, script: str | None = None, thr
 
 def _parse_wrk(out: str) -> WrkResult:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # Anchored to the start of a line: the thread-stats table's "+/- Stdev" column (e.g. "89.50%")
+    # would otherwise match too.
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(int(x) for x in errs.groups()) if errs else 0
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
