@@ -50,11 +50,14 @@ pub async fn observe(req: Request, next: Next) -> Response {
         trace_id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(req.headers()))
-    });
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    // Most requests carry no trace context: skip the global propagator (a lock) for them.
+    if req.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
     }
     let trace_id = span.context().span().span_context().trace_id();
     if trace_id != opentelemetry::trace::TraceId::INVALID {

@@ -110,7 +110,8 @@ fn truncate(s: &str, max: usize) -> &str {
 /// addresses.
 #[derive(Clone)]
 pub struct IpHasher {
-    key: SecretString,
+    /// The MAC already keyed with `IP_HASH_KEY`: cloning it per hash skips the key schedule.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for IpHasher {
@@ -122,20 +123,17 @@ impl std::fmt::Debug for IpHasher {
 impl IpHasher {
     /// A hasher keyed with `IP_HASH_KEY`.
     pub fn new(key: SecretString) -> Self {
-        Self { key }
+        // HMAC takes keys of any length, so this cannot fail.
+        let keyed = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+        Self { keyed }
     }
 
     /// Hex HMAC-SHA256 of the IP's text form.
     pub fn hash(&self, ip: IpAddr) -> String {
-        // HMAC accepts keys of any length, so this cannot fail; an empty MAC would be wrong but
-        // not unsafe.
-        match Hmac::<Sha256>::new_from_slice(self.key.expose_secret().as_bytes()) {
-            Ok(mut mac) => {
-                mac.update(ip.to_string().as_bytes());
-                hex::encode(mac.finalize().into_bytes())
-            }
-            Err(_) => String::new(),
-        }
+        let mut mac = self.keyed.clone();
+        mac.update(ip.to_string().as_bytes());
+        hex::encode(mac.finalize().into_bytes())
     }
 }
 

@@ -74,11 +74,16 @@ async fn run<P: Publisher>(
                 },
                 () = shutdown.cancelled() => break,
             }
-            let linger_until = Instant::now() + settings.linger;
+            // Let the batch gather for the linger time, then take what came: one wake-up per
+            // batch, not one (and a timer) per event.
+            tokio::select! {
+                () = tokio::time::sleep(settings.linger) => {}
+                () = shutdown.cancelled() => {}
+            }
             while batch.len() < settings.batch_max {
-                match tokio::time::timeout_at(linger_until, rx.recv()).await {
-                    Ok(Some(event)) => batch.push(event),
-                    Ok(None) | Err(_) => break,
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
                 }
             }
         } else {

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,9 +27,11 @@ pub fn router(timing: TimingLayer) -> Router<AppState> {
 async fn scan(
     State(state): State<AppState>,
     ClientIp(client_ip): ClientIp,
-    headers: HeaderMap,
     tag_id: Result<Path<String>, PathRejection>,
+    // The request itself rather than a `HeaderMap` extractor, which would copy every header.
+    request: Request,
 ) -> Response {
+    let headers = request.headers();
     // A segment that is not valid UTF-8 after percent-decoding is just another bad tag id.
     let tag_id = tag_id.map(|Path(t)| t).unwrap_or_default();
     let mut keys = headers.get_all(&X_API_KEY).iter();
