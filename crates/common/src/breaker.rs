@@ -313,6 +313,47 @@ mod tests {
         b.call(async { Ok::<(), &str>(()) }).await
     }
 
+    /// A log sink for a thread-local subscriber.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_changes_are_logged_with_the_breaker_name() {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let b = breaker(2, 10);
+        fail(&b).await.unwrap_err();
+        fail(&b).await.unwrap_err();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        succeed(&b).await.unwrap();
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once("[CircuitBreaker:test] ").map(|(_, m)| m))
+            .collect();
+        assert_eq!(logged.len(), 3, "{text}");
+        assert!(logged[0].starts_with("CLOSED -> OPEN"), "{text}");
+        assert!(logged[1].starts_with("OPEN -> HALF_OPEN"), "{text}");
+        assert!(logged[2].starts_with("HALF_OPEN -> CLOSED"), "{text}");
+        assert!(text.contains("WARN"), "opening is a warning: {text}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_consecutive_failures() {
         let b = breaker(3, 60);
