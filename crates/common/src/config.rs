@@ -70,11 +70,17 @@ pub struct Env {
 
 impl Env {
     /// The process environment, after loading `.env` from the working directory if one exists
-    /// (development convenience; variables already set win).
+    /// (development convenience; variables already set win). A process started with `APP_ENV`
+    /// set to anything but `development` (a deployment) never reads `.env`. Variables whose name
+    /// or value is not UTF-8 are left out rather than aborting start-up.
     pub fn from_process() -> Self {
-        let _ = dotenvy::dotenv();
+        if reads_dotenv(std::env::var_os("APP_ENV").as_deref()) {
+            let _ = dotenvy::dotenv();
+        }
         Self {
-            vars: std::env::vars().collect(),
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
         }
     }
 
@@ -174,6 +180,11 @@ impl Env {
             })
             .unwrap_or_default()
     }
+}
+
+/// Whether `.env` is read, given the process's own `APP_ENV`: unset or `development` only.
+fn reads_dotenv(app_env: Option<&std::ffi::OsStr>) -> bool {
+    app_env.is_none_or(|v| v == "development")
 }
 
 /// The log output format.
@@ -461,6 +472,15 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<CommonConfig, ConfigError> {
         CommonConfig::from_env(&Env::from_pairs(pairs.iter().copied()), "127.0.0.1:8080")
+    }
+
+    #[test]
+    fn dotenv_is_read_only_outside_deployments() {
+        use std::ffi::OsStr;
+        assert!(reads_dotenv(None));
+        assert!(reads_dotenv(Some(OsStr::new("development"))));
+        assert!(!reads_dotenv(Some(OsStr::new("production"))));
+        assert!(!reads_dotenv(Some(OsStr::new("test"))));
     }
 
     #[test]
