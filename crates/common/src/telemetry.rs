@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
@@ -88,6 +88,11 @@ const BUCKETS: &[f64] = &[
     0.08, 0.085, 0.09, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of histograms whose name ends in `_batch_size`: item counts, not seconds.
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 5000.0,
+];
+
 /// The process's Prometheus recorder, installed on first use (the `metrics` facade is
 /// process-wide, so every app in a process shares it).
 pub fn prometheus() -> PrometheusHandle {
@@ -96,7 +101,13 @@ pub fn prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
-                .expect("bucket list is not empty")
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_batch_size".into()),
+                        BATCH_SIZE_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are not empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (a test harness): then ours only renders
