@@ -177,7 +177,7 @@ async fn drain(
     let started = Instant::now();
     for _ in 0..consumers {
         // Each consumer gets its own pool, sized as `worker` sizes it.
-        let connections = settings.concurrency as u32 + 2;
+        let connections = settings.consumer.db_connections;
         let own_pool = common::db::pg_pool(database_url, connections)?;
         let consumer = Consumer::build(settings.clone(), own_pool).await?;
         tasks.push(tokio::spawn(consumer.run(stop.clone())));

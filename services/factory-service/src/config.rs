@@ -23,6 +23,9 @@ pub struct FactoryConfig {
     /// `MAX_DELIVERY_ATTEMPTS` (1 to 100, Pub/Sub's ceiling): deliveries of a scan event before
     /// it is dead-lettered.
     pub max_delivery_attempts: u32,
+    /// `SCAN_EVENTS_STREAMS`, `_MAX_OUTSTANDING`, `_BATCH_SIZE`, `_BATCH_WAIT_MS`,
+    /// `_DB_CONNECTIONS`: how one scan-event consumer pulls and batches.
+    pub scan_events: crate::events::settings::ConsumerConfig,
     /// `AUDIT_*`: the audit log's signing key and checkpoint/verification cadence.
     pub audit: crate::audit::AuditConfig,
 }
@@ -98,6 +101,7 @@ impl FactoryConfig {
             admin_rate_limit,
             idempotency_ttl: Duration::from_secs(idempotency_secs),
             max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 100)?,
+            scan_events: crate::events::settings::ConsumerConfig::from_env(env)?,
             audit: crate::audit::AuditConfig::from_env(env)?,
         })
     }

@@ -499,8 +499,8 @@ async fn two_consumers_share_the_load_without_double_counting() {
     let db = TestDb::new().await;
     let mut s = set_up(5).await;
     // A small outstanding limit makes the emulator spread messages over both streams.
-    s.max_outstanding_messages = 5;
-    s.concurrency = 4;
+    s.consumer.max_outstanding_messages = 5;
+    s.consumer.db_connections = 4;
     let tags = seed_tags(&db.pool, 6).await;
     let a = Running::start(&s, db.pool.clone()).await;
     let b = Running::start(&s, db.pool.clone()).await;
@@ -545,8 +545,9 @@ async fn a_stopped_consumer_settles_its_messages_and_the_next_one_takes_the_rest
     const EVENTS: usize = 20;
     let db = TestDb::new().await;
     let mut s = set_up(5).await;
-    s.max_outstanding_messages = 2;
-    s.concurrency = 1;
+    s.consumer.max_outstanding_messages = 2;
+    s.consumer.streams = 1;
+    s.consumer.db_connections = 1;
     let tag = seed_tags(&db.pool, 1).await.remove(0);
     for _ in 0..EVENTS {
         publish_event(&s, &event(&tag, Utc::now())).await;
@@ -568,4 +569,131 @@ async fn a_stopped_consumer_settles_its_messages_and_the_next_one_takes_the_rest
         EVENTS as i64
     );
     second.stop().await;
+}
+
+/// Publishes `bodies` as scan events through one publisher, all at once; returns the ids.
+async fn publish_all(settings: &EventsSettings, bodies: &[Value]) -> Vec<String> {
+    let publisher = common::pubsub::publisher(&settings.pubsub, &settings.pubsub.topic)
+        .await
+        .expect("publisher");
+    let pending = bodies.iter().map(|body| {
+        publisher.publish(
+            Message::new()
+                .set_data(body.to_string())
+                .set_attributes(SCAN_ATTRIBUTES.iter().copied()),
+        )
+    });
+    futures::future::join_all(pending)
+        .await
+        .into_iter()
+        .map(|id| id.expect("publish"))
+        .collect()
+}
+
+/// A series of this process's Prometheus text without labels (e.g. a histogram's `_sum`).
+fn series(name: &str) -> f64 {
+    let text = common::telemetry::prometheus().render();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses() {
+    const TAGS: usize = 40;
+    const EVENTS: usize = 300;
+    const REPEATED: usize = 50;
+    const REPLAYED: usize = 20;
+    let db = TestDb::new().await;
+    let mut s = set_up(5).await;
+    // A long wait makes sure the backlog is applied in large batches.
+    s.consumer.batch_wait = Duration::from_millis(100);
+    let tags = seed_tags(&db.pool, TAGS).await;
+    // The first tag's counter is at its ceiling: counting one more scan on it is a numeric
+    // overflow (SQLSTATE 22003), which fails the whole batch's transaction.
+    sqlx::query("UPDATE tags SET scan_count = 9223372036854775807 WHERE tag_id = $1")
+        .bind(&tags[0])
+        .execute(&db.pool)
+        .await
+        .expect("counter at its ceiling");
+    let early = Utc::now().trunc_subsecs(3) - chrono::TimeDelta::hours(1);
+    // Every tag but the first; each tag's first event is the earliest.
+    let good: Vec<Value> = (0..EVENTS - 1)
+        .map(|i| {
+            let tag = &tags[1 + i % (TAGS - 1)];
+            let at = if i < TAGS - 1 { early } else { Utc::now() };
+            event(tag, at)
+        })
+        .collect();
+    let bad = event(&tags[0], Utc::now());
+    let mut backlog = good.clone();
+    backlog.insert(EVENTS / 2, bad);
+    // Producer retries: the same event ids again, within the same backlog.
+    backlog.extend(good[..REPEATED].iter().cloned());
+    let ids = publish_all(&s, &backlog).await;
+    let bad_id = ids[EVENTS / 2].clone();
+
+    let consumer = Running::start(&s, db.pool.clone()).await;
+    eventually("the backlog to be settled", || async {
+        let settled = consumer.settled.load(Ordering::Relaxed);
+        (settled >= backlog.len() as u64).then_some(())
+    })
+    .await;
+    // Redeliveries across batches, after the originals were applied.
+    publish_all(&s, &good[..REPLAYED]).await;
+    eventually("the replays to be settled", || async {
+        let settled = consumer.settled.load(Ordering::Relaxed);
+        (settled >= (backlog.len() + REPLAYED) as u64).then_some(())
+    })
+    .await;
+
+    let counted = count(
+        &db.pool,
+        "SELECT sum(scan_count)::bigint FROM tags WHERE scan_count < 9223372036854775807",
+    )
+    .await;
+    assert_eq!(counted, (EVENTS - 1) as i64);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM scans").await,
+        (EVENTS - 1) as i64
+    );
+    for tag in &tags[1..] {
+        let (n, first) = scan_state(&db.pool, tag).await;
+        assert!(n >= 7, "{tag}: {n}");
+        assert_eq!(first, Some(early), "{tag}");
+    }
+    assert_eq!(scan_state(&db.pool, &tags[0]).await, (i64::MAX, None));
+
+    assert_eq!(processed("applied"), (EVENTS - 1) as u64);
+    // Redeliveries by the emulator could only add duplicates.
+    assert!(processed("duplicate") >= (REPEATED + REPLAYED) as u64);
+    assert_eq!(processed("poison"), 1);
+    assert_eq!(processed("retried"), 0);
+    assert_eq!(counter("dlq_messages_total", "reason", "rejected"), 1);
+    let entries = dlq_entries(&s, 1).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        entries[0].original_message_id.as_deref(),
+        Some(bad_id.as_str())
+    );
+    assert_eq!(entries[0].reason, "rejected");
+    assert!(
+        entries[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("out of range")),
+        "{entries:?}"
+    );
+    // The events really were applied together, not one by one.
+    let (sum, batches) = (
+        series("scan_events_batch_size_sum"),
+        series("scan_events_batch_size_count"),
+    );
+    assert!(
+        batches > 0.0 && sum / batches > 2.0,
+        "{sum} events in {batches} batches"
+    );
+    consumer.stop().await;
 }

@@ -92,12 +92,11 @@ pub async fn worker(
     served.context("serving the worker's health and metrics")
 }
 
-/// A consumer for `config`, with its own database pool sized for its concurrency.
+/// A consumer for `config`, with its own small database pool: one connection per batch
+/// applied at once (`SCAN_EVENTS_DB_CONNECTIONS`).
 pub async fn consumer(config: &FactoryConfig) -> anyhow::Result<Consumer> {
     let settings = EventsSettings::from_config(config);
-    let connections = u32::try_from(settings.concurrency)
-        .unwrap_or(u32::MAX)
-        .saturating_add(2);
+    let connections = settings.consumer.db_connections;
     let pool = common::db::pg_pool(&config.common.database_url, connections)?;
     Consumer::build(settings, pool)
         .await

@@ -6,6 +6,8 @@ pub const PROCESSED: &str = "scan_events_processed_total";
 pub const DEAD_LETTERED: &str = "dlq_messages_total";
 /// `scan_events_lag_seconds`: publish to processing time, the consumer lag the client exposes.
 pub const LAG: &str = "scan_events_lag_seconds";
+/// `scan_events_batch_size`: valid events applied together in one micro-batch.
+pub const BATCH_SIZE: &str = "scan_events_batch_size";
 
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,11 @@ pub fn lag(seconds: f64) {
     metrics::histogram!(LAG).record(seconds.max(0.0));
 }
 
+/// Records the size of a micro-batch as it is applied.
+pub fn batch_size(events: usize) {
+    metrics::histogram!(BATCH_SIZE).record(events as f64);
+}
+
 /// Every outcome, for starting each series at zero.
 const OUTCOMES: [Outcome; 5] = [
     Outcome::Applied,
@@ -74,5 +81,10 @@ pub fn describe() {
         LAG,
         metrics::Unit::Seconds,
         "Time from publishing a scan event to processing it"
+    );
+    metrics::describe_histogram!(
+        BATCH_SIZE,
+        metrics::Unit::Count,
+        "Valid scan events applied together in one transaction (before any split)"
     );
 }

@@ -2,16 +2,19 @@
 //! consumed here to keep scan history and the tags' counters.
 //!
 //! - [`schema`] parses and validates a message, telling poison (can never succeed) apart.
-//! - [`apply`] records a valid event exactly once, in one transaction.
-//! - [`consumer`] is the streaming-pull worker (inside `serve`, or alone as `worker`).
+//! - [`apply`] records valid events exactly once, a micro-batch per transaction.
+//! - [`consumer`] is the streaming-pull worker (inside `serve`, or alone as `worker`); its
+//!   streams feed the `batcher`, and `delivery` acks, nacks or dead-letters each message.
 //! - [`dead_letter`] is the format of dead-lettered messages; [`dlq`] lists and replays them.
 //! - [`setup`] creates the topics and subscriptions (`pubsub setup`).
 //! - [`commands`] is the command-line edge of all of the above.
 
 pub mod apply;
+mod batcher;
 pub mod commands;
 pub mod consumer;
 pub mod dead_letter;
+mod delivery;
 pub mod dlq;
 pub mod error;
 pub mod metrics;

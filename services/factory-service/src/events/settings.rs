@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use common::config::PubSubConfig;
+use common::config::{ConfigError, Env, PubSubConfig};
 
 use crate::config::FactoryConfig;
 
@@ -19,18 +19,77 @@ pub struct EventsSettings {
     pub min_backoff: Duration,
     /// Longest wait before a nacked message is redelivered.
     pub max_backoff: Duration,
-    /// Flow control: messages the server may have outstanding on one consumer's stream.
-    pub max_outstanding_messages: i64,
-    /// Messages worked on at the same time by one consumer.
-    pub concurrency: usize,
+    /// How one consumer pulls and batches (`SCAN_EVENTS_*`).
+    pub consumer: ConsumerConfig,
     /// How long shutdown waits for in-flight messages before nacking them.
     pub drain_timeout: Duration,
+}
+
+/// How one consumer pulls messages and applies them in micro-batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// `SCAN_EVENTS_STREAMS`: streaming pulls opened by one consumer (one emulator stream
+    /// delivers only about 1,900 messages/s).
+    pub streams: usize,
+    /// `SCAN_EVENTS_MAX_OUTSTANDING`: flow control, messages the server may have outstanding on
+    /// one stream.
+    pub max_outstanding_messages: i64,
+    /// `SCAN_EVENTS_BATCH_SIZE`: most events applied in one transaction.
+    pub batch_size: usize,
+    /// `SCAN_EVENTS_BATCH_WAIT_MS`: longest a batch waits for more events after its first.
+    pub batch_wait: Duration,
+    /// `SCAN_EVENTS_DB_CONNECTIONS`: the consumer's pool, and so the batches applied at once.
+    pub db_connections: u32,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            streams: 4,
+            max_outstanding_messages: 500,
+            batch_size: 500,
+            batch_wait: Duration::from_millis(5),
+            db_connections: 3,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Parses the `SCAN_EVENTS_*` tuning variables.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let wait_ms: u64 = env.int_in(
+            "SCAN_EVENTS_BATCH_WAIT_MS",
+            duration_ms(d.batch_wait),
+            0,
+            1_000,
+        )?;
+        Ok(Self {
+            streams: env.int_in("SCAN_EVENTS_STREAMS", d.streams, 1, 32)?,
+            max_outstanding_messages: env.int_in(
+                "SCAN_EVENTS_MAX_OUTSTANDING",
+                d.max_outstanding_messages,
+                1,
+                100_000,
+            )?,
+            batch_size: env.int_in("SCAN_EVENTS_BATCH_SIZE", d.batch_size, 1, 10_000)?,
+            batch_wait: Duration::from_millis(wait_ms),
+            db_connections: env.int_in("SCAN_EVENTS_DB_CONNECTIONS", d.db_connections, 1, 100)?,
+        })
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl EventsSettings {
     /// The production settings for `config`.
     pub fn from_config(config: &FactoryConfig) -> Self {
-        Self::new(config.common.pubsub.clone(), config.max_delivery_attempts)
+        Self {
+            consumer: config.scan_events,
+            ..Self::new(config.common.pubsub.clone(), config.max_delivery_attempts)
+        }
     }
 
     /// Defaults for everything but the names and the attempt limit.
@@ -41,8 +100,7 @@ impl EventsSettings {
             ack_deadline: Duration::from_secs(60),
             min_backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(600),
-            max_outstanding_messages: 1000,
-            concurrency: 32,
+            consumer: ConsumerConfig::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -50,5 +108,38 @@ impl EventsSettings {
     /// The subscription on the DLQ topic that `dlq list` and `dlq replay` read.
     pub fn inspect_subscription(&self) -> String {
         format!("{}-inspect", self.pubsub.dlq_topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_defaults_and_overrides() {
+        let d =
+            ConsumerConfig::from_env(&Env::from_pairs(std::iter::empty::<(&str, &str)>())).unwrap();
+        assert_eq!(d, ConsumerConfig::default());
+        let c = ConsumerConfig::from_env(&Env::from_pairs([
+            ("SCAN_EVENTS_STREAMS", "2"),
+            ("SCAN_EVENTS_MAX_OUTSTANDING", "100"),
+            ("SCAN_EVENTS_BATCH_SIZE", "50"),
+            ("SCAN_EVENTS_BATCH_WAIT_MS", "0"),
+            ("SCAN_EVENTS_DB_CONNECTIONS", "8"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c,
+            ConsumerConfig {
+                streams: 2,
+                max_outstanding_messages: 100,
+                batch_size: 50,
+                batch_wait: Duration::ZERO,
+                db_connections: 8,
+            }
+        );
+        let e =
+            ConsumerConfig::from_env(&Env::from_pairs([("SCAN_EVENTS_STREAMS", "0")])).unwrap_err();
+        assert_eq!(e.var, "SCAN_EVENTS_STREAMS");
     }
 }

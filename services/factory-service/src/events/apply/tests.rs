@@ -1,0 +1,208 @@
+//! Applying batches against a real PostgreSQL: each test has its own database.
+
+use chrono::{SubsecRound, TimeDelta};
+use common::testing::TestDb;
+
+use super::*;
+use crate::events::schema::ScanResult;
+
+/// A product, a batch and `n` tags; returns the tag ids.
+async fn seed_tags(pool: &PgPool, n: usize) -> Vec<String> {
+    let (product, batch) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'Test', $2)")
+        .bind(product)
+        .bind(format!("SKU-{product}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO batches (id, product_id, quantity) VALUES ($1, $2, $3)")
+        .bind(batch)
+        .bind(product)
+        .bind(i32::try_from(n).unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+    let tags: Vec<String> = (0..n)
+        .map(|_| format!("T{}", Uuid::new_v4().simple()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO tags (tag_id, batch_id, product_id) SELECT unnest($1::text[]), $2, $3",
+    )
+    .bind(&tags)
+    .bind(batch)
+    .bind(product)
+    .execute(pool)
+    .await
+    .unwrap();
+    tags
+}
+
+fn event(tag_id: &str, scanned_at: DateTime<Utc>) -> ScanEvent {
+    ScanEvent {
+        event_id: Uuid::now_v7(),
+        tag_id: tag_id.to_owned(),
+        result: ScanResult::Authentic,
+        scanned_at,
+        client_ip_hash: "abcdef".into(),
+        api_key_id: None,
+        user_agent: Some("apply-test/1".into()),
+    }
+}
+
+async fn tag_state(pool: &PgPool, tag: &str) -> (i64, Option<DateTime<Utc>>) {
+    sqlx::query_as("SELECT scan_count, first_scanned_at FROM tags WHERE tag_id = $1")
+        .bind(tag)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn scans(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM scans")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn applied(results: &[EventResult]) -> Vec<Applied> {
+    results
+        .iter()
+        .map(|r| *r.as_ref().expect("applied"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_counts_each_event_once_across_tags_and_batches() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 50).await;
+    let now = Utc::now().trunc_subsecs(3);
+    // 200 events over 50 tags, scan times out of order.
+    let events: Vec<ScanEvent> = (0..200)
+        .map(|i| event(&tags[i % 50], now - TimeDelta::seconds((i * 7 % 13) as i64)))
+        .collect();
+    let mut batch: Vec<&ScanEvent> = events.iter().collect();
+    // The same event three times within the batch (a producer retry).
+    batch.push(&events[3]);
+    batch.push(&events[3]);
+    let results = apply_isolating(&db.pool, &batch).await;
+    let got = applied(&results);
+    assert_eq!(got[..200], [Applied::Recorded; 200]);
+    assert_eq!(got[200..], [Applied::Duplicate; 2]);
+    for (t, tag) in tags.iter().enumerate() {
+        let mine: Vec<&ScanEvent> = events.iter().skip(t).step_by(50).collect();
+        let earliest = mine.iter().map(|e| e.scanned_at).min();
+        assert_eq!(tag_state(&db.pool, tag).await, (4, earliest), "tag {t}");
+    }
+
+    // A later batch: half of it redelivered, half new, with a new event counted twice.
+    let new: Vec<ScanEvent> = (0..10).map(|i| event(&tags[i], now)).collect();
+    let mut second: Vec<&ScanEvent> = events.iter().take(10).collect();
+    second.extend(new.iter());
+    second.push(&new[0]);
+    let got = applied(&apply_isolating(&db.pool, &second).await);
+    assert_eq!(got[..10], [Applied::Duplicate; 10]);
+    assert_eq!(got[10..20], [Applied::Recorded; 10]);
+    assert_eq!(got[20], Applied::Duplicate);
+    assert_eq!(scans(&db.pool).await, 210);
+    let total: i64 = sqlx::query_scalar("SELECT sum(scan_count)::bigint FROM tags")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 210);
+
+    // All duplicates: nothing changes.
+    let again: Vec<&ScanEvent> = new.iter().collect();
+    let got = applied(&apply_isolating(&db.pool, &again).await);
+    assert_eq!(got, [Applied::Duplicate; 10]);
+    assert_eq!(scans(&db.pool).await, 210);
+}
+
+#[tokio::test]
+async fn an_unknown_tag_is_recorded_and_counted_nowhere() {
+    let db = TestDb::new().await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let known = event(&tag, Utc::now());
+    let unknown = event("UnknownTag0123456789", Utc::now());
+    let got = applied(&apply_isolating(&db.pool, &[&unknown, &known]).await);
+    assert_eq!(got, [Applied::Recorded, Applied::Recorded]);
+    assert_eq!(tag_state(&db.pool, &tag).await.0, 1);
+    assert_eq!(scans(&db.pool).await, 2);
+}
+
+#[tokio::test]
+async fn an_event_the_database_refuses_is_isolated_and_the_others_applied() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 8).await;
+    // A counter at its ceiling: one more scan is a numeric overflow (SQLSTATE 22003) in the
+    // batch's UPDATE, after its INSERT succeeded.
+    sqlx::query("UPDATE tags SET scan_count = 9223372036854775807 WHERE tag_id = $1")
+        .bind(&tags[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let now = Utc::now().trunc_subsecs(3);
+    let events: Vec<ScanEvent> = (0..37).map(|i| event(&tags[i % 8], now)).collect();
+    let batch: Vec<&ScanEvent> = events.iter().collect();
+    let results = apply_isolating(&db.pool, &batch).await;
+    for (i, r) in results.iter().enumerate() {
+        if i % 8 == 0 {
+            assert!(
+                matches!(r, Err(e) if matches!(**e, ApplyError::Rejected(_))),
+                "event {i}: {r:?}"
+            );
+        } else {
+            assert_eq!(r.as_ref().ok(), Some(&Applied::Recorded), "event {i}");
+        }
+    }
+    let refused = events.iter().step_by(8).count() as i64;
+    assert_eq!(scans(&db.pool).await, 37 - refused);
+    for tag in &tags[1..] {
+        assert!(tag_state(&db.pool, tag).await.0 >= 4);
+    }
+    assert_eq!(tag_state(&db.pool, &tags[0]).await.0, i64::MAX);
+}
+
+#[tokio::test]
+async fn overlapping_batches_applied_at_once_neither_deadlock_nor_double_count() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 20).await;
+    let events: Vec<ScanEvent> = (0..400).map(|i| event(&tags[i % 20], Utc::now())).collect();
+    // Four batches over the same events and tags, in different orders.
+    let forward: Vec<&ScanEvent> = events.iter().collect();
+    let backward: Vec<&ScanEvent> = events.iter().rev().collect();
+    let (a, b, c, d) = tokio::join!(
+        apply_isolating(&db.pool, &forward),
+        apply_isolating(&db.pool, &backward),
+        apply_isolating(&db.pool, &forward[100..300]),
+        apply_isolating(&db.pool, &backward[50..]),
+    );
+    let recorded = [a, b, c, d]
+        .iter()
+        .flat_map(|r| applied(r))
+        .filter(|x| *x == Applied::Recorded)
+        .count();
+    assert_eq!(recorded, 400);
+    assert_eq!(scans(&db.pool).await, 400);
+    let total: i64 = sqlx::query_scalar("SELECT sum(scan_count)::bigint FROM tags")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 400);
+}
+
+#[tokio::test]
+async fn with_the_database_gone_every_event_is_a_transient_failure() {
+    let db = TestDb::new().await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let events: Vec<ScanEvent> = (0..5).map(|_| event(&tag, Utc::now())).collect();
+    let batch: Vec<&ScanEvent> = events.iter().collect();
+    db.pool.close().await;
+    let results = apply_isolating(&db.pool, &batch).await;
+    assert_eq!(results.len(), 5);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(e) if matches!(**e, ApplyError::Transient(_)))),
+        "{results:?}"
+    );
+}

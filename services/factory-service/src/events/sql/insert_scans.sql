@@ -1,0 +1,10 @@
+-- Record a batch of scan events (parallel arrays, one element per event, event ids unique and
+-- sorted). An event already recorded (a redelivery or a duplicate publish, possibly being
+-- inserted by another consumer right now) inserts nothing; RETURNING names only the new rows,
+-- the ones to count. Sorted ids mean two consumers inserting overlapping batches wait on each
+-- other in the same order and cannot deadlock.
+INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash, api_key_id, user_agent)
+SELECT *
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::uuid[], $7::text[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id, tag_id, scanned_at
