@@ -249,6 +249,44 @@ async fn appends_form_a_gap_free_chain_that_verifies() {
     );
 }
 
+/// Unsigned appends are hashed by PostgreSQL from the canonical bytes around `occurred_at` and
+/// `seq` (sql/append_event.sql); the verifier hashes in Rust. Values that look like the
+/// surrounding JSON must not confuse either.
+#[tokio::test]
+async fn an_unsigned_append_is_hashed_by_the_database_exactly_as_the_verifier_hashes_it() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    let tricky = NewEvent::new("tag.revoked", Actor::Anonymous { email: None })
+        .target("tag", "\",\"seq\":1,\"x\":\"")
+        .client(Some("::1".into()), Some("ua \"occurred_at\":\"\u{7f}\u{2028}".into()))
+        .details(json!({"occurred_at": "2000-01-01T00:00:00.000000Z", "seq": 99, "z\u{1}": "\u{10ffff}"}));
+    let mut returned = Vec::new();
+    for e in [tricky.clone(), event(1), tricky] {
+        let mut tx = db.pool.begin().await.unwrap();
+        returned.push(audit.try_append(&mut tx, e).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    let mut prev = chain::GENESIS_HASH;
+    for record in &returned {
+        let stored = row(&db.pool, record.seq).await;
+        assert_eq!(&stored, record, "the append returns what was stored");
+        assert_eq!(stored.prev_hash.as_deref(), Some(&prev[..]));
+        let expected = chain::event_hash(&prev, &stored, &mut Vec::new());
+        assert_eq!(
+            stored.hash.as_deref(),
+            Some(&expected[..]),
+            "seq {}",
+            stored.seq
+        );
+        prev = expected;
+    }
+    assert_eq!(
+        returned.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(verify_hashes(&db.pool).await.broken.is_none());
+}
+
 #[tokio::test]
 async fn concurrent_appends_from_many_tasks_and_two_instances_form_one_chain() {
     let db = TestDb::new().await;

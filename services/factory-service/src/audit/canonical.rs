@@ -69,7 +69,24 @@ fn write_uuid(id: &uuid::Uuid, out: &mut Vec<u8>) {
 /// `occurred_at`, `seq`, `target_id`, `target_type`, `user_agent`, `version` (absent values are
 /// `null`). Written field by field rather than through a [`Map`] because the verifier runs this
 /// for every row and the keys are fixed (their order is checked against [`jcs`] in a test).
+///
+/// The bytes are [`event_prefix`], the timestamp, `","seq":`, the seq in decimal, then
+/// [`event_suffix`]: the appender sends prefix and suffix to PostgreSQL, which fills in the
+/// middle under the chain-head lock (`sql/append_event.sql`).
 pub fn event_bytes(event: &AuditRecord, out: &mut Vec<u8>) {
+    event_prefix(event, out);
+    write_timestamp(&event.occurred_at, out);
+    out.extend_from_slice(SEQ_KEY);
+    write_integer(event.seq, out);
+    event_suffix(event, out);
+}
+
+/// What separates the `occurred_at` value from the `seq` value in [`event_bytes`].
+pub const SEQ_KEY: &[u8] = b"\",\"seq\":";
+
+/// The canonical bytes of an event before the `occurred_at` value: every field up to and
+/// including `"occurred_at":"`. Independent of `seq` and `occurred_at`.
+pub fn event_prefix(event: &AuditRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"action\":");
     write_string(&event.action, out);
     out.extend_from_slice(b",\"actor_email\":");
@@ -85,12 +102,12 @@ pub fn event_bytes(event: &AuditRecord, out: &mut Vec<u8>) {
     write_value(&event.details, out);
     out.extend_from_slice(b",\"event_id\":");
     write_uuid(&event.event_id, out);
-    out.extend_from_slice(b",\"occurred_at\":");
-    out.push(b'"');
-    write_timestamp(&event.occurred_at, out);
-    out.push(b'"');
-    out.extend_from_slice(b",\"seq\":");
-    write_integer(event.seq, out);
+    out.extend_from_slice(b",\"occurred_at\":\"");
+}
+
+/// The canonical bytes of an event after the `seq` value: from `,"target_id":` to the closing
+/// brace. Independent of `seq` and `occurred_at`.
+pub fn event_suffix(event: &AuditRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"target_id\":");
     write_opt_string(event.target_id.as_deref(), out);
     out.extend_from_slice(b",\"target_type\":");

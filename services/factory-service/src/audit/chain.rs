@@ -69,23 +69,24 @@ pub async fn append(
     event: NewEvent,
     signer: Option<&Signer>,
 ) -> Result<AuditRecord, AuditError> {
-    let (head_seq, head_hash, now): (i64, Vec<u8>, DateTime<Utc>) =
-        sqlx::query_as(include_str!("sql/lock_head.sql"))
-            .fetch_one(&mut *conn)
-            .await?;
-    let prev_hash = to_hash(head_seq, &head_hash)?;
+    match signer {
+        None => append_unsigned(conn, event).await,
+        Some(signer) => append_signed(conn, event, signer).await,
+    }
+}
+
+/// The record of `event` before it has a place in the chain (seq 0, chain fields empty).
+fn unchained(event: NewEvent, occurred_at: DateTime<Utc>) -> AuditRecord {
     let (actor_id, actor_email) = match event.actor {
         Actor::System => (None, Some("system".to_owned())),
         Actor::User { id, email } => (Some(id), Some(email)),
         Actor::Anonymous { email } => (None, email),
     };
-    let mut record = AuditRecord {
-        seq: head_seq + 1,
+    AuditRecord {
+        seq: 0,
         version: FORMAT_VERSION,
         event_id: Uuid::now_v7(),
-        // PostgreSQL keeps microseconds; the clock already has that precision, and the hash
-        // must cover exactly what is stored.
-        occurred_at: now,
+        occurred_at,
         actor_id,
         actor_email,
         action: event.action,
@@ -98,12 +99,59 @@ pub async fn append(
         hash: None,
         signature: None,
         key_id: None,
-    };
-    let hash = event_hash(&prev_hash, &record, &mut Vec::with_capacity(512));
-    if let Some(signer) = signer {
-        record.signature = Some(signer.sign(&hash)?);
-        record.key_id = Some(signer.key_id().to_owned());
     }
+}
+
+/// One statement: the database locks the head, takes its clock and hashes the event from the
+/// canonical bytes around `occurred_at` and `seq` computed here (`sql/append_event.sql`).
+async fn append_unsigned(
+    conn: &mut PgConnection,
+    event: NewEvent,
+) -> Result<AuditRecord, AuditError> {
+    let mut record = unchained(event, DateTime::<Utc>::UNIX_EPOCH);
+    let (mut prefix, mut suffix) = (Vec::with_capacity(384), Vec::with_capacity(128));
+    canonical::event_prefix(&record, &mut prefix);
+    canonical::event_suffix(&record, &mut suffix);
+    let (seq, occurred_at, prev_hash, hash): (i64, DateTime<Utc>, Vec<u8>, Vec<u8>) =
+        sqlx::query_as(include_str!("sql/append_event.sql"))
+            .bind(prefix)
+            .bind(suffix)
+            .bind(record.event_id)
+            .bind(record.actor_id)
+            .bind(&record.actor_email)
+            .bind(&record.action)
+            .bind(&record.target_type)
+            .bind(&record.target_id)
+            .bind(&record.client_ip)
+            .bind(&record.user_agent)
+            .bind(&record.details)
+            .fetch_one(&mut *conn)
+            .await?;
+    record.seq = seq;
+    record.occurred_at = occurred_at;
+    record.prev_hash = Some(prev_hash);
+    record.hash = Some(hash);
+    Ok(record)
+}
+
+/// Two statements: the hash is needed here before the insert, to sign it.
+async fn append_signed(
+    conn: &mut PgConnection,
+    event: NewEvent,
+    signer: &Signer,
+) -> Result<AuditRecord, AuditError> {
+    let (head_seq, head_hash, now): (i64, Vec<u8>, DateTime<Utc>) =
+        sqlx::query_as(include_str!("sql/lock_head.sql"))
+            .fetch_one(&mut *conn)
+            .await?;
+    let prev_hash = to_hash(head_seq, &head_hash)?;
+    // PostgreSQL keeps microseconds; the clock already has that precision, and the hash must
+    // cover exactly what is stored.
+    let mut record = unchained(event, now);
+    record.seq = head_seq + 1;
+    let hash = event_hash(&prev_hash, &record, &mut Vec::with_capacity(512));
+    record.signature = Some(signer.sign(&hash)?);
+    record.key_id = Some(signer.key_id().to_owned());
     record.prev_hash = Some(prev_hash.to_vec());
     record.hash = Some(hash.to_vec());
     sqlx::query(include_str!("sql/insert_event.sql"))
