@@ -34,6 +34,26 @@ pub struct NewApiKey {
     pub rate_limit_per_minute: Option<i32>,
 }
 
+impl NewApiKey {
+    /// The trimmed name, or the 400 the route answers when the name or rate is out of bounds.
+    pub fn validate(&self) -> Result<&str, FactoryError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(FactoryError::validation(
+                "`name` must be 1 to 200 characters.",
+            ));
+        }
+        if let Some(rate) = self.rate_limit_per_minute
+            && !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate)
+        {
+            return Err(FactoryError::validation(format!(
+                "`rate_limit_per_minute` must be 1 to {MAX_RATE_LIMIT_PER_MINUTE}."
+            )));
+        }
+        Ok(name)
+    }
+}
+
 /// A newly created key: the only time `key` is shown. No `Debug`, so it cannot be logged.
 #[derive(Serialize, ToSchema)]
 pub struct CreatedApiKey {
@@ -101,19 +121,7 @@ pub async fn create(
     client: &ClientInfo,
     input: NewApiKey,
 ) -> Result<CreatedApiKey, FactoryError> {
-    let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(FactoryError::validation(
-            "`name` must be 1 to 200 characters.",
-        ));
-    }
-    if let Some(rate) = input.rate_limit_per_minute
-        && !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate)
-    {
-        return Err(FactoryError::validation(format!(
-            "`rate_limit_per_minute` must be 1 to {MAX_RATE_LIMIT_PER_MINUTE}."
-        )));
-    }
+    let name = input.validate()?.to_owned();
     // A prefix collision (1 in 62^8) just draws again.
     for _ in 0..5 {
         let (prefix, key) = generate();
@@ -180,7 +188,25 @@ pub async fn revoke(
 
 #[cfg(test)]
 mod tests {
-    use super::generate;
+    use super::{MAX_RATE_LIMIT_PER_MINUTE, NewApiKey, generate};
+
+    #[test]
+    fn validation() {
+        let key = |name: &str, rate| NewApiKey {
+            name: name.to_owned(),
+            rate_limit_per_minute: rate,
+        };
+        assert_eq!(key(" scanner ", None).validate().unwrap(), "scanner");
+        assert!(key("k", Some(MAX_RATE_LIMIT_PER_MINUTE)).validate().is_ok());
+        assert!(key("k", Some(0)).validate().is_err());
+        assert!(
+            key("k", Some(MAX_RATE_LIMIT_PER_MINUTE + 1))
+                .validate()
+                .is_err()
+        );
+        assert!(key("", None).validate().is_err());
+        assert!(key(&"n".repeat(201), None).validate().is_err());
+    }
 
     #[test]
     fn key_format() {

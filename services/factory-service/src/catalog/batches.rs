@@ -24,6 +24,19 @@ pub struct NewBatch {
     pub quantity: i64,
 }
 
+impl NewBatch {
+    /// The quantity, or the 400 the route answers when it is not 1 to [`MAX_QUANTITY`].
+    pub fn validate(&self) -> Result<i32, FactoryError> {
+        if !(1..=MAX_QUANTITY).contains(&self.quantity) {
+            return Err(FactoryError::validation(format!(
+                "`quantity` must be 1 to {MAX_QUANTITY}."
+            )));
+        }
+        // In range, so it fits.
+        Ok(self.quantity as i32)
+    }
+}
+
 /// A batch.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Batch {
@@ -45,12 +58,7 @@ pub async fn create(
     client: &ClientInfo,
     input: NewBatch,
 ) -> Result<Batch, FactoryError> {
-    if !(1..=MAX_QUANTITY).contains(&input.quantity) {
-        return Err(FactoryError::validation(format!(
-            "`quantity` must be 1 to {MAX_QUANTITY}."
-        )));
-    }
-    let quantity = input.quantity as i32;
+    let quantity = input.validate()?;
     if !repo::product_exists_for_share(conn, input.product_id).await? {
         return Err(FactoryError::NotFound("product"));
     }
@@ -77,4 +85,24 @@ pub async fn create(
         .details(serde_json::json!({"product_id": batch.product_id, "quantity": batch.quantity}));
     audit.append(conn, event).await?;
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::{MAX_QUANTITY, NewBatch};
+
+    #[test]
+    fn quantity_bounds() {
+        let batch = |quantity| NewBatch {
+            product_id: Uuid::nil(),
+            quantity,
+        };
+        assert_eq!(batch(1).validate().unwrap(), 1);
+        assert_eq!(batch(MAX_QUANTITY).validate().unwrap(), 100_000);
+        for bad in [0, -1, MAX_QUANTITY + 1, i64::MAX, i64::MIN] {
+            assert!(batch(bad).validate().is_err(), "{bad}");
+        }
+    }
 }

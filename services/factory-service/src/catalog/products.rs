@@ -21,6 +21,25 @@ pub struct NewProduct {
     pub sku: String,
 }
 
+impl NewProduct {
+    /// The trimmed name and SKU, or the 400 the route answers when either is out of bounds.
+    pub fn validate(&self) -> Result<(&str, &str), FactoryError> {
+        let name = self.name.trim();
+        let sku = self.sku.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(FactoryError::validation(
+                "`name` must be 1 to 200 characters.",
+            ));
+        }
+        if sku.is_empty() || sku.chars().count() > 100 {
+            return Err(FactoryError::validation(
+                "`sku` must be 1 to 100 characters.",
+            ));
+        }
+        Ok((name, sku))
+    }
+}
+
 /// A product.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct Product {
@@ -42,18 +61,7 @@ pub async fn create(
     client: &ClientInfo,
     input: NewProduct,
 ) -> Result<Product, FactoryError> {
-    let name = input.name.trim();
-    let sku = input.sku.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(FactoryError::validation(
-            "`name` must be 1 to 200 characters.",
-        ));
-    }
-    if sku.is_empty() || sku.chars().count() > 100 {
-        return Err(FactoryError::validation(
-            "`sku` must be 1 to 100 characters.",
-        ));
-    }
+    let (name, sku) = input.validate()?;
     let product = repo::insert_product(conn, Uuid::now_v7(), name, sku).await?;
     let event = NewEvent::new("product.created", by.actor())
         .target("product", product.id)
@@ -61,4 +69,30 @@ pub async fn create(
         .details(serde_json::json!({"sku": product.sku}));
     audit.append(conn, event).await?;
     Ok(product)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NewProduct;
+
+    fn product(name: &str, sku: &str) -> NewProduct {
+        NewProduct {
+            name: name.to_owned(),
+            sku: sku.to_owned(),
+        }
+    }
+
+    #[test]
+    fn validation_trims_and_counts_characters() {
+        assert_eq!(
+            product(" Bag ", "\tSKU-1\n").validate().unwrap(),
+            ("Bag", "SKU-1")
+        );
+        // 200 two-byte characters are 200 characters, not 400.
+        assert!(product(&"\u{e9}".repeat(200), "s").validate().is_ok());
+        assert!(product(&"a".repeat(201), "s").validate().is_err());
+        assert!(product("   ", "s").validate().is_err());
+        assert!(product("n", &"s".repeat(101)).validate().is_err());
+        assert!(product("n", "").validate().is_err());
+    }
 }

@@ -53,6 +53,19 @@ pub struct RevokeTag {
     pub reason: String,
 }
 
+impl RevokeTag {
+    /// The trimmed reason, or the 400 the route answers when it is not 1 to 500 characters.
+    pub fn validate(&self) -> Result<&str, FactoryError> {
+        let reason = self.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(FactoryError::validation(
+                "`reason` must be 1 to 500 characters.",
+            ));
+        }
+        Ok(reason)
+    }
+}
+
 /// A revoked tag.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct RevokedTag {
@@ -97,12 +110,7 @@ pub async fn revoke(
     input: RevokeTag,
 ) -> Result<RevokedTag, FactoryError> {
     check_tag_id(id)?;
-    let reason = input.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(FactoryError::validation(
-            "`reason` must be 1 to 500 characters.",
-        ));
-    }
+    let reason = input.validate()?;
     if let Some(revoked) = repo::revoke_tag(conn, id, reason).await? {
         let event = NewEvent::new("tag.revoked", by.actor())
             .target("tag", id)
@@ -119,5 +127,23 @@ pub async fn revoke(
             revoked_reason: tag.revoked_reason,
         }),
         None => Err(FactoryError::NotFound("tag")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RevokeTag, check_tag_id};
+
+    #[test]
+    fn reason_and_tag_id_rules() {
+        let revoke = |reason: &str| RevokeTag {
+            reason: reason.to_owned(),
+        };
+        assert_eq!(revoke("  stolen \n").validate().unwrap(), "stolen");
+        assert!(revoke(&"x".repeat(500)).validate().is_ok());
+        assert!(revoke(&"x".repeat(501)).validate().is_err());
+        assert!(revoke(" \t ").validate().is_err());
+        assert!(check_tag_id("AbCdEfGh1234_-xyZ9876q").is_ok());
+        assert!(check_tag_id("AbCdEfGh1234/-xyZ9876q").is_err());
     }
 }
