@@ -61,12 +61,19 @@ infra-check:
 e2e:
 	scripts/e2e.sh
 
-.PHONY: chaos fuzz
+.PHONY: chaos fuzz fuzz-schema fuzz-cargo
 
 ## Failure scenarios against the real processes (private Redis, PostgreSQL, emulator); writes docs/RELIABILITY.md. CHAOS_ARGS="--only 1,2" for some.
 chaos:
 	scripts/chaos.sh $(CHAOS_ARGS)
 
+## schemathesis against the factory's /openapi.json, then the cargo-fuzz targets: no 5xx, no panic.
+fuzz: fuzz-schema fuzz-cargo
+
 ## schemathesis (venv under target/) against the factory's /openapi.json: no 5xx. FUZZ_MAX_EXAMPLES, FUZZ_SEED.
-fuzz:
+fuzz-schema:
 	scripts/fuzz.sh
+
+## cargo-fuzz on the parsers and validators (stable Rust with RUSTC_BOOTSTRAP=1), FUZZ_SECONDS (60) each. FUZZ_TARGETS.
+fuzz-cargo:
+	scripts/fuzz-cargo.sh
