@@ -44,15 +44,15 @@ async fn scan(
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    let outcome = state
-        .scanner
-        .scan(ScanRequest {
-            tag_id: &tag_id,
-            client_ip,
-            api_key,
-            user_agent,
-        })
-        .await;
+    // Boxed: the scan's state machine is large, and every layer above would otherwise copy it
+    // each time it moves the handler's future (memcpy showed in the profile).
+    let outcome = Box::pin(state.scanner.scan(ScanRequest {
+        tag_id: &tag_id,
+        client_ip,
+        api_key,
+        user_agent,
+    }))
+    .await;
     let mut response = match outcome.result {
         Ok(Found::Tag(tag)) => (StatusCode::OK, axum::Json(tag)).into_response(),
         Ok(Found::Unknown(tag_id)) => (
