@@ -27,7 +27,7 @@ from lib import (OUT, ROOT, Fail, PrivateEmulator, PrivatePostgres, PrivateRedis
 DOC = os.path.join(ROOT, "docs", "RELIABILITY.md")
 BEGIN, END = "<!-- chaos:results:begin -->", "<!-- chaos:results:end -->"
 # Seconds each scenario may take before it is failed (the million-IP one is the long one).
-LIMITS = {14: 420, 9: 240}
+LIMITS = {14: 420, 9: 330}
 DEFAULT_LIMIT = 150
 
 
