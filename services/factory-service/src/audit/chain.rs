@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, Row as _};
 use uuid::Uuid;
 
 use super::canonical::{self, FORMAT_VERSION};
@@ -112,25 +114,15 @@ async fn append_unsigned(
     let (mut prefix, mut suffix) = (Vec::with_capacity(384), Vec::with_capacity(128));
     canonical::event_prefix(&record, &mut prefix);
     canonical::event_suffix(&record, &mut suffix);
-    let (seq, occurred_at, prev_hash, hash): (i64, DateTime<Utc>, Vec<u8>, Vec<u8>) =
-        sqlx::query_as(include_str!("sql/append_event.sql"))
-            .bind(prefix)
-            .bind(suffix)
-            .bind(record.event_id)
-            .bind(record.actor_id)
-            .bind(&record.actor_email)
-            .bind(&record.action)
-            .bind(&record.target_type)
-            .bind(&record.target_id)
-            .bind(&record.client_ip)
-            .bind(&record.user_agent)
-            .bind(&record.details)
-            .fetch_one(&mut *conn)
-            .await?;
-    record.seq = seq;
-    record.occurred_at = occurred_at;
-    record.prev_hash = Some(prev_hash);
-    record.hash = Some(hash);
+    let row = bind_event_fields(sqlx::query(include_str!("sql/append_event.sql")), &record)
+        .bind(prefix)
+        .bind(suffix)
+        .fetch_one(&mut *conn)
+        .await?;
+    record.seq = row.try_get("seq")?;
+    record.occurred_at = row.try_get("occurred_at")?;
+    record.prev_hash = Some(row.try_get("prev_hash")?);
+    record.hash = Some(row.try_get("hash")?);
     Ok(record)
 }
 
@@ -154,10 +146,27 @@ async fn append_signed(
     record.key_id = Some(signer.key_id().to_owned());
     record.prev_hash = Some(prev_hash.to_vec());
     record.hash = Some(hash.to_vec());
-    sqlx::query(include_str!("sql/insert_event.sql"))
+    bind_event_fields(sqlx::query(include_str!("sql/insert_event.sql")), &record)
         .bind(record.seq)
-        .bind(record.event_id)
         .bind(record.occurred_at)
+        .bind(&record.prev_hash)
+        .bind(&record.hash)
+        .bind(&record.signature)
+        .bind(&record.key_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(record)
+}
+
+/// Binds the event's own fields as `$1..$9`, in the order both append statements expect:
+/// event_id, actor_id, actor_email, action, target_type, target_id, client_ip, user_agent,
+/// details.
+fn bind_event_fields<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    record: &'q AuditRecord,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(record.event_id)
         .bind(record.actor_id)
         .bind(&record.actor_email)
         .bind(&record.action)
@@ -166,11 +175,4 @@ async fn append_signed(
         .bind(&record.client_ip)
         .bind(&record.user_agent)
         .bind(&record.details)
-        .bind(&record.prev_hash)
-        .bind(&record.hash)
-        .bind(&record.signature)
-        .bind(&record.key_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(record)
 }

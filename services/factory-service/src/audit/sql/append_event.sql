@@ -1,7 +1,8 @@
 -- Appends an unsigned version-2 event in one statement, so the chain-head lock is held for this
 -- statement and the commit only, with no client round trip in between.
--- $1 and $2 are the event's canonical bytes before the occurred_at value and after the seq
--- value (canonical.rs: event_prefix, event_suffix); the database fills in the middle, exactly
+-- $1..$9 are the event's own fields (chain.rs: bind_event_fields). $10 and $11 are the event's
+-- canonical bytes before the occurred_at value and after the seq value (canonical.rs:
+-- event_prefix, event_suffix); the database fills in the middle, exactly
 -- as canonical.rs writes it: the timestamp as YYYY-MM-DDTHH:MM:SS.ffffffZ, then ","seq":, then
 -- the seq in decimal. The Rust verifier recomputes every hash, and the tests verify chains
 -- written this way, so the two spellings cannot drift apart unnoticed.
@@ -15,16 +16,16 @@ WITH head AS (
     FOR UPDATE
 ), event AS (
     SELECT seq, prev_hash, now,
-           sha256(prev_hash || $1::bytea
+           sha256(prev_hash || $10::bytea
                   || convert_to(to_char(now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
                                 || '","seq":' || seq::text, 'UTF8')
-                  || $2::bytea) AS hash
+                  || $11::bytea) AS hash
     FROM head
 ), inserted AS (
     INSERT INTO audit_events
         (seq, version, event_id, occurred_at, actor_id, actor_email, action, target_type,
          target_id, client_ip, user_agent, details, prev_hash, hash)
-    SELECT seq, 2, $3, now, $4, $5, $6, $7, $8, $9, $10, $11, prev_hash, hash
+    SELECT seq, 2, $1, now, $2, $3, $4, $5, $6, $7, $8, $9, prev_hash, hash
     FROM event
     RETURNING seq, occurred_at, prev_hash, hash
 )
