@@ -1,6 +1,7 @@
 //! The hardening stack, served for real on a random port.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
 use axum::Router;
@@ -76,19 +77,11 @@ fn http_config(pairs: &[(&str, &str)]) -> HttpConfig {
         .http
 }
 
-async fn spawn(router: Router) -> (String, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    tokio::spawn(common::server::serve(listener, router, token.clone()));
-    (format!("http://{addr}"), token)
-}
-
 async fn spawn_hardened(pairs: &[(&str, &str)]) -> String {
     let mut config = http_config(pairs);
     config.request_timeout = Duration::from_millis(300);
     config.body_limit_bytes = 1024;
-    spawn(harden(routes(), &config)).await.0
+    support::serve(harden(routes(), &config)).await.0
 }
 
 fn client() -> reqwest::Client {
@@ -473,7 +466,7 @@ fn common_test_pg_url() -> String {
 #[tokio::test]
 async fn readyz_ok_with_real_dependencies_and_503_naming_dead_redis() {
     let c = client();
-    let (live, _t1) = spawn(health_app("redis://127.0.0.1:6379")).await;
+    let (live, _t1) = support::serve(health_app("redis://127.0.0.1:6379")).await;
     let resp = c.get(format!("{live}/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -481,7 +474,7 @@ async fn readyz_ok_with_real_dependencies_and_503_naming_dead_redis() {
     assert_eq!(body["checks"]["redis"], "ok");
 
     // Port 1 on loopback: nothing listens there.
-    let (dead, _t2) = spawn(health_app("redis://127.0.0.1:1")).await;
+    let (dead, _t2) = support::serve(health_app("redis://127.0.0.1:1")).await;
     let healthz = c.get(format!("{dead}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 200, "liveness does not depend on Redis");
     let resp = c.get(format!("{dead}/readyz")).send().await.unwrap();

@@ -3,6 +3,8 @@
 //! test that records what is posted to `/v1/traces` (no OpenTelemetry collector is installed
 //! here). Its own test binary, because the tracing subscriber is process-wide.
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -10,7 +12,6 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use common::config::{LogFormat, TelemetryConfig};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Default)]
 struct Posted(Arc<Mutex<Vec<(String, Bytes)>>>);
@@ -48,20 +49,11 @@ async fn request_spans_are_exported_to_the_otlp_endpoint() {
 
     // The service, with the shared hardening stack (which opens the request span).
     let router = Router::new().route("/v1/things/{id}", get(|| async { "ok" }));
-    let router = common::http::harden(
-        router,
-        &common::CommonConfig::from_env(&common::Env::default(), "127.0.0.1:0")
-            .unwrap()
-            .http,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    tokio::spawn(common::server::serve(listener, router, token.clone()));
+    let (base, token) = support::serve_hardened(router).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = reqwest::Client::new()
-        .get(format!("http://{addr}/v1/things/abc"))
+        .get(format!("{base}/v1/things/abc"))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .send()
         .await

@@ -1,13 +1,14 @@
 //! Logs: JSON lines carrying the request id and the caller's W3C trace id. Its own test binary,
 //! because the tracing subscriber is process-wide.
 
+mod support;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::routing::get;
 use common::config::{LogFormat, TelemetryConfig};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -46,20 +47,11 @@ async fn every_log_line_of_a_request_carries_its_request_id_and_trace_id() {
             "ok"
         }),
     );
-    let router = common::http::harden(
-        router,
-        &common::CommonConfig::from_env(&common::Env::default(), "127.0.0.1:0")
-            .unwrap()
-            .http,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    tokio::spawn(common::server::serve(listener, router, token.clone()));
+    let (base, token) = support::serve_hardened(router).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = reqwest::Client::new()
-        .get(format!("http://{addr}/v1/things/SECRET-TAG-ID-123456"))
+        .get(format!("{base}/v1/things/SECRET-TAG-ID-123456"))
         .header("x-request-id", "rid-42")
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .header("authorization", "Bearer super-secret-token")

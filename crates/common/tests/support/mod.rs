@@ -1,0 +1,23 @@
+//! What the common crate's integration tests share: starting an app on a random port.
+// Each test file is its own crate and uses only some of these.
+#![allow(dead_code)]
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `router` on a random loopback port; returns its base URL (`http://127.0.0.1:<port>`)
+/// and the token that stops it.
+pub async fn serve(router: Router) -> (String, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    tokio::spawn(common::server::serve(listener, router, token.clone()));
+    (format!("http://{addr}"), token)
+}
+
+/// [`serve`] behind the shared hardening stack, configured from an empty environment.
+pub async fn serve_hardened(router: Router) -> (String, CancellationToken) {
+    let config = common::CommonConfig::from_env(&common::Env::default(), "127.0.0.1:0")
+        .expect("the default configuration is valid");
+    serve(common::http::harden(router, &config.http)).await
+}
