@@ -99,7 +99,9 @@ pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            // The builder refuses only an empty bucket list; should that ever happen, metrics
+            // are still served, as summaries, rather than the process failing.
+            let builder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -107,8 +109,11 @@ pub fn prometheus() -> PrometheusHandle {
                         BATCH_SIZE_BUCKETS,
                     )
                 })
-                .expect("bucket lists are not empty")
-                .build_recorder();
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "histogram buckets refused; serving summaries");
+                    PrometheusBuilder::new()
+                });
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (a test harness): then ours only renders
             // what is recorded through it, which is nothing; that is a wiring bug worth a log.
