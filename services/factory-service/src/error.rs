@@ -78,6 +78,18 @@ impl FactoryError {
         }
     }
 
+    /// `value` without surrounding whitespace, or a 400 `validation_failed` naming `field` when
+    /// that is empty or longer than `max` characters.
+    pub fn check_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Self> {
+        let trimmed = value.trim();
+        if trimmed.is_empty() || trimmed.chars().count() > max {
+            return Err(Self::validation(format!(
+                "`{field}` must be 1 to {max} characters."
+            )));
+        }
+        Ok(trimmed)
+    }
+
     /// A 401 with the given code.
     pub fn unauthorized(code: &'static str, detail: &'static str) -> Self {
         Self::Unauthorized { code, detail }

@@ -37,12 +37,7 @@ pub struct NewApiKey {
 impl NewApiKey {
     /// The trimmed name, or the 400 the route answers when the name or rate is out of bounds.
     pub fn validate(&self) -> Result<&str, FactoryError> {
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(FactoryError::validation(
-                "`name` must be 1 to 200 characters.",
-            ));
-        }
+        let name = FactoryError::check_text("name", &self.name, 200)?;
         if let Some(rate) = self.rate_limit_per_minute
             && !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate)
         {

@@ -24,18 +24,8 @@ pub struct NewProduct {
 impl NewProduct {
     /// The trimmed name and SKU, or the 400 the route answers when either is out of bounds.
     pub fn validate(&self) -> Result<(&str, &str), FactoryError> {
-        let name = self.name.trim();
-        let sku = self.sku.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(FactoryError::validation(
-                "`name` must be 1 to 200 characters.",
-            ));
-        }
-        if sku.is_empty() || sku.chars().count() > 100 {
-            return Err(FactoryError::validation(
-                "`sku` must be 1 to 100 characters.",
-            ));
-        }
+        let name = FactoryError::check_text("name", &self.name, 200)?;
+        let sku = FactoryError::check_text("sku", &self.sku, 100)?;
         Ok((name, sku))
     }
 }

@@ -56,13 +56,7 @@ pub struct RevokeTag {
 impl RevokeTag {
     /// The trimmed reason, or the 400 the route answers when it is not 1 to 500 characters.
     pub fn validate(&self) -> Result<&str, FactoryError> {
-        let reason = self.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            return Err(FactoryError::validation(
-                "`reason` must be 1 to 500 characters.",
-            ));
-        }
-        Ok(reason)
+        FactoryError::check_text("reason", &self.reason, 500)
     }
 }
 
