@@ -64,6 +64,14 @@ async fn scans(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// The sum of every tag's `scan_count`.
+async fn counted(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT sum(scan_count)::bigint FROM tags")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 fn applied(results: &[EventResult]) -> Vec<Applied> {
     results
         .iter()
@@ -104,11 +112,7 @@ async fn a_batch_counts_each_event_once_across_tags_and_batches() {
     assert_eq!(got[10..20], [Applied::Recorded; 10]);
     assert_eq!(got[20], Applied::Duplicate);
     assert_eq!(scans(&db.pool).await, 210);
-    let total: i64 = sqlx::query_scalar("SELECT sum(scan_count)::bigint FROM tags")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(total, 210);
+    assert_eq!(counted(&db.pool).await, 210);
 
     // All duplicates: nothing changes.
     let again: Vec<&ScanEvent> = new.iter().collect();
@@ -183,11 +187,7 @@ async fn overlapping_batches_applied_at_once_neither_deadlock_nor_double_count()
         .count();
     assert_eq!(recorded, 400);
     assert_eq!(scans(&db.pool).await, 400);
-    let total: i64 = sqlx::query_scalar("SELECT sum(scan_count)::bigint FROM tags")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(total, 400);
+    assert_eq!(counted(&db.pool).await, 400);
 }
 
 #[tokio::test]
