@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod http;
+pub mod metric_handles;
 pub mod pubsub;
 pub mod server;
 pub mod telemetry;

@@ -46,10 +46,11 @@ impl RedisConn {
     /// `timeout`.
     pub fn new(url: &SecretString, timeout: Duration, slots: usize) -> RedisResult<Self> {
         let client = redis::Client::open(url.expose_secret())?;
-        // The crate's own timeouts are a backstop; `bounded` enforces ours on every call.
+        // `bounded` enforces the timeout on every call, connecting included. The crate's own
+        // response timeout stays off: it would arm a second timer per command.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .set_response_timeout(Some(timeout.max(Duration::from_millis(1))));
+            .set_response_timeout(None);
         let slots = (0..slots.max(1))
             .map(|_| Slot {
                 conn: Mutex::new(None),

@@ -103,6 +103,7 @@ impl Application {
         spawn_sweeper(scanner.clone(), background.clone());
         let state = AppState {
             scanner: Arc::new(scanner),
+            requests: Arc::default(),
         };
         let router =
             routes::router(state, TimingLayer::new(config.timing)).merge(health::routes(vec![

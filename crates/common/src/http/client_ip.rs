@@ -4,10 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
 
@@ -66,12 +65,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Middleware: resolves [`ClientIp`] once per request and stores it in the extensions.
-pub async fn resolve(
-    axum::extract::State(trusted): axum::extract::State<TrustedProxies>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Request mapper: resolves [`ClientIp`] once per request and stores it in the extensions.
+pub fn resolve<B>(
+    trusted: &TrustedProxies,
+    mut req: axum::http::Request<B>,
+) -> axum::http::Request<B> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -80,7 +78,7 @@ pub async fn resolve(
         let ip = trusted.client_ip(peer, req.headers());
         req.extensions_mut().insert(ClientIp(ip));
     }
-    next.run(req).await
+    req
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {

@@ -66,7 +66,7 @@ pub fn default_error(status: StatusCode) -> (&'static str, &'static str) {
     }
 }
 
-fn is_json(response: &Response) -> bool {
+fn is_json<B>(response: &axum::http::Response<B>) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -78,10 +78,14 @@ fn is_json(response: &Response) -> bool {
 
 /// Response mapper: an error status without a JSON body becomes the contract's JSON error,
 /// keeping the status and headers (e.g. `Allow` on 405, `Retry-After`).
-pub async fn json_errors(response: Response) -> Response {
+pub fn json_errors<B>(response: axum::http::Response<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
-        return response;
+        return response.map(Body::new);
     }
     let (code, detail) = default_error(status);
     let (mut parts, _) = response.into_parts();

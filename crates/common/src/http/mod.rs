@@ -11,7 +11,6 @@ pub mod security_headers;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::middleware;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -26,29 +25,18 @@ pub use json::Json;
 use crate::config::HttpConfig;
 
 /// Wraps `router` (routes and fallback) in the hardening stack, outermost first: security
-/// headers, request id, panic catcher, CORS, trace span and metrics, JSON errors, timeout, body
-/// limit, client IP. Serve the result with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// headers, request id, panic catcher, CORS, trace span and metrics, JSON errors, body limit,
+/// timeout, client IP. Serve the result with `into_make_service_with_connect_info::<SocketAddr>()`.
+///
+/// The stack is one tower service applied once: every `Router::layer` call would box and clone
+/// the service per request again, and the request mappers here are plain functions.
 pub fn harden(router: Router, config: &HttpConfig) -> Router {
     let trusted = TrustedProxies::new(config.trusted_proxies.clone());
-    let router = router
-        .fallback(fallback)
-        .layer(middleware::from_fn_with_state(trusted, client_ip::resolve))
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            config.request_timeout,
-        ))
-        .layer(middleware::map_response(error::json_errors))
-        .layer(middleware::from_fn(observe::observe));
-    let router = match cors::layer(&config.cors_origins) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    };
-    // Outermost: every response, a caught panic's included, gets the headers and the request id.
-    router.layer(
+    router.fallback(fallback).layer(
         ServiceBuilder::new()
-            .layer(security_headers::layer())
+            // Outermost: every response, a caught panic's included, gets the headers and the
+            // request id.
+            .map_response(security_headers::apply)
             .map_request(request_id::drop_insane)
             .layer(SetRequestIdLayer::new(
                 request_id::X_REQUEST_ID.clone(),
@@ -68,7 +56,17 @@ pub fn harden(router: Router, config: &HttpConfig) -> Router {
                     "internal_error",
                     "Something went wrong on our side.",
                 )
-            })),
+            }))
+            .option_layer(cors::layer(&config.cors_origins))
+            .layer(observe::ObserveLayer::new())
+            .map_response(error::json_errors)
+            .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                config.request_timeout,
+            ))
+            .layer(DefaultBodyLimit::disable())
+            .map_request(move |req| client_ip::resolve(&trusted, req)),
     )
 }
 

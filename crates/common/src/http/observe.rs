@@ -1,17 +1,32 @@
 //! Per-request trace span and HTTP metrics. The span carries the route template (never the raw
 //! path, which may hold tag ids), the request id, and the W3C `traceparent` parent when one came.
+//!
+//! A plain tower layer rather than a `from_fn` middleware: it sits on every request, and this way
+//! neither its future nor the inner service is boxed or cloned per request. The metric handles
+//! of each route, method and status are looked up once and then reused.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{Method, Response};
+use metrics::{Counter, Histogram};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
+use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::request_id::X_REQUEST_ID;
+use crate::metric_handles::HandleCache;
+
+/// The label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
 
 struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
 
@@ -25,23 +40,77 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// The route template of a request, `"unmatched"` when no route matched.
-pub fn route_of(req: &Request) -> String {
+pub fn route_of(req: &Request) -> &str {
     req.extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+        .map_or(UNMATCHED, MatchedPath::as_str)
 }
 
-/// Middleware: opens the request span, records `http_requests_total` and
+/// Layer: opens the request span, records `http_requests_total` and
 /// `http_request_duration_seconds`, and logs one line per request.
-pub async fn observe(req: Request, next: Next) -> Response {
-    let route = route_of(&req);
-    let method = req.method().clone();
+#[derive(Clone, Default)]
+pub struct ObserveLayer {
+    metrics: Arc<HttpMetrics>,
+}
+
+impl ObserveLayer {
+    /// A layer with its own cache of metric handles.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service of [`ObserveLayer`].
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl<S, B> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let route = self.metrics.route(route_of(&req));
+        let method = req.method().clone();
+        let span = request_span(&req, &route.name, &method);
+        ObserveFuture {
+            inner: self.inner.call(req).instrument(span),
+            done: Some(Done {
+                route,
+                method,
+                started: Instant::now(),
+            }),
+        }
+    }
+}
+
+fn request_span(req: &Request, route: &str, method: &Method) -> tracing::Span {
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -50,6 +119,9 @@ pub async fn observe(req: Request, next: Next) -> Response {
         trace_id = tracing::field::Empty,
         status = tracing::field::Empty,
     );
+    if span.is_disabled() {
+        return span;
+    }
     // Most requests carry no trace context: skip the global propagator (a lock) for them.
     if req.headers().contains_key("traceparent") {
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -63,27 +135,119 @@ pub async fn observe(req: Request, next: Next) -> Response {
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
     }
+    span
+}
 
-    let started = Instant::now();
-    let response = next.run(req).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed().as_secs_f64();
-    span.record("status", status);
-    span.in_scope(|| {
-        tracing::info!(
-            latency_ms = elapsed * 1000.0,
-            "{} {} -> {}",
-            method,
-            route,
-            status
-        );
-    });
-    let labels = [
-        ("route", route),
-        ("method", method.to_string()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels[..2]).record(elapsed);
-    response
+struct Done {
+    route: Arc<RouteMetrics>,
+    method: Method,
+    started: Instant,
+}
+
+impl Done {
+    fn finish(self, span: &tracing::Span, status: u16) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if !span.is_disabled() {
+            span.record("status", status);
+            span.in_scope(|| {
+                tracing::info!(
+                    latency_ms = elapsed * 1000.0,
+                    "{} {} -> {}",
+                    self.method,
+                    self.route.name,
+                    status
+                );
+            });
+        }
+        self.route.requests(&self.method, status).increment(1);
+        self.route.duration(&self.method).record(elapsed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Observe`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        done: Option<Done>,
+    }
+}
+
+impl<F, B, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let span = this.inner.span().clone();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(done)) = (&result, this.done.take()) {
+            done.finish(&span, response.status().as_u16());
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Metric handles per route, each looked up in the recorder once.
+#[derive(Default)]
+struct HttpMetrics {
+    routes: RwLock<HashMap<Box<str>, Arc<RouteMetrics>>>,
+}
+
+impl HttpMetrics {
+    fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        if let Some(route) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return route.clone();
+        }
+        // A poisoned lock still holds usable handles.
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.into())
+            .or_insert_with(|| {
+                Arc::new(RouteMetrics {
+                    name: name.into(),
+                    requests: HandleCache::new(),
+                    durations: HandleCache::new(),
+                })
+            })
+            .clone()
+    }
+}
+
+struct RouteMetrics {
+    name: Box<str>,
+    requests: HandleCache<(Method, u16), Counter>,
+    durations: HandleCache<Method, Histogram>,
+}
+
+impl RouteMetrics {
+    fn requests(&self, method: &Method, status: u16) -> Counter {
+        self.requests
+            .get_or((method.clone(), status), |(method, status)| {
+                let labels = [
+                    ("route", self.name.to_string()),
+                    ("method", method.to_string()),
+                    ("status", status.to_string()),
+                ];
+                metrics::counter!("http_requests_total", &labels)
+            })
+    }
+
+    fn duration(&self, method: &Method) -> Histogram {
+        self.durations.get_or(method.clone(), |method| {
+            let labels = [
+                ("route", self.name.to_string()),
+                ("method", method.to_string()),
+            ];
+            metrics::histogram!("http_request_duration_seconds", &labels)
+        })
+    }
 }

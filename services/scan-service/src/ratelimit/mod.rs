@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{BreakerError, CircuitBreaker};
+use metrics::{Counter, Histogram};
 use uuid::Uuid;
 
 pub use self::local::LocalBuckets;
@@ -80,6 +81,30 @@ pub struct RateLimiter {
     breaker: CircuitBreaker,
     config: RateLimitConfig,
     prefix: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+/// The limiter's metric handles, registered once.
+#[derive(Debug)]
+struct Metrics {
+    redis_seconds: Histogram,
+    allowed: Counter,
+    limited: Counter,
+    fallback: Counter,
+    fail_closed: Counter,
+}
+
+impl Metrics {
+    fn register() -> Self {
+        let outcome = |label: &'static str| metrics::counter!("rate_limit_decisions_total", "outcome" => label);
+        Self {
+            redis_seconds: metrics::histogram!("rate_limit_redis_seconds"),
+            allowed: outcome("allowed"),
+            limited: outcome("limited"),
+            fallback: outcome("fallback"),
+            fail_closed: outcome("fail_closed"),
+        }
+    }
 }
 
 /// Clients the fallback limiter tracks per set of limits before it starts afresh.
@@ -99,6 +124,7 @@ impl RateLimiter {
             breaker,
             config,
             prefix: Arc::from(prefix),
+            metrics: Arc::new(Metrics::register()),
         }
     }
 
@@ -135,20 +161,22 @@ impl RateLimiter {
         let key = self.bucket_key(identity);
         let started = std::time::Instant::now();
         let outcome = self.breaker.call(self.shared.take(&key, limits)).await;
+        let metrics = &*self.metrics;
         let retry_after = match outcome {
             Ok(verdict) => {
-                metrics::histogram!("rate_limit_redis_seconds")
+                metrics
+                    .redis_seconds
                     .record(started.elapsed().as_secs_f64());
-                let label = if verdict.allowed {
-                    "allowed"
+                if verdict.allowed {
+                    metrics.allowed.increment(1);
                 } else {
-                    "limited"
-                };
-                metrics::counter!("rate_limit_decisions_total", "outcome" => label).increment(1);
+                    metrics.limited.increment(1);
+                }
                 return Ok(verdict);
             }
             Err(BreakerError::Inner(e)) => {
-                metrics::histogram!("rate_limit_redis_seconds")
+                metrics
+                    .redis_seconds
                     .record(started.elapsed().as_secs_f64());
                 tracing::warn!(error = %e, fail_closed = self.config.fail_closed, "rate-limit decision in Redis failed");
                 Duration::from_secs(1)
@@ -156,13 +184,12 @@ impl RateLimiter {
             Err(BreakerError::Rejected { retry_after }) => retry_after,
         };
         if self.config.fail_closed {
-            metrics::counter!("rate_limit_decisions_total", "outcome" => "fail_closed")
-                .increment(1);
+            metrics.fail_closed.increment(1);
             return Err(Unavailable {
                 retry_after_secs: local::whole_seconds(retry_after),
             });
         }
-        metrics::counter!("rate_limit_decisions_total", "outcome" => "fallback").increment(1);
+        metrics.fallback.increment(1);
         Ok(self.local.take(&key, limits))
     }
 }

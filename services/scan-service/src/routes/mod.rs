@@ -14,6 +14,8 @@ use crate::timing::TimingLayer;
 pub struct AppState {
     /// The scan use case.
     pub scanner: Arc<Scanner>,
+    /// `scan_requests_total` by status.
+    pub requests: Arc<scan::RequestCounters>,
 }
 
 /// The API routes (health routes are merged in by `startup`).

@@ -7,6 +7,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::http::ClientIp;
+use common::metric_handles::HandleCache;
+use metrics::Counter;
 use serde_json::json;
 
 use super::AppState;
@@ -70,9 +72,21 @@ async fn scan(
     if let Some(verdict) = outcome.verdict {
         rate_limit_headers(response.headers_mut(), &verdict);
     }
-    metrics::counter!("scan_requests_total", "status" => response.status().as_str().to_owned())
-        .increment(1);
+    state.requests.get(response.status()).increment(1);
     response
+}
+
+/// `scan_requests_total{status}`, one handle per status answered.
+#[derive(Debug, Default)]
+pub struct RequestCounters(HandleCache<StatusCode, Counter>);
+
+impl RequestCounters {
+    /// The counter of `status`.
+    pub fn get(&self, status: StatusCode) -> Counter {
+        self.0.get_or(status, |status| {
+            metrics::counter!("scan_requests_total", "status" => status.as_str().to_owned())
+        })
+    }
 }
 
 fn rate_limit_headers(headers: &mut HeaderMap, verdict: &Verdict) {
