@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestEnv, header, shared_redis};
+use crate::helpers::{TestApp, TestEnv, header, metric, shared_redis};
+
+/// Decisions of the in-process fallback (registered at zero from the start).
+const FALLBACK: &str = "rate_limit_decisions_total{outcome=\"fallback\"}";
 
 fn is_answer(s: StatusCode) -> bool {
     s == StatusCode::OK || s == StatusCode::NOT_FOUND
@@ -115,7 +118,11 @@ async fn two_hundred_concurrent_across_two_instances_exactly_fifty_pass() {
             *counts.entry(status.as_u16()).or_default() += 1;
         }
     }
-    assert!(!a.metrics().await.contains("outcome=\"fallback\""));
+    assert_eq!(
+        metric(&a.metrics().await, FALLBACK).unwrap_or(0.0),
+        0.0,
+        "no decision fell back to the in-process limiter"
+    );
     assert_eq!(counts.get(&200), Some(&50), "{counts:?}");
     assert_eq!(counts.get(&429), Some(&150), "{counts:?}");
 }
@@ -239,7 +246,7 @@ async fn script_flush_between_calls_is_recovered() {
     assert_eq!(app.scan(&tag).await.status(), StatusCode::TOO_MANY_REQUESTS);
     let metrics = app.metrics().await;
     assert!(
-        !metrics.contains("outcome=\"fallback\""),
+        metric(&metrics, FALLBACK).unwrap_or(0.0) == 0.0,
         "fell back instead of reloading the script"
     );
 }
