@@ -15,7 +15,7 @@ for tool in wrk redis-benchmark; do
     fi
   fi
 done
-cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench
+cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench --example ratelimit_bench
 # c=1000 needs more descriptors than the default soft limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 scripts/bench/bench.py "$@"

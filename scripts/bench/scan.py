@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import re
@@ -14,6 +15,8 @@ import time
 from lib import ROOT, ensure_topic, Service, fresh_database, get, histogram_quantiles, percentile, psql, welch_t, wrk
 
 LUA = os.path.join(ROOT, "services", "scan-service", "src", "ratelimit", "token_bucket.lua")
+# Rounds of the raw throughput / Redis floor comparison.
+ROUNDS = 3
 UNLIMITED = {"RATE_LIMIT_IP_PER_MINUTE": "10000000", "RATE_LIMIT_IP_BURST": "10000000"}
 
 
@@ -104,8 +107,15 @@ def run(quick: bool) -> dict:
         for tag in known:  # warm the caches
             get(svc.port, f"/v1/scan/{tag}")
         wrk(f"{svc.base}/v1/scan/{known[0]}", 64, 3, script)
-        results["raw"] = wrk(svc.base, 64, secs, script)
-        results["redis_floor"] = redis_floor(64, secs)
+        # Three rounds, each the service then the floor back to back, so slow drift of the VM
+        # touches both sides of a ratio alike; the round with the median ratio is reported.
+        rounds = []
+        for _ in range(ROUNDS):
+            raw = wrk(svc.base, 64, max(secs // 2, 4), script)
+            rounds.append((raw.rps / redis_floor(64, secs) if raw.rps else 0.0, raw))
+        results["ratios"] = sorted(r for r, _ in rounds)
+        ratio, results["raw"] = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+        results["redis_floor"] = results["raw"].rps / ratio if ratio else float("nan")
         metrics = get(svc.port, "/metrics")[1].decode()
         results["rl_quantiles"] = histogram_quantiles(metrics, "rate_limit_redis_seconds", (0.5, 0.99))
         results["rss_raw"] = svc.peak_rss_mib()
@@ -128,4 +138,15 @@ def run(quick: bool) -> dict:
         results["rss_norm"] = svc.peak_rss_mib()
     finally:
         svc.stop()
+    results["decisions"] = decision_latency(quick)
     return results
+
+
+def decision_latency(quick: bool) -> dict:
+    """The rate limiter on its own (`examples/ratelimit_bench.rs`): closed-loop c=1 and c=16, and
+    paced at 1,000 decisions/s, each line of its output one JSON object."""
+    exe = os.path.join(ROOT, "target", "release", "examples", "ratelimit_bench")
+    args = ["--decisions", "10000" if quick else "50000", "--paced-secs", "5" if quick else "15"]
+    out = subprocess.run([exe, *args], check=True, capture_output=True, text=True).stdout
+    runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {(r["mode"], r["concurrency"]): r for r in runs}
