@@ -5,8 +5,9 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue, Method};
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 
-/// Request headers a browser may send cross-origin.
-pub const ALLOWED_HEADERS: [&str; 8] = [
+/// Request headers a browser may send cross-origin: exactly the contract's list (a same-origin
+/// page such as the admin console needs no CORS to send `traceparent`).
+pub const ALLOWED_HEADERS: [&str; 7] = [
     "authorization",
     "content-type",
     "x-api-key",
@@ -14,7 +15,6 @@ pub const ALLOWED_HEADERS: [&str; 8] = [
     "x-device-id",
     "idempotency-key",
     "x-request-id",
-    "traceparent",
 ];
 
 /// Response headers a cross-origin script may read.
