@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use common::config::{CommonConfig, ConfigError, Env};
 use rand::RngCore as _;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Parameters of one token bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +52,13 @@ pub struct ScanConfig {
     /// Whether `ip_hash_key` was generated because `IP_HASH_KEY` was unset (start-up warns:
     /// hashes then differ per process and per restart).
     pub ip_hash_key_generated: bool,
+    /// Whether the given `IP_HASH_KEY` is shorter than [`IP_HASH_KEY_MIN`] characters. HMAC
+    /// takes a key of any length, so it is used; start-up warns that it is easy to guess.
+    pub ip_hash_key_short: bool,
 }
+
+/// Characters below which `IP_HASH_KEY` is used but warned about.
+pub const IP_HASH_KEY_MIN: usize = 16;
 
 /// Limits are capped so that `per_minute * 60` seconds of state and every header value stay
 /// well inside the integers Redis and Lua handle exactly.
@@ -100,16 +106,7 @@ impl ScanConfig {
             ));
         }
         let (ip_hash_key, ip_hash_key_generated) = match env.raw("IP_HASH_KEY") {
-            Some(v) if v.len() >= 16 => (SecretString::from(v.to_owned()), false),
-            Some(v) => {
-                return Err(ConfigError::new(
-                    "IP_HASH_KEY",
-                    v,
-                    true,
-                    "shorter than 16 characters",
-                    "a random secret of at least 16 characters (e.g. openssl rand -hex 32)",
-                ));
-            }
+            Some(v) => (SecretString::from(v.to_owned()), false),
             None => {
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
@@ -124,6 +121,8 @@ impl ScanConfig {
                 min_response: Duration::from_millis(min_ms),
                 jitter: Duration::from_millis(jitter_ms),
             },
+            ip_hash_key_short: !ip_hash_key_generated
+                && ip_hash_key.expose_secret().chars().count() < IP_HASH_KEY_MIN,
             ip_hash_key,
             ip_hash_key_generated,
         })
@@ -133,7 +132,6 @@ impl ScanConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret as _;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<ScanConfig, ConfigError> {
         ScanConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
@@ -186,9 +184,16 @@ mod tests {
         }
         let e = parse(&[("SCAN_MIN_RESPONSE_MS", "5"), ("SCAN_JITTER_MS", "10")]).unwrap_err();
         assert_eq!(e.var, "SCAN_JITTER_MS");
-        let e = parse(&[("IP_HASH_KEY", "short-secret")]).unwrap_err();
-        assert_eq!(e.var, "IP_HASH_KEY");
-        assert!(!e.to_string().contains("short-secret"), "{e}");
+    }
+
+    #[test]
+    fn a_short_ip_hash_key_is_used_with_a_warning() {
+        let c = parse(&[("IP_HASH_KEY", "short-secret")]).unwrap();
+        assert_eq!(c.ip_hash_key.expose_secret(), "short-secret");
+        assert!(c.ip_hash_key_short && !c.ip_hash_key_generated);
+        let c = parse(&[("IP_HASH_KEY", "0123456789abcdef")]).unwrap();
+        assert!(!c.ip_hash_key_short);
+        assert!(!parse(&[]).unwrap().ip_hash_key_short);
     }
 
     #[test]

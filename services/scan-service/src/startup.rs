@@ -58,6 +58,13 @@ impl Application {
                  scan events differ between instances and restarts"
             );
         }
+        if config.ip_hash_key_short {
+            tracing::warn!(
+                "IP_HASH_KEY is shorter than {} characters: client IP hashes in scan events are \
+                 easy to reverse by trying every address; use a random secret (openssl rand -hex 32)",
+                crate::config::IP_HASH_KEY_MIN
+            );
+        }
         // Installs the metrics recorder before anything records (the breakers export their
         // state as they are created).
         common::telemetry::prometheus();
