@@ -2,6 +2,7 @@
 //! Knows nothing of HTTP beyond the outcome it returns.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -27,8 +28,8 @@ pub struct ScanRequest<'a> {
 /// What a scan found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
-    /// A known tag.
-    Tag(Tag),
+    /// A known tag (shared with the caches that hold it, so a hit copies no strings).
+    Tag(Arc<Tag>),
     /// No such tag.
     Unknown(String),
 }
@@ -63,34 +64,38 @@ impl Scanner {
     /// Every scan costs a token, malformed ones included. A request with a bad API key is
     /// charged to its IP, so guessing keys is rate limited like anything else anonymous.
     pub async fn scan(&self, req: ScanRequest<'_>) -> ScanOutcome {
-        let (identity, limits, key_id, bad_key) = match req.api_key {
+        // A request whose key is bad, or cannot be checked because the database is away, is
+        // charged to its IP like any anonymous one, so its answer still carries rate-limit
+        // headers and guessing keys costs tokens.
+        let (identity, limits, key_id, refusal) = match req.api_key {
             None => (
                 Identity::Ip(req.client_ip),
                 self.limiter.ip_limits(),
                 None,
-                false,
+                None,
             ),
             Some(presented) => match self.api_keys.authenticate(presented).await {
                 Ok(Some(key)) => (
                     Identity::ApiKey(key.id),
                     self.limiter.key_limits(key.rate_limit_per_minute),
                     Some(key.id),
-                    false,
+                    None,
                 ),
                 Ok(None) => (
                     Identity::Ip(req.client_ip),
                     self.limiter.ip_limits(),
                     None,
-                    true,
+                    Some(ScanError::InvalidApiKey),
                 ),
-                Err(e) => {
-                    return ScanOutcome {
-                        verdict: None,
-                        result: Err(ScanError::Database(e)),
-                    };
-                }
+                Err(e) => (
+                    Identity::Ip(req.client_ip),
+                    self.limiter.ip_limits(),
+                    None,
+                    Some(ScanError::Database(e)),
+                ),
             },
         };
+        let bad_key = refusal.is_some();
         let valid = is_valid_tag_id(req.tag_id);
 
         // A tag the in-process tier knows costs one Redis call, the decision. Otherwise the
@@ -128,8 +133,8 @@ impl Scanner {
                 retry_after_secs: verdict.retry_after_secs.max(1),
             }));
         }
-        if bad_key {
-            return outcome(Err(ScanError::InvalidApiKey));
+        if let Some(refusal) = refusal {
+            return outcome(Err(refusal));
         }
         if !valid {
             return outcome(Err(ScanError::InvalidTagId));

@@ -87,7 +87,7 @@ impl From<TagRow> for Tag {
 
 /// What the cache holds for a tag id: the tag, or the fact that there is none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Cached(pub Option<Tag>);
+pub struct Cached(pub Option<Arc<Tag>>);
 
 /// Tag ids the in-process tier holds at most (about 200 bytes each).
 const NEAR_ENTRIES: usize = 50_000;
@@ -143,12 +143,12 @@ impl TagLookup {
     }
 
     /// The tag from the database, caching the answer (found or not).
-    pub async fn load(&self, tag_id: &str) -> Result<Option<Tag>, sqlx::Error> {
+    pub async fn load(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, sqlx::Error> {
         let tag = sqlx::query_as::<_, TagRow>(FIND_TAG)
             .bind(tag_id)
             .fetch_optional(&self.pool)
             .await?
-            .map(Tag::from);
+            .map(|row| Arc::new(Tag::from(row)));
         let cached = Cached(tag);
         self.cache.put(self.cache_key(tag_id), &cached);
         self.near.insert(tag_id.to_owned(), cached.clone());

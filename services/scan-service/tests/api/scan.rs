@@ -298,3 +298,42 @@ async fn health_routes_are_never_rate_limited_and_readyz_names_a_dead_dependency
         StatusCode::OK
     );
 }
+
+/// The read replica is unreachable (a closed port: a real refused connection): a key that cannot
+/// be checked and a tag that cannot be looked up both answer 503 JSON, and both still carry the
+/// rate-limit headers, because the request was charged to its IP before the look-up failed.
+#[tokio::test]
+async fn a_dead_read_replica_answers_503_with_rate_limit_headers() {
+    let env = TestEnv::new().await;
+    let tag = env.tag().await;
+    let (_, key) = env.api_key(None).await;
+    let app = env
+        .spawn(&[
+            (
+                "DATABASE_READ_URL",
+                "postgres://postgres@127.0.0.1:1/voketag",
+            ),
+            ("RATE_LIMIT_IP_PER_MINUTE", "60"),
+        ])
+        .await;
+    for (what, r) in [
+        ("unchecked key", app.scan_with_key(&tag, &key).await),
+        ("uncached tag", app.scan(&tag).await),
+    ] {
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(header(&r, name).is_some(), "{what}: {name} missing");
+        }
+        assert_eq!(
+            header(&r, "x-ratelimit-limit"),
+            Some("60"),
+            "{what}: charged to the IP"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "service_unavailable", "{what}: {body}");
+    }
+}
