@@ -31,6 +31,9 @@ pub trait Publisher: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// Bytes reserved for an event's JSON body.
+const EVENT_JSON_CAPACITY: usize = 512;
+
 /// The worker gives up on one attempt after this long and retries the batch later; the
 /// client's own retries stop earlier so an attempt's outcome is known.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,9 +68,11 @@ impl PubSubPublisher {
 
 /// The Pub/Sub message of an event: its JSON body and the contract's attributes.
 pub fn to_message(event: &ScanEvent) -> Result<Message, serde_json::Error> {
-    Ok(Message::new()
-        .set_data(serde_json::to_vec(event)?)
-        .set_attributes(ATTRIBUTES))
+    // An event is 250 to 350 bytes of JSON (more with a long user agent): one allocation
+    // instead of growing from `to_vec`'s 128.
+    let mut data = Vec::with_capacity(EVENT_JSON_CAPACITY);
+    serde_json::to_writer(&mut data, event)?;
+    Ok(Message::new().set_data(data).set_attributes(ATTRIBUTES))
 }
 
 impl Publisher for PubSubPublisher {
