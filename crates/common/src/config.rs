@@ -99,6 +99,12 @@ impl Env {
         }
     }
 
+    /// Every variable and its value, in no particular order (to start a child process with the
+    /// same environment: tests, tools).
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Returns a copy with `var` set to `value`.
     pub fn with(mut self, var: &str, value: &str) -> Self {
         self.vars.insert(var.to_owned(), value.to_owned());

@@ -6,4 +6,5 @@ mod helpers;
 mod rate_limit;
 mod redis_failures;
 mod scan;
+mod shutdown;
 mod timing;

@@ -1,0 +1,98 @@
+//! SIGTERM on the real binary (CONTRACT 1): the scan in flight is answered, queued events
+//! reach the broker, and the process exits 0.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::helpers::{TestEnv, receive};
+
+/// Kills the child if the test fails before it exits by itself.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_scan_in_flight_flushes_events_and_exits_zero() {
+    let env = TestEnv::new().await;
+    let tag = env.tag().await;
+    let mut stream = env.subscribe().await;
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_scan-service"))
+            .envs(env.env.vars())
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
+            // Timing normalization holds the scan for 1.5 s, so it is in flight at SIGTERM.
+            .env("SCAN_MIN_RESPONSE_MS", "1500")
+            .env("SCAN_JITTER_MS", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the scan-service binary starts"),
+    );
+
+    // The bound address, from the start-up log line; the rest of the log keeps being drained
+    // so the child never blocks on a full pipe.
+    let stdout = child.0.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr = tokio::task::spawn_blocking(move || {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the service logs where it listens");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let end = rest
+                    .find(|c: char| c == '"' || c.is_whitespace())
+                    .unwrap_or(rest.len());
+                return rest[..end].to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let url = format!("http://{addr}/v1/scan/{tag}");
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.0.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success(), "SIGTERM sent");
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the scan in flight is answered, not cut off");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 15 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+
+    let got = receive(&mut stream, 1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].body["tag_id"], tag.as_str());
+    assert_eq!(got[0].body["result"], "authentic");
+}
