@@ -1,10 +1,12 @@
 //! Metric handles kept per label value, so a hot path registers each series with the recorder
 //! once instead of building and hashing its key (and allocating its labels) on every event.
 
+use std::borrow::Borrow;
 use std::sync::RwLock;
 
-/// Handles by key. Meant for small key sets (a route's methods and statuses, an outcome): the
-/// lookup is a scan of a short list under a read lock.
+/// Handles by key. Meant for small key sets (routes, a route's methods and statuses, an
+/// outcome): the lookup is a scan of a short list under a read lock, by a borrowed key, so a
+/// hit allocates nothing.
 #[derive(Debug)]
 pub struct HandleCache<K, H> {
     entries: RwLock<Vec<(K, H)>>,
@@ -18,23 +20,27 @@ impl<K, H> Default for HandleCache<K, H> {
     }
 }
 
-impl<K: PartialEq, H: Clone> HandleCache<K, H> {
+impl<K, H: Clone> HandleCache<K, H> {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The handle at `key`, made by `make` (and kept) on first use.
-    pub fn get_or(&self, key: K, make: impl FnOnce(&K) -> H) -> H {
-        if let Some((_, h)) = self.read().iter().find(|(k, _)| *k == key) {
+    /// The handle at `key`, made by `make` (and kept under an owned copy of `key`) on first use.
+    pub fn get_or<Q>(&self, key: &Q, make: impl FnOnce(&Q) -> H) -> H
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some((_, h)) = self.read().iter().find(|(k, _)| k.borrow() == key) {
             return h.clone();
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, h)) = entries.iter().find(|(k, _)| *k == key) {
+        if let Some((_, h)) = entries.iter().find(|(k, _)| k.borrow() == key) {
             return h.clone();
         }
-        let handle = make(&key);
-        entries.push((key, handle.clone()));
+        let handle = make(key);
+        entries.push((key.to_owned(), handle.clone()));
         handle
     }
 
@@ -63,7 +69,7 @@ mod tests {
         let cache = HandleCache::<u16, String>::new();
         let mut made = 0;
         for status in [200, 404, 200, 200, 404, 500] {
-            let h = cache.get_or(status, |s| {
+            let h = cache.get_or(&status, |s| {
                 made += 1;
                 format!("handle-{s}")
             });
@@ -71,5 +77,18 @@ mod tests {
         }
         assert_eq!(made, 3, "one registration per distinct key");
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn string_keys_are_looked_up_by_str() {
+        let cache = HandleCache::<String, usize>::new();
+        assert_eq!(cache.get_or("/v1/scan/{tag_id}", str::len), 17);
+        assert_eq!(
+            cache.get_or("/v1/scan/{tag_id}", |_| 0),
+            17,
+            "kept, not made again"
+        );
+        assert_eq!(cache.get_or("/healthz", str::len), 8);
+        assert_eq!(cache.len(), 2);
     }
 }

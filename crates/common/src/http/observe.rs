@@ -5,10 +5,9 @@
 //! neither its future nor the inner service is boxed or cloned per request. The metric handles
 //! of each route, method and status are looked up once and then reused.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -193,32 +192,18 @@ where
 /// Metric handles per route, each looked up in the recorder once.
 #[derive(Default)]
 struct HttpMetrics {
-    routes: RwLock<HashMap<Box<str>, Arc<RouteMetrics>>>,
+    routes: HandleCache<String, Arc<RouteMetrics>>,
 }
 
 impl HttpMetrics {
     fn route(&self, name: &str) -> Arc<RouteMetrics> {
-        if let Some(route) = self
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            return route.clone();
-        }
-        // A poisoned lock still holds usable handles.
-        self.routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.into())
-            .or_insert_with(|| {
-                Arc::new(RouteMetrics {
-                    name: name.into(),
-                    requests: HandleCache::new(),
-                    durations: HandleCache::new(),
-                })
+        self.routes.get_or(name, |name| {
+            Arc::new(RouteMetrics {
+                name: name.into(),
+                requests: HandleCache::new(),
+                durations: HandleCache::new(),
             })
-            .clone()
+        })
     }
 }
 
@@ -231,7 +216,7 @@ struct RouteMetrics {
 impl RouteMetrics {
     fn requests(&self, method: &Method, status: u16) -> Counter {
         self.requests
-            .get_or((method.clone(), status), |(method, status)| {
+            .get_or(&(method.clone(), status), |(method, status)| {
                 let labels = [
                     ("route", self.name.to_string()),
                     ("method", method.to_string()),
@@ -242,7 +227,7 @@ impl RouteMetrics {
     }
 
     fn duration(&self, method: &Method) -> Histogram {
-        self.durations.get_or(method.clone(), |method| {
+        self.durations.get_or(method, |method| {
             let labels = [
                 ("route", self.name.to_string()),
                 ("method", method.to_string()),

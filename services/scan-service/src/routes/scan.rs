@@ -90,7 +90,7 @@ pub struct RequestCounters(HandleCache<StatusCode, Counter>);
 impl RequestCounters {
     /// The counter of `status`.
     pub fn get(&self, status: StatusCode) -> Counter {
-        self.0.get_or(status, |status| {
+        self.0.get_or(&status, |status| {
             metrics::counter!("scan_requests_total", "status" => status.as_str().to_owned())
         })
     }
