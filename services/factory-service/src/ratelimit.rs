@@ -105,6 +105,15 @@ impl Buckets {
         }
     }
 
+    /// Gives back one token to `key`'s bucket (never above the burst): for an attempt that,
+    /// once finished, should not count, such as a login that succeeded.
+    pub fn refund(&self, key: &str) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = guard.0.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
+    }
+
     /// Number of buckets held (for tests of the sweep).
     pub fn len(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0.len()

@@ -86,6 +86,13 @@ fn invalid_refresh() -> FactoryError {
     )
 }
 
+fn token_reused() -> FactoryError {
+    FactoryError::unauthorized(
+        "refresh_token_reused",
+        "This refresh token was already used; the session has been revoked.",
+    )
+}
+
 /// Signs in with email and password from `device_id`.
 pub async fn login(
     state: &AppState,
@@ -157,6 +164,10 @@ pub async fn login(
     .client(client.ip.clone(), client.user_agent.clone());
     state.audit.append(&mut tx, event).await?;
     tx.commit().await?;
+    // Only failed attempts count against the login limits: a client that signs in correctly
+    // (a script or test suite logging in again and again) never locks the account out.
+    state.login_by_ip.refund(&ip_key);
+    state.login_by_email.refund(&email);
     metrics::counter!("auth_logins_total", "result" => "success").increment(1);
     session(state, user.id, &user.email, role, family_id, refresh_token)
 }
@@ -172,7 +183,9 @@ pub async fn refresh(
         .as_deref()
         .ok_or_else(invalid_refresh)?;
     let csrf = double_submitted(&presented)?;
-    let device_id = check_device_id(presented.device_id.as_deref())?;
+    // Not validated here: any id but the login's (missing or malformed included) is another
+    // device, and revokes the family below.
+    let device_id = presented.device_id.as_deref().unwrap_or_default();
 
     let mut tx = state.pool.begin().await?;
     let found = repo::presented_token_for_update(&mut tx, &tokens::sha256(token))
@@ -182,6 +195,10 @@ pub async fn refresh(
         return Err(FactoryError::CsrfFailed);
     }
     if found.family_revoked || found.user_disabled {
+        // A rotated token presented again stays a reuse, however often it is replayed.
+        if found.rotated && !found.user_disabled {
+            return Err(token_reused());
+        }
         return Err(invalid_refresh());
     }
     let actor = Actor::User {
@@ -196,10 +213,7 @@ pub async fn refresh(
         state.audit.append(&mut tx, event).await?;
         tx.commit().await?;
         metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
-        return Err(FactoryError::unauthorized(
-            "refresh_token_reused",
-            "This refresh token was already used; the session has been revoked.",
-        ));
+        return Err(token_reused());
     }
     if found.device_id != device_id {
         repo::revoke_family(&mut tx, found.family_id, "device_mismatch").await?;

@@ -170,6 +170,14 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
         "invalid_refresh_token",
     )
     .await;
+    // Replayed again later, the old token is still reported as reused (not as unknown), and the
+    // family is not revoked twice.
+    assert_error(
+        app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await,
+        401,
+        "refresh_token_reused",
+    )
+    .await;
     assert_eq!(app.audit_count("auth.refresh_reuse_detected").await, 1);
     let reason: Option<String> = sqlx::query_scalar("SELECT revoked_reason FROM refresh_families")
         .fetch_one(&app.db.pool)
@@ -193,6 +201,31 @@ async fn refresh_from_another_device_revokes_the_family() {
         "invalid_refresh_token",
     )
     .await;
+}
+
+#[tokio::test]
+async fn refresh_with_a_malformed_device_id_is_another_device() {
+    let app = spawn_app().await;
+    let s1 = app.signed_in(Role::Admin).await;
+    let r = app.refresh(&s1.cookie(), Some(&s1.csrf), "short").await;
+    assert_error(r, 401, "device_mismatch").await;
+    assert_error(
+        app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn successful_logins_do_not_use_up_the_login_limits() {
+    let app = spawn_app().await;
+    let email = app.user(Role::Viewer).await;
+    // More than the email's burst of 10: only failed attempts count.
+    for i in 0..12 {
+        let r = app.login_raw(&email, PASSWORD, DEVICE).await;
+        assert_eq!(r.status(), 200, "login {i}");
+    }
 }
 
 #[tokio::test]
