@@ -95,17 +95,17 @@ impl Scanner {
                 ),
             },
         };
-        let bad_key = refusal.is_some();
+        let refused = refusal.is_some();
         let valid = is_valid_tag_id(req.tag_id);
 
         // A tag the in-process tier knows costs one Redis call, the decision. Otherwise the
         // decision and the Redis cache read go out together and share a round trip.
-        let near = if valid && !bad_key {
+        let near = if valid && !refused {
             self.tags.near(req.tag_id)
         } else {
             None
         };
-        let (decision, cached) = if valid && !bad_key && near.is_none() {
+        let (decision, cached) = if valid && !refused && near.is_none() {
             tokio::join!(
                 self.limiter.check(identity, limits),
                 self.tags.cached(req.tag_id)
