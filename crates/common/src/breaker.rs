@@ -13,7 +13,9 @@
 //! `advance()` instead of sleeping.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -117,6 +119,47 @@ impl Drop for Permit {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The future of [`CircuitBreaker::call`]. Written out rather than an `async fn`, which
+    /// would hold `call` twice (the argument and the awaited copy): on the request path that
+    /// doubled the size of every enclosing future and what moving them costs.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct BreakerCall<'a, F> {
+        breaker: &'a CircuitBreaker,
+        permit: Option<Permit>,
+        #[pin]
+        call: F,
+    }
+}
+
+impl<F, T, E> Future for BreakerCall<'_, F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, BreakerError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.permit.is_none() {
+            match this.breaker.acquire() {
+                Ok(permit) => *this.permit = Some(permit),
+                Err(retry_after) => {
+                    return Poll::Ready(Err(BreakerError::Rejected { retry_after }));
+                }
+            }
+        }
+        let result = std::task::ready!(this.call.poll(cx));
+        // Always there: it was set above, and a future is not polled again once ready.
+        if let Some(permit) = this.permit.take() {
+            match &result {
+                Ok(_) => permit.success(),
+                Err(_) => permit.failure(),
+            }
+        }
+        Poll::Ready(result.map_err(BreakerError::Inner))
+    }
+}
+
 impl CircuitBreaker {
     /// A closed breaker named `name` (used in logs and metric labels).
     pub fn new(name: &str, config: BreakerConfig) -> Self {
@@ -173,23 +216,16 @@ impl CircuitBreaker {
         }
     }
 
-    /// Runs `call` through the breaker.
-    pub async fn call<F, T, E>(&self, call: F) -> Result<T, BreakerError<E>>
+    /// Runs `call` through the breaker. The permit is asked for when the returned future is
+    /// first polled, as with an `async fn`.
+    pub fn call<F, T, E>(&self, call: F) -> BreakerCall<'_, F>
     where
         F: Future<Output = Result<T, E>>,
     {
-        let permit = self
-            .acquire()
-            .map_err(|retry_after| BreakerError::Rejected { retry_after })?;
-        match call.await {
-            Ok(v) => {
-                permit.success();
-                Ok(v)
-            }
-            Err(e) => {
-                permit.failure();
-                Err(BreakerError::Inner(e))
-            }
+        BreakerCall {
+            breaker: self,
+            permit: None,
+            call,
         }
     }
 
@@ -352,6 +388,42 @@ mod tests {
         assert!(logged[1].starts_with("OPEN -> HALF_OPEN"), "{text}");
         assert!(logged[2].starts_with("HALF_OPEN -> CLOSED"), "{text}");
         assert!(text.contains("WARN"), "opening is a warning: {text}");
+    }
+
+    /// A future holding 4 KiB across an await, like the Redis calls of the scan path.
+    async fn big_call() -> Result<u8, &'static str> {
+        let buf = [7u8; 4096];
+        tokio::task::yield_now().await;
+        Ok(std::hint::black_box(buf)[0])
+    }
+
+    #[tokio::test]
+    async fn a_call_holds_its_future_once() {
+        let b = breaker(3, 60);
+        let inner = std::mem::size_of_val(&big_call());
+        let call = b.call(big_call());
+        // An `async fn` taking the future by value held it twice (8 KiB here): every future
+        // awaiting a breaker call, a scan's included, grew and was copied accordingly.
+        assert!(
+            std::mem::size_of_val(&call) < inner + 128,
+            "{} bytes for a {inner}-byte call",
+            std::mem::size_of_val(&call)
+        );
+        assert_eq!(call.await.unwrap(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_permit_is_asked_for_when_first_polled() {
+        let b = breaker(1, 60);
+        // Made while closed, run after the breaker opened: rejected, like an `async fn` would be.
+        let early = b.call(async { Ok::<(), &str>(()) });
+        fail(&b).await.unwrap_err();
+        assert!(matches!(early.await, Err(BreakerError::Rejected { .. })));
+        // A probe made but never polled does not count as a failure.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        drop(b.call(async { Ok::<(), &str>(()) }));
+        succeed(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_redis::{Pool as RedisPool, PoolConfig, Runtime, Timeouts};
+use futures::FutureExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -64,13 +65,52 @@ pub enum RedisCallError {
 }
 
 /// Runs one Redis call under a hard timeout.
-pub async fn bounded<T, E, F>(timeout: Duration, call: F) -> Result<T, RedisCallError>
+///
+/// A plain function returning the timeout future mapped, not an `async fn`: an `async fn`
+/// keeps its future argument and the awaited copy of it side by side, doubling the size of
+/// every future that awaits this one (and what moving it costs) on the request path.
+pub fn bounded<T, E, F>(
+    timeout: Duration,
+    call: F,
+) -> impl Future<Output = Result<T, RedisCallError>>
 where
     F: Future<Output = Result<T, E>>,
     RedisCallError: From<E>,
 {
-    match tokio::time::timeout(timeout, call).await {
+    tokio::time::timeout(timeout, call).map(move |result| match result {
         Ok(r) => r.map_err(RedisCallError::from),
         Err(_) => Err(RedisCallError::Timeout(timeout)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_holds_its_call_once() {
+        let call = || async {
+            let buf = [7u8; 4096];
+            tokio::task::yield_now().await;
+            Ok::<u8, redis::RedisError>(std::hint::black_box(buf)[0])
+        };
+        let inner = std::mem::size_of_val(&call());
+        let sleep = std::mem::size_of::<tokio::time::Sleep>();
+        let timed = bounded(Duration::from_secs(1), call());
+        // As an `async fn` it held the call twice, once as its argument and once in the
+        // timeout it awaited.
+        assert!(
+            std::mem::size_of_val(&timed) < inner + sleep + 128,
+            "{} bytes for a {inner}-byte call",
+            std::mem::size_of_val(&timed)
+        );
+        assert_eq!(timed.await.unwrap(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_times_out() {
+        let never = std::future::pending::<Result<(), redis::RedisError>>();
+        let err = bounded(Duration::from_millis(50), never).await.unwrap_err();
+        assert!(matches!(err, RedisCallError::Timeout(d) if d == Duration::from_millis(50)));
     }
 }

@@ -122,10 +122,13 @@ impl RedisConn {
         if let Some(conn) = lock(&slot.conn).clone() {
             return Ok(conn);
         }
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
+        // Boxed: connecting is rare, and its future (kilobytes) would otherwise be part of
+        // the future of every call on the request path.
+        let conn = Box::pin(
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.config),
+        )
+        .await?;
         *lock(&slot.conn) = Some(conn.clone());
         Ok(conn)
     }
