@@ -36,6 +36,16 @@ pub struct TimingConfig {
     pub jitter: Duration,
 }
 
+/// A timing setting that is used, but not as written (start-up warns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimingWarning {
+    /// `SCAN_JITTER_MS` was set with `SCAN_MIN_RESPONSE_MS=0`: normalization is off.
+    JitterIgnored,
+    /// `SCAN_JITTER_MS` exceeds `SCAN_MIN_RESPONSE_MS`: release times below zero delay are
+    /// cut to no delay, so the spread is lopsided.
+    JitterClipped,
+}
+
 /// Everything the scan service reads from the environment.
 #[derive(Debug, Clone)]
 pub struct ScanConfig {
@@ -47,6 +57,8 @@ pub struct ScanConfig {
     pub rate_limit: RateLimitConfig,
     /// Timing normalization.
     pub timing: TimingConfig,
+    /// Set when the timing settings are used other than as written.
+    pub timing_warning: Option<TimingWarning>,
     /// `IP_HASH_KEY`: HMAC key for the client-IP hash in scan events.
     pub ip_hash_key: SecretString,
     /// Whether `ip_hash_key` was generated because `IP_HASH_KEY` was unset (start-up warns:
@@ -96,15 +108,16 @@ impl ScanConfig {
         };
         let min_ms: u64 = env.int_in("SCAN_MIN_RESPONSE_MS", 80, 0, 10_000)?;
         let jitter_ms: u64 = env.int_in("SCAN_JITTER_MS", 10, 0, 10_000)?;
-        if jitter_ms > min_ms {
-            return Err(ConfigError::new(
-                "SCAN_JITTER_MS",
-                &jitter_ms.to_string(),
-                false,
-                format!("larger than SCAN_MIN_RESPONSE_MS ({min_ms})"),
-                "a whole number of milliseconds no larger than SCAN_MIN_RESPONSE_MS",
-            ));
-        }
+        // A floor of 0 turns normalization off whatever the jitter (a jitter around no floor
+        // hides nothing), so `SCAN_MIN_RESPONSE_MS=0` alone is enough. A jitter wider than a
+        // non-zero floor is used, its lower end cut at no delay; start-up warns about both.
+        let timing_warning = match (min_ms, jitter_ms) {
+            (0, 0) => None,
+            (0, _) => Some(TimingWarning::JitterIgnored),
+            (min, jitter) if jitter > min => Some(TimingWarning::JitterClipped),
+            _ => None,
+        };
+        let jitter_ms = if min_ms == 0 { 0 } else { jitter_ms };
         let (ip_hash_key, ip_hash_key_generated) = match env.raw("IP_HASH_KEY") {
             Some(v) => (SecretString::from(v.to_owned()), false),
             None => {
@@ -121,6 +134,7 @@ impl ScanConfig {
                 min_response: Duration::from_millis(min_ms),
                 jitter: Duration::from_millis(jitter_ms),
             },
+            timing_warning,
             ip_hash_key_short: !ip_hash_key_generated
                 && ip_hash_key.expose_secret().chars().count() < IP_HASH_KEY_MIN,
             ip_hash_key,
@@ -182,8 +196,22 @@ mod tests {
             assert_eq!(e.var, var);
             assert!(!e.to_string().contains('\n'));
         }
-        let e = parse(&[("SCAN_MIN_RESPONSE_MS", "5"), ("SCAN_JITTER_MS", "10")]).unwrap_err();
-        assert_eq!(e.var, "SCAN_JITTER_MS");
+    }
+
+    #[test]
+    fn a_zero_floor_turns_normalization_off_whatever_the_jitter() {
+        // The default jitter (10) with the floor at 0: off, not a start-up failure.
+        let c = parse(&[("SCAN_MIN_RESPONSE_MS", "0")]).unwrap();
+        assert_eq!(c.timing.min_response, Duration::ZERO);
+        assert_eq!(c.timing.jitter, Duration::ZERO);
+        assert_eq!(c.timing_warning, Some(TimingWarning::JitterIgnored));
+        let c = parse(&[("SCAN_MIN_RESPONSE_MS", "0"), ("SCAN_JITTER_MS", "0")]).unwrap();
+        assert_eq!(c.timing_warning, None);
+        // A jitter wider than a non-zero floor is kept, with a warning.
+        let c = parse(&[("SCAN_MIN_RESPONSE_MS", "5"), ("SCAN_JITTER_MS", "10")]).unwrap();
+        assert_eq!(c.timing.jitter, Duration::from_millis(10));
+        assert_eq!(c.timing_warning, Some(TimingWarning::JitterClipped));
+        assert_eq!(parse(&[]).unwrap().timing_warning, None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api_keys::ApiKeys;
 use crate::cache::{self, Cache};
-use crate::config::ScanConfig;
+use crate::config::{ScanConfig, TimingWarning};
 use crate::events::{EventQueue, IpHasher, PubSubPublisher, WorkerSettings, spawn_worker};
 use crate::ratelimit::{RateLimiter, RedisBuckets};
 use crate::redis_conn::RedisConn;
@@ -64,6 +64,16 @@ impl Application {
                  easy to reverse by trying every address; use a random secret (openssl rand -hex 32)",
                 crate::config::IP_HASH_KEY_MIN
             );
+        }
+        match config.timing_warning {
+            Some(TimingWarning::JitterIgnored) => tracing::warn!(
+                "SCAN_MIN_RESPONSE_MS is 0: timing normalization is off and SCAN_JITTER_MS is ignored"
+            ),
+            Some(TimingWarning::JitterClipped) => tracing::warn!(
+                "SCAN_JITTER_MS is larger than SCAN_MIN_RESPONSE_MS: release times below no delay \
+                 are cut to no delay, so response times are spread unevenly"
+            ),
+            None => {}
         }
         // Installs the metrics recorder before anything records (the breakers export their
         // state as they are created).
