@@ -79,12 +79,22 @@ impl FactoryError {
     }
 
     /// `value` without surrounding whitespace, or a 400 `validation_failed` naming `field` when
-    /// that is empty or longer than `max` characters.
+    /// that is empty, longer than `max` characters, or holds a control character other than a
+    /// tab or a line break (PostgreSQL refuses NUL in text and jsonb; the rest has no place in
+    /// a name and would garble logs and the admin console).
     pub fn check_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Self> {
         let trimmed = value.trim();
         if trimmed.is_empty() || trimmed.chars().count() > max {
             return Err(Self::validation(format!(
                 "`{field}` must be 1 to {max} characters."
+            )));
+        }
+        if trimmed
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return Err(Self::validation(format!(
+                "`{field}` must not contain control characters."
             )));
         }
         Ok(trimmed)
@@ -203,7 +213,9 @@ fn database_error(e: sqlx::Error) -> Response {
                     "The request refers to something that does not exist or is still in use.",
                 );
             }
-            Some("23514" | "22001" | "23502") => {
+            // Check, too long, not null; NUL or a character the encoding cannot hold (text
+            // and jsonb): all the caller's input.
+            Some("23514" | "22001" | "23502" | "22021" | "22P05") => {
                 return error_response(
                     StatusCode::BAD_REQUEST,
                     "validation_failed",

@@ -258,3 +258,67 @@ async fn tags_are_looked_up_and_revoked_and_the_scan_cache_entry_dropped() {
         .await;
     assert_error(r, 400, "validation_failed").await;
 }
+
+#[tokio::test]
+async fn text_with_a_nul_or_control_character_is_refused_not_a_server_error() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    // PostgreSQL refuses NUL in text and jsonb; that must be the caller's 400, not our 500.
+    for (path, body) in [
+        ("/v1/products", json!({"name": "bag\u{0}x", "sku": "NUL-1"})),
+        ("/v1/products", json!({"name": "bag", "sku": "NUL\u{0}2"})),
+        (
+            "/v1/products",
+            json!({"name": "bell\u{7}bag", "sku": "NUL-3"}),
+        ),
+        ("/v1/api-keys", json!({"name": "key\u{0}"})),
+    ] {
+        let r = app.post(path, &admin.access, &body, None).await;
+        assert_error(r, 400, "validation_failed").await;
+    }
+    let product = app.product(&admin.access).await;
+    let batch = body(
+        app.post(
+            "/v1/batches",
+            &admin.access,
+            &json!({"product_id": product, "quantity": 1}),
+            None,
+        )
+        .await,
+    )
+    .await;
+    let csv = app
+        .get(
+            &format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let tag = csv.lines().nth(1).unwrap().to_owned();
+    let r = app
+        .post(
+            &format!("/v1/tags/{tag}/revoke"),
+            &admin.access,
+            &json!({"reason": "stolen\u{0}"}),
+            None,
+        )
+        .await;
+    assert_error(r, 400, "validation_failed").await;
+    // Line breaks and tabs are fine in a reason.
+    let r = app
+        .post(
+            &format!("/v1/tags/{tag}/revoke"),
+            &admin.access,
+            &json!({"reason": "stolen\n\tin transit"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    // Where no field rule applies (the login email), the database's refusal is still a 4xx.
+    let r = app
+        .login_raw("admin\u{0}@example.com", "whatever-password", "device-1")
+        .await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+}
