@@ -9,7 +9,7 @@ use common::http::error_response;
 use sha2::{Digest, Sha256};
 
 use super::store::{self, Claim, StoredResponse};
-use super::{IdempotencyKey, is_valid_key, mark_replayed};
+use super::{IdempotencyKey, SealKey, is_valid_key, mark_replayed};
 use crate::auth::Identity;
 use crate::error::FactoryError;
 use crate::state::{AppState, Redis};
@@ -40,6 +40,11 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         return next.run(req).await;
     };
 
+    let Ok(seal) = SealKey::derive(raw.as_bytes(), user_id) else {
+        return FactoryError::Internal("deriving an idempotency seal failed".to_owned())
+            .into_response();
+    };
+
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, state.body_limit).await {
         Ok(b) => b,
@@ -67,6 +72,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         user_id,
         key_hash,
         fingerprint: hasher.finalize().into(),
+        seal,
     };
     let fingerprint = hex::encode(key.fingerprint);
 

@@ -11,16 +11,20 @@
 //! * [`Idempotency`]: what the handler gets. It records the result in PostgreSQL in the same
 //!   transaction as the side effect, so if the process dies after the commit but before Redis
 //!   learns the result, the retry finds the record and replays it instead of acting twice.
+//!
+//! Both stores keep a result sealed with a key only the caller holds ([`seal`]): a new API key
+//! in a result is no more readable there than in the `api_keys` table.
 
 pub mod layer;
 pub mod record;
+pub mod seal;
 pub mod store;
 
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -29,6 +33,7 @@ use uuid::Uuid;
 use crate::error::FactoryError;
 
 pub use layer::layer;
+pub use seal::SealKey;
 
 /// The response header marking a replayed result.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -43,6 +48,23 @@ pub struct IdempotencyKey {
     pub key_hash: [u8; 32],
     /// SHA-256 of method, path and body.
     pub fingerprint: [u8; 32],
+    /// Seals this request's result (derived from the header value, which is not kept).
+    pub seal: SealKey,
+}
+
+impl IdempotencyKey {
+    /// `body` sealed for storage, bound to this request's fingerprint.
+    pub fn seal_body(&self, body: &[u8]) -> Result<Vec<u8>, FactoryError> {
+        self.seal
+            .seal(&self.fingerprint, body)
+            .map_err(|_| FactoryError::Internal("sealing an idempotent result failed".to_owned()))
+    }
+
+    /// A body [`IdempotencyKey::seal_body`] sealed for this request; `None` if it does not
+    /// open (tampered with, or sealed for another request).
+    pub fn open_body(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.seal.open(&self.fingerprint, sealed)
+    }
 }
 
 /// The request's idempotency key, if it sent one. Handlers call [`Idempotency::recorded`]
@@ -80,7 +102,20 @@ impl Idempotency {
             return Err(FactoryError::IdempotencyKeyReused);
         }
         let status = StatusCode::from_u16(found.status as u16).unwrap_or(StatusCode::OK);
-        let mut response = (status, axum::Json(found.body)).into_response();
+        let body = match (found.sealed_body, found.body) {
+            (Some(sealed), _) => key.open_body(&sealed).ok_or_else(|| {
+                FactoryError::Internal("a recorded idempotent result does not open".to_owned())
+            })?,
+            // Recorded in clear before results were sealed.
+            (None, Some(plain)) => serde_json::to_vec(&plain)
+                .map_err(|e| FactoryError::Internal(format!("recorded body: {e}")))?,
+            (None, None) => {
+                return Err(FactoryError::Internal(
+                    "a recorded idempotent result has no body".to_owned(),
+                ));
+            }
+        };
+        let mut response = json_response(status, body);
         mark_replayed(&mut response);
         Ok(Some(response))
     }
@@ -95,16 +130,28 @@ impl Idempotency {
         status: StatusCode,
         body: &T,
     ) -> Result<Response, FactoryError> {
-        let body = serde_json::to_value(body)
+        let body = serde_json::to_vec(body)
             .map_err(|e| FactoryError::Internal(format!("response body: {e}")))?;
         if let Some(key) = &self.0
-            && !record::save(&mut tx, key, ttl, status.as_u16(), &body).await?
+            && !record::save(&mut tx, key, ttl, status.as_u16(), &key.seal_body(&body)?).await?
         {
             return Err(FactoryError::IdempotencyKeyInUse);
         }
         tx.commit().await?;
-        Ok((status, axum::Json(body)).into_response())
+        Ok(json_response(status, body))
     }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Whether a header value is an acceptable key: 1 to 255 visible ASCII characters.

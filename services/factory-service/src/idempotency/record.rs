@@ -14,8 +14,10 @@ pub struct Recorded {
     pub fingerprint: Vec<u8>,
     /// HTTP status.
     pub status: i16,
-    /// JSON body.
-    pub body: serde_json::Value,
+    /// JSON body, for a result recorded before results were sealed.
+    pub body: Option<serde_json::Value>,
+    /// The JSON body sealed with the request's [`super::SealKey`].
+    pub sealed_body: Option<Vec<u8>>,
 }
 
 /// The live (unexpired) record for this caller and key.
@@ -24,7 +26,7 @@ pub async fn find(
     key: &IdempotencyKey,
 ) -> Result<Option<Recorded>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT fingerprint, status, body FROM idempotency_keys \
+        "SELECT fingerprint, status, body, sealed_body FROM idempotency_keys \
          WHERE user_id = $1 AND key_hash = $2 AND expires_at > now()",
     )
     .bind(key.user_id)
@@ -33,20 +35,22 @@ pub async fn find(
     .await
 }
 
-/// Records the result; `false` when a live record already exists (another run committed
-/// first, in which case the caller must roll back). An expired record is replaced.
+/// Records the result, `sealed_body` sealed by [`IdempotencyKey::seal_body`]; `false` when a
+/// live record already exists (another run committed first, in which case the caller must roll back). An expired record is replaced.
 pub async fn save(
     conn: &mut PgConnection,
     key: &IdempotencyKey,
     ttl: Duration,
     status: u16,
-    body: &serde_json::Value,
+    sealed_body: &[u8],
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, key_hash, fingerprint, status, body, expires_at) \
+        "INSERT INTO idempotency_keys \
+             (user_id, key_hash, fingerprint, status, sealed_body, expires_at) \
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) \
          ON CONFLICT (user_id, key_hash) DO UPDATE \
-         SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status, body = EXCLUDED.body, \
+         SET fingerprint = EXCLUDED.fingerprint, status = EXCLUDED.status, body = NULL, \
+             sealed_body = EXCLUDED.sealed_body, \
              created_at = now(), expires_at = EXCLUDED.expires_at \
          WHERE idempotency_keys.expires_at <= now()",
     )
@@ -54,7 +58,7 @@ pub async fn save(
     .bind(&key.key_hash[..])
     .bind(&key.fingerprint[..])
     .bind(status as i16)
-    .bind(body)
+    .bind(sealed_body)
     .bind(ttl.as_secs_f64())
     .execute(conn)
     .await?;

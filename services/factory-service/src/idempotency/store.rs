@@ -30,8 +30,11 @@ pub enum Entry {
         status: u16,
         /// `Content-Type`, if any.
         content_type: Option<String>,
-        /// Body, base64.
+        /// Body, base64: sealed with the request's [`super::SealKey`] when `sealed`.
         body: String,
+        /// Whether `body` is sealed (false only for results stored before sealing).
+        #[serde(default)]
+        sealed: bool,
     },
 }
 
@@ -111,8 +114,22 @@ pub async fn claim(
                 status,
                 content_type,
                 body,
+                sealed,
             })) => {
                 let body = STANDARD.decode(body).unwrap_or_default();
+                let body = if !sealed {
+                    body
+                } else if fp != hex::encode(key.fingerprint) {
+                    // Another request's result: only its fingerprint matters (422), and it
+                    // does not open for this request anyway.
+                    Vec::new()
+                } else {
+                    match key.open_body(&body) {
+                        Some(body) => body,
+                        // Tampered with: never run the request again over it.
+                        None => return Ok(Claim::InFlight(fp)),
+                    }
+                };
                 return Ok(Claim::Done(
                     fp,
                     StoredResponse {
@@ -141,11 +158,17 @@ pub async fn complete(
 ) -> Result<bool, RedisCallError> {
     static COMPLETE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("complete.lua")));
+    let Ok(sealed) = key.seal_body(&response.body) else {
+        // The claim lapses with its lease; a retry replays from PostgreSQL.
+        tracing::error!("an idempotent result could not be sealed; not kept in Redis");
+        return Ok(false);
+    };
     let done = Entry::Done {
         fp: hex::encode(key.fingerprint),
         status: response.status,
         content_type: response.content_type.clone(),
-        body: STANDARD.encode(&response.body),
+        body: STANDARD.encode(sealed),
+        sealed: true,
     };
     let value = serde_json::to_string(&done).unwrap_or_default();
     let mut conn = bounded(redis.timeout, redis.pool.get()).await?;

@@ -147,3 +147,68 @@ async fn key_input_is_validated() {
         .await;
     assert_error(r, 400, "validation_failed").await;
 }
+
+#[tokio::test]
+async fn a_key_created_with_an_idempotency_key_is_replayed_but_stored_nowhere_in_clear() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let idem = uuid::Uuid::new_v4().to_string();
+    let req = json!({"name": "Replayable"});
+    let first = app
+        .post("/v1/api-keys", &admin.access, &req, Some(&idem))
+        .await;
+    assert_eq!(first.status(), 201);
+    let created = body(first).await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let secret = key.rsplit('_').next().unwrap().to_owned();
+
+    // Not in the idempotency record (either column, in any encoding we use) ...
+    let rows: Vec<(Option<String>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT body::text, sealed_body FROM idempotency_keys")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    for (plain, sealed) in &rows {
+        assert!(plain.is_none(), "a clear body was kept: {plain:?}");
+        let sealed = sealed.as_deref().unwrap();
+        assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+    // ... nor in Redis, raw or base64-decoded.
+    let mut redis = app.redis().await;
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:idem:*", app.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(names.len(), 1);
+    let stored: String = redis.get(&names[0]).await.unwrap();
+    assert!(!stored.contains(&secret));
+    let entry: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(entry["body"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        !decoded
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes())
+    );
+
+    // The retry with the same key gets the same answer, key included: from Redis, then from
+    // PostgreSQL once Redis has forgotten it.
+    for from in ["redis", "postgres"] {
+        let again = app
+            .post("/v1/api-keys", &admin.access, &req, Some(&idem))
+            .await;
+        assert_eq!(again.status(), 201, "{from}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true", "{from}");
+        assert_eq!(body(again).await, created, "{from}");
+        let _: () = redis.del(&names[0]).await.unwrap();
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM api_keys WHERE name = 'Replayable'")
+            .await,
+        1
+    );
+}

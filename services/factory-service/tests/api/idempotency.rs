@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use factory_service::idempotency::{IdempotencyKey, record};
+use factory_service::idempotency::{IdempotencyKey, SealKey, record};
 use factory_service::users::Role;
 use reqwest::Method;
 use serde_json::json;
@@ -301,6 +301,7 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
         user_id,
         key_hash: Sha256::digest(b"raced").into(),
         fingerprint: fingerprint.finalize().into(),
+        seal: SealKey::derive(b"raced", user_id).unwrap(),
     };
     let other_result = json!({"id": Uuid::new_v4(), "product_id": product, "quantity": 5});
 
@@ -348,7 +349,8 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
                 &key,
                 Duration::from_secs(86_400),
                 201,
-                &other_result
+                &key.seal_body(&serde_json::to_vec(&other_result).unwrap())
+                    .unwrap()
             )
             .await
             .unwrap()
