@@ -39,14 +39,17 @@ services-down:
 
 ## Dump DATABASE_URL into BACKUP_DIR (default ./backups), restore it into a scratch database, verify.
 restore-test:
+	$(CARGO) build -q -p factory-service
 	scripts/restore_test.sh
 
 ## Check every dump in BACKUP_DIR, restore and verify the newest; fails if it is older than MAX_BACKUP_AGE_HOURS.
 verify-backups:
+	$(CARGO) build -q -p factory-service
 	scripts/verify_backups.sh
 
 ## Proves restore-test and verify-backups pass on good backups and fail on corrupt, tampered or old ones.
 test-backups:
+	$(CARGO) build -q -p factory-service
 	scripts/test-backups.sh
 
 .PHONY: infra-check

@@ -16,14 +16,15 @@ export BOOTSTRAP_ADMIN_PASSWORD="${BOOTSTRAP_ADMIN_PASSWORD:-voketag-demo-passwo
 export JWT_SECRET="${JWT_SECRET:-voketag-local-development-secret-not-for-production}"
 
 cargo build -q -p factory-service -p scan-service
-./target/debug/factory-service migrate
-./target/debug/factory-service pubsub setup
+BIN="${CARGO_TARGET_DIR:-target}/debug"
+"$BIN/factory-service" migrate
+"$BIN/factory-service" pubsub setup
 
 SCAN_ADDR="${SCAN_BIND_ADDR:-127.0.0.1:8080}"
 FACTORY_ADDR="${FACTORY_BIND_ADDR:-127.0.0.1:8081}"
-BIND_ADDR="$FACTORY_ADDR" ./target/debug/factory-service serve &
+BIND_ADDR="$FACTORY_ADDR" "$BIN/factory-service" serve &
 factory=$!
-BIND_ADDR="$SCAN_ADDR" ./target/debug/scan-service &
+BIND_ADDR="$SCAN_ADDR" "$BIN/scan-service" &
 scan=$!
 trap 'kill -TERM $factory $scan 2>/dev/null; wait' INT TERM EXIT
 

@@ -9,7 +9,7 @@
 # compared with exactly what was dumped, even days later while the live database has moved on.
 
 BK_NAME="${BK_NAME:-backup}"
-FACTORY_BIN="${FACTORY_BIN:-target/debug/factory-service}"
+FACTORY_BIN="${FACTORY_BIN:-${CARGO_TARGET_DIR:-target}/debug/factory-service}"
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/voketag}"
 BACKUP_DIR="${BACKUP_DIR:-./backups}"
 # The scratch copy is created on this server (any database URL on it; default: the source's),
