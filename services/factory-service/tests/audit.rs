@@ -357,17 +357,44 @@ async fn a_rolled_back_action_leaves_no_event_and_no_gap() {
 }
 
 #[tokio::test]
-async fn the_service_cannot_update_or_delete_audit_rows() {
+async fn the_service_cannot_update_or_delete_audit_rows_but_a_superuser_can() {
     let db = TestDb::new().await;
-    append_n(&db.pool, &AuditLog::new(), 1).await;
+    append_n(&db.pool, &AuditLog::new(), 2).await;
+    // The service's role, as in production: an ordinary role with the table privileges.
+    let role = format!("audit_app_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE \
+         ON audit_events TO {role}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     for sql in [
         "UPDATE audit_events SET action = 'x'",
         "DELETE FROM audit_events",
         "TRUNCATE audit_events",
     ] {
-        let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
+        let mut tx = db.pool.begin().await.unwrap();
+        sqlx::query(&format!("SET LOCAL ROLE {role}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let err = sqlx::query(sql).execute(&mut *tx).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
+    // A superuser (a database administrator, or a tamper drill by plain SQL) is not stopped;
+    // the chain is what notices.
+    sqlx::query("UPDATE audit_events SET details = '{\"forged\": true}' WHERE seq = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_broken(&verify_hashes(&db.pool).await, 1, BreakReason::HashMismatch);
+    sqlx::raw_sql(&format!(
+        "REVOKE ALL ON audit_events FROM {role}; DROP ROLE {role}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
