@@ -188,6 +188,31 @@ impl Env {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: an `http://` or `https://` base URL with a host (traces go to
+/// its `/v1/traces`), checked here so a typo stops start-up naming the variable, rather than
+/// failing later inside the exporter.
+fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
+    const VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    const EXPECTED: &str = "an http:// or https:// URL such as http://127.0.0.1:4318";
+    let Some(raw) = env.raw(VAR) else {
+        return Ok(None);
+    };
+    let uri: axum::http::Uri = raw
+        .parse()
+        .map_err(|e| ConfigError::new(VAR, raw, false, e, EXPECTED))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    if !scheme_ok || !host_ok {
+        let problem = if scheme_ok {
+            "no host"
+        } else {
+            "not an http or https URL"
+        };
+        return Err(ConfigError::new(VAR, raw, false, problem, EXPECTED));
+    }
+    Ok(Some(raw.to_owned()))
+}
+
 /// Whether `.env` is read, given the process's own `APP_ENV`: unset or `development` only.
 fn reads_dotenv(app_env: Option<&std::ffi::OsStr>) -> bool {
     app_env.is_none_or(|v| v == "development")
@@ -412,7 +437,7 @@ impl CommonConfig {
             telemetry: TelemetryConfig {
                 log_format: env.parse("LOG_FORMAT", LogFormat::Json, "json or pretty")?,
                 log_filter: env.string("RUST_LOG", "info"),
-                otlp_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT").map(str::to_owned),
+                otlp_endpoint: otlp_endpoint(env)?,
             },
             app_env: env.string("APP_ENV", "production"),
         })
@@ -587,6 +612,16 @@ mod tests {
 
     #[test]
     fn emulator_host_must_be_host_port() {
+        for bad in ["localhost:4318", "grpc://collector:4317", "http://", "not a url"] {
+            let e = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
+            assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT", "{bad}");
+            assert!(e.to_string().contains("http://"), "{bad}: {e}");
+        }
+        let c = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318/")]).unwrap();
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("https://otel.example:4318/")
+        );
         let e = parse(&[("PUBSUB_EMULATOR_HOST", "http://x/")]).unwrap_err();
         assert_eq!(e.var, "PUBSUB_EMULATOR_HOST");
         let c = parse(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]).unwrap();
