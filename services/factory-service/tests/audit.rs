@@ -910,6 +910,10 @@ async fn http_routes_serve_events_verification_and_the_signed_checkpoint() {
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(page["items"][0]["seq"], 2);
+    // Over the largest page: the largest page, not an error.
+    let (status, page) = app.get("/v1/audit/events?limit=100000", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["items"].as_array().unwrap().len(), items.len());
     let (status, err) = app.get("/v1/audit/events?limit=0", Some(&admin)).await;
     assert_eq!(
         (status, err["error"].as_str()),

@@ -49,7 +49,7 @@ where
 pub struct EventsQuery {
     /// Only events with a greater seq (default 0: from the start).
     pub after_seq: Option<i64>,
-    /// At most this many (1 to 1000, default 100).
+    /// At most this many (default 100); a limit over 1000 gives a page of 1000.
     pub limit: Option<i64>,
 }
 
@@ -70,9 +70,11 @@ async fn events<Admin>(
     if after_seq < 0 {
         return Err(invalid_query("after_seq must be 0 or more."));
     }
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(invalid_query("limit must be from 1 to 1000."));
+    if limit < 1 {
+        return Err(invalid_query("limit must be 1 or more."));
     }
+    // A larger page is served as the largest one; `after_seq` of its last item continues.
+    let limit = limit.min(MAX_PAGE);
     let sql = format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2");
     let rows: Vec<AuditRecord> = sqlx::query_as(&sql)
         .bind(after_seq)
