@@ -56,6 +56,9 @@ pub enum RedisCallError {
     /// No answer within the timeout.
     #[error("redis call timed out after {0:?}")]
     Timeout(Duration),
+    /// Not tried: the circuit breaker around Redis is open.
+    #[error("redis circuit breaker open; retry after {0:?}")]
+    BreakerOpen(Duration),
     /// No connection could be had from the pool.
     #[error("redis pool: {0}")]
     Pool(#[from] deadpool_redis::PoolError),

@@ -43,11 +43,15 @@ pub async fn invalidate(redis: &Redis, key: String) {
 }
 
 async fn del(redis: &Redis, key: &str) -> Result<(), common::db::RedisCallError> {
-    let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
-    bounded(
-        redis.timeout,
-        redis::cmd("DEL").arg(key).query_async::<i64>(&mut conn),
-    )
-    .await
-    .map(|_| ())
+    redis
+        .guarded(async {
+            let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
+            bounded(
+                redis.timeout,
+                redis::cmd("DEL").arg(key).query_async::<i64>(&mut conn),
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use common::CircuitBreaker;
 use common::health::{self, ReadinessCheck};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,9 @@ impl Application {
                  (development only; sessions end when the process does)"
             );
         }
+        // Installs the metrics recorder before anything records (the breaker exports its state
+        // as it is created).
+        common::telemetry::prometheus();
         let pool = common::db::pg_pool(&config.common.database_url, 16)?;
         let redis_pool =
             common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
@@ -50,6 +54,7 @@ impl Application {
                 pool: redis_pool.clone(),
                 prefix: Arc::from(config.common.redis_key_prefix.as_str()),
                 timeout: config.common.redis_timeout,
+                breaker: CircuitBreaker::new("redis", config.common.breaker),
             },
             audit: AuditLog::from_config(&config.audit),
             jwt: Arc::new(JwtKeys::new(&secret, config.auth.access_ttl)),

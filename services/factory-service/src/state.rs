@@ -1,8 +1,12 @@
 //! The shared state every handler and middleware gets: pools, keys, limiters, settings.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::db::RedisCallError;
+use common::{BreakerError, CircuitBreaker};
+use futures::FutureExt as _;
 use sqlx::PgPool;
 
 use crate::audit::AuditLog;
@@ -56,9 +60,26 @@ pub struct Redis {
     pub prefix: Arc<str>,
     /// `REDIS_TIMEOUT_MS`.
     pub timeout: Duration,
+    /// Around every Redis operation (`CIRCUIT_BREAKER_*`): while Redis is down, requests that
+    /// need it are refused at once instead of each waiting out the timeout.
+    pub breaker: CircuitBreaker,
 }
 
 impl Redis {
+    /// Runs `operation` (one or more bounded Redis calls) through the breaker: its failure
+    /// counts towards opening it, and while it is open the operation is not started.
+    pub fn guarded<T, F>(&self, operation: F) -> impl Future<Output = Result<T, RedisCallError>>
+    where
+        F: Future<Output = Result<T, RedisCallError>>,
+    {
+        self.breaker.call(operation).map(|result| {
+            result.map_err(|e| match e {
+                BreakerError::Inner(e) => e,
+                BreakerError::Rejected { retry_after } => RedisCallError::BreakerOpen(retry_after),
+            })
+        })
+    }
+
     /// The scan service's cache key for a tag look-up: `{prefix}:tag:{<tag_id>}` (the braces
     /// are a Redis Cluster hash tag; both services build the key exactly this way).
     pub fn tag_cache_key(&self, tag_id: &str) -> String {

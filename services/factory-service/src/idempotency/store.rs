@@ -70,8 +70,17 @@ fn redis_key(redis: &Redis, key: &IdempotencyKey) -> String {
     )
 }
 
-/// Claims `key` for `lease` (SET NX), or reports who has it.
+/// Claims `key` for `lease` (SET NX), or reports who has it. Through the Redis breaker, like
+/// every operation here.
 pub async fn claim(
+    redis: &Redis,
+    key: &IdempotencyKey,
+    lease: Duration,
+) -> Result<Claim, RedisCallError> {
+    redis.guarded(try_claim(redis, key, lease)).await
+}
+
+async fn try_claim(
     redis: &Redis,
     key: &IdempotencyKey,
     lease: Duration,
@@ -156,6 +165,18 @@ pub async fn complete(
     response: &StoredResponse,
     ttl: Duration,
 ) -> Result<bool, RedisCallError> {
+    redis
+        .guarded(try_complete(redis, key, claim_value, response, ttl))
+        .await
+}
+
+async fn try_complete(
+    redis: &Redis,
+    key: &IdempotencyKey,
+    claim_value: &str,
+    response: &StoredResponse,
+    ttl: Duration,
+) -> Result<bool, RedisCallError> {
     static COMPLETE: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(include_str!("complete.lua")));
     let Ok(sealed) = key.seal_body(&response.body) else {
@@ -188,6 +209,14 @@ pub async fn complete(
 /// Gives the key back (after a 5xx or a refusal that is not the request's result) if our claim
 /// still holds it, so a retry can run.
 pub async fn release(
+    redis: &Redis,
+    key: &IdempotencyKey,
+    claim_value: &str,
+) -> Result<(), RedisCallError> {
+    redis.guarded(try_release(redis, key, claim_value)).await
+}
+
+async fn try_release(
     redis: &Redis,
     key: &IdempotencyKey,
     claim_value: &str,

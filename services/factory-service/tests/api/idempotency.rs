@@ -164,6 +164,53 @@ async fn redis_down_is_503_and_nothing_happens() {
 }
 
 #[tokio::test]
+async fn the_redis_breaker_opens_after_the_threshold_then_refuses_without_waiting() {
+    // Nothing listens on port 1: every Redis call fails, a real failure.
+    let app = spawn_app_with(|env| {
+        env.with("REDIS_URL", "redis://127.0.0.1:1")
+            .with("CIRCUIT_BREAKER_THRESHOLD", "2")
+    })
+    .await;
+    let op = app.signed_in(Role::Operator).await;
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    for i in 0..4 {
+        let r = app
+            .post(
+                "/v1/products",
+                &op.access,
+                &json!({"name": "A", "sku": format!("A-{i}")}),
+                Some(&format!("key-{i}")),
+            )
+            .await;
+        assert_error(r, 503, "service_unavailable").await;
+    }
+    let text = app
+        .req(Method::GET, "/metrics", None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Two failures opened it; the next two were refused by it without a Redis call.
+    assert_eq!(
+        metric(&text, "circuit_breaker_state{name=\"redis\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "circuit_breaker_rejections_total{name=\"redis\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
+}
+
+#[tokio::test]
 async fn a_crash_after_commit_replays_from_postgres_instead_of_repeating() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
