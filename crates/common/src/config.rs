@@ -611,8 +611,13 @@ mod tests {
     }
 
     #[test]
-    fn emulator_host_must_be_host_port() {
-        for bad in ["localhost:4318", "grpc://collector:4317", "http://", "not a url"] {
+    fn otlp_endpoint_must_be_an_http_url() {
+        for bad in [
+            "localhost:4318",
+            "grpc://collector:4317",
+            "http://",
+            "not a url",
+        ] {
             let e = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
             assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT", "{bad}");
             assert!(e.to_string().contains("http://"), "{bad}: {e}");
@@ -622,6 +627,10 @@ mod tests {
             c.telemetry.otlp_endpoint.as_deref(),
             Some("https://otel.example:4318/")
         );
+    }
+
+    #[test]
+    fn emulator_host_must_be_host_port() {
         let e = parse(&[("PUBSUB_EMULATOR_HOST", "http://x/")]).unwrap_err();
         assert_eq!(e.var, "PUBSUB_EMULATOR_HOST");
         let c = parse(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]).unwrap();
