@@ -337,13 +337,14 @@ impl CommonConfig {
             default_bind.parse().expect("default bind address is valid"),
             "host:port, e.g. 127.0.0.1:8080",
         )?;
-        let database_url = url_secret(
+        let database_url = postgres_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL)?;
+        let redis_url = url_secret(
             env,
-            "DATABASE_URL",
-            DEFAULT_DATABASE_URL,
-            &["postgres", "postgresql"],
+            "REDIS_URL",
+            DEFAULT_REDIS_URL,
+            &["redis", "rediss"],
+            |v| redis::Client::open(v).is_ok(),
         )?;
-        let redis_url = url_secret(env, "REDIS_URL", DEFAULT_REDIS_URL, &["redis", "rediss"])?;
         let redis_timeout_ms: u64 = env.int_in("REDIS_TIMEOUT_MS", 50, 1, 60_000)?;
         let redis_key_prefix = env.string("REDIS_KEY_PREFIX", "vt");
         if !redis_key_prefix
@@ -454,19 +455,36 @@ fn url_secret(
     var: &str,
     default: &str,
     schemes: &[&str],
+    parses: fn(&str) -> bool,
 ) -> Result<SecretString, ConfigError> {
     let value = env.raw(var).unwrap_or(default);
+    let expected = format!("{}://[user[:password]@]host[:port][/path]", schemes[0]);
     let scheme = value.split_once("://").map(|(s, _)| s);
-    match scheme {
-        Some(s) if schemes.contains(&s) => Ok(SecretString::from(value.to_owned())),
-        _ => Err(ConfigError::new(
+    if !scheme.is_some_and(|s| schemes.contains(&s)) {
+        let problem = "not a URL with a supported scheme";
+        return Err(ConfigError::new(var, value, true, problem, expected));
+    }
+    // Parsed as the client will parse it (a bad port, say), so the failure names this variable
+    // here rather than surfacing later from the client. The client's own message is not
+    // shown: it may quote the URL, password included.
+    if !parses(value) {
+        return Err(ConfigError::new(
             var,
             value,
             true,
-            "not a URL with a supported scheme",
-            format!("{}://[user[:password]@]host[:port][/path]", schemes[0]),
-        )),
+            "not a valid URL",
+            expected,
+        ));
     }
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// A PostgreSQL URL from `var` (else `default`), checked as the client parses it; the error
+/// names `var` and never shows the value (it may carry a password).
+pub fn postgres_url(env: &Env, var: &str, default: &str) -> Result<SecretString, ConfigError> {
+    url_secret(env, var, default, &["postgres", "postgresql"], |v| {
+        v.parse::<sqlx::postgres::PgConnectOptions>().is_ok()
+    })
 }
 
 fn resource_name(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
@@ -565,6 +583,20 @@ mod tests {
     fn secret_url_is_never_shown() {
         let e = parse(&[("DATABASE_URL", "mysql://root:hunter2@db/x")]).unwrap_err();
         assert_eq!(e.var, "DATABASE_URL");
+        // Right scheme, but not a URL the clients accept: still this variable's error, at
+        // start-up, with the password hidden.
+        for (var, value) in [
+            ("DATABASE_URL", "postgres://u:hunter2@db:notaport/x"),
+            ("REDIS_URL", "redis://:hunter2@cache:notaport"),
+        ] {
+            let e = parse(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(
+                e.to_string().contains("://"),
+                "names the expected form: {e}"
+            );
+        }
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.to_string().contains("<redacted>"));
         let shown = format!(

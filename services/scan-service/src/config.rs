@@ -80,21 +80,11 @@ impl ScanConfig {
     /// Parses the scan service's variables.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env, "127.0.0.1:8080")?;
-        let database_read_url = match env.raw("DATABASE_READ_URL") {
-            None => common.database_url.clone(),
-            Some(v) if v.starts_with("postgres://") || v.starts_with("postgresql://") => {
-                SecretString::from(v.to_owned())
-            }
-            Some(v) => {
-                return Err(ConfigError::new(
-                    "DATABASE_READ_URL",
-                    v,
-                    true,
-                    "not a PostgreSQL URL",
-                    "postgres://[user[:password]@]host[:port]/db",
-                ));
-            }
-        };
+        let database_read_url = common::config::postgres_url(
+            env,
+            "DATABASE_READ_URL",
+            common.database_url.expose_secret(),
+        )?;
         let rate_limit = RateLimitConfig {
             ip: BucketLimits {
                 per_minute: env.int_in("RATE_LIMIT_IP_PER_MINUTE", 60, 1, MAX_RATE)?,
@@ -191,6 +181,7 @@ mod tests {
             ("SCAN_MIN_RESPONSE_MS", "fast"),
             ("SCAN_JITTER_MS", "-1"),
             ("DATABASE_READ_URL", "mysql://x"),
+            ("DATABASE_READ_URL", "postgres://db:notaport/x"),
         ] {
             let e = parse(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var);
