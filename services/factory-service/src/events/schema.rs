@@ -113,23 +113,25 @@ impl Poison {
 }
 
 /// Parses and validates a message's attributes and body.
+///
+/// An attribute that is absent is taken as the contract's value (`schema_version=1`,
+/// `event_type=scan`): the body is validated field by field either way, and dead-lettering a
+/// valid scan only because a publisher left the attributes out would lose it from `scan_count`.
+/// An attribute that is present must match.
 pub fn parse(attributes: &HashMap<String, String>, data: &[u8]) -> Result<ScanEvent, Poison> {
     match attributes.get("schema_version").map(String::as_str) {
-        Some(SCHEMA_VERSION) => {}
+        None | Some(SCHEMA_VERSION) => {}
         Some(other) => {
             return Err(Poison::new(
                 PoisonReason::UnknownSchemaVersion,
                 format!("schema_version {other:?} is not supported (expected {SCHEMA_VERSION})"),
             ));
         }
-        None => {
-            return Err(Poison::new(
-                PoisonReason::UnknownSchemaVersion,
-                "the schema_version attribute is missing",
-            ));
-        }
     }
-    if attributes.get("event_type").map(String::as_str) != Some(EVENT_TYPE) {
+    if attributes
+        .get("event_type")
+        .is_some_and(|t| t.as_str() != EVENT_TYPE)
+    {
         return Err(Poison::new(
             PoisonReason::UnknownEventType,
             "the event_type attribute is not \"scan\"",

@@ -48,16 +48,25 @@ fn nullable_fields_may_be_absent() {
 }
 
 #[test]
+fn absent_attributes_are_taken_as_the_contract_values() {
+    // A valid body without attributes is a v1 scan event, not poison.
+    let e = parse_value(&HashMap::new(), &body()).unwrap();
+    assert_eq!(e, parse_value(&attrs(), &body()).unwrap());
+    // The body is still checked field by field.
+    let mut v = body();
+    v.as_object_mut().unwrap().remove("tag_id");
+    assert_eq!(
+        parse_value(&HashMap::new(), &v).unwrap_err().reason,
+        PoisonReason::MissingField
+    );
+}
+
+#[test]
 fn attributes_are_checked() {
     let mut a = attrs();
     a.insert("schema_version".into(), "2".into());
     let e = parse_value(&a, &body()).unwrap_err();
     assert_eq!(e.reason, PoisonReason::UnknownSchemaVersion);
-    a.remove("schema_version");
-    assert_eq!(
-        parse_value(&a, &body()).unwrap_err().reason,
-        PoisonReason::UnknownSchemaVersion
-    );
     let mut a = attrs();
     a.insert("event_type".into(), "refund".into());
     assert_eq!(
