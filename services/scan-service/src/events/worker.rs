@@ -97,7 +97,14 @@ async fn run<P: Publisher>(
         }
 
         export_buffered(&rx, &batch);
-        let wait = match breaker.call(publisher.publish(&batch)).await {
+        // Shutdown does not wait for an attempt still running (up to its own 10 s timeout with
+        // the broker away): the batch goes to the shutdown flush, which has the deadline. Its
+        // events may then be published twice; the consumer applies each event_id once.
+        let attempt = tokio::select! {
+            result = breaker.call(publisher.publish(&batch)) => result,
+            () = shutdown.cancelled() => break,
+        };
+        let wait = match attempt {
             Ok(()) => {
                 metrics::counter!("scan_events_published_total").increment(batch.len() as u64);
                 batch.clear();
@@ -129,7 +136,9 @@ async fn run<P: Publisher>(
     flush_on_shutdown(rx, batch, &publisher, settings).await
 }
 
-/// Sends what is left, bypassing the breaker (this is the last chance), until the deadline.
+/// Sends what is left, bypassing the breaker (this is the last chance), until the deadline,
+/// which also bounds the client's own flush: shutdown takes at most `shutdown_deadline` after
+/// the HTTP drain, whether or not the broker answers.
 async fn flush_on_shutdown<P: Publisher>(
     mut rx: mpsc::Receiver<ScanEvent>,
     mut left: Vec<ScanEvent>,
@@ -165,7 +174,12 @@ async fn flush_on_shutdown<P: Publisher>(
             }
         }
     }
-    publisher.flush().await;
+    if tokio::time::timeout_at(deadline, publisher.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the Pub/Sub client did not finish sending before the shutdown deadline");
+    }
     metrics::gauge!("scan_events_buffered").set(0.0);
     if left.is_empty() {
         tracing::info!("scan events flushed");
@@ -292,6 +306,44 @@ mod tests {
         got.sort();
         want.sort();
         assert_eq!(got, want, "every event once, none twice");
+    }
+
+    /// A broker that never answers (the emulator cannot be made to hang on demand).
+    #[derive(Clone)]
+    struct Hanging;
+
+    impl Publisher for Hanging {
+        async fn publish(&self, _: &[ScanEvent]) -> Result<(), PublishError> {
+            std::future::pending().await
+        }
+        async fn flush(&self) {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_with_a_hanging_broker_ends_at_the_deadline() {
+        let (queue, rx) = EventQueue::bounded(100);
+        let stop = CancellationToken::new();
+        let worker = spawn_worker(rx, Hanging, breaker(), settings(), stop.clone());
+        for n in 0..3 {
+            assert!(queue.enqueue(event(n)));
+        }
+        // Let the worker start an attempt that will never finish, then shut down.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        stop.cancel();
+        let lost = tokio::time::timeout(Duration::from_secs(60), worker)
+            .await
+            .expect("the worker ends despite the broker")
+            .unwrap();
+        assert_eq!(lost, 3, "the unsent events are reported lost");
+        // Only the shutdown deadline (2 s here) passes, not the attempt's or the flush's own.
+        let took = started.elapsed();
+        assert!(
+            took <= settings().shutdown_deadline + Duration::from_millis(100),
+            "{took:?}"
+        );
     }
 
     #[tokio::test]
