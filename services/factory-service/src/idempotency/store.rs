@@ -126,18 +126,16 @@ async fn try_claim(
                 sealed,
             })) => {
                 let body = STANDARD.decode(body).unwrap_or_default();
-                let body = if !sealed {
-                    body
-                } else if fp != hex::encode(key.fingerprint) {
-                    // Another request's result: only its fingerprint matters (422), and it
-                    // does not open for this request anyway.
-                    Vec::new()
-                } else {
+                // A sealed result opens only for the request that produced it. Another
+                // request's result is answered 422 by its fingerprint alone, body unread.
+                let body = if sealed && fp == hex::encode(key.fingerprint) {
                     match key.open_body(&body) {
                         Some(body) => body,
                         // Tampered with: never run the request again over it.
                         None => return Ok(Claim::InFlight(fp)),
                     }
+                } else {
+                    body
                 };
                 return Ok(Claim::Done(
                     fp,
