@@ -83,3 +83,35 @@ async fn requests_are_counted_per_route_method_and_status() {
     assert_eq!(durations("POST"), Some(4.0));
     stop.cancel();
 }
+
+#[tokio::test]
+async fn methods_outside_the_standard_set_share_one_label() {
+    let handle = common::telemetry::prometheus();
+    let app = Router::new().route("/odd", axum::routing::any(|| async { "ok" }));
+    let (base, stop) = support::serve_hardened(app).await;
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("PROBE{i}").as_bytes()).unwrap();
+        let response = client
+            .request(method, format!("{base}/odd"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    client.get(format!("{base}/odd")).send().await.unwrap();
+
+    // Every invented method would otherwise be a series of its own, on every scrape, forever.
+    let text = handle.render();
+    assert!(!text.contains("PROBE"), "a client's method became a label");
+    let count = |method: &str| {
+        series(
+            &text,
+            "http_requests_total",
+            &[r#"route="/odd""#, &format!(r#"method="{method}""#)],
+        )
+    };
+    assert_eq!(count("_OTHER"), Some(20.0), "{text}");
+    assert_eq!(count("GET"), Some(1.0));
+    stop.cancel();
+}

@@ -91,8 +91,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let route = self.metrics.route(route_of(&req));
-        let method = req.method().clone();
-        let span = request_span(&req, &route.name, &method);
+        let method = method_label(req.method());
+        let span = request_span(&req, &route.name, req.method());
         ObserveFuture {
             inner: self.inner.call(req).instrument(span),
             done: Some(Done {
@@ -102,6 +102,29 @@ where
             }),
         }
     }
+}
+
+/// The method as a label: the standard ones by name, any other as `_OTHER` (OpenTelemetry's
+/// convention).
+///
+/// A client may send any token as a method. Labelled as sent, each new one would add series to
+/// every scrape and a handle to the per-route cache, without end.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("_OTHER", |(_, label)| label)
 }
 
 fn request_span(req: &Request, route: &str, method: &Method) -> tracing::Span {
@@ -139,7 +162,7 @@ fn request_span(req: &Request, route: &str, method: &Method) -> tracing::Span {
 
 struct Done {
     route: Arc<RouteMetrics>,
-    method: Method,
+    method: &'static str,
     started: Instant,
 }
 
@@ -158,8 +181,8 @@ impl Done {
                 );
             });
         }
-        self.route.requests(&self.method, status).increment(1);
-        self.route.duration(&self.method).record(elapsed);
+        self.route.requests(self.method, status).increment(1);
+        self.route.duration(self.method).record(elapsed);
     }
 }
 
@@ -209,25 +232,24 @@ impl HttpMetrics {
 
 struct RouteMetrics {
     name: Box<str>,
-    requests: HandleCache<(Method, u16), Counter>,
-    durations: HandleCache<Method, Histogram>,
+    requests: HandleCache<(&'static str, u16), Counter>,
+    durations: HandleCache<&'static str, Histogram>,
 }
 
 impl RouteMetrics {
-    fn requests(&self, method: &Method, status: u16) -> Counter {
-        self.requests
-            .get_or(&(method.clone(), status), |(method, status)| {
-                let labels = [
-                    ("route", self.name.to_string()),
-                    ("method", method.to_string()),
-                    ("status", status.to_string()),
-                ];
-                metrics::counter!("http_requests_total", &labels)
-            })
+    fn requests(&self, method: &'static str, status: u16) -> Counter {
+        self.requests.get_or(&(method, status), |(method, status)| {
+            let labels = [
+                ("route", self.name.to_string()),
+                ("method", method.to_string()),
+                ("status", status.to_string()),
+            ];
+            metrics::counter!("http_requests_total", &labels)
+        })
     }
 
-    fn duration(&self, method: &Method) -> Histogram {
-        self.durations.get_or(method, |method| {
+    fn duration(&self, method: &'static str) -> Histogram {
+        self.durations.get_or(&method, |method| {
             let labels = [
                 ("route", self.name.to_string()),
                 ("method", method.to_string()),
