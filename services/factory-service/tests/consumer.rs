@@ -697,3 +697,61 @@ async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses
     );
     consumer.stop().await;
 }
+
+/// Kills the child process when dropped, so a failed assertion leaves no worker behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
+    // The real binary, so that the worker has a process (and a metrics recorder) of its own.
+    let s = set_up(5).await;
+    let db = TestDb::new().await;
+    let addr = {
+        let probe = TcpListener::bind("127.0.0.1:0").await.expect("free port");
+        probe.local_addr().expect("address")
+    };
+    let _worker = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+            .args(["worker", "--metrics-addr", &addr.to_string()])
+            .env("DATABASE_URL", db.url.expose_secret())
+            .env("PUBSUB_EMULATOR_HOST", emulator())
+            .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
+            .env("SCAN_EVENTS_TOPIC", &s.pubsub.topic)
+            .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
+            .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
+            .env("APP_ENV", "test")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the worker"),
+    );
+
+    let client = reqwest::Client::new();
+    let text = eventually("the worker's /metrics", || async {
+        let response = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    })
+    .await;
+    // Before any event: every outcome at zero, with its description, so rates and alerts work
+    // from the first scrape. The consumer registers them as it is built; a recorder installed
+    // after that would have lost them.
+    for outcome in ["applied", "duplicate", "poison", "retried", "dead_lettered"] {
+        let line = format!("scan_events_processed_total{{outcome=\"{outcome}\"}} 0");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    assert!(
+        text.contains("# HELP scan_events_processed_total"),
+        "{text}"
+    );
+}
