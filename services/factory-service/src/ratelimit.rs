@@ -5,6 +5,7 @@
 //! Buckets that have refilled completely are indistinguishable from new ones and are swept.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use common::http::ClientIp;
+use common::http::client_ip::client_network;
 use tokio::time::Instant;
 
 use crate::auth::Identity;
@@ -21,6 +23,11 @@ use crate::state::AppState;
 
 /// How often idle buckets are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Most clients a set of buckets tracks at once (about 100 bytes each). Keys come from clients
+/// (addresses, emails), so the map must not grow with whatever they send: when it is full, a
+/// sweep runs at once, and if every bucket is still in use, the map starts afresh.
+pub const MAX_KEYS: usize = 100_000;
 
 /// The outcome of taking one token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,15 +53,22 @@ struct Bucket {
 pub struct Buckets {
     per_sec: f64,
     burst: f64,
+    max_keys: usize,
     state: Mutex<(HashMap<String, Bucket>, Instant)>,
 }
 
 impl Buckets {
     /// Buckets of `burst` tokens refilling `per_sec` tokens a second.
     pub fn new(per_sec: f64, burst: u32) -> Self {
+        Self::with_max_keys(per_sec, burst, MAX_KEYS)
+    }
+
+    /// As [`Buckets::new`], tracking at most `max_keys` clients.
+    pub fn with_max_keys(per_sec: f64, burst: u32, max_keys: usize) -> Self {
         Self {
             per_sec,
             burst: f64::from(burst),
+            max_keys: max_keys.max(1),
             state: Mutex::new((HashMap::new(), Instant::now())),
         }
     }
@@ -74,12 +88,20 @@ impl Buckets {
         // A poisoned lock only means another request panicked mid-update; the map is still sound.
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (buckets, last_sweep) = &mut *guard;
-        if now.duration_since(*last_sweep) >= SWEEP_EVERY {
+        let full = buckets.len() >= self.max_keys && !buckets.contains_key(key);
+        if full || now.duration_since(*last_sweep) >= SWEEP_EVERY {
             let (per_sec, burst) = (self.per_sec, self.burst);
             buckets.retain(|_, b| {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * per_sec < burst
             });
             *last_sweep = now;
+            if buckets.len() >= self.max_keys {
+                tracing::warn!(
+                    clients = buckets.len(),
+                    "rate-limit buckets full of active clients; starting afresh"
+                );
+                buckets.clear();
+            }
         }
         let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: self.burst,
@@ -125,6 +147,12 @@ impl Buckets {
     }
 }
 
+/// The key an address is limited by: IPv4 as is, IPv6 by its /64, which one subscriber holds
+/// whole and could otherwise rotate through for fresh buckets.
+pub fn network_key(ip: IpAddr) -> String {
+    client_network(ip).to_string()
+}
+
 /// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds when full).
 pub fn add_headers(headers: &mut HeaderMap, per_minute: u64, decision: &Decision) {
     let reset = chrono::Utc::now().timestamp().max(0) as u64 + decision.full_in_secs;
@@ -146,7 +174,7 @@ pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next
     {
         Some(p) => format!("user:{}", p.id),
         None => match req.extensions().get::<ClientIp>() {
-            Some(ClientIp(ip)) => format!("ip:{ip}"),
+            Some(ClientIp(ip)) => format!("ip:{}", network_key(*ip)),
             None => "ip:unknown".to_owned(),
         },
     };
@@ -192,5 +220,37 @@ mod tests {
         assert_eq!(b.len(), 2);
         b.check_at("c", t0 + SWEEP_EVERY);
         assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_slash_64() {
+        let a: IpAddr = "2001:db8:7:8:1::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:7:8:ffff::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:7:9::1".parse().unwrap();
+        assert_eq!(network_key(a), network_key(b));
+        assert_ne!(network_key(a), network_key(other));
+        assert_eq!(network_key("192.0.2.4".parse().unwrap()), "192.0.2.4");
+    }
+
+    #[test]
+    fn the_map_stays_bounded_whatever_keys_clients_send() {
+        let b = Buckets::with_max_keys(1.0, 5, 100);
+        let t0 = Instant::now();
+        // Full, refilled buckets make room at once.
+        for i in 0..100 {
+            b.check_at(&format!("idle-{i}"), t0);
+        }
+        let later = t0 + Duration::from_secs(10);
+        assert!(b.check_at("new", later).allowed);
+        assert_eq!(b.len(), 1, "the refilled buckets were swept to make room");
+        // Buckets still in use: the map starts afresh rather than growing.
+        for i in 0..10_000 {
+            b.check_at(&format!("busy-{i}"), later);
+            assert!(b.len() <= 100);
+        }
+        // A tracked client is never the one that triggers a reset.
+        let kept = b.len();
+        b.check_at("busy-9999", later);
+        assert_eq!(b.len(), kept);
     }
 }

@@ -12,6 +12,7 @@ use super::extract::ClientInfo;
 use super::{password, repo, tokens};
 use crate::audit::{Actor, NewEvent};
 use crate::error::FactoryError;
+use crate::ratelimit::{Buckets, Decision, network_key};
 use crate::state::AppState;
 use crate::users::{Role, normalize_email};
 
@@ -104,17 +105,20 @@ pub async fn login(
     // Unparseable emails still go through the dummy verification: same answer, same time.
     let email = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
     let email: String = email.chars().take(254).collect();
-    let ip_key = client.ip.clone().unwrap_or_default();
-    for decision in [
-        state.login_by_ip.check(&ip_key),
-        state.login_by_email.check(&email),
-    ] {
-        if !decision.allowed {
-            metrics::counter!("auth_logins_total", "result" => "rate_limited").increment(1);
-            return Err(FactoryError::RateLimited {
-                retry_after: decision.retry_after_secs,
-            });
-        }
+    // An IPv6 client by its /64, which one subscriber can rotate through.
+    let ip_key = client
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .map(network_key)
+        .unwrap_or_default();
+    if let Err(refusal) =
+        take_login_attempt(&state.login_by_ip, &state.login_by_email, &ip_key, &email)
+    {
+        metrics::counter!("auth_logins_total", "result" => "rate_limited").increment(1);
+        return Err(FactoryError::RateLimited {
+            retry_after: refusal.retry_after_secs,
+        });
     }
 
     let mut conn = state.pool.acquire().await?;
@@ -170,6 +174,24 @@ pub async fn login(
     state.login_by_email.refund(&email);
     metrics::counter!("auth_logins_total", "result" => "success").increment(1);
     session(state, user.id, &user.email, role, family_id, refresh_token)
+}
+
+/// Takes one login attempt from the address's budget, then from the email's; the refusing
+/// bucket's decision when either is spent. The email's budget is only touched once the address
+/// may try: a client over its own limit must not spend (and so lock out) the accounts it names.
+fn take_login_attempt(
+    by_ip: &Buckets,
+    by_email: &Buckets,
+    ip_key: &str,
+    email: &str,
+) -> Result<(), Decision> {
+    for (buckets, key) in [(by_ip, ip_key), (by_email, email)] {
+        let decision = buckets.check(key);
+        if !decision.allowed {
+            return Err(decision);
+        }
+    }
+    Ok(())
 }
 
 /// Exchanges a refresh token for a new session (both cookies rotated).
@@ -327,4 +349,33 @@ fn session(
         csrf_token: state.csrf.issue(family_id),
         cookie_max_age: state.refresh_ttl.as_secs(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_over_its_limit_does_not_spend_the_emails_it_names() {
+        let by_ip = Buckets::new(1.0 / 60.0, 3);
+        let by_email = Buckets::new(1.0 / 60.0, 2);
+        for i in 0..3 {
+            let email = format!("own{i}@example.com");
+            assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", &email).is_ok());
+        }
+        // The address is spent: whatever it names, the emails' budgets stay whole.
+        for i in 0..50 {
+            let email = format!("victim{}@example.com", i % 5);
+            assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", &email).is_err());
+        }
+        for _ in 0..2 {
+            assert!(
+                take_login_attempt(&by_ip, &by_email, "203.0.113.1", "victim0@example.com").is_ok()
+            );
+        }
+        // And the email's own limit still holds, from any address.
+        let refusal = take_login_attempt(&by_ip, &by_email, "203.0.113.2", "victim0@example.com")
+            .unwrap_err();
+        assert!(refusal.retry_after_secs >= 1);
+    }
 }

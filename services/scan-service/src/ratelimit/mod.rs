@@ -61,17 +61,7 @@ pub fn key_limits(default: BucketLimits, override_per_minute: Option<u32>) -> Bu
     }
 }
 
-/// The address a client is limited by: an IPv4 address as is, an IPv6 address by its /64,
-/// since one subscriber usually holds a whole /64 and could otherwise rotate through it.
-pub fn client_network(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
+pub use common::http::client_ip::client_network;
 
 /// The scan rate limiter.
 #[derive(Debug, Clone)]
@@ -197,20 +187,6 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_clients_share_their_slash_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_network(a), client_network(b));
-        assert_ne!(client_network(a), client_network(other));
-        assert_eq!(client_network(a).to_string(), "2001:db8:1:2::");
-        let v4: IpAddr = "203.0.113.9".parse().unwrap();
-        assert_eq!(client_network(v4), v4);
-        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
-        assert_eq!(client_network(mapped), v4);
-    }
 
     #[test]
     fn override_caps_the_burst() {
