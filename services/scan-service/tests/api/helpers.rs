@@ -260,9 +260,13 @@ pub struct Received {
     pub attributes: HashMap<String, String>,
 }
 
-/// Receives `n` messages within `within`, acknowledging them.
+/// Receives `n` distinct events within `within`, acknowledging every message. Publishing is
+/// at least once: a batch whose attempt was cut short (by shutdown, or a broker that answered
+/// late) is sent again, and the consumer applies each `event_id` once. So a repeated
+/// `event_id` is acknowledged and skipped here, and never counts twice.
 pub async fn receive(stream: &mut MessageStream, n: usize, within: Duration) -> Vec<Received> {
     let mut got = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + within;
     while got.len() < n {
         let next = tokio::time::timeout_at(deadline, stream.next())
@@ -270,8 +274,12 @@ pub async fn receive(stream: &mut MessageStream, n: usize, within: Duration) -> 
             .unwrap_or_else(|_| panic!("only {} of {n} messages within {within:?}", got.len()));
         let (message, handler) = next.expect("stream open").expect("message");
         handler.ack();
+        let body: serde_json::Value = serde_json::from_slice(&message.data).expect("JSON body");
+        if !seen.insert(body["event_id"].to_string()) {
+            continue;
+        }
         got.push(Received {
-            body: serde_json::from_slice(&message.data).expect("JSON body"),
+            body,
             attributes: message.attributes,
         });
     }
