@@ -37,7 +37,8 @@ pub enum Found {
 /// A scan's answer and the rate-limit verdict behind it (for the headers).
 #[derive(Debug)]
 pub struct ScanOutcome {
-    /// The rate-limit decision, when one was made.
+    /// The rate-limit figures for the headers: the decision, or when the limiter is unavailable
+    /// and the service fails closed, the caller's limit with no tokens to spend.
     pub verdict: Option<Verdict>,
     /// The answer.
     pub result: Result<Found, ScanError>,
@@ -116,11 +117,19 @@ impl Scanner {
         let verdict = match decision {
             Ok(v) => v,
             Err(unavailable) => {
+                // Failing closed: the caller's limit is known, its tokens are not, and none may
+                // be spent until the limiter is back. The headers say so, as on every scan.
+                let retry_after_secs = unavailable.retry_after_secs;
+                let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
                 return ScanOutcome {
-                    verdict: None,
-                    result: Err(ScanError::RateLimiterUnavailable {
-                        retry_after_secs: unavailable.retry_after_secs,
+                    verdict: Some(Verdict {
+                        allowed: false,
+                        limit: limits.per_minute,
+                        remaining: 0,
+                        reset_unix: now + retry_after_secs,
+                        retry_after_secs,
                     }),
+                    result: Err(ScanError::RateLimiterUnavailable { retry_after_secs }),
                 };
             }
         };

@@ -18,6 +18,23 @@ async fn assert_fail_closed(r: reqwest::Response) {
         .parse()
         .unwrap();
     assert!(retry_after >= 1);
+    // Like every scan answer, it carries the rate-limit headers: the caller's limit, and
+    // nothing to spend until the limiter is back.
+    let limit: u64 = header(&r, "x-ratelimit-limit")
+        .expect("X-RateLimit-Limit")
+        .parse()
+        .unwrap();
+    assert!(limit > 0);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), Some("0"));
+    let reset: u64 = header(&r, "x-ratelimit-reset")
+        .expect("X-RateLimit-Reset")
+        .parse()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp() as u64;
+    assert!(
+        (now..=now + retry_after + 1).contains(&reset),
+        "reset {reset} at {now}"
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "service_unavailable");
     assert!(body["detail"].is_string());
