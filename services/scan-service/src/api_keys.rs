@@ -13,7 +13,10 @@ use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use common::CircuitBreaker;
+
 use crate::cache::Cache;
+use crate::error::LookupError;
 use crate::near_cache::{self, NearCache};
 
 const FIND_API_KEY: &str = include_str!("sql/find_api_key.sql");
@@ -53,16 +56,18 @@ const NEAR_ENTRIES: usize = 50_000;
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
     pool: PgPool,
+    breaker: CircuitBreaker,
     near: Arc<NearCache<[u8; 32], Option<ApiKey>>>,
     cache: Cache,
     prefix: String,
 }
 
 impl ApiKeys {
-    /// Look-ups on `pool` behind `cache`; keys start with `prefix`.
-    pub fn new(pool: PgPool, cache: Cache, prefix: &str) -> Self {
+    /// Look-ups on `pool` through `breaker`, behind `cache`; keys start with `prefix`.
+    pub fn new(pool: PgPool, breaker: CircuitBreaker, cache: Cache, prefix: &str) -> Self {
         Self {
             pool,
+            breaker,
             near: Arc::new(NearCache::new(near_cache::TTL, NEAR_ENTRIES)),
             cache,
             prefix: prefix.to_owned(),
@@ -75,7 +80,7 @@ impl ApiKeys {
     }
 
     /// The key `presented`, `None` when it is unknown, revoked or malformed.
-    pub async fn authenticate(&self, presented: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
+    pub async fn authenticate(&self, presented: &[u8]) -> Result<Option<ApiKey>, LookupError> {
         if !is_plausible(presented) {
             return Ok(None);
         }
@@ -91,9 +96,13 @@ impl ApiKeys {
             self.near.insert(hash, cached);
             return Ok(cached);
         }
-        let key = sqlx::query_as::<_, ApiKeyRow>(FIND_API_KEY)
-            .bind(&hash[..])
-            .fetch_optional(&self.pool)
+        let key = self
+            .breaker
+            .call(
+                sqlx::query_as::<_, ApiKeyRow>(FIND_API_KEY)
+                    .bind(&hash[..])
+                    .fetch_optional(&self.pool),
+            )
             .await?
             .map(|row| ApiKey {
                 id: row.id,

@@ -1,7 +1,10 @@
 //! The scan service's errors and their contract JSON (CONTRACT 2.1, 2.2, 3.6), in one place.
 
+use std::time::Duration;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use common::BreakerError;
 use serde_json::json;
 
 /// Why a scan was not answered with a tag.
@@ -27,7 +30,27 @@ pub enum ScanError {
     },
     /// The database did not answer the look-up.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] LookupError),
+}
+
+/// Why a look-up in the database gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The query failed (the database is unreachable, or it refused).
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+    /// Recent look-ups failed and the database's breaker is open: not tried.
+    #[error("database breaker open; retry after {0:?}")]
+    BreakerOpen(Duration),
+}
+
+impl From<BreakerError<sqlx::Error>> for LookupError {
+    fn from(e: BreakerError<sqlx::Error>) -> Self {
+        match e {
+            BreakerError::Inner(e) => Self::Query(e),
+            BreakerError::Rejected { retry_after } => Self::BreakerOpen(retry_after),
+        }
+    }
 }
 
 impl ScanError {
@@ -78,14 +101,24 @@ impl IntoResponse for ScanError {
                 Some(*retry_after_secs),
             ),
             Self::Database(e) => {
-                // Logged here in full; the caller learns only that a dependency is down.
-                tracing::error!(error = %e, "tag look-up failed");
+                // Logged here in full; the caller learns only that a dependency is down. While
+                // the breaker is open, every look-up would log the same line: debug only.
+                let retry_after = match e {
+                    LookupError::Query(e) => {
+                        tracing::error!(error = %e, "tag or key look-up failed");
+                        1
+                    }
+                    LookupError::BreakerOpen(wait) => {
+                        tracing::debug!("database breaker open; look-up not tried");
+                        wait.as_secs_f64().ceil() as u64
+                    }
+                };
                 (
                     json!({
                         "error": "service_unavailable",
                         "detail": "The service is temporarily unavailable; try again shortly.",
                     }),
-                    Some(1),
+                    Some(retry_after),
                 )
             }
         };

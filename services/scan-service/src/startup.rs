@@ -110,10 +110,14 @@ impl Application {
             WorkerSettings::default(),
             background.clone(),
         );
+        // One breaker for both look-ups: they fail together when the read replica is away,
+        // and while it is open a scan that needs the database answers 503 at once instead of
+        // waiting out the pool's connect timeout.
+        let database = CircuitBreaker::new("postgres", common.breaker);
         let scanner = Scanner {
             limiter,
-            tags: TagLookup::new(read_pool.clone(), cache.clone(), prefix),
-            api_keys: ApiKeys::new(read_pool.clone(), cache, prefix),
+            tags: TagLookup::new(read_pool.clone(), database.clone(), cache.clone(), prefix),
+            api_keys: ApiKeys::new(read_pool.clone(), database, cache, prefix),
             events: events.clone(),
             ip_hasher: IpHasher::new(config.ip_hash_key.clone()),
         };

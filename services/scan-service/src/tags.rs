@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use common::CircuitBreaker;
+
 use crate::cache::Cache;
+use crate::error::LookupError;
 use crate::near_cache::{self, NearCache};
 
 const FIND_TAG: &str = include_str!("sql/find_tag.sql");
@@ -96,6 +99,7 @@ const NEAR_ENTRIES: usize = 50_000;
 #[derive(Debug, Clone)]
 pub struct TagLookup {
     pool: PgPool,
+    breaker: CircuitBreaker,
     near: Arc<NearCache<String, Cached>>,
     cache: Cache,
     prefix: String,
@@ -110,10 +114,12 @@ pub fn is_valid_tag_id(tag_id: &str) -> bool {
 }
 
 impl TagLookup {
-    /// Look-ups on `pool` (the read replica) behind `cache`; keys start with `prefix`.
-    pub fn new(pool: PgPool, cache: Cache, prefix: &str) -> Self {
+    /// Look-ups on `pool` (the read replica) through `breaker`, behind `cache`; keys start
+    /// with `prefix`.
+    pub fn new(pool: PgPool, breaker: CircuitBreaker, cache: Cache, prefix: &str) -> Self {
         Self {
             pool,
+            breaker,
             near: Arc::new(NearCache::new(near_cache::TTL, NEAR_ENTRIES)),
             cache,
             prefix: prefix.to_owned(),
@@ -143,10 +149,14 @@ impl TagLookup {
     }
 
     /// The tag from the database, caching the answer (found or not).
-    pub async fn load(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, sqlx::Error> {
-        let tag = sqlx::query_as::<_, TagRow>(FIND_TAG)
-            .bind(tag_id)
-            .fetch_optional(&self.pool)
+    pub async fn load(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, LookupError> {
+        let tag = self
+            .breaker
+            .call(
+                sqlx::query_as::<_, TagRow>(FIND_TAG)
+                    .bind(tag_id)
+                    .fetch_optional(&self.pool),
+            )
             .await?
             .map(|row| Arc::new(Tag::from(row)));
         let cached = Cached(tag);

@@ -12,6 +12,7 @@ use google_cloud_pubsub::subscriber::MessageStream;
 use hmac::{Hmac, Mac as _};
 use scan_service::events::EventQueue;
 use scan_service::{Application, ScanConfig};
+use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -99,6 +100,14 @@ impl TestEnv {
 
     pub fn pool(&self) -> &PgPool {
         &self.db.pool
+    }
+
+    /// The test database's URL, reached through `host_port` instead (a [`Proxy`]).
+    pub fn database_url_via(&self, host_port: &str) -> String {
+        let url = self.db.url.expose_secret();
+        let (scheme_user, rest) = url.split_once('@').expect("user@host in the URL");
+        let (_, path) = rest.split_once('/').expect("a database in the URL");
+        format!("{scheme_user}@{host_port}/{path}")
     }
 
     /// Starts an instance with these variables on top of the environment's.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, header};
+use crate::helpers::{Proxy, TestEnv, header, metric};
 
 const SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-content-type-options", "nosniff"),
@@ -336,4 +336,62 @@ async fn a_dead_read_replica_answers_503_with_rate_limit_headers() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "service_unavailable", "{what}: {body}");
     }
+}
+
+/// The read replica goes away while the service runs: after `CIRCUIT_BREAKER_THRESHOLD` failed
+/// look-ups its breaker opens, and a scan that needs the database answers 503 at once, without
+/// trying (before, each one waited out the pool's connect timeout). Once the database is back,
+/// a probe after `CIRCUIT_BREAKER_TIMEOUT_SEC` closes the breaker and scans answer again.
+#[tokio::test]
+async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_back() {
+    let env = TestEnv::new().await;
+    let mut proxy = Proxy::start("127.0.0.1:5432").await;
+    let app = env
+        .spawn(&[
+            (
+                "DATABASE_READ_URL",
+                &env.database_url_via(&format!("127.0.0.1:{}", proxy.port)),
+            ),
+            ("CIRCUIT_BREAKER_THRESHOLD", "2"),
+            ("CIRCUIT_BREAKER_TIMEOUT_SEC", "1"),
+        ])
+        .await;
+    let state = "circuit_breaker_state{name=\"postgres\"}";
+    let rejections = "circuit_breaker_rejections_total{name=\"postgres\"}";
+    let tag = env.tag().await;
+    assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
+
+    proxy.down().await;
+    // Unknown ids, so that no cache can answer.
+    for i in 0..2 {
+        let r = app.scan(&format!("unknown_tag_id_{i:04}")).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(metric(&app.metrics().await, state), Some(1.0), "open");
+    let r = app.scan("unknown_tag_id_0002").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(header(&r, "retry-after").is_some());
+    assert!(header(&r, "x-ratelimit-limit").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "service_unavailable");
+    assert!(
+        metric(&app.metrics().await, rejections).unwrap_or(0.0) >= 1.0,
+        "the open breaker answered without trying the database"
+    );
+
+    proxy.up().await;
+    let fresh = env.tag().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = app.scan(&fresh).await.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&app.metrics().await, state), Some(0.0), "closed");
 }
