@@ -25,9 +25,15 @@ static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// security headers, content length).
 const RESPONSE_HEADERS: usize = 12;
 
-/// The scan route, with timing normalization.
+/// The scan route, with timing normalization. An empty tag id (`/v1/scan/`) and one holding a
+/// `/` (more segments) are malformed tag ids like any other: 400 `invalid_tag_id`, charged and
+/// normalized, rather than the router's 404.
 pub fn router(timing: TimingLayer) -> Router<AppState> {
-    Router::new().route("/v1/scan/{tag_id}", get(scan).layer(timing))
+    let scan = get(scan).layer(timing);
+    Router::new()
+        .route("/v1/scan/{tag_id}", scan.clone())
+        .route("/v1/scan/", scan.clone())
+        .route("/v1/scan/{tag_id}/{*more}", scan)
 }
 
 async fn scan(
@@ -38,7 +44,8 @@ async fn scan(
     request: Request,
 ) -> Response {
     let headers = request.headers();
-    // A segment that is not valid UTF-8 after percent-decoding is just another bad tag id.
+    // A segment that is not valid UTF-8 after percent-decoding is just another bad tag id, and
+    // so are the empty and multi-segment ids of the other two routes (no single segment).
     let tag_id = tag_id.map(|Path(t)| t).unwrap_or_default();
     let mut keys = headers.get_all(&X_API_KEY).iter();
     let api_key = match (keys.next(), keys.next()) {

@@ -171,17 +171,26 @@ async fn odd_paths_methods_and_headers_are_clear_4xx() {
 
     let huge_path = format!("/{}", "x/".repeat(8_000));
     for (path, status, code) in [
-        ("/v1/scan/", StatusCode::NOT_FOUND, "not_found"),
         ("/v1/scan", StatusCode::NOT_FOUND, "not_found"),
-        (
-            "/v1/scan/aaaaaaaaaaaaaaaa/extra",
-            StatusCode::NOT_FOUND,
-            "not_found",
-        ),
         (huge_path.as_str(), StatusCode::NOT_FOUND, "not_found"),
     ] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_json_4xx(r, status, code, &path[..path.len().min(40)]).await;
+    }
+    // An empty tag id, or one with a `/` in it, is a malformed tag id: 400, charged like any
+    // other scan (so it carries the rate-limit headers).
+    for path in [
+        "/v1/scan/",
+        "/v1/scan/aaaaaaaaaaaaaaaa/extra",
+        "/v1/scan/aaaaaaaa/bbbbbbbb",
+        "/v1/scan/a/b/c/d/e/f",
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert!(
+            header(&r, "x-ratelimit-limit").is_some(),
+            "{path}: no rate-limit headers"
+        );
+        assert_json_4xx(r, StatusCode::BAD_REQUEST, "invalid_tag_id", path).await;
     }
     let r = app
         .client
