@@ -54,16 +54,18 @@ async fn scan(
         // Two keys: which one counts would be a guess, so neither does.
         (Some(_), Some(_)) => Some(&b""[..]),
     };
+    // Bytes outside ASCII (obs-text, legal in a header) are kept as replacement characters
+    // rather than losing the whole value.
     let user_agent = headers
         .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
     // Boxed: the scan's state machine is large, and every layer above would otherwise copy it
     // each time it moves the handler's future (memcpy showed in the profile).
     let outcome = Box::pin(state.scanner.scan(ScanRequest {
         tag_id: &tag_id,
         client_ip,
         api_key,
-        user_agent,
+        user_agent: user_agent.as_deref(),
     }))
     .await;
     let mut response = match outcome.result {

@@ -8,6 +8,27 @@ use uuid::Uuid;
 
 use crate::helpers::{EMULATOR, Proxy, TestEnv, expected_ip_hash, free_port, metric, receive};
 
+/// A `User-Agent` with bytes outside ASCII (obs-text, which HTTP allows) is kept, those bytes
+/// as replacement characters, rather than published as null.
+#[tokio::test]
+async fn a_user_agent_with_non_ascii_bytes_is_kept() {
+    let env = TestEnv::new().await;
+    let mut stream = env.subscribe().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    let agent = reqwest::header::HeaderValue::from_bytes(b"Caf\xe9Scanner/1.0").unwrap();
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/scan/{tag}")))
+        .header("user-agent", agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let got = receive(&mut stream, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].body["user_agent"], "Caf\u{fffd}Scanner/1.0");
+}
+
 #[tokio::test]
 async fn each_scan_publishes_the_contract_event() {
     let env = TestEnv::new().await;
