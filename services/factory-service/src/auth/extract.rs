@@ -166,11 +166,39 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
             .extensions
             .get::<ClientIp>()
             .map(|ClientIp(ip)| ip.to_string());
-        let user_agent = parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(512).collect());
+        // Bytes outside ASCII (obs-text, legal in a header) become replacement characters
+        // rather than losing the whole value.
+        let user_agent = parts.headers.get(header::USER_AGENT).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(512)
+                .collect()
+        });
         Ok(Self { ip, user_agent })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderValue, Request};
+
+    use super::*;
+
+    async fn client_info(user_agent: HeaderValue) -> ClientInfo {
+        let (mut parts, ()) = Request::builder()
+            .header(header::USER_AGENT, user_agent)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let Ok(info) = ClientInfo::from_request_parts(&mut parts, &()).await;
+        info
+    }
+
+    #[tokio::test]
+    async fn a_user_agent_is_kept_whatever_its_bytes_and_cut_at_512_characters() {
+        let odd = client_info(HeaderValue::from_bytes(b"Caf\xe9Admin/1").unwrap()).await;
+        assert_eq!(odd.user_agent.as_deref(), Some("Caf\u{fffd}Admin/1"));
+        let long = client_info(HeaderValue::from_str(&"a".repeat(600)).unwrap()).await;
+        assert_eq!(long.user_agent.map(|ua| ua.len()), Some(512));
     }
 }
