@@ -117,19 +117,12 @@ impl Scanner {
         let verdict = match decision {
             Ok(v) => v,
             Err(unavailable) => {
-                // Failing closed: the caller's limit is known, its tokens are not, and none may
-                // be spent until the limiter is back. The headers say so, as on every scan.
-                let retry_after_secs = unavailable.retry_after_secs;
-                let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+                // Failing closed, the answer still carries the rate-limit headers.
                 return ScanOutcome {
-                    verdict: Some(Verdict {
-                        allowed: false,
-                        limit: limits.per_minute,
-                        remaining: 0,
-                        reset_unix: now + retry_after_secs,
-                        retry_after_secs,
+                    verdict: Some(unavailable.verdict()),
+                    result: Err(ScanError::RateLimiterUnavailable {
+                        retry_after_secs: unavailable.retry_after_secs,
                     }),
-                    result: Err(ScanError::RateLimiterUnavailable { retry_after_secs }),
                 };
             }
         };

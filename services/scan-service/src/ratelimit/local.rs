@@ -60,10 +60,7 @@ impl LocalBuckets {
                 limiter = fresh;
             }
         }
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now_unix = unix_now();
         let seconds_per_token = 60.0 / f64::from(limits.per_minute);
         match limiter.check_key(&key.to_owned()) {
             Ok(snapshot) => {
@@ -121,6 +118,14 @@ fn new_limiter(limits: BucketLimits) -> Keyed {
     let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
     RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
         .with_middleware::<StateInformationMiddleware>()
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// Whole seconds, rounded up, at least 1.

@@ -46,6 +46,22 @@ pub struct Verdict {
 pub struct Unavailable {
     /// Whole seconds a client should wait (at least 1).
     pub retry_after_secs: u64,
+    /// The caller's refill per minute.
+    pub limit: u32,
+}
+
+impl Unavailable {
+    /// The figures for the answer's rate-limit headers: the caller's limit, no tokens to spend,
+    /// and full again (as far as anyone knows) when `Retry-After` ends.
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            allowed: false,
+            limit: self.limit,
+            remaining: 0,
+            reset_unix: local::unix_now() + self.retry_after_secs,
+            retry_after_secs: self.retry_after_secs,
+        }
+    }
 }
 
 /// The limits of a key's bucket: its own `rate_limit_per_minute` when it has one, else the
@@ -177,6 +193,7 @@ impl RateLimiter {
             metrics.fail_closed.increment(1);
             return Err(Unavailable {
                 retry_after_secs: local::whole_seconds(retry_after),
+                limit: limits.per_minute,
             });
         }
         metrics.fallback.increment(1);
