@@ -9,7 +9,7 @@ use common::http::error_response;
 use sha2::{Digest, Sha256};
 
 use super::store::{self, Claim, StoredResponse};
-use super::{IdempotencyKey, SealKey, is_valid_key, mark_replayed};
+use super::{Idempotency, IdempotencyKey, SealKey, is_valid_key, mark_replayed};
 use crate::auth::Identity;
 use crate::error::FactoryError;
 use crate::state::{AppState, Redis};
@@ -86,10 +86,13 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             )
         }
         Ok(Claim::Acquired(value)) => ("claimed", Ok(value)),
-        Ok(Claim::InFlight(fp)) if fp == fingerprint => (
-            "in_use",
-            Err(FactoryError::IdempotencyKeyInUse.into_response()),
-        ),
+        Ok(Claim::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
+            Some(replay) => ("replayed", Err(replay)),
+            None => (
+                "in_use",
+                Err(FactoryError::IdempotencyKeyInUse.into_response()),
+            ),
+        },
         Ok(Claim::Done(fp, stored)) if fp == fingerprint => ("replayed", Err(replay(stored))),
         Ok(Claim::InFlight(_) | Claim::Done(..)) => (
             "reused",
@@ -144,19 +147,42 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         // Our lease ran out meanwhile; whatever holds the key now stays. A retry replays from
         // PostgreSQL if this run committed.
         Ok(false) => tracing::warn!("idempotency claim lapsed before the result was stored"),
-        // The claim's lease runs out by itself; a retry then replays from PostgreSQL.
+        // Our claim stays until its lease runs out; a retry meanwhile finds this run's record
+        // in PostgreSQL behind the claim and replays it (see `recorded`).
         Err(e) => tracing::warn!(error = %e, "idempotent result not stored in Redis"),
     }
     Response::from_parts(parts, Body::from(body))
 }
 
+/// The result PostgreSQL holds for `key`, as a replay, while Redis still shows a claim on it.
+/// The claim's run may have committed and then failed to store its result in Redis (Redis
+/// failing at that moment, or the process dying): without this, retries would get 409 until
+/// the claim's lease ran out. `None` (answer 409) when there is no record yet or it cannot be
+/// read: a run is then really in flight, or may be.
+async fn recorded(state: &AppState, key: &IdempotencyKey) -> Option<Response> {
+    let found = async {
+        let mut conn = state.pool.acquire().await?;
+        Idempotency(Some(key.clone())).recorded(&mut conn).await
+    };
+    match found.await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency record not readable; answering 409");
+            None
+        }
+    }
+}
+
 /// Responses that refuse the request before the handler acted, for reasons outside the
-/// request's fingerprint (the token's role, the rate limit): a retry with the same key after
-/// the cause went away must run, not replay the refusal.
+/// request's fingerprint (the token's role, the rate limit, the `Content-Type` header): a
+/// retry with the same key after the cause went away must run, not replay the refusal.
 fn is_refused_before_running(status: StatusCode) -> bool {
     matches!(
         status,
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
     )
 }
 

@@ -445,3 +445,94 @@ async fn a_role_refusal_is_not_stored() {
     assert!(r.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
+
+#[tokio::test]
+async fn a_claim_left_by_a_run_that_committed_replays_from_postgres_not_409() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let req = json!({"name": "B", "sku": "B-1"});
+    let first = app
+        .post("/v1/products", &op.access, &req, Some("stuck"))
+        .await;
+    assert_eq!(first.status(), 201);
+    let first = body(first).await;
+    // Simulate a run that committed and then could not store its result in Redis (Redis
+    // failed at that moment, or the process died): its in-flight claim is still there, with
+    // the request's fingerprint and a lease of a minute.
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:idem:*", app.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let done: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let done: serde_json::Value = serde_json::from_str(&done).unwrap();
+    assert_eq!(done["state"], "done");
+    let pending = json!({"state": "pending", "fp": done["fp"], "claim": "a-run-that-committed"});
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(pending.to_string())
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // Retries get the committed result at once, not 409 until the lease runs out.
+    for _ in 0..2 {
+        let again = app
+            .post("/v1/products", &op.access, &req, Some("stuck"))
+            .await;
+        assert_eq!(again.status(), 201);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(body(again).await, first);
+    }
+    // A different request with the key is still refused.
+    assert_error(
+        app.post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "B", "sku": "B-2"}),
+            Some("stuck"),
+        )
+        .await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+}
+
+#[tokio::test]
+async fn a_wrong_content_type_is_not_stored() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let body = r#"{"name":"C","sku":"C-1"}"#;
+    let send = |content_type: &'static str| {
+        app.req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Content-Type", content_type)
+            .header("Idempotency-Key", "typed")
+            .body(body)
+            .send()
+    };
+    assert_error(
+        send("text/plain").await.unwrap(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    // The same key and body with the right header runs: the header is not in the fingerprint,
+    // so replaying the 415 would leave the key unusable.
+    let r = send("application/json").await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    let again = send("application/json").await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+}
