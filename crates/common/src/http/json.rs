@@ -69,9 +69,60 @@ fn body_text(text: String) -> String {
     let tail = text
         .rsplit_once("target type: ")
         .map_or(text.as_str(), |(_, t)| t);
-    let mut detail = format!("The body does not have the expected shape: {tail}.");
-    detail.truncate(300);
+    let mut detail = format!(
+        "The body does not have the expected shape: {}.",
+        without_type_names(tail)
+    );
+    // The message may quote the caller's own text (an unknown field's name): cut at a
+    // character boundary.
+    if detail.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+    }
     detail
+}
+
+/// Longest `detail` of a body error, in bytes.
+const MAX_DETAIL: usize = 300;
+
+/// serde names the Rust type it expected ("expected struct LoginRequest with 2 elements");
+/// the caller only needs to know an object was expected.
+fn without_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "struct ".len()..];
+        let name_end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_end == 0 {
+            out.push_str("struct ");
+            rest = after;
+            continue;
+        }
+        let mut tail = &after[name_end..];
+        // "… with 2 elements" counts the struct's fields when a sequence was sent instead.
+        if let Some(count) = tail.strip_prefix(" with ") {
+            let digits = count
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(count.len());
+            if digits > 0 {
+                let words = &count[digits..];
+                tail = words
+                    .strip_prefix(" elements")
+                    .or_else(|| words.strip_prefix(" element"))
+                    .unwrap_or(tail);
+            }
+        }
+        out.push_str("a JSON object");
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 impl<S, T> FromRequest<S> for Json<T>

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
 
 /// Login body.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Email address.
     pub email: String,

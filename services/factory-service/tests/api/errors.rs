@@ -136,3 +136,52 @@ async fn the_openapi_document_lists_every_route() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn login_bodies_are_checked_like_every_other_body() {
+    let app = spawn_app().await;
+    let login = |body: &'static str| {
+        app.req(Method::POST, "/v1/auth/login", None)
+            .header("Content-Type", "application/json")
+            .header("X-Device-ID", "errors-test-device-0001")
+            .body(body)
+            .send()
+    };
+    // An unknown field is refused, as on every other route.
+    let b = assert_error(
+        login(r#"{"email":"a@example.com","password":"p","remember_me":true}"#)
+            .await
+            .unwrap(),
+        400,
+        "invalid_body",
+    )
+    .await;
+    assert!(b["detail"].as_str().unwrap().contains("remember_me"), "{b}");
+    // The detail says what was expected without naming the server's own types.
+    for body in ["[]", r#"["a@example.com"]"#, "1"] {
+        let b = assert_error(login(body).await.unwrap(), 400, "invalid_body").await;
+        let detail = b["detail"].as_str().unwrap();
+        assert!(!detail.contains("LoginRequest"), "{detail}");
+        assert!(!detail.contains("struct"), "{detail}");
+    }
+}
+
+#[tokio::test]
+async fn a_long_non_ascii_field_name_is_a_400_not_a_500() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    // serde quotes the unknown field's name; the detail is cut to 300 bytes, which must not
+    // fall inside a three-byte character.
+    for pad in 0..3 {
+        let name = format!("{}{}", "x".repeat(pad), "€".repeat(200));
+        let r = app
+            .req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Content-Type", "application/json")
+            .body(format!(r#"{{"name":"n","sku":"s","{name}":1}}"#))
+            .send()
+            .await
+            .unwrap();
+        let b = assert_error(r, 400, "invalid_body").await;
+        assert!(b["detail"].as_str().unwrap().len() <= 300, "{b}");
+    }
+}
