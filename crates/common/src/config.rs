@@ -124,9 +124,12 @@ impl Env {
         self.raw(var).unwrap_or(default).to_owned()
     }
 
-    /// A secret string (never shown in errors or logs), or `None` when unset.
+    /// A secret string (never shown in errors or logs), or `None` when unset or blank. Kept
+    /// exactly as given, spaces included: a password set with surrounding spaces is the
+    /// password its user types.
     pub fn secret(&self, var: &str) -> Option<SecretString> {
-        self.raw(var).map(|v| SecretString::from(v.to_owned()))
+        self.raw(var)?;
+        self.vars.get(var).map(|v| SecretString::from(v.to_owned()))
     }
 
     /// A value parsed with [`FromStr`], or `default` when unset.
@@ -190,7 +193,8 @@ impl Env {
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: an `http://` or `https://` base URL with a host (traces go to
 /// its `/v1/traces`), checked here so a typo stops start-up naming the variable, rather than
-/// failing later inside the exporter.
+/// failing later inside the exporter. A bad value is not shown: an endpoint may carry
+/// credentials (`user:password@` or a token in the query).
 fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
     const VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
     const EXPECTED: &str = "an http:// or https:// URL such as http://127.0.0.1:4318";
@@ -199,7 +203,7 @@ fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
     };
     let uri: axum::http::Uri = raw
         .parse()
-        .map_err(|e| ConfigError::new(VAR, raw, false, e, EXPECTED))?;
+        .map_err(|e| ConfigError::new(VAR, raw, true, e, EXPECTED))?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
     if !scheme_ok || !host_ok {
@@ -208,9 +212,34 @@ fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
         } else {
             "not an http or https URL"
         };
-        return Err(ConfigError::new(VAR, raw, false, problem, EXPECTED));
+        return Err(ConfigError::new(VAR, raw, true, problem, EXPECTED));
     }
     Ok(Some(raw.to_owned()))
+}
+
+/// Whether `origin` is one a browser can send in `Origin` (and so can match it exactly):
+/// `http` or `https`, a lowercase host, an optional port, nothing else.
+fn is_exact_origin(origin: &str) -> bool {
+    let Ok(uri) = origin.parse::<http::Uri>() else {
+        return false;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let host = authority.host();
+    matches!(scheme, "http" | "https")
+        && origin == format!("{scheme}://{authority}")
+        && !authority.as_str().contains('@')
+        && !host.is_empty()
+        && !host.bytes().any(|b| b.is_ascii_uppercase())
+        && match authority.as_str().strip_prefix(host) {
+            Some("") => true,
+            Some(port) => port
+                .strip_prefix(':')
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some_and(|p| p != 0),
+            None => false,
+        }
 }
 
 /// Whether `.env` is read, given the process's own `APP_ENV`: unset or `development` only.
@@ -379,17 +408,13 @@ impl CommonConfig {
             })?;
         let cors_origins = env.list("CORS_ORIGINS");
         for origin in &cors_origins {
-            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
-                && !origin.ends_with('/')
-                && origin.parse::<http::HeaderValue>().is_ok()
-                && origin != "*";
-            if !ok {
+            if !is_exact_origin(origin) {
                 return Err(ConfigError::new(
                     "CORS_ORIGINS",
                     env.raw("CORS_ORIGINS").unwrap_or_default(),
                     false,
                     format!("{origin:?} is not an exact origin"),
-                    "comma-separated origins like https://admin.example.com (scheme and host, no path, no *)",
+                    "comma-separated origins like https://admin.example.com (http or https, a lowercase host, an optional port; no path, query, user or *)",
                 ));
             }
         }
@@ -626,8 +651,46 @@ mod tests {
         assert!(e.problem.contains("nonsense"));
         let e = parse(&[("CORS_ORIGINS", "*")]).unwrap_err();
         assert_eq!(e.var, "CORS_ORIGINS");
-        let e = parse(&[("CORS_ORIGINS", "https://a.example/path/")]).unwrap_err();
-        assert_eq!(e.var, "CORS_ORIGINS");
+        // Nothing a browser could send as `Origin`: refused rather than silently never matching.
+        for bad in [
+            "https://a.example/path/",
+            "https://a.example/path",
+            "https://a.example/",
+            "https://a.example?q=1",
+            "https://a.example#x",
+            "https://user@a.example",
+            "https://a.example:99999",
+            "https://a.example:0",
+            "https://a example",
+            "https://A.EXAMPLE",
+            "ftp://a.example",
+            "a.example",
+            "https://",
+        ] {
+            let e = parse(&[("CORS_ORIGINS", bad)]).unwrap_err();
+            assert_eq!(e.var, "CORS_ORIGINS", "{bad}");
+        }
+        for good in [
+            "https://a.example:8443",
+            "http://127.0.0.1:3000",
+            "http://[::1]:8080",
+        ] {
+            let c = parse(&[("CORS_ORIGINS", good)]).unwrap();
+            assert_eq!(c.http.cors_origins, [good]);
+        }
+    }
+
+    #[test]
+    fn secrets_are_kept_exactly_as_given() {
+        let env = Env::from_pairs([("P", "  pass word  "), ("BLANK", "   ")]);
+        assert_eq!(
+            env.secret("P").map(|s| s.expose_secret().to_owned()),
+            Some("  pass word  ".to_owned())
+        );
+        assert!(env.secret("BLANK").is_none());
+        assert!(env.secret("UNSET").is_none());
+        // Plain values are still trimmed.
+        assert_eq!(env.raw("P"), Some("pass word"));
     }
 
     #[test]
@@ -653,6 +716,15 @@ mod tests {
             let e = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
             assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT", "{bad}");
             assert!(e.to_string().contains("http://"), "{bad}: {e}");
+        }
+        // Credentials in a bad endpoint are not repeated in the error.
+        for bad in [
+            "ftp://otel:hunter2@otel.example",
+            "otel.example:4318?token=hunter2",
+        ] {
+            let e = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+            assert!(e.to_string().contains("<redacted>"), "{e}");
         }
         let c = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318/")]).unwrap();
         assert_eq!(
