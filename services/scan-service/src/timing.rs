@@ -28,6 +28,8 @@ pub struct TimingLayer {
 impl TimingLayer {
     /// A layer with this floor and jitter.
     pub fn new(config: TimingConfig) -> Self {
+        // Exported at zero from the first scrape.
+        metrics::counter!("scan_timing_overrun_total").increment(0);
         Self { config }
     }
 }

@@ -52,6 +52,11 @@ pub fn spawn_worker<P: Publisher>(
     settings: WorkerSettings,
     shutdown: CancellationToken,
 ) -> JoinHandle<usize> {
+    // Exported from the first scrape, so an alert on the first drop (`increase(..) > 0`) has a
+    // series to compare with.
+    metrics::counter!("scan_events_published_total").increment(0);
+    metrics::counter!("scan_events_dropped_total").increment(0);
+    metrics::gauge!("scan_events_buffered").set(0.0);
     tokio::spawn(run(rx, publisher, breaker, settings, shutdown))
 }
 

@@ -26,13 +26,15 @@ static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 const RESPONSE_HEADERS: usize = 12;
 
 /// The scan route, with timing normalization. An empty tag id (`/v1/scan/`) and one holding a
-/// `/` (more segments) are malformed tag ids like any other: 400 `invalid_tag_id`, charged and
-/// normalized, rather than the router's 404.
+/// `/` (more segments, or a trailing slash) are malformed tag ids like any other: 400
+/// `invalid_tag_id`, charged and normalized, rather than the router's 404.
 pub fn router(timing: TimingLayer) -> Router<AppState> {
     let scan = get(scan).layer(timing);
     Router::new()
         .route("/v1/scan/{tag_id}", scan.clone())
         .route("/v1/scan/", scan.clone())
+        // The catch-all below needs at least one character after the slash.
+        .route("/v1/scan/{tag_id}/", scan.clone())
         .route("/v1/scan/{tag_id}/{*more}", scan)
 }
 
@@ -45,8 +47,12 @@ async fn scan(
 ) -> Response {
     let headers = request.headers();
     // A segment that is not valid UTF-8 after percent-decoding is just another bad tag id, and
-    // so are the empty and multi-segment ids of the other two routes (no single segment).
-    let tag_id = tag_id.map(|Path(t)| t).unwrap_or_default();
+    // so are the empty and multi-segment ids of the other routes (no single segment) and an
+    // id followed by a slash.
+    let tag_id = match tag_id {
+        Ok(Path(t)) if !request.uri().path().ends_with('/') => t,
+        _ => String::new(),
+    };
     let mut keys = headers.get_all(&X_API_KEY).iter();
     let api_key = match (keys.next(), keys.next()) {
         (None, _) => None,

@@ -212,3 +212,18 @@ async fn starts_and_answers_with_the_broker_unreachable() {
         );
     }
 }
+
+#[tokio::test]
+async fn event_and_timing_metrics_are_exported_at_zero_from_the_first_scrape() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let metrics = app.metrics().await;
+    for name in [
+        "scan_events_published_total",
+        "scan_events_dropped_total",
+        "scan_events_buffered",
+        "scan_timing_overrun_total",
+    ] {
+        assert_eq!(metric(&metrics, name), Some(0.0), "{name} in\n{metrics}");
+    }
+}

@@ -184,6 +184,7 @@ async fn odd_paths_methods_and_headers_are_clear_4xx() {
         "/v1/scan/aaaaaaaaaaaaaaaa/extra",
         "/v1/scan/aaaaaaaa/bbbbbbbb",
         "/v1/scan/a/b/c/d/e/f",
+        "/v1/scan/aaaaaaaaaaaaaaaa/",
     ] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert!(
