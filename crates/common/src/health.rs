@@ -38,16 +38,36 @@ impl ReadinessCheck {
         }
     }
 
-    /// Probes PostgreSQL with `SELECT 1`.
+    /// Probes PostgreSQL: it answers, and its schema has every migration this build knows
+    /// (a database that was never migrated answers `SELECT 1` but fails every request). A
+    /// schema ahead of this build (a newer release migrated first) is fine.
     pub fn postgres(pool: sqlx::PgPool) -> Self {
+        let needed = crate::db::MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
         Self::new("postgres", move || {
             let pool = pool.clone();
             async move {
-                sqlx::query("SELECT 1")
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let applied: Option<i64> =
+                    sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                        .fetch_one(&pool)
+                        .await
+                        .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
+                            // undefined_table
+                            Some(code) if code == "42P01" => {
+                                "schema not migrated (run `factory-service migrate`)".to_owned()
+                            }
+                            _ => e.to_string(),
+                        })?;
+                match applied {
+                    Some(v) if v >= needed => Ok(()),
+                    v => Err(format!(
+                        "schema at migration {}, this build needs {needed} (run `factory-service migrate`)",
+                        v.unwrap_or(0)
+                    )),
+                }
             }
         })
     }

@@ -443,8 +443,7 @@ async fn forwarded_for_believed_only_from_trusted_proxy() {
     assert_eq!(ip.text().await.unwrap(), "127.0.0.1");
 }
 
-fn health_app(redis_url: &str) -> Router {
-    let pg = common::db::pg_pool(&SecretString::from(common_test_pg_url()), 2).unwrap();
+fn health_app(pg: sqlx::PgPool, redis_url: &str) -> Router {
     let redis = common::db::redis_pool(
         &SecretString::from(redis_url.to_owned()),
         Duration::from_millis(200),
@@ -465,10 +464,28 @@ fn common_test_pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/voketag_test".to_owned())
 }
 
+/// A pool on a new, migrated database (readiness also checks the schema). `common::testing`
+/// is behind a feature this crate's own tests are not built with.
+async fn migrated_pool() -> sqlx::PgPool {
+    let admin = common_test_pg_url();
+    let name = format!("voketag_t_{}", uuid::Uuid::new_v4().simple());
+    let admin_pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+    admin_pool.close().await;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let pool = common::db::pg_pool(&SecretString::from(format!("{base}/{name}")), 2).unwrap();
+    common::db::MIGRATOR.run(&pool).await.unwrap();
+    pool
+}
+
 #[tokio::test]
 async fn readyz_ok_with_real_dependencies_and_503_naming_dead_redis() {
     let c = client();
-    let (live, _t1) = support::serve(health_app("redis://127.0.0.1:6379")).await;
+    let pg = migrated_pool().await;
+    let (live, _t1) = support::serve(health_app(pg.clone(), "redis://127.0.0.1:6379")).await;
     let resp = c.get(format!("{live}/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -476,7 +493,7 @@ async fn readyz_ok_with_real_dependencies_and_503_naming_dead_redis() {
     assert_eq!(body["checks"]["redis"], "ok");
 
     // Port 1 on loopback: nothing listens there.
-    let (dead, _t2) = support::serve(health_app("redis://127.0.0.1:1")).await;
+    let (dead, _t2) = support::serve(health_app(pg, "redis://127.0.0.1:1")).await;
     let healthz = c.get(format!("{dead}/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 200, "liveness does not depend on Redis");
     let resp = c.get(format!("{dead}/readyz")).send().await.unwrap();

@@ -43,3 +43,39 @@ async fn readyz_is_503_naming_a_dead_redis_while_healthz_stays_200() {
     let live = app.req(Method::GET, "/healthz", None).send().await.unwrap();
     assert_eq!(live.status(), 200, "liveness does not depend on Redis");
 }
+
+#[tokio::test]
+async fn readyz_is_503_naming_postgres_while_the_schema_is_not_migrated() {
+    let app = spawn_app().await;
+    let ready = |expected: u16| {
+        let app = &app;
+        async move {
+            let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
+            assert_eq!(r.status(), expected);
+            body(r).await
+        }
+    };
+    let exec = |sql: &'static str| {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    };
+    ready(200).await;
+    // Never migrated: PostgreSQL answers, but every request would fail.
+    exec("ALTER TABLE _sqlx_migrations RENAME TO _sqlx_migrations_away").await;
+    let b = ready(503).await;
+    assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
+    exec("ALTER TABLE _sqlx_migrations_away RENAME TO _sqlx_migrations").await;
+    ready(200).await;
+    // Migrated, but not up to this build's newest migration.
+    exec(
+        "UPDATE _sqlx_migrations SET success = false \
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .await;
+    let b = ready(503).await;
+    assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
+    exec("UPDATE _sqlx_migrations SET success = true").await;
+    ready(200).await;
+}
