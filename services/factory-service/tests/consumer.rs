@@ -755,3 +755,27 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn dlq_list_and_replay_fail_when_pub_sub_is_unreachable_rather_than_showing_nothing() {
+    let mut settings = settings(5);
+    // A loopback port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    settings.pubsub.emulator_host = Some(dead.to_string());
+    let listed = dlq::list(&settings, 100, QUICK).await;
+    assert!(listed.is_err(), "an unreachable broker listed {listed:?}");
+    let replayed = dlq::replay(&settings, &Selector::All, QUICK).await;
+    assert!(
+        replayed.is_err(),
+        "an unreachable broker replayed {replayed:?}"
+    );
+    // A reachable broker without the DLQ's inspection subscription is an error too.
+    let missing = dlq::list(&self::settings(5), 100, QUICK).await;
+    assert!(
+        missing.is_err(),
+        "a missing subscription listed {missing:?}"
+    );
+}

@@ -19,6 +19,8 @@ use super::dead_letter::{self, DlqEntry};
 use super::{EventsError, EventsSettings};
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `dlq list`/`replay` wait for the broker to answer before giving up.
+const REACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The lease a read takes on what it sees (Pub/Sub's minimum), so that a message it could not
 /// give back is visible again soon.
 pub const READ_LEASE: Duration = Duration::from_secs(10);
@@ -138,9 +140,28 @@ struct Reader {
 impl Reader {
     async fn open(settings: &EventsSettings, max_outstanding: usize) -> Result<Self, EventsError> {
         let ps = &settings.pubsub;
+        let name = ps.subscription_path(&settings.inspect_subscription());
+        // A streaming pull keeps reconnecting to a broker it cannot reach and just stays
+        // quiet, which would read as an empty DLQ. Ask for the subscription first, so an
+        // unreachable broker (or a missing subscription) is an error, not "0 messages".
+        let operation = format!("reading subscription {name}");
+        let admin = common::pubsub::subscription_admin(ps).await?;
+        tokio::time::timeout(
+            REACH_TIMEOUT,
+            admin
+                .get_subscription()
+                .set_subscription(name.clone())
+                .send(),
+        )
+        .await
+        .map_err(|_| EventsError::Timeout {
+            operation: operation.clone(),
+            seconds: REACH_TIMEOUT.as_secs(),
+        })?
+        .map_err(|e| EventsError::rpc(operation, e))?;
         let client = common::pubsub::subscriber(ps).await?;
         let stream = client
-            .subscribe(ps.subscription_path(&settings.inspect_subscription()))
+            .subscribe(name)
             .set_max_outstanding_messages(i64::try_from(max_outstanding.max(1)).unwrap_or(i64::MAX))
             .set_max_lease_extension(READ_LEASE)
             .set_shutdown_behavior(ShutdownBehavior::NackImmediately)

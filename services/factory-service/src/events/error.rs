@@ -32,6 +32,14 @@ pub enum EventsError {
         /// The short topic name.
         topic: String,
     },
+    /// Pub/Sub did not answer a call in time.
+    #[error("{operation}: Pub/Sub did not answer within {seconds} s")]
+    Timeout {
+        /// What was being done.
+        operation: String,
+        /// How long it waited.
+        seconds: u64,
+    },
     /// A setting cannot be expressed to Pub/Sub.
     #[error("invalid setting {setting}: {problem}")]
     Setting {
