@@ -919,6 +919,26 @@ async fn http_routes_serve_events_verification_and_the_signed_checkpoint() {
         (status, err["error"].as_str()),
         (400, Some("invalid_query"))
     );
+    // Values that are not numbers get the same code, naming the parameter.
+    for (query, names) in [
+        ("after_seq=abc", "after_seq"),
+        ("limit=1.5", "limit"),
+        ("limit=", "limit"),
+        ("after_seq=99999999999999999999", "after_seq"),
+    ] {
+        let (status, err) = app
+            .get(&format!("/v1/audit/events?{query}"), Some(&admin))
+            .await;
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (400, Some("invalid_query")),
+            "{query}: {err}"
+        );
+        assert!(
+            err["detail"].as_str().unwrap().contains(names),
+            "{query}: {err}"
+        );
+    }
 
     let (status, report) = app.get("/v1/audit/verify", Some(&admin)).await;
     assert_eq!(status, 200);

@@ -3,6 +3,7 @@
 //! Handlers only parse, call the domain, and map the result.
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -63,8 +64,18 @@ pub struct EventsPage {
 async fn events<Admin>(
     _admin: Admin,
     State(state): State<AuditRoutes>,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<EventsPage>, Response> {
+    let Query(query) = query.map_err(|rejection| {
+        // "Failed to deserialize query string: limit: invalid digit found in string"
+        let text = rejection.body_text();
+        let problem = text
+            .rsplit_once("query string: ")
+            .map_or(text.as_str(), |(_, p)| p);
+        invalid_query(&format!(
+            "after_seq and limit must be whole numbers, each given once ({problem})."
+        ))
+    })?;
     let after_seq = query.after_seq.unwrap_or(0);
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if after_seq < 0 {
