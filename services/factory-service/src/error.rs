@@ -100,6 +100,21 @@ impl FactoryError {
         Ok(trimmed)
     }
 
+    /// [`FactoryError::check_text`] for a one-line value (a name, a SKU): line breaks, tabs
+    /// and the bidirectional-text controls (U+202A to U+202E, U+2066 to U+2069, which can make
+    /// a name display as something it is not) are refused too.
+    pub fn check_line<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Self> {
+        let trimmed = Self::check_text(field, value, max)?;
+        if trimmed.chars().any(
+            |c| matches!(c, '\t' | '\n' | '\r' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'),
+        ) {
+            return Err(Self::validation(format!(
+                "`{field}` must be one line of text, without tabs or bidirectional controls."
+            )));
+        }
+        Ok(trimmed)
+    }
+
     /// A 401 with the given code.
     pub fn unauthorized(code: &'static str, detail: &'static str) -> Self {
         Self::Unauthorized { code, detail }

@@ -37,7 +37,7 @@ pub struct NewApiKey {
 impl NewApiKey {
     /// The trimmed name, or the 400 the route answers when the name or rate is out of bounds.
     pub fn validate(&self) -> Result<&str, FactoryError> {
-        let name = FactoryError::check_text("name", &self.name, 200)?;
+        let name = FactoryError::check_line("name", &self.name, 200)?;
         if let Some(rate) = self.rate_limit_per_minute
             && !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate)
         {

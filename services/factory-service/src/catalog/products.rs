@@ -24,8 +24,8 @@ pub struct NewProduct {
 impl NewProduct {
     /// The trimmed name and SKU, or the 400 the route answers when either is out of bounds.
     pub fn validate(&self) -> Result<(&str, &str), FactoryError> {
-        let name = FactoryError::check_text("name", &self.name, 200)?;
-        let sku = FactoryError::check_text("sku", &self.sku, 100)?;
+        let name = FactoryError::check_line("name", &self.name, 200)?;
+        let sku = FactoryError::check_line("sku", &self.sku, 100)?;
         Ok((name, sku))
     }
 }

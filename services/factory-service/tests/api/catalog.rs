@@ -272,6 +272,22 @@ async fn text_with_a_nul_or_control_character_is_refused_not_a_server_error() {
             json!({"name": "bell\u{7}bag", "sku": "NUL-3"}),
         ),
         ("/v1/api-keys", json!({"name": "key\u{0}"})),
+        // Names and SKUs are one line, and bidirectional controls could make a name shown to
+        // shoppers read as something else.
+        (
+            "/v1/products",
+            json!({"name": "bag\nline", "sku": "LINE-1"}),
+        ),
+        ("/v1/products", json!({"name": "bag", "sku": "LINE\t2"})),
+        (
+            "/v1/products",
+            json!({"name": "bag \u{202E}gab", "sku": "BIDI-1"}),
+        ),
+        (
+            "/v1/products",
+            json!({"name": "bag", "sku": "BIDI\u{2066}2"}),
+        ),
+        ("/v1/api-keys", json!({"name": "key\r\nname"})),
     ] {
         let r = app.post(path, &admin.access, &body, None).await;
         assert_error(r, 400, "validation_failed").await;
