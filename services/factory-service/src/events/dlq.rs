@@ -229,7 +229,16 @@ pub fn describe(entry: &DlqEntry, now: DateTime<Utc>, preview: usize) -> String 
     if entry.body.chars().count() > preview {
         body.push('…');
     }
-    let body = body.escape_debug();
+    // One line, and nothing a terminal would act on: control characters escaped, quotes
+    // left as they are (a JSON body stays readable).
+    let body: String = body
+        .chars()
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_debug());
+            let plain = (!c.is_control()).then_some(c);
+            escaped.into_iter().flatten().chain(plain)
+        })
+        .collect();
     format!(
         "{id}  original={orig}  reason={reason}  attempts={attempts}  age={age}\n    \
          error: {error}\n    body:  {body}",
@@ -269,7 +278,7 @@ mod tests {
         let text = describe(&entry, now, 8);
         assert!(text.starts_with("9  original=4  reason=bad_json  attempts=1  age=1h2m"));
         assert!(text.contains("error: body is not JSON"));
-        assert!(text.ends_with("body:  {\\\"a\\\":\\n1}…"), "{text}");
+        assert!(text.ends_with("body:  {\"a\":\\n1}…"), "{text}");
     }
 
     #[test]
