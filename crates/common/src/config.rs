@@ -124,10 +124,16 @@ impl Env {
         self.raw(var).unwrap_or(default).to_owned()
     }
 
-    /// A secret string (never shown in errors or logs), or `None` when unset or blank. Kept
-    /// exactly as given, spaces included: a password set with surrounding spaces is the
-    /// password its user types.
+    /// A secret string (never shown in errors or logs), or `None` when unset. Trimmed like
+    /// every value: a key written with a trailing newline is the same key.
     pub fn secret(&self, var: &str) -> Option<SecretString> {
+        self.raw(var).map(|v| SecretString::from(v.to_owned()))
+    }
+
+    /// A password (never shown in errors or logs), or `None` when unset or blank. Kept exactly
+    /// as given, spaces included: a password set with surrounding spaces is the password its
+    /// user types at the login form.
+    pub fn password(&self, var: &str) -> Option<SecretString> {
         self.raw(var)?;
         self.vars.get(var).map(|v| SecretString::from(v.to_owned()))
     }
@@ -234,10 +240,11 @@ fn is_exact_origin(origin: &str) -> bool {
         && !host.bytes().any(|b| b.is_ascii_uppercase())
         && match authority.as_str().strip_prefix(host) {
             Some("") => true,
+            // Browsers leave out the scheme's default port and write the port plainly.
             Some(port) => port
                 .strip_prefix(':')
-                .and_then(|p| p.parse::<u16>().ok())
-                .is_some_and(|p| p != 0),
+                .and_then(|p| p.parse::<u16>().ok().filter(|n| n.to_string() == p))
+                .is_some_and(|p| p != 0 && p != if scheme == "https" { 443 } else { 80 }),
             None => false,
         }
 }
@@ -661,6 +668,9 @@ mod tests {
             "https://user@a.example",
             "https://a.example:99999",
             "https://a.example:0",
+            "https://a.example:443",
+            "http://a.example:80",
+            "https://a.example:08443",
             "https://a example",
             "https://A.EXAMPLE",
             "ftp://a.example",
@@ -681,15 +691,19 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_kept_exactly_as_given() {
-        let env = Env::from_pairs([("P", "  pass word  "), ("BLANK", "   ")]);
+    fn passwords_are_kept_exactly_as_given_and_secrets_trimmed() {
+        let env = Env::from_pairs([("P", "  pass word  "), ("BLANK", "   "), ("K", "key\n")]);
         assert_eq!(
-            env.secret("P").map(|s| s.expose_secret().to_owned()),
+            env.password("P").map(|s| s.expose_secret().to_owned()),
             Some("  pass word  ".to_owned())
         );
-        assert!(env.secret("BLANK").is_none());
-        assert!(env.secret("UNSET").is_none());
-        // Plain values are still trimmed.
+        assert!(env.password("BLANK").is_none());
+        assert!(env.password("UNSET").is_none());
+        // Keys and plain values are trimmed (a trailing newline from a secret file).
+        assert_eq!(
+            env.secret("K").map(|s| s.expose_secret().to_owned()),
+            Some("key".to_owned())
+        );
         assert_eq!(env.raw("P"), Some("pass word"));
     }
 

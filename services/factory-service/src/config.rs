@@ -169,7 +169,7 @@ fn jwt_secret(env: &Env) -> Result<Option<JwtSecret>, ConfigError> {
 
 fn bootstrap_admin(env: &Env) -> Result<Option<BootstrapAdmin>, ConfigError> {
     let email = env.raw("BOOTSTRAP_ADMIN_EMAIL");
-    let password = env.secret("BOOTSTRAP_ADMIN_PASSWORD");
+    let password = env.password("BOOTSTRAP_ADMIN_PASSWORD");
     match (email, password) {
         (None, None) => Ok(None),
         (Some(_), None) => Err(ConfigError::missing(

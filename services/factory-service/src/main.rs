@@ -106,7 +106,7 @@ async fn create_user(
     email: &str,
     role: factory_service::users::Role,
 ) -> anyhow::Result<()> {
-    let password = match env.secret("FACTORY_USER_PASSWORD") {
+    let password = match env.password("FACTORY_USER_PASSWORD") {
         Some(p) => p,
         None => {
             eprintln!("password (one line on standard input):");
