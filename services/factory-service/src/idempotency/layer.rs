@@ -164,14 +164,24 @@ async fn recorded(state: &AppState, key: &IdempotencyKey) -> Option<Response> {
         let mut conn = state.pool.acquire().await?;
         Idempotency(Some(key.clone())).recorded(&mut conn).await
     };
-    match found.await {
-        Ok(found) => found,
-        Err(e) => {
+    match tokio::time::timeout(RECORD_LOOKUP_TIMEOUT, found).await {
+        Ok(Ok(found)) => found,
+        // PostgreSQL holds another request's result for the key.
+        Ok(Err(e @ FactoryError::IdempotencyKeyReused)) => Some(e.into_response()),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "idempotency record not readable; answering 409");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("idempotency record look-up timed out; answering 409");
             None
         }
     }
 }
+
+/// How long the 409 path looks for a committed record before answering 409 anyway (with
+/// PostgreSQL away, the pool would otherwise wait out its 3 s acquire timeout).
+const RECORD_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Responses that refuse the request before the handler acted, for reasons outside the
 /// request's fingerprint (the token's role, the rate limit, the `Content-Type` header): a
