@@ -229,14 +229,15 @@ pub fn describe(entry: &DlqEntry, now: DateTime<Utc>, preview: usize) -> String 
     if entry.body.chars().count() > preview {
         body.push('…');
     }
-    // One line, and nothing a terminal would act on: control characters escaped, quotes
-    // left as they are (a JSON body stays readable).
+    // One line, and nothing a terminal would act on or that hides text (control, bidi and
+    // invisible characters escaped, as `escape_debug` does), quotes left as they are so a
+    // JSON body stays readable.
     let body: String = body
         .chars()
         .flat_map(|c| {
-            let escaped = c.is_control().then(|| c.escape_debug());
-            let plain = (!c.is_control()).then_some(c);
-            escaped.into_iter().flatten().chain(plain)
+            let quote = matches!(c, '"' | '\'').then_some(c);
+            let escaped = quote.is_none().then(|| c.escape_debug());
+            quote.into_iter().chain(escaped.into_iter().flatten())
         })
         .collect();
     format!(
@@ -273,12 +274,12 @@ mod tests {
             error: Some("body is not JSON".into()),
             attempts: Some(1),
             dead_lettered_at: Some(now - chrono::TimeDelta::seconds(3725)),
-            body: "{\"a\":\n1}xyz".into(),
+            body: "{\"a\":\n1\u{202E}}xyz".into(),
         };
-        let text = describe(&entry, now, 8);
+        let text = describe(&entry, now, 9);
         assert!(text.starts_with("9  original=4  reason=bad_json  attempts=1  age=1h2m"));
         assert!(text.contains("error: body is not JSON"));
-        assert!(text.ends_with("body:  {\"a\":\\n1}…"), "{text}");
+        assert!(text.ends_with("body:  {\"a\":\\n1\\u{202e}}…"), "{text}");
     }
 
     #[test]
