@@ -100,14 +100,26 @@ impl FactoryError {
         Ok(trimmed)
     }
 
-    /// [`FactoryError::check_text`] for a one-line value (a name, a SKU): line breaks, tabs
-    /// and the bidirectional-text controls (U+202A to U+202E, U+2066 to U+2069, which can make
-    /// a name display as something it is not) are refused too.
+    /// [`FactoryError::check_text`] for a one-line value (a name, a SKU): line breaks (U+2028
+    /// and U+2029 too), tabs, and the bidirectional-text controls and marks (U+202A to U+202E,
+    /// U+2066 to U+2069, U+200E, U+200F, U+061C, which can make a name display as something
+    /// it is not) are refused too.
     pub fn check_line<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Self> {
         let trimmed = Self::check_text(field, value, max)?;
-        if trimmed.chars().any(
-            |c| matches!(c, '\t' | '\n' | '\r' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'),
-        ) {
+        if trimmed.chars().any(|c| {
+            matches!(
+                c,
+                '\t' | '\n'
+                    | '\r'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{061C}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+        }) {
             return Err(Self::validation(format!(
                 "`{field}` must be one line of text, without tabs or bidirectional controls."
             )));

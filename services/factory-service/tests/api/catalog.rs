@@ -288,6 +288,14 @@ async fn text_with_a_nul_or_control_character_is_refused_not_a_server_error() {
             json!({"name": "bag", "sku": "BIDI\u{2066}2"}),
         ),
         ("/v1/api-keys", json!({"name": "key\r\nname"})),
+        (
+            "/v1/products",
+            json!({"name": "bag\u{2028}x", "sku": "SEP-1"}),
+        ),
+        (
+            "/v1/products",
+            json!({"name": "bag\u{200F}x", "sku": "MARK-1"}),
+        ),
     ] {
         let r = app.post(path, &admin.access, &body, None).await;
         assert_error(r, 400, "validation_failed").await;
