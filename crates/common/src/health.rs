@@ -39,20 +39,17 @@ impl ReadinessCheck {
     }
 
     /// Probes PostgreSQL: it answers, and its schema has every migration this build knows
-    /// (a database that was never migrated answers `SELECT 1` but fails every request). A
-    /// schema ahead of this build (a newer release migrated first) is fine.
+    /// (a database that was never migrated answers `SELECT 1` but fails every request).
+    /// Migrations a newer release applied first are fine.
     pub fn postgres(pool: sqlx::PgPool) -> Self {
-        let needed = crate::db::MIGRATOR
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
+        let needed: Arc<[i64]> = crate::db::MIGRATOR.iter().map(|m| m.version).collect();
         Self::new("postgres", move || {
             let pool = pool.clone();
+            let needed = needed.clone();
             async move {
-                let applied: Option<i64> =
-                    sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-                        .fetch_one(&pool)
+                let applied: Vec<i64> =
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&pool)
                         .await
                         .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
                             // undefined_table
@@ -61,12 +58,17 @@ impl ReadinessCheck {
                             }
                             _ => e.to_string(),
                         })?;
-                match applied {
-                    Some(v) if v >= needed => Ok(()),
-                    v => Err(format!(
-                        "schema at migration {}, this build needs {needed} (run `factory-service migrate`)",
-                        v.unwrap_or(0)
-                    )),
+                let missing: Vec<i64> = needed
+                    .iter()
+                    .filter(|v| !applied.contains(v))
+                    .copied()
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "schema lacks migrations {missing:?} (run `factory-service migrate`)"
+                    ))
                 }
             }
         })

@@ -78,4 +78,14 @@ async fn readyz_is_503_naming_postgres_while_the_schema_is_not_migrated() {
     assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
     exec("UPDATE _sqlx_migrations SET success = true").await;
     ready(200).await;
+    // An older migration missing (merged late, applied out of order) counts too.
+    exec(
+        "UPDATE _sqlx_migrations SET success = false \
+         WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
+    )
+    .await;
+    let b = ready(503).await;
+    assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
+    exec("UPDATE _sqlx_migrations SET success = true").await;
+    ready(200).await;
 }
