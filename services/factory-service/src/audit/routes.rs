@@ -73,7 +73,7 @@ async fn events<Admin>(
             .rsplit_once("query string: ")
             .map_or(text.as_str(), |(_, p)| p);
         invalid_query(&format!(
-            "after_seq and limit must be whole numbers, each given once ({problem})."
+            "The query is not valid ({problem}); after_seq and limit are whole numbers, each given once."
         ))
     })?;
     let after_seq = query.after_seq.unwrap_or(0);
