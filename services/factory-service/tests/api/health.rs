@@ -62,30 +62,33 @@ async fn readyz_is_503_naming_postgres_while_the_schema_is_not_migrated() {
         }
     };
     ready(200).await;
-    // Never migrated: PostgreSQL answers, but every request would fail.
-    exec("ALTER TABLE _sqlx_migrations RENAME TO _sqlx_migrations_away").await;
-    let b = ready(503).await;
-    assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
-    exec("ALTER TABLE _sqlx_migrations_away RENAME TO _sqlx_migrations").await;
-    ready(200).await;
-    // Migrated, but not up to this build's newest migration.
-    exec(
-        "UPDATE _sqlx_migrations SET success = false \
-         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
-    )
-    .await;
-    let b = ready(503).await;
-    assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
-    exec("UPDATE _sqlx_migrations SET success = true").await;
-    ready(200).await;
-    // An older migration missing (merged late, applied out of order) counts too.
-    exec(
-        "UPDATE _sqlx_migrations SET success = false \
-         WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
-    )
-    .await;
-    let b = ready(503).await;
-    assert_eq!(b["failing"], serde_json::json!(["postgres"]), "{b}");
-    exec("UPDATE _sqlx_migrations SET success = true").await;
-    ready(200).await;
+    for (broken, repaired) in [
+        // Never migrated: PostgreSQL answers, but every request would fail.
+        (
+            "ALTER TABLE _sqlx_migrations RENAME TO _sqlx_migrations_away",
+            "ALTER TABLE _sqlx_migrations_away RENAME TO _sqlx_migrations",
+        ),
+        // Migrated, but not up to this build's newest migration.
+        (
+            "UPDATE _sqlx_migrations SET success = false \
+             WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+            "UPDATE _sqlx_migrations SET success = true",
+        ),
+        // An older migration missing (merged late, applied out of order) counts too.
+        (
+            "UPDATE _sqlx_migrations SET success = false \
+             WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
+            "UPDATE _sqlx_migrations SET success = true",
+        ),
+    ] {
+        exec(broken).await;
+        let b = ready(503).await;
+        assert_eq!(
+            b["failing"],
+            serde_json::json!(["postgres"]),
+            "{broken}: {b}"
+        );
+        exec(repaired).await;
+        ready(200).await;
+    }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::helpers::{assert_error, body, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, assert_error, body, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_finished_request_is_replayed_with_the_header() {
@@ -222,11 +222,7 @@ async fn a_crash_after_commit_replays_from_postgres_instead_of_repeating() {
     let first = body(first).await;
     // Simulate dying after the commit, before Redis learnt the result: Redis knows nothing.
     let mut redis = app.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:idem:*", app.redis_prefix))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let keys = idempotency_entries(&app).await;
     assert_eq!(keys.len(), 1);
     let _: () = redis::cmd("DEL")
         .arg(&keys)
@@ -310,15 +306,9 @@ async fn an_abandoned_request_gives_its_claim_back() {
         return;
     }
     assert_error(r, 503, "service_unavailable").await;
-    let mut redis = app.redis().await;
     let mut claims = 1;
     for _ in 0..50 {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:idem:*", app.redis_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        claims = keys.len();
+        claims = idempotency_entries(&app).await.len();
         if claims == 0 {
             break;
         }
@@ -379,11 +369,7 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
         // Its lease runs out: Redis forgets the claim, and another run takes the key over,
         // acts and commits first.
         let mut redis = app.redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:idem:*", app.redis_prefix))
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let keys = idempotency_entries(&app).await;
         assert_eq!(keys.len(), 1);
         let _: () = redis::cmd("DEL")
             .arg(&keys)
@@ -460,11 +446,7 @@ async fn a_claim_left_by_a_run_that_committed_replays_from_postgres_not_409() {
     // failed at that moment, or the process died): its in-flight claim is still there, with
     // the request's fingerprint and a lease of a minute.
     let mut redis = app.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:idem:*", app.redis_prefix))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let keys = idempotency_entries(&app).await;
     assert_eq!(keys.len(), 1);
     let done: String = redis::cmd("GET")
         .arg(&keys[0])
@@ -535,4 +517,14 @@ async fn a_wrong_content_type_is_not_stored() {
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+}
+
+/// The Redis keys of the app's idempotency entries.
+async fn idempotency_entries(app: &TestApp) -> Vec<String> {
+    let mut redis = app.redis().await;
+    redis::cmd("KEYS")
+        .arg(format!("{}:idem:*", app.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap()
 }
