@@ -70,6 +70,10 @@ impl Modify for AuditPaths {
             ))
             .parameter(integer_query("limit", "Largest number of events returned"))
             .response("200", ok("`{\"items\":[event, ...]}`"))
+            .response(
+                "400",
+                error("`invalid_query`: after_seq or limit is not a whole number, or is negative (limit 0)"),
+            )
             .response("401", error("Not signed in"))
             .response("403", error("Not an admin"))
             .security(bearer());
@@ -77,8 +81,9 @@ impl Modify for AuditPaths {
             .tag("audit")
             .summary(Some("Verify the hash chain and signatures (admin)"))
             .description(Some(
-                "`{\"ok\",\"events_checked\",\"legacy_events\",\"head\":{\"seq\",\"hash\"},\"first_bad_seq\",\"reason\"}`; \
-                 the format is in docs/AUDIT_FORMAT.md.",
+                "`{\"ok\",\"events_checked\",\"legacy_events\",\"head\":{\"seq\",\"hash\"},\"first_bad_seq\",\"reason\"}`, \
+                 plus `signatures_checked` and a human-readable `detail`; the format is in \
+                 docs/AUDIT_FORMAT.md.",
             ))
             .response("200", ok("The verification report"))
             .response("401", error("Not signed in"))
@@ -106,8 +111,9 @@ impl Modify for AuditPaths {
 
 /// The responses the shared layers give, added to every operation that can get them (and does
 /// not describe them itself), so the document says what the service does: 429 and 503 on every
-/// route; 401 on authenticated ones; 400, 413 and 415 where a JSON body is read; and the
-/// idempotency layer's 400, 409 and 422 on POST and DELETE outside `/v1/auth`.
+/// route; 401 on authenticated ones, and 403 on those a viewer may not use (every write, the
+/// API keys); 400 for a malformed path parameter; 400, 413 and 415 where a JSON body is read;
+/// and the idempotency layer's 400, 409 and 422 on POST and DELETE outside `/v1/auth`.
 struct CommonResponses;
 
 impl CommonResponses {
@@ -152,24 +158,38 @@ impl Modify for CommonResponses {
                     "503",
                     "A dependency (PostgreSQL or Redis) is unavailable",
                 );
-                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                if secured {
                     Self::add(
                         operation,
                         "401",
                         "Not signed in, or the access token expired",
                     );
+                    if writes || path.starts_with("/v1/api-keys") {
+                        Self::add(
+                            operation,
+                            "403",
+                            "`forbidden`: the signed-in role may not do this",
+                        );
+                    }
+                }
+                // One 400 naming every cause the layers and extractors have for it.
+                let mut bad_request = Vec::new();
+                if path.contains("{id}") || path.contains("{batch_id}") {
+                    bad_request.push("`invalid_id`: the id in the path is not a UUID");
                 }
                 if operation.request_body.is_some() {
-                    Self::add(
-                        operation,
-                        "400",
-                        "Malformed JSON, or a field is missing or wrong",
-                    );
+                    bad_request.push("malformed JSON, or a field is missing or wrong");
                     Self::add(operation, "413", "The body is too large");
                     Self::add(operation, "415", "The body is not `application/json`");
                 }
                 if writes && idempotent {
-                    Self::add(operation, "400", "Invalid `Idempotency-Key`");
+                    bad_request.push("`invalid_idempotency_key`");
+                }
+                if !bad_request.is_empty() {
+                    Self::add(operation, "400", &bad_request.join("; "));
+                }
+                if writes && idempotent {
                     Self::add(
                         operation,
                         "409",
@@ -300,6 +320,29 @@ mod tests {
             "the checkpoint needs no auth"
         );
         assert!(codes("/v1/audit/verify", "get").contains(&"401".to_owned()));
+        // Roles: a viewer may read the catalog, nothing else.
+        for (path, method) in [
+            ("/v1/products", "post"),
+            ("/v1/batches", "post"),
+            ("/v1/tags/{tag_id}/revoke", "post"),
+            ("/v1/api-keys", "get"),
+            ("/v1/audit/events", "get"),
+        ] {
+            assert!(
+                codes(path, method).contains(&"403".to_owned()),
+                "{method} {path}"
+            );
+        }
+        assert!(!codes("/v1/products/{id}", "get").contains(&"403".to_owned()));
+        // Malformed path ids and audit queries are 400s.
+        assert!(codes("/v1/products/{id}", "get").contains(&"400".to_owned()));
+        assert!(codes("/v1/audit/events", "get").contains(&"400".to_owned()));
+        let revoke_400 = &doc["paths"]["/v1/api-keys/{id}"]["delete"]["responses"]["400"];
+        let text = revoke_400.to_string();
+        assert!(
+            text.contains("invalid_id") && text.contains("invalid_idempotency_key"),
+            "{text}"
+        );
     }
 
     #[test]
