@@ -15,22 +15,40 @@ export BOOTSTRAP_ADMIN_PASSWORD="${BOOTSTRAP_ADMIN_PASSWORD:-voketag-demo-passwo
 # A fixed development secret keeps sessions valid across restarts of `make run`.
 export JWT_SECRET="${JWT_SECRET:-voketag-local-development-secret-not-for-production}"
 
+for tool in curl python3; do
+  command -v "$tool" >/dev/null || { echo "run: $tool is needed (apt-get install -y $tool)" >&2; exit 1; }
+done
+
+SCAN_ADDR="${SCAN_BIND_ADDR:-127.0.0.1:8080}"
+FACTORY_ADDR="${FACTORY_BIND_ADDR:-127.0.0.1:8081}"
+# A listener already there (an earlier `make run`, say) would answer the checks below in place
+# of the services started here, which would then have failed to bind.
+for addr in "$FACTORY_ADDR" "$SCAN_ADDR"; do
+  if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
+    echo "run: $addr is already in use (an earlier make run?); stop it, or set FACTORY_BIND_ADDR / SCAN_BIND_ADDR" >&2
+    exit 1
+  fi
+done
+
 cargo build -q -p factory-service -p scan-service
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 "$BIN/factory-service" migrate
 "$BIN/factory-service" pubsub setup
 
-SCAN_ADDR="${SCAN_BIND_ADDR:-127.0.0.1:8080}"
-FACTORY_ADDR="${FACTORY_BIND_ADDR:-127.0.0.1:8081}"
 BIND_ADDR="$FACTORY_ADDR" "$BIN/factory-service" serve &
 factory=$!
 BIND_ADDR="$SCAN_ADDR" "$BIN/scan-service" &
 scan=$!
 trap 'kill -TERM $factory $scan 2>/dev/null; wait' INT TERM EXIT
 
-for url in "http://$FACTORY_ADDR/healthz" "http://$SCAN_ADDR/healthz"; do
+for pair in "$factory http://$FACTORY_ADDR/healthz" "$scan http://$SCAN_ADDR/healthz"; do
+  pid=${pair%% *} url=${pair#* }
   ok=
-  for _ in $(seq 1 150); do curl -fsS "$url" >/dev/null 2>&1 && { ok=1; break; }; sleep 0.1; done
+  for _ in $(seq 1 150); do
+    kill -0 "$pid" 2>/dev/null || { echo "run: the service for $url exited (see its log above)" >&2; exit 1; }
+    curl -fsS "$url" >/dev/null 2>&1 && { ok=1; break; }
+    sleep 0.1
+  done
   [ -n "$ok" ] || { echo "run: $url did not answer" >&2; exit 1; }
 done
 
