@@ -9,6 +9,11 @@ PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379
 EMULATOR_HOST="${PUBSUB_EMULATOR_HOST:-127.0.0.1:8085}"
 EMULATOR_PORT="${EMULATOR_HOST##*:}"
 DATABASES=(voketag voketag_test)
+# Also the database DATABASE_URL names when it is on this local server, so `make run` and
+# `make migrate` work with another name too.
+if [[ "${DATABASE_URL:-}" =~ @(127\.0\.0\.1|localhost)(:5432)?/([a-z_][a-z0-9_]*)(\?.*)?$ ]]; then
+  DATABASES+=("${BASH_REMATCH[3]}")
+fi
 
 log() { printf '[dev-services] %s\n' "$*" >&2; }
 die() { printf '[dev-services] ERROR: %s\n' "$*" >&2; exit 1; }

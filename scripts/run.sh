@@ -66,7 +66,7 @@ if [ -n "$product" ]; then
     -d "{\"product_id\":\"$product\",\"quantity\":10}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   demo_tag=$(curl -fsS "$F/v1/batches/$batch/tags" -H "authorization: Bearer $token" | sed -n 2p)
 fi
-[ -n "$demo_tag" ] || demo_tag=$(psql "$DATABASE_URL" -tAc "SELECT tag_id FROM tags ORDER BY created_at LIMIT 1")
+[ -n "$demo_tag" ] || demo_tag=$(psql "$DATABASE_URL" -tAc "SELECT tag_id FROM tags WHERE status = 'authentic' ORDER BY created_at LIMIT 1")
 
 cat <<MSG
 
