@@ -1,8 +1,9 @@
 //! Tag look-up: PostgreSQL (`DATABASE_READ_URL`) behind the short-lived Redis cache, which keeps
 //! unknown tags too so guessing ids does not reach the database every time.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -52,6 +53,45 @@ pub struct Tag {
     pub scan_count: i64,
     /// First recorded scan.
     pub first_scanned_at: Option<DateTime<Utc>>,
+    /// The tag's JSON, rendered once (see [`Tag::json`]).
+    #[serde(skip)]
+    json: JsonOnce,
+}
+
+impl Tag {
+    /// The tag's JSON (its `Serialize` form), the body of a scan's answer. A cached tag is
+    /// shared by every scan of it until its cache entry expires, so it is rendered on the first
+    /// of those scans and the others share the bytes.
+    pub fn json(&self) -> Result<Bytes, serde_json::Error> {
+        if let Some(body) = self.json.0.get() {
+            return Ok(body.clone());
+        }
+        let body = Bytes::from(serde_json::to_vec(self)?);
+        Ok(self.json.0.get_or_init(|| body).clone())
+    }
+}
+
+/// A value's rendered JSON, kept beside it. Not part of the value: it always compares equal,
+/// is left out of (de)serialization and shows in `Debug` only as rendered or not.
+#[derive(Clone, Default)]
+struct JsonOnce(OnceLock<Bytes>);
+
+impl PartialEq for JsonOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for JsonOnce {}
+
+impl std::fmt::Debug for JsonOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "rendered"
+        } else {
+            "not rendered"
+        })
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -84,6 +124,7 @@ impl From<TagRow> for Tag {
             batch_id: row.batch_id,
             scan_count: row.scan_count,
             first_scanned_at: row.first_scanned_at,
+            json: JsonOnce::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `X-Request-ID`: the caller's when it is a sane token, else a new UUID; echoed on the response.
 
 use axum::extract::Request;
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// The header name.
@@ -34,11 +34,11 @@ pub struct MakeUuid;
 
 impl MakeRequestId for MakeUuid {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        uuid::Uuid::new_v4()
-            .to_string()
-            .parse()
-            .ok()
-            .map(RequestId::new)
+        // Hyphenated into a buffer on the stack: no `Display` machinery and no `String` on the
+        // way to the header value (this runs for nearly every request).
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 

@@ -6,7 +6,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::http::ClientIp;
+use common::http::{ClientIp, error_response};
 use common::metric_handles::HandleCache;
 use metrics::Counter;
 use serde_json::json;
@@ -20,6 +20,7 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const JSON: &str = "application/json";
 
 /// Headers a scan answer ends up with beyond its content type (3 rate-limit, request id, 7
 /// security headers, content length).
@@ -75,7 +76,23 @@ async fn scan(
     }))
     .await;
     let mut response = match outcome.result {
-        Ok(Found::Tag(tag)) => (StatusCode::OK, axum::Json(tag)).into_response(),
+        // The body is the tag's JSON as rendered for its cache entry, not once per scan.
+        Ok(Found::Tag(tag)) => match tag.json() {
+            Ok(body) => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "tag not encodable as JSON");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "Something went wrong on our side.",
+                )
+            }
+        },
         Ok(Found::Unknown(tag_id)) => (
             StatusCode::NOT_FOUND,
             axum::Json(json!({
