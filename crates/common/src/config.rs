@@ -178,7 +178,7 @@ impl Env {
                 self.raw(var).unwrap_or_default(),
                 false,
                 "not a boolean",
-                "true or false",
+                "true or false (1/0, yes/no and on/off are read the same way)",
             )),
         }
     }
@@ -334,6 +334,16 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
+/// `host:port` with a host and a port from 1 to 65535 (the form `PUBSUB_EMULATOR_HOST` takes).
+fn is_host_port(value: &str) -> bool {
+    value.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(['/', '@', ' '])
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
+}
+
 /// Configuration both services share.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
@@ -430,10 +440,7 @@ impl CommonConfig {
         let timeout_secs: u64 = env.int_in("REQUEST_TIMEOUT_SEC", 30, 1, 3600)?;
 
         let emulator_host = env.raw("PUBSUB_EMULATOR_HOST").map(str::to_owned);
-        if let Some(host) = emulator_host
-            .as_deref()
-            .filter(|h| h.contains('/') || !h.contains(':'))
-        {
+        if let Some(host) = emulator_host.as_deref().filter(|h| !is_host_port(h)) {
             return Err(ConfigError::new(
                 "PUBSUB_EMULATOR_HOST",
                 host,
@@ -749,8 +756,19 @@ mod tests {
 
     #[test]
     fn emulator_host_must_be_host_port() {
-        let e = parse(&[("PUBSUB_EMULATOR_HOST", "http://x/")]).unwrap_err();
-        assert_eq!(e.var, "PUBSUB_EMULATOR_HOST");
+        for bad in [
+            "http://x/",
+            "127.0.0.1:",
+            ":8085",
+            "127.0.0.1:99999",
+            "127.0.0.1:0",
+            "host:+1",
+        ] {
+            let e = parse(&[("PUBSUB_EMULATOR_HOST", bad)]).unwrap_err();
+            assert_eq!(e.var, "PUBSUB_EMULATOR_HOST", "{bad}");
+        }
+        let c = parse(&[("PUBSUB_EMULATOR_HOST", "[::1]:8085")]).unwrap();
+        assert_eq!(c.pubsub.emulator_host.as_deref(), Some("[::1]:8085"));
         let c = parse(&[("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]).unwrap();
         assert_eq!(c.pubsub.emulator_host.as_deref(), Some("127.0.0.1:8085"));
     }

@@ -108,6 +108,21 @@ impl ScanConfig {
             _ => None,
         };
         let jitter_ms = if min_ms == 0 { 0 } else { jitter_ms };
+        // A scan held past the request timeout would be answered 503, every one of them.
+        let timeout_ms = common.http.request_timeout.as_millis();
+        if u128::from(min_ms + jitter_ms) >= timeout_ms {
+            return Err(ConfigError::new(
+                "SCAN_MIN_RESPONSE_MS",
+                &min_ms.to_string(),
+                false,
+                format!(
+                    "with SCAN_JITTER_MS={jitter_ms}, scans would be held up to {} ms, past \
+                     REQUEST_TIMEOUT_SEC ({timeout_ms} ms), and all answered 503",
+                    min_ms + jitter_ms
+                ),
+                "SCAN_MIN_RESPONSE_MS + SCAN_JITTER_MS well below REQUEST_TIMEOUT_SEC",
+            ));
+        }
         let (ip_hash_key, ip_hash_key_generated) = match env.raw("IP_HASH_KEY") {
             Some(v) => (SecretString::from(v.to_owned()), false),
             None => {
@@ -203,6 +218,25 @@ mod tests {
         assert_eq!(c.timing.jitter, Duration::from_millis(10));
         assert_eq!(c.timing_warning, Some(TimingWarning::JitterClipped));
         assert_eq!(parse(&[]).unwrap().timing_warning, None);
+    }
+
+    #[test]
+    fn a_floor_the_request_timeout_would_cut_refuses_start_up() {
+        let held_past = |min: &str, jitter: &str| {
+            parse(&[
+                ("SCAN_MIN_RESPONSE_MS", min),
+                ("SCAN_JITTER_MS", jitter),
+                ("REQUEST_TIMEOUT_SEC", "1"),
+            ])
+        };
+        let e = held_past("3000", "0").unwrap_err();
+        assert_eq!(e.var, "SCAN_MIN_RESPONSE_MS");
+        assert!(e.to_string().contains("REQUEST_TIMEOUT_SEC"), "{e}");
+        // The jitter's upper end counts.
+        assert!(held_past("950", "50").is_err());
+        assert!(held_past("900", "50").is_ok());
+        // Off is off, whatever the timeout.
+        assert!(held_past("0", "5000").is_ok());
     }
 
     #[test]
