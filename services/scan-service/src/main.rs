@@ -9,8 +9,18 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// VokeTag scan service: answers `GET /v1/scan/{tag_id}`.
+///
+/// It takes no arguments: every setting is an environment variable (docs/CONFIGURATION.md).
+#[derive(clap::Parser)]
+#[command(name = "scan-service", version)]
+struct Cli {}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--help` and `--version` answer; anything else on the command line is refused rather than
+    // ignored (a mistyped flag would otherwise start a server on the default address).
+    let Cli {} = clap::Parser::parse();
     let config = match ScanConfig::from_env(&Env::from_process()) {
         Ok(c) => c,
         Err(e) => {
