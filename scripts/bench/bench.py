@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import factory  # noqa: E402
 import scan  # noqa: E402
-from lib import ROOT  # noqa: E402
+from lib import RELEASE, ROOT  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "PERFORMANCE.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -83,7 +83,7 @@ def audit_rows(quick: bool, signed_million: bool) -> list[str]:
     """The audit example: appends/s on one chain and verification speed over a 1,000,000-event chain
     (with per-event signatures over a tenth of it, or over the whole million with --signed-million)."""
     events = "200000" if quick else "1000000"
-    exe = os.path.join(ROOT, "target", "release", "examples", "audit_bench")
+    exe = os.path.join(RELEASE, "examples", "audit_bench")
     out = subprocess.run([exe, events] + ([events] if signed_million else []), check=True, capture_output=True, text=True,
                          env={**os.environ, "RUST_LOG": "warn"}).stdout
     rows = []

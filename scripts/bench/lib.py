@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-RELEASE = os.path.join(ROOT, "target", "release")
+# Where cargo put the release builds: CARGO_TARGET_DIR when set, as for cargo.
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
+# Logs and generated scripts stay in the checkout's target/, which may not exist then.
+os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgres://postgres@127.0.0.1:5432/voketag_test")
 
 

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 
-from lib import ROOT, ensure_topic, Service, fresh_database, get, histogram_quantiles, percentile, psql, welch_t, wrk
+from lib import ROOT, RELEASE, ensure_topic, Service, fresh_database, get, histogram_quantiles, percentile, psql, welch_t, wrk
 
 LUA = os.path.join(ROOT, "services", "scan-service", "src", "ratelimit", "token_bucket.lua")
 # Rounds of the raw throughput / Redis floor comparison.
@@ -154,7 +154,7 @@ def run(quick: bool) -> dict:
 def decision_latency(quick: bool) -> dict:
     """The rate limiter on its own (`examples/ratelimit_bench.rs`): closed-loop c=1 and c=16, and
     paced at 1,000 decisions/s, each line of its output one JSON object."""
-    exe = os.path.join(ROOT, "target", "release", "examples", "ratelimit_bench")
+    exe = os.path.join(RELEASE, "examples", "ratelimit_bench")
     args = ["--decisions", "10000" if quick else "50000", "--paced-secs", "5" if quick else "15"]
     out = subprocess.run([exe, *args], check=True, capture_output=True, text=True).stdout
     runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -24,7 +24,9 @@ import uuid
 from dataclasses import dataclass
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.path.join(ROOT, "target", "debug")
+# Where cargo put the binaries `scripts/chaos.sh` built: CARGO_TARGET_DIR when set, as for cargo.
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+BIN = os.path.join(TARGET, "debug")
 OUT = os.path.join(ROOT, "target", "chaos")
 PG_BIN = os.environ.get("CHAOS_PG_BIN", "/usr/lib/postgresql/15/bin")
 EMULATOR_BIN = "platform/pubsub-emulator/bin/cloud-pubsub-emulator"
