@@ -129,7 +129,14 @@ async fn bootstrap(state: AppState, admin: BootstrapAdmin) {
                 tracing::info!(email = %admin.email, "bootstrap admin created");
                 true
             }
-            Ok(false) => true,
+            Ok(false) => {
+                // Said once, so that signing in with these credentials failing is explained.
+                tracing::info!(
+                    email = %admin.email,
+                    "users exist already; BOOTSTRAP_ADMIN_EMAIL/BOOTSTRAP_ADMIN_PASSWORD not used"
+                );
+                true
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "bootstrap admin not created yet; retrying");
                 false
