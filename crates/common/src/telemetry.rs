@@ -61,8 +61,13 @@ where
     let provider = builder.build();
     let tracer = provider.tracer(service);
 
-    let filter = EnvFilter::try_new(&config.log_filter)
-        .with_context(|| format!("RUST_LOG={:?} is not a valid filter", config.log_filter))?;
+    let filter = EnvFilter::try_new(&config.log_filter).with_context(|| {
+        format!(
+            "invalid configuration: RUST_LOG={:?}: not a valid filter (expected directives \
+                 such as info or warn,scan_service=debug)",
+            config.log_filter
+        )
+    })?;
     let fmt_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -93,3 +93,23 @@ async fn every_log_line_of_a_request_carries_its_request_id_and_trace_id() {
         "credential leaked into logs"
     );
 }
+
+#[tokio::test]
+async fn an_invalid_rust_log_is_one_configuration_line_naming_it() {
+    let config = TelemetryConfig {
+        log_format: LogFormat::Json,
+        log_filter: "info,,,=".into(),
+        otlp_endpoint: None,
+    };
+    // Refused before anything is installed, so the other test's subscriber is not disturbed.
+    let Err(e) = common::telemetry::init_with_writer("test", &config, std::io::sink) else {
+        panic!("an invalid filter was accepted");
+    };
+    let line = format!("{e:#}");
+    assert!(
+        line.starts_with("invalid configuration: RUST_LOG=\"info,,,=\": not a valid filter"),
+        "{line}"
+    );
+    assert!(line.contains("expected"), "{line}");
+    assert!(!line.contains('\n'), "{line}");
+}
