@@ -291,6 +291,40 @@ async fn setup_is_idempotent_and_configures_dead_lettering() {
     assert_eq!(policy.max_delivery_attempts, 5);
     assert!(sub.retry_policy.is_some());
     assert_eq!(sub.ack_deadline_seconds, 10);
+
+    // Other settings: the consumer's subscription is updated, and says so; the rest exists.
+    let changed = EventsSettings {
+        max_delivery_attempts: 7,
+        ..s.clone()
+    };
+    let after = setup::setup(&changed)
+        .await
+        .expect("setup with new settings");
+    let main = s.pubsub.subscription_path(&s.pubsub.subscription);
+    for r in &after {
+        let expected = if r.name == main {
+            Change::Updated
+        } else {
+            Change::Existed
+        };
+        assert_eq!(r.change, expected, "{after:?}");
+    }
+    assert!(
+        after.iter().any(|r| r.to_string().starts_with("updated  ")),
+        "{after:?}"
+    );
+    let sub = admin
+        .get_subscription()
+        .set_subscription(main)
+        .send()
+        .await
+        .expect("get subscription");
+    assert_eq!(
+        sub.dead_letter_policy
+            .expect("policy")
+            .max_delivery_attempts,
+        7
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,9 @@ const DLQ_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub enum Change {
     /// It did not exist and was created.
     Created,
-    /// It existed (and, for a subscription, was brought up to the settings).
+    /// A subscription that existed with other settings, brought up to these.
+    Updated,
+    /// It existed as configured.
     Existed,
 }
 
@@ -45,6 +47,7 @@ impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.change {
             Change::Created => "created",
+            Change::Updated => "updated",
             Change::Existed => "exists",
         };
         write!(f, "{what:>7}  {}", self.name)
@@ -174,7 +177,11 @@ async fn ensure_subscription(
     }
     Ok(Resource {
         name,
-        change: Change::Existed,
+        change: if changed.is_empty() {
+            Change::Existed
+        } else {
+            Change::Updated
+        },
     })
 }
 
