@@ -108,7 +108,8 @@ impl ScanConfig {
             _ => None,
         };
         let jitter_ms = if min_ms == 0 { 0 } else { jitter_ms };
-        // A scan held past the request timeout would be answered 503, every one of them.
+        // A scan held up to the request timeout is answered 503 instead (the timing layer sits
+        // inside the timeout).
         let timeout_ms = common.http.request_timeout.as_millis();
         if u128::from(min_ms + jitter_ms) >= timeout_ms {
             return Err(ConfigError::new(
@@ -116,11 +117,12 @@ impl ScanConfig {
                 &min_ms.to_string(),
                 false,
                 format!(
-                    "with SCAN_JITTER_MS={jitter_ms}, scans would be held up to {} ms, past \
-                     REQUEST_TIMEOUT_SEC ({timeout_ms} ms), and all answered 503",
+                    "with SCAN_JITTER_MS={jitter_ms}, scans would be held up to {} ms, not \
+                     below REQUEST_TIMEOUT_SEC ({timeout_ms} ms), so those held longest would \
+                     be answered 503",
                     min_ms + jitter_ms
                 ),
-                "SCAN_MIN_RESPONSE_MS + SCAN_JITTER_MS well below REQUEST_TIMEOUT_SEC",
+                "SCAN_MIN_RESPONSE_MS + SCAN_JITTER_MS below REQUEST_TIMEOUT_SEC",
             ));
         }
         let (ip_hash_key, ip_hash_key_generated) = match env.raw("IP_HASH_KEY") {

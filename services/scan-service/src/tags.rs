@@ -72,9 +72,16 @@ impl Tag {
 }
 
 /// A value's rendered JSON, kept beside it. Not part of the value: it always compares equal,
-/// is left out of (de)serialization and shows in `Debug` only as rendered or not.
-#[derive(Clone, Default)]
+/// is left out of (de)serialization, shows in `Debug` only as rendered or not, and a clone
+/// starts unrendered (a changed copy of a tag must not answer with the original's body).
+#[derive(Default)]
 struct JsonOnce(OnceLock<Bytes>);
+
+impl Clone for JsonOnce {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
 
 impl PartialEq for JsonOnce {
     fn eq(&self, _: &Self) -> bool {
@@ -133,7 +140,8 @@ impl From<TagRow> for Tag {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cached(pub Option<Arc<Tag>>);
 
-/// Tag ids the in-process tier holds at most (about 200 bytes each).
+/// Tag ids the in-process tier holds at most (about 500 bytes each once a scan has rendered
+/// the tag's JSON: 25 MB at most).
 const NEAR_ENTRIES: usize = 50_000;
 
 /// Finds tags.
@@ -209,7 +217,30 @@ impl TagLookup {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_tag_id;
+    use super::*;
+
+    #[test]
+    fn a_tag_answers_with_its_json_and_a_changed_copy_with_its_own() {
+        let tag = Tag::from(TagRow {
+            tag_id: "abcdefghijklmnop".into(),
+            status: "authentic".into(),
+            batch_id: Uuid::nil(),
+            scan_count: 3,
+            first_scanned_at: None,
+            product_id: Uuid::nil(),
+            product_name: "Bag".into(),
+            product_sku: "B-1".into(),
+        });
+        let body = tag.json().expect("JSON");
+        assert_eq!(body, serde_json::to_vec(&tag).expect("JSON"));
+        assert_eq!(tag.json().expect("JSON"), body, "the same bytes again");
+        let mut changed = tag.clone();
+        changed.scan_count = 4;
+        changed.status = TagStatus::Revoked;
+        let v: serde_json::Value = serde_json::from_slice(&changed.json().expect("JSON")).unwrap();
+        assert_eq!(v["scan_count"], 4);
+        assert_eq!(v["status"], "revoked");
+    }
 
     #[test]
     fn tag_id_pattern() {
