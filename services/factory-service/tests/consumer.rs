@@ -732,6 +732,37 @@ async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses
     consumer.stop().await;
 }
 
+/// The address of the worker's health and metrics server, from its start-up log line. The rest
+/// of its log keeps being read, so the worker never blocks on a full pipe.
+async fn logged_metrics_address(worker: &mut Child) -> std::net::SocketAddr {
+    use std::io::BufRead as _;
+    let stdout = worker.0.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the worker logs where it serves metrics");
+            if let Some(rest) = line.split("worker health and metrics on http://").nth(1) {
+                let end = rest
+                    .find(|c: char| c == '"' || c.is_whitespace())
+                    .unwrap_or(rest.len());
+                return rest[..end].parse().expect("a socket address");
+            }
+        }
+    })
+    .await
+    .expect("log reader")
+}
+
 /// Kills the child process when dropped, so a failed assertion leaves no worker behind.
 struct Child(std::process::Child);
 
@@ -747,13 +778,12 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     // The real binary, so that the worker has a process (and a metrics recorder) of its own.
     let s = set_up(5).await;
     let db = TestDb::new().await;
-    let addr = {
-        let probe = TcpListener::bind("127.0.0.1:0").await.expect("free port");
-        probe.local_addr().expect("address")
-    };
-    let _worker = Child(
+    // Port 0, and the address the worker logs: a port probed here and freed could be taken by
+    // another test's server (whose /metrics, in a process without a recorder, is empty) before
+    // the worker binds it.
+    let mut worker = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
-            .args(["worker", "--metrics-addr", &addr.to_string()])
+            .args(["worker", "--metrics-addr", "127.0.0.1:0"])
             .env("DATABASE_URL", db.url.expose_secret())
             .env("PUBSUB_EMULATOR_HOST", emulator())
             .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
@@ -761,11 +791,13 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
             .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
             .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
             .env("APP_ENV", "test")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start the worker"),
     );
+    let addr = logged_metrics_address(&mut worker).await;
 
     let client = reqwest::Client::new();
     let text = eventually("the worker's /metrics", || async {

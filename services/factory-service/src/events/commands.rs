@@ -83,7 +83,9 @@ pub async fn worker(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the worker's metrics address {addr}"))?;
-    tracing::info!("worker health and metrics on http://{addr}");
+    // The bound address, so that port 0 (any free port) says which one it got.
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!("worker health and metrics on http://{bound}");
     let router = health::routes(vec![ReadinessCheck::postgres(pool)]);
     let (served, ()) = tokio::join!(
         common::server::serve(listener, router, shutdown.clone()),
