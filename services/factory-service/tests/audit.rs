@@ -1038,6 +1038,26 @@ fn cli(args: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test]
+async fn cli_audit_verify_on_a_database_without_the_schema_says_to_migrate() {
+    use sqlx::Connection as _;
+    // A database of its own that is never migrated (dropped by `make test` with the others).
+    let admin = common::testing::admin_url();
+    let name = format!("voketag_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
+
+    let (code, out) = cli(&["audit", "verify", "--database-url", &url]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("run `factory-service migrate`"), "{out}");
+}
+
+#[tokio::test]
 async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     let db = TestDb::new().await;
     let url = secrecy::ExposeSecret::expose_secret(&db.url).to_owned();

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::checkpoint::Checkpoint;
+use super::error::AuditError;
 use super::signing::{self, KeyRing, PublicKey, UnknownKeys};
 use super::verify::{self, ChainState};
 
@@ -86,7 +87,15 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
     let unsigned_note = keys.is_empty();
     let result = match verify::verify(&pool, &mut keys, &checkpoints, ChainState::default()).await {
         Ok(r) => r,
-        Err(e) => return operational_error(&anyhow::anyhow!("verification could not run: {e}")),
+        Err(e) => {
+            let hint = if lacks_schema(&e) {
+                " (this database has no VokeTag schema: run `factory-service migrate` against it \
+                 first)"
+            } else {
+                ""
+            };
+            return operational_error(&anyhow::anyhow!("verification could not run: {e}{hint}"));
+        }
     };
     pool.close().await;
     let report = result.report();
@@ -121,6 +130,14 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
 fn operational_error(e: &anyhow::Error) -> ExitCode {
     eprintln!("factory-service audit verify: {e:#}");
     ExitCode::from(2)
+}
+
+/// Whether PostgreSQL said a table does not exist (SQLSTATE 42P01, `undefined_table`).
+fn lacks_schema(e: &AuditError) -> bool {
+    matches!(
+        e,
+        AuditError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01")
+    )
 }
 
 /// `FILE`, `KEY_ID=FILE`, or inline PEM text.
