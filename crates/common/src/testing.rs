@@ -72,3 +72,39 @@ pub fn env_for(db: &TestDb) -> Env {
         ("RUST_LOG", "warn"),
     ])
 }
+
+/// The address a child process logs after `marker` (such as `"listening on http://"`) on its
+/// piped standard output, waiting up to 30 s for the line. The rest of its output keeps being
+/// read, so the child never blocks on a full pipe.
+pub async fn logged_address(
+    stdout: std::process::ChildStdout,
+    marker: &'static str,
+) -> Result<std::net::SocketAddr, String> {
+    use std::io::BufRead as _;
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .map_err(|_| format!("no log line with {marker:?} within 30 s"))?;
+            if let Some(rest) = line.split(marker).nth(1) {
+                let end = rest
+                    .find(|c: char| c == '"' || c.is_whitespace())
+                    .unwrap_or(rest.len());
+                return rest[..end]
+                    .parse()
+                    .map_err(|e| format!("{:?} is not a socket address: {e}", &rest[..end]));
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("log reader: {e}"))?
+}

@@ -732,37 +732,6 @@ async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses
     consumer.stop().await;
 }
 
-/// The address of the worker's health and metrics server, from its start-up log line. The rest
-/// of its log keeps being read, so the worker never blocks on a full pipe.
-async fn logged_metrics_address(worker: &mut Child) -> std::net::SocketAddr {
-    use std::io::BufRead as _;
-    let stdout = worker.0.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(line);
-        }
-    });
-    tokio::task::spawn_blocking(move || {
-        loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the worker logs where it serves metrics");
-            if let Some(rest) = line.split("worker health and metrics on http://").nth(1) {
-                let end = rest
-                    .find(|c: char| c == '"' || c.is_whitespace())
-                    .unwrap_or(rest.len());
-                return rest[..end].parse().expect("a socket address");
-            }
-        }
-    })
-    .await
-    .expect("log reader")
-}
-
 /// Kills the child process when dropped, so a failed assertion leaves no worker behind.
 struct Child(std::process::Child);
 
@@ -797,7 +766,10 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
             .spawn()
             .expect("start the worker"),
     );
-    let addr = logged_metrics_address(&mut worker).await;
+    let stdout = worker.0.stdout.take().expect("piped stdout");
+    let addr = common::testing::logged_address(stdout, "worker health and metrics on http://")
+        .await
+        .expect("the worker logs where it serves metrics");
 
     let client = reqwest::Client::new();
     let text = eventually("the worker's /metrics", || async {

@@ -215,17 +215,11 @@ async fn a_crash_after_commit_replays_from_postgres_instead_of_repeating() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let req = json!({"name": "A", "sku": "A-1"});
-    let first = app
-        .post("/v1/products", &op.access, &req, Some("durable"))
-        .await;
-    assert_eq!(first.status(), 201);
-    let first = body(first).await;
+    let (first, entry) = created_with_key(&app, &op.access, &req, "durable").await;
     // Simulate dying after the commit, before Redis learnt the result: Redis knows nothing.
     let mut redis = app.redis().await;
-    let keys = idempotency_entries(&app).await;
-    assert_eq!(keys.len(), 1);
     let _: () = redis::cmd("DEL")
-        .arg(&keys)
+        .arg(&entry)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -437,19 +431,13 @@ async fn a_claim_left_by_a_run_that_committed_replays_from_postgres_not_409() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let req = json!({"name": "B", "sku": "B-1"});
-    let first = app
-        .post("/v1/products", &op.access, &req, Some("stuck"))
-        .await;
-    assert_eq!(first.status(), 201);
-    let first = body(first).await;
+    let (first, entry) = created_with_key(&app, &op.access, &req, "stuck").await;
     // Simulate a run that committed and then could not store its result in Redis (Redis
     // failed at that moment, or the process died): its in-flight claim is still there, with
     // the request's fingerprint and a lease of a minute.
     let mut redis = app.redis().await;
-    let keys = idempotency_entries(&app).await;
-    assert_eq!(keys.len(), 1);
     let done: String = redis::cmd("GET")
-        .arg(&keys[0])
+        .arg(&entry)
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -457,7 +445,7 @@ async fn a_claim_left_by_a_run_that_committed_replays_from_postgres_not_409() {
     assert_eq!(done["state"], "done");
     let pending = json!({"state": "pending", "fp": done["fp"], "claim": "a-run-that-committed"});
     let _: () = redis::cmd("SET")
-        .arg(&keys[0])
+        .arg(&entry)
         .arg(pending.to_string())
         .arg("PX")
         .arg(60_000)
@@ -517,6 +505,22 @@ async fn a_wrong_content_type_is_not_stored() {
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+}
+
+/// Creates a product with Idempotency-Key `key` (201) and returns its body and the one
+/// idempotency entry Redis holds for it.
+async fn created_with_key(
+    app: &TestApp,
+    access: &str,
+    req: &serde_json::Value,
+    key: &str,
+) -> (serde_json::Value, String) {
+    let first = app.post("/v1/products", access, req, Some(key)).await;
+    assert_eq!(first.status(), 201);
+    let first = body(first).await;
+    let mut keys = idempotency_entries(app).await;
+    assert_eq!(keys.len(), 1);
+    (first, keys.remove(0))
 }
 
 /// The Redis keys of the app's idempotency entries.

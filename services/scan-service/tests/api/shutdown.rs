@@ -1,7 +1,6 @@
 //! SIGTERM on the real binary (CONTRACT 1): the scan in flight is answered, queued events
 //! reach the broker, and the process exits 0.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -38,30 +37,11 @@ async fn sigterm_drains_the_scan_in_flight_flushes_events_and_exits_zero() {
             .expect("the scan-service binary starts"),
     );
 
-    // The bound address, from the start-up log line; the rest of the log keeps being drained
-    // so the child never blocks on a full pipe.
+    // The bound address, from the start-up log line.
     let stdout = child.0.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let addr = tokio::task::spawn_blocking(move || {
-        loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .expect("the service logs where it listens");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let end = rest
-                    .find(|c: char| c == '"' || c.is_whitespace())
-                    .unwrap_or(rest.len());
-                return rest[..end].to_owned();
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let addr = common::testing::logged_address(stdout, "listening on http://")
+        .await
+        .expect("the service logs where it listens");
 
     let url = format!("http://{addr}/v1/scan/{tag}");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await });
