@@ -15,6 +15,17 @@ use sqlx::{ConnectOptions, PgPool};
 /// Applied only by `factory-service migrate`, never raced at start-up.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// What to tell someone whose database lacks the schema.
+pub const MIGRATE_HINT: &str = "run `factory-service migrate`";
+
+/// Whether PostgreSQL refused a statement because a table does not exist (SQLSTATE 42P01,
+/// `undefined_table`): the database was never migrated.
+pub fn is_undefined_table(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "42P01")
+}
+
 /// A PostgreSQL pool that connects lazily, so a service starts (and reports not-ready) while the
 /// database is away, and heals by itself when it returns.
 pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {

@@ -51,12 +51,12 @@ impl ReadinessCheck {
                     sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                         .fetch_all(&pool)
                         .await
-                        .map_err(|e| match e.as_database_error().and_then(|d| d.code()) {
-                            // undefined_table
-                            Some(code) if code == "42P01" => {
-                                "schema not migrated (run `factory-service migrate`)".to_owned()
+                        .map_err(|e| {
+                            if crate::db::is_undefined_table(&e) {
+                                format!("schema not migrated ({})", crate::db::MIGRATE_HINT)
+                            } else {
+                                e.to_string()
                             }
-                            _ => e.to_string(),
                         })?;
                 let missing: Vec<i64> = needed
                     .iter()
@@ -67,7 +67,8 @@ impl ReadinessCheck {
                     Ok(())
                 } else {
                     Err(format!(
-                        "schema lacks migrations {missing:?} (run `factory-service migrate`)"
+                        "schema lacks migrations {missing:?} ({})",
+                        crate::db::MIGRATE_HINT
                     ))
                 }
             }

@@ -88,11 +88,12 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
     let result = match verify::verify(&pool, &mut keys, &checkpoints, ChainState::default()).await {
         Ok(r) => r,
         Err(e) => {
-            let hint = if lacks_schema(&e) {
-                " (this database has no VokeTag schema: run `factory-service migrate` against it \
-                 first)"
-            } else {
-                ""
+            let hint = match &e {
+                AuditError::Database(db) if common::db::is_undefined_table(db) => format!(
+                    " (this database has no VokeTag schema: {} against it first)",
+                    common::db::MIGRATE_HINT
+                ),
+                _ => String::new(),
             };
             return operational_error(&anyhow::anyhow!("verification could not run: {e}{hint}"));
         }
@@ -130,14 +131,6 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
 fn operational_error(e: &anyhow::Error) -> ExitCode {
     eprintln!("factory-service audit verify: {e:#}");
     ExitCode::from(2)
-}
-
-/// Whether PostgreSQL said a table does not exist (SQLSTATE 42P01, `undefined_table`).
-fn lacks_schema(e: &AuditError) -> bool {
-    matches!(
-        e,
-        AuditError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01")
-    )
 }
 
 /// `FILE`, `KEY_ID=FILE`, or inline PEM text.

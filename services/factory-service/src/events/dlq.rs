@@ -232,14 +232,15 @@ pub fn describe(entry: &DlqEntry, now: DateTime<Utc>, preview: usize) -> String 
     // One line, and nothing a terminal would act on or that hides text (control, bidi and
     // invisible characters escaped, as `escape_debug` does), quotes left as they are so a
     // JSON body stays readable.
-    let body: String = body
-        .chars()
-        .flat_map(|c| {
-            let quote = matches!(c, '"' | '\'').then_some(c);
-            let escaped = quote.is_none().then(|| c.escape_debug());
-            quote.into_iter().chain(escaped.into_iter().flatten())
-        })
-        .collect();
+    let mut shown = String::with_capacity(body.len());
+    for c in body.chars() {
+        if matches!(c, '"' | '\'') {
+            shown.push(c);
+        } else {
+            shown.extend(c.escape_debug());
+        }
+    }
+    let body = shown;
     format!(
         "{id}  original={orig}  reason={reason}  attempts={attempts}  age={age}\n    \
          error: {error}\n    body:  {body}",
