@@ -34,28 +34,52 @@ impl TrustedProxies {
     /// The client IP for a request from `peer` with these headers: walking `X-Forwarded-For`
     /// from the right, the first hop that is not a trusted proxy. A header from an untrusted peer
     /// is ignored, so nobody can claim another address by sending it.
+    ///
+    /// A hop is an address, with or without a port (`203.0.113.7:4711`, `[2001:db8::7]:443`),
+    /// as proxies write them. The walk stops at a hop that is none of those (`unknown`, a
+    /// name, an empty entry): whatever stands to its left was written by someone no trusted
+    /// proxy vouches for, so the client is then the last trusted hop, the proxy that could not
+    /// name it. Skipping such a hop instead would let the client's own entry through.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = canonical(peer);
         if !self.trusts(peer) {
             return peer;
         }
-        let hops: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .map(canonical)
-            .collect();
         let mut client = peer;
-        for hop in hops.into_iter().rev() {
-            client = hop;
-            if !self.trusts(hop) {
+        // Several header lines are one list, in order.
+        'walk: for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(value) = value.to_str() else {
                 break;
+            };
+            for hop in value.rsplit(',') {
+                let Some(hop) = parse_hop(hop) else {
+                    break 'walk;
+                };
+                client = hop;
+                if !self.trusts(hop) {
+                    break 'walk;
+                }
             }
         }
         client
     }
+}
+
+/// One `X-Forwarded-For` entry: an IP address, bare, bracketed (IPv6) or with a port.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })?;
+    Some(canonical(ip))
 }
 
 /// The address a client is limited by: an IPv4 address as is, an IPv6 address by its /64,
@@ -147,6 +171,43 @@ mod tests {
         assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
         assert_eq!(t.client_ip(peer, &HeaderMap::new()), peer);
         assert_eq!(t.client_ip(peer, &xff("garbage")), peer);
+    }
+
+    /// A proxy that writes its hop with a port, or as `unknown`, must not let the client's own
+    /// entry to its left count: the walk reads the port forms, and stops at what it cannot read.
+    #[test]
+    fn a_hop_with_a_port_counts_and_an_unreadable_hop_stops_the_walk() {
+        let t = TrustedProxies::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (header, client) in [
+            ("6.6.6.6, 198.51.100.30:4444", "198.51.100.30"),
+            ("6.6.6.6, [2001:db8::5]:443", "2001:db8::5"),
+            ("6.6.6.6, [2001:db8::5]", "2001:db8::5"),
+            ("6.6.6.6, [::ffff:198.51.100.4]:80", "198.51.100.4"),
+            // Unreadable: the client is the trusted proxy that wrote it.
+            ("6.6.6.6, unknown", "127.0.0.1"),
+            ("6.6.6.6, _hidden", "127.0.0.1"),
+            ("6.6.6.6, ", "127.0.0.1"),
+            ("6.6.6.6, 127.0.0.1, unknown", "127.0.0.1"),
+            // Stops at the first unreadable hop even when trusted hops follow it.
+            ("6.6.6.6, unknown, 127.0.0.1", "127.0.0.1"),
+            ("198.51.100.9 , 127.0.0.1:8080", "198.51.100.9"),
+        ] {
+            assert_eq!(t.client_ip(peer, &xff(header)), ip(client), "{header}");
+        }
+        // Two header lines are one list; an unreadable right-most line stops the walk too.
+        let mut two = HeaderMap::new();
+        two.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        two.append("x-forwarded-for", "198.51.100.8".parse().unwrap());
+        assert_eq!(t.client_ip(peer, &two), ip("198.51.100.8"));
+        let mut opaque = HeaderMap::new();
+        opaque.append("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        opaque.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        assert_eq!(t.client_ip(peer, &opaque), peer);
     }
 
     #[test]
