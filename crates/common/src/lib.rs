@@ -8,6 +8,7 @@ pub mod health;
 pub mod http;
 pub mod metric_handles;
 pub mod pubsub;
+pub mod report;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]

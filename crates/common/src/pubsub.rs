@@ -6,8 +6,11 @@
 //! emulator's plaintext endpoint and anonymous credentials; without one it is left untouched (real
 //! Google Cloud, ADC).
 
+use std::time::Duration;
+
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
+use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicy, RetryPolicyExt as _};
 use google_cloud_pubsub::builder::publisher::{BasePublisherBuilder, PublisherBuilder};
 use google_cloud_pubsub::builder::subscriber::ClientBuilder as SubscriberBuilder;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
@@ -114,9 +117,21 @@ pub async fn subscriber(config: &PubSubConfig) -> Result<Subscriber, ClientError
         })
 }
 
+/// How long an admin call retries a transient failure (nothing listening, `UNAVAILABLE`)
+/// before it reports it. The library's default, a minute, kept `pubsub setup` silent for that
+/// long when the emulator was not running.
+pub const ADMIN_RETRY_LIMIT: Duration = Duration::from_secs(10);
+
+fn admin_retry_policy() -> impl RetryPolicy {
+    Aip194Strict
+        .with_attempt_limit(5)
+        .with_time_limit(ADMIN_RETRY_LIMIT)
+}
+
 /// A topic admin client (create, get, delete topics).
 pub async fn topic_admin(config: &PubSubConfig) -> Result<TopicAdmin, ClientError> {
     configure(TopicAdmin::builder(), config)
+        .with_retry_policy(admin_retry_policy())
         .build()
         .await
         .map_err(|source| ClientError {
@@ -128,6 +143,7 @@ pub async fn topic_admin(config: &PubSubConfig) -> Result<TopicAdmin, ClientErro
 /// A subscription admin client (create, get, delete subscriptions).
 pub async fn subscription_admin(config: &PubSubConfig) -> Result<SubscriptionAdmin, ClientError> {
     configure(SubscriptionAdmin::builder(), config)
+        .with_retry_policy(admin_retry_policy())
         .build()
         .await
         .map_err(|source| ClientError {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use common::Env;
+use common::report::Chain;
 use factory_service::audit::{Actor, AuditLog};
 use factory_service::cli::{Cli, Command, UserCommand};
 use factory_service::events::commands as events;
@@ -39,7 +40,7 @@ async fn main() -> ExitCode {
     let _telemetry = match common::telemetry::init("factory-service", &config.common.telemetry) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("factory-service: {e:#}");
+            eprintln!("factory-service: {}", Chain(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -61,8 +62,9 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("factory-service: {e:#}");
-            eprintln!("factory-service: {e:#}");
+            let e = Chain(e.as_ref());
+            tracing::error!("factory-service: {e}");
+            eprintln!("factory-service: {e}");
             ExitCode::FAILURE
         }
     }

@@ -817,3 +817,38 @@ async fn dlq_list_and_replay_fail_when_pub_sub_is_unreachable_rather_than_showin
         "a missing subscription listed {missing:?}"
     );
 }
+
+/// `pubsub setup` with nothing listening at `PUBSUB_EMULATOR_HOST`: it gives up after the admin
+/// clients' bounded retries (the library's default kept it silent for a minute), names the
+/// address and how to start the emulator, and says each cause once (Google's errors repeat
+/// their source in their own text, so the plain chain printed it four times).
+#[test]
+fn pubsub_setup_without_an_emulator_says_where_it_looked_once() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .args(["pubsub", "setup"])
+        .env("PUBSUB_EMULATOR_HOST", dead.to_string())
+        .env("SCAN_EVENTS_TOPIC", "unreachable-scan-events")
+        .env("APP_ENV", "test")
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run pubsub setup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "nothing answers at PUBSUB_EMULATOR_HOST={dead}: is the Pub/Sub emulator running"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("make services-up"), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot connect to endpoint").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

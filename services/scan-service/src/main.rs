@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use common::Env;
+use common::report::Chain;
 use scan_service::{Application, ScanConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -31,14 +32,14 @@ async fn main() -> ExitCode {
     let _telemetry = match common::telemetry::init("scan-service", &config.common.telemetry) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("scan-service: {e:#}");
+            eprintln!("scan-service: {}", Chain(e.as_ref()));
             return ExitCode::from(2);
         }
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("scan-service stopped: {e:#}");
+            tracing::error!("scan-service stopped: {}", Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

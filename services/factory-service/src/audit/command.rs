@@ -129,7 +129,10 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
 }
 
 fn operational_error(e: &anyhow::Error) -> ExitCode {
-    eprintln!("factory-service audit verify: {e:#}");
+    eprintln!(
+        "factory-service audit verify: {}",
+        common::report::Chain(e.as_ref())
+    );
     ExitCode::from(2)
 }
 

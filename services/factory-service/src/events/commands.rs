@@ -9,7 +9,7 @@ use common::health::{self, ReadinessCheck};
 use tokio_util::sync::CancellationToken;
 
 use super::dlq::{self, ReadWindow, Selector};
-use super::{Consumer, EventsSettings, setup};
+use super::{Consumer, EventsError, EventsSettings, setup};
 use crate::config::FactoryConfig;
 
 /// `factory-service pubsub …`.
@@ -112,6 +112,7 @@ pub async fn pubsub(config: &FactoryConfig, command: &PubsubCommand) -> anyhow::
             let settings = EventsSettings::from_config(config);
             let done = setup::setup(&settings)
                 .await
+                .map_err(|e| with_reach_hint(e, &settings))
                 .context("setting up Pub/Sub topics and subscriptions")?;
             for resource in done {
                 println!("{resource}");
@@ -132,6 +133,7 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
         } => {
             let entries = dlq::list(&settings, *limit, window(*wait))
                 .await
+                .map_err(|e| with_reach_hint(e, &settings))
                 .context("listing the DLQ")?;
             let now = chrono::Utc::now();
             for entry in &entries {
@@ -147,6 +149,7 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
             };
             let replayed = dlq::replay(&settings, &selector, window(*wait))
                 .await
+                .map_err(|e| with_reach_hint(e, &settings))
                 .context("replaying from the DLQ")?;
             for entry in &replayed {
                 println!("replayed {} (reason {})", entry.message_id, entry.reason);
@@ -160,6 +163,22 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
             Ok(())
         }
     }
+}
+
+/// Says where Pub/Sub was expected when it could not be reached at all, and how to start the
+/// emulator; other errors pass unchanged.
+fn with_reach_hint(error: EventsError, settings: &EventsSettings) -> anyhow::Error {
+    if !error.is_unreachable() {
+        return error.into();
+    }
+    let hint = match &settings.pubsub.emulator_host {
+        Some(host) => format!(
+            "nothing answers at PUBSUB_EMULATOR_HOST={host}: is the Pub/Sub emulator running \
+             there? (`make services-up` starts one)"
+        ),
+        None => "Google Cloud Pub/Sub cannot be reached from here".to_owned(),
+    };
+    anyhow::Error::new(error).context(hint)
 }
 
 #[cfg(test)]

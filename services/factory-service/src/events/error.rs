@@ -51,6 +51,22 @@ pub enum EventsError {
 }
 
 impl EventsError {
+    /// Whether Pub/Sub could not be reached at all (nothing listening, no route): the broker
+    /// or the emulator is not running, or the address is wrong.
+    pub fn is_unreachable(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if error
+                .downcast_ref::<google_cloud_pubsub::Error>()
+                .is_some_and(google_cloud_pubsub::Error::is_connect)
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+
     /// Wraps a failed call with what was being done.
     pub fn rpc(operation: impl Into<String>, source: google_cloud_pubsub::Error) -> Self {
         Self::Rpc {
