@@ -182,11 +182,19 @@ impl IntoResponse for FactoryError {
                 "invalid_idempotency_key",
                 "Idempotency-Key must be 1 to 255 visible ASCII characters.",
             ),
-            Self::IdempotencyKeyInUse => error_response(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                "A request with this Idempotency-Key is still being processed.",
-            ),
+            Self::IdempotencyKeyInUse => {
+                // The first request is running: a retry after a moment either replays its
+                // result or, if it failed, runs again.
+                let mut response = error_response(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "A request with this Idempotency-Key is still being processed.",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
             Self::IdempotencyKeyReused => error_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

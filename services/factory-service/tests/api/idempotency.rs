@@ -48,6 +48,8 @@ async fn two_concurrent_requests_with_one_key_have_one_side_effect() {
     statuses.sort();
     assert_eq!(statuses, [201, 409]);
     let conflict = if a.status() == 409 { a } else { b };
+    // When to try again: the replay below.
+    assert_eq!(conflict.headers()["retry-after"], "1");
     assert_error(conflict, 409, "idempotency_key_in_use").await;
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM tags").await, 40000);
