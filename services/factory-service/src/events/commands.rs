@@ -139,7 +139,10 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
             for entry in &entries {
                 println!("{}", dlq::describe(entry, now, *preview));
             }
-            println!("{} dead-lettered message(s) shown", entries.len());
+            println!(
+                "{}",
+                list_summary(entries.len(), settings.pubsub.emulator_host.is_some())
+            );
             Ok(())
         }
         DlqCommand::Replay { which, wait } => {
@@ -163,6 +166,19 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
             Ok(())
         }
     }
+}
+
+/// The last line of `dlq list`. On the emulator, dead letters leased to an earlier read's
+/// closed stream stay hidden (docs/SCAN_EVENTS.md), so a short count is not proof.
+fn list_summary(shown: usize, emulator: bool) -> String {
+    let mut line = format!("{shown} dead-lettered message(s) shown");
+    if emulator {
+        line.push_str(
+            " (on the Pub/Sub emulator, messages an earlier read saw may stay hidden: \
+             see docs/SCAN_EVENTS.md, Dead letters)",
+        );
+    }
+    line
 }
 
 /// Says where Pub/Sub was expected when it could not be reached at all, and how to start the
@@ -205,6 +221,14 @@ mod tests {
         };
         assert_eq!(which.message_id.as_deref(), Some("7"));
         assert_eq!(wait, DEFAULT_WAIT_SECS);
+    }
+
+    #[test]
+    fn a_dlq_list_on_the_emulator_says_its_count_may_be_short() {
+        assert_eq!(list_summary(3, false), "3 dead-lettered message(s) shown");
+        let emulator = list_summary(0, true);
+        assert!(emulator.starts_with("0 dead-lettered message(s) shown (on the Pub/Sub emulator"));
+        assert!(emulator.contains("docs/SCAN_EVENTS.md"), "{emulator}");
     }
 
     #[test]
