@@ -234,12 +234,20 @@ fn database_error(e: sqlx::Error) -> Response {
     if let Some(db) = e.as_database_error() {
         // Constraint violations are the caller's doing; say which rule, never the SQL.
         match db.code().as_deref() {
+            // A duplicate the caller chose (a SKU, an email) is their conflict. Any other
+            // unique violation is ours (every other key is generated here, or is the audit
+            // chain's sequence): a 500 and an error log, never a 409 that blames the client.
             Some("23505") => {
-                return error_response(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    conflict_detail(db.constraint()),
-                );
+                return match conflict_detail(db.constraint()) {
+                    Some(detail) => error_response(StatusCode::CONFLICT, "conflict", detail),
+                    None => {
+                        tracing::error!(
+                            constraint = db.constraint().unwrap_or_default(),
+                            "unexpected duplicate key"
+                        );
+                        internal()
+                    }
+                };
             }
             Some("23503") => {
                 return error_response(
@@ -272,10 +280,11 @@ fn database_error(e: sqlx::Error) -> Response {
     }
 }
 
-fn conflict_detail(constraint: Option<&str>) -> &'static str {
-    match constraint {
-        Some("products_sku_key") => "A product with this SKU already exists.",
-        Some("users_email_key") => "A user with this email already exists.",
-        _ => "This conflicts with an existing record.",
+/// The sentence for a duplicate of a value the caller chose; `None` for any other constraint.
+fn conflict_detail(constraint: Option<&str>) -> Option<&'static str> {
+    match constraint? {
+        "products_sku_key" => Some("A product with this SKU already exists."),
+        "users_email_key" => Some("A user with this email already exists."),
+        _ => None,
     }
 }

@@ -185,3 +185,51 @@ async fn a_long_non_ascii_field_name_is_a_400_not_a_500() {
         assert!(b["detail"].as_str().unwrap().len() <= 300, "{b}");
     }
 }
+
+/// A unique violation that is not the caller's doing (here a stray row already at the audit
+/// chain's next seq, as only tampering or a bug could leave) is a 500, not a 409 `conflict`
+/// that tells the client to change its request. A duplicate SKU stays a 409.
+#[tokio::test]
+async fn a_duplicate_key_of_our_own_is_a_500_not_the_callers_conflict() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let product = json!({"name": "Bag", "sku": "DUP-1"});
+    assert_eq!(
+        app.post("/v1/products", &op.access, &product, None)
+            .await
+            .status(),
+        201
+    );
+    let again = assert_error(
+        app.post("/v1/products", &op.access, &product, None).await,
+        409,
+        "conflict",
+    )
+    .await;
+    assert!(again["detail"].as_str().unwrap().contains("SKU"), "{again}");
+
+    // A copy of the newest audit event at the next seq: the next append collides with it.
+    sqlx::query(
+        "INSERT INTO audit_events SELECT (jsonb_populate_record(NULL::audit_events, \
+             to_jsonb(e) || jsonb_build_object('seq', e.seq + 1, 'event_id', gen_random_uuid()))).* \
+         FROM audit_events e ORDER BY seq DESC LIMIT 1",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Bag", "sku": "DUP-2"}),
+            None,
+        )
+        .await;
+    assert_error(r, 500, "internal_error").await;
+    assert_eq!(
+        app.count("SELECT count(*) FROM products WHERE sku = 'DUP-2'")
+            .await,
+        0,
+        "the product rolled back with its audit event"
+    );
+}
