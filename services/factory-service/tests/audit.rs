@@ -564,6 +564,65 @@ async fn a_tail_truncated_below_a_saved_checkpoint_is_detected() {
     assert!(Checkpoint::parse_many("{\"message\":\"x\"}\nplain\n").is_err());
 }
 
+/// The checkpointer signs only a head that extends its last checkpoint. A forged head (set
+/// around the service, the next append then linking to it), or an event changed since the last
+/// checkpoint, is refused with the break; a helper saw both signed before.
+#[tokio::test]
+async fn the_checkpointer_does_not_sign_a_head_that_does_not_extend_the_last_checkpoint() {
+    use factory_service::audit::AuditError;
+
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), false);
+    append_n(&db.pool, &audit, 5).await;
+    // The first checkpoint checks the whole chain.
+    let first = checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.seq, 5);
+    append_n(&db.pool, &audit, 3).await;
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET details = '{\"changed\": true}' WHERE seq = 7",
+    )
+    .await;
+    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
+    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
+        panic!("a changed event was checkpointed: {refused:?}");
+    };
+    assert_eq!((seq, reason), (7, "hash_mismatch"));
+
+    // Another database: a forged head, which the next append links to.
+    let db = TestDb::new().await;
+    append_n(&db.pool, &audit, 4).await;
+    checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    tamper(
+        &db.pool,
+        &format!(
+            "UPDATE audit_chain_head SET hash = '\\x{}'",
+            "ab".repeat(32)
+        ),
+    )
+    .await;
+    append_n(&db.pool, &audit, 1).await;
+    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
+    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
+        panic!("a forged head was checkpointed: {refused:?}");
+    };
+    assert_eq!((seq, reason), (5, "broken_link"));
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT max(seq) FROM audit_checkpoints")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        4,
+        "nothing signed after the forgery"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Signatures and keys.
 

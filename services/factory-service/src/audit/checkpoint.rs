@@ -14,6 +14,7 @@ use super::canonical;
 use super::chain::{self, GENESIS_HASH, Hash};
 use super::error::AuditError;
 use super::signing::Signer;
+use super::verify::{self, ChainState};
 
 /// Serializes checkpoint writers across instances (transaction-scoped advisory lock).
 const CHECKPOINT_LOCK_KEY: i64 = 0x766b_7461_6370_6b74; // "vktacpkt"
@@ -202,13 +203,35 @@ pub async fn checkpoint_if_due(
         // Legacy events only: there is no chain to checkpoint yet.
         return Ok(None);
     }
-    let last: Option<(i64, DateTime<Utc>)> =
-        sqlx::query_as("SELECT seq, signed_at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-    let since = head.seq - last.map_or(0, |(seq, _)| seq);
-    if since <= 0 || !due(since, last.map(|(_, at)| at)) {
+    let last: Option<(i64, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, signed_at, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let since = head.seq - last.as_ref().map_or(0, |(seq, _, _)| *seq);
+    if since <= 0 || !due(since, last.as_ref().map(|(_, at, _)| *at)) {
         return Ok(None);
+    }
+    // Only a head that extends the last checkpoint (or, before the first, the whole chain)
+    // gets signed.
+    let from = match last {
+        Some((seq, _, hash)) => ChainState {
+            last_seq: seq,
+            last_hash: Some(hash.try_into().map_err(|_| {
+                AuditError::InvalidCheckpoint(format!(
+                    "the stored checkpoint at seq {seq} has no 32-byte hash"
+                ))
+            })?),
+            ..ChainState::default()
+        },
+        None => ChainState::default(),
+    };
+    if let Some(b) = verify::check_extension(&mut tx, from, &head).await? {
+        return Err(AuditError::Unverifiable {
+            seq: b.seq,
+            reason: b.reason.code(),
+            detail: b.detail,
+        });
     }
     let mut checkpoint = Checkpoint {
         seq: head.seq,

@@ -33,6 +33,17 @@ pub enum AuditError {
     /// A checkpoint given to the verifier is malformed.
     #[error("invalid checkpoint: {0}")]
     InvalidCheckpoint(String),
+    /// The chain since the last checkpoint does not verify, so the checkpointer will not sign
+    /// its head.
+    #[error("audit chain broken at seq {seq} ({reason}): {detail}; not checkpointing it")]
+    Unverifiable {
+        /// The first bad seq.
+        seq: i64,
+        /// The break's code.
+        reason: &'static str,
+        /// Specifics.
+        detail: String,
+    },
     /// A stored row does not have the shape of its format version (e.g. a hash that is not 32
     /// bytes); the verifier reports this as a break, other callers as an error.
     #[error("malformed audit row at seq {seq}: {reason}")]

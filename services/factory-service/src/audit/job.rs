@@ -69,6 +69,9 @@ pub async fn run_checkpointer(
     shutdown: CancellationToken,
 ) {
     let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::seconds(60));
+    // The break the checkpointer last refused to sign over, so a persisting one is logged and
+    // counted once rather than every second.
+    let mut refused: Option<(i64, &'static str)> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -77,8 +80,25 @@ pub async fn run_checkpointer(
         let due = |since: i64, last_at: Option<chrono::DateTime<chrono::Utc>>| {
             since >= every || last_at.is_none_or(|at| chrono::Utc::now() - at >= interval)
         };
-        if let Err(e) = checkpoint::checkpoint_if_due(&pool, signer.as_deref(), due).await {
-            tracing::warn!(error = %e, "audit checkpoint failed; retrying");
+        match checkpoint::checkpoint_if_due(&pool, signer.as_deref(), due).await {
+            Ok(_) => refused = None,
+            Err(AuditError::Unverifiable {
+                seq,
+                reason,
+                detail,
+            }) => {
+                if refused != Some((seq, reason)) {
+                    tracing::error!(
+                        first_bad_seq = seq,
+                        reason,
+                        detail = %detail,
+                        "audit chain does not extend the last checkpoint; not signing its head"
+                    );
+                    metrics::counter!("audit_checkpoints_refused_total").increment(1);
+                    refused = Some((seq, reason));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; retrying"),
         }
     }
 }

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 
 use futures::TryStreamExt as _;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::chain::{self, GENESIS_HASH, Hash};
 use super::checkpoint::{self, Checkpoint};
 use super::error::AuditError;
 use super::record::{AuditRecord, COLUMNS};
-use super::signing::{KeyRing, SignatureCheck};
+use super::signing::{KeyRing, SignatureCheck, UnknownKeys};
 
 /// Why the chain is broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -327,6 +327,36 @@ pub async fn verify(
         state: checker.state,
         broken,
     })
+}
+
+/// Checks, on `conn`, the events after `from` up to `head`: seq continuity, links and hashes
+/// (not signatures), ending at `head`. The checkpointer runs this before it signs a head, so it
+/// never vouches for a chain that does not extend its previous checkpoint (a head or events
+/// written around the service). `Some` is the first break.
+pub async fn check_extension(
+    conn: &mut PgConnection,
+    from: ChainState,
+    head: &chain::Head,
+) -> Result<Option<Break>, AuditError> {
+    let mut keys = KeyRing::new(UnknownKeys::Skip);
+    let mut checker = RowChecker {
+        state: from,
+        keys: &mut keys,
+        wanted: HashMap::new(),
+        buf: Vec::with_capacity(1024),
+    };
+    let sql =
+        format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq");
+    let mut rows = sqlx::query_as::<_, AuditRecord>(&sql)
+        .bind(checker.state.last_seq)
+        .bind(head.seq)
+        .fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        if let Err(b) = checker.check(&row) {
+            return Ok(Some(b));
+        }
+    }
+    Ok(head_break(head, &checker.state))
 }
 
 /// Compares the end of an intact chain with the recorded head.
