@@ -48,11 +48,10 @@ impl TrustedProxies {
         let mut client = peer;
         // Several header lines are one list, in order.
         'walk: for value in headers.get_all("x-forwarded-for").iter().rev() {
-            let Ok(value) = value.to_str() else {
-                break;
-            };
-            for hop in value.rsplit(',') {
-                let Some(hop) = parse_hop(hop) else {
+            // Hop by hop, so that bytes a client put on the left of a line (proxies append to
+            // the client's own line) cannot make the proxy's entry on its right unreadable.
+            for hop in value.as_bytes().rsplit(|b| *b == b',') {
+                let Some(hop) = std::str::from_utf8(hop).ok().and_then(parse_hop) else {
                     break 'walk;
                 };
                 client = hop;
@@ -208,6 +207,13 @@ mod tests {
             axum::http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
         );
         assert_eq!(t.client_ip(peer, &opaque), peer);
+        // Bytes that are not text on the client's part of a line leave the proxy's hop readable.
+        let mut appended = HeaderMap::new();
+        appended.insert(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"caf\xe9, 198.51.100.8").unwrap(),
+        );
+        assert_eq!(t.client_ip(peer, &appended), ip("198.51.100.8"));
     }
 
     #[test]
