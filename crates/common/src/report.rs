@@ -11,17 +11,20 @@ pub struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = self.0.to_string();
+        let mut parent = self.0.to_string();
+        f.write_str(&parent)?;
         let mut cause = self.0.source();
         while let Some(error) = cause {
             let part = error.to_string();
-            if !part.is_empty() && !text.contains(&part) {
-                text.push_str(": ");
-                text.push_str(&part);
+            // Echoing goes from an error to its own source, so only the parent is compared: a
+            // short cause that happens to appear further up is still said.
+            if !part.is_empty() && !parent.contains(&part) {
+                write!(f, ": {part}")?;
             }
+            parent = part;
             cause = error.source();
         }
-        f.write_str(&text)
+        Ok(())
     }
 }
 
@@ -90,6 +93,16 @@ mod tests {
             Some(layer("b", false, Some(layer("c", false, None)))),
         );
         assert_eq!(Chain(&top).to_string(), "a: b: c");
+        // A cause is compared with its parent only, not with everything said before it.
+        let echo_of_top = layer(
+            "reading config: invalid",
+            false,
+            Some(layer("parse", false, Some(layer("invalid", false, None)))),
+        );
+        assert_eq!(
+            Chain(&echo_of_top).to_string(),
+            "reading config: invalid: parse: invalid"
+        );
         assert_eq!(Chain(&layer("alone", false, None)).to_string(), "alone");
     }
 }
