@@ -117,9 +117,10 @@ pub async fn subscriber(config: &PubSubConfig) -> Result<Subscriber, ClientError
         })
 }
 
-/// How long an admin call retries a transient failure (nothing listening, `UNAVAILABLE`)
-/// before it reports it. The library's default, a minute, kept `pubsub setup` silent for that
-/// long when the emulator was not running.
+/// The longest an admin call retries a transient failure (nothing listening, `UNAVAILABLE`)
+/// before it reports it: at most 5 attempts within 10 s, with the library's jittered back-off,
+/// so it may give up sooner. The library's default, a minute, kept `pubsub setup` silent for
+/// that long when the emulator was not running. It also bounds each attempt.
 pub const ADMIN_RETRY_LIMIT: Duration = Duration::from_secs(10);
 
 fn admin_retry_policy() -> impl RetryPolicy {

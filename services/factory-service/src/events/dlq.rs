@@ -19,8 +19,10 @@ use super::dead_letter::{self, DlqEntry};
 use super::{EventsError, EventsSettings};
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `dlq list`/`replay` wait for the broker to answer before giving up.
-const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `dlq list`/`replay` wait for the broker to answer before giving up: longer than
+/// the admin clients' own retries, so that their error (which says what failed) comes first.
+const REACH_TIMEOUT: Duration =
+    Duration::from_secs(common::pubsub::ADMIN_RETRY_LIMIT.as_secs() + 2);
 /// The lease a read takes on what it sees (Pub/Sub's minimum), so that a message it could not
 /// give back is visible again soon.
 pub const READ_LEASE: Duration = Duration::from_secs(10);

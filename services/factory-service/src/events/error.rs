@@ -52,13 +52,21 @@ pub enum EventsError {
 
 impl EventsError {
     /// Whether Pub/Sub could not be reached at all (nothing listening, no route): the broker
-    /// or the emulator is not running, or the address is wrong.
+    /// or the emulator is not running, or the address is wrong. Read from the operating
+    /// system's error at the bottom of the chain (the client's own `is_connect` is not part of
+    /// its public API).
     pub fn is_unreachable(&self) -> bool {
+        use std::io::ErrorKind;
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(error) = cause {
-            if error
-                .downcast_ref::<google_cloud_pubsub::Error>()
-                .is_some_and(google_cloud_pubsub::Error::is_connect)
+            if let Some(io) = error.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::HostUnreachable
+                        | ErrorKind::NetworkUnreachable
+                        | ErrorKind::AddrNotAvailable
+                )
             {
                 return true;
             }
