@@ -621,6 +621,47 @@ async fn the_checkpointer_does_not_sign_a_head_that_does_not_extend_the_last_che
         4,
         "nothing signed after the forgery"
     );
+
+    // A stored checkpoint edited to match a forgery no longer verifies with the service's key.
+    let db = TestDb::new().await;
+    append_n(&db.pool, &audit, 3).await;
+    checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    tamper(
+        &db.pool,
+        &format!(
+            "UPDATE audit_checkpoints SET hash = '\\x{}'",
+            "cd".repeat(32)
+        ),
+    )
+    .await;
+    append_n(&db.pool, &audit, 1).await;
+    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
+    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
+        panic!("an edited checkpoint was built on: {refused:?}");
+    };
+    assert_eq!((seq, reason), (3, "bad_signature"));
+
+    // A tail cut below the newest checkpoint: refused as such, not silently skipped.
+    let db = TestDb::new().await;
+    append_n(&db.pool, &audit, 4).await;
+    checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap()
+        .unwrap();
+    tamper(
+        &db.pool,
+        "DELETE FROM audit_events WHERE seq > 2; \
+         UPDATE audit_chain_head SET seq = 2, hash = (SELECT hash FROM audit_events WHERE seq = 2)",
+    )
+    .await;
+    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
+    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
+        panic!("a cut tail was not reported: {refused:?}");
+    };
+    assert_eq!((seq, reason), (3, "tail_truncated"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,8 +1092,16 @@ async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
         "UPDATE audit_events SET action = 'nothing' WHERE seq = 3",
     )
     .await;
-    // The job verifies as soon as the service runs.
+    // The job verifies as soon as the service runs; the checkpointer, finding the same break
+    // before its first checkpoint, refuses to write one.
     let app = spawn_app_on(db).await;
+    let value = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .map(str::to_owned)
+    };
     let mut metrics = String::new();
     for _ in 0..50 {
         metrics = app
@@ -1064,16 +1113,43 @@ async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
             .text()
             .await
             .unwrap();
-        if metrics.contains("audit_chain_breaks_total") {
-            break;
+        if value(&metrics, "audit_chain_breaks_total").as_deref() == Some("1")
+            && value(&metrics, "audit_checkpoints_refused_total").as_deref() == Some("1")
+        {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("audit_chain_breaks_total"))
-        .unwrap_or_else(|| panic!("no audit_chain_breaks_total in /metrics:\n{metrics}"));
-    assert_eq!(line.split_whitespace().last(), Some("1"), "{line}");
+    panic!("no break counted by both jobs in /metrics:\n{metrics}");
+}
+
+/// Both integrity counters are exported at 0 from start-up, so an alert on `increase()` sees
+/// their first step (a counter born at 1 has no increase to see).
+#[tokio::test]
+async fn the_integrity_counters_are_exported_at_zero_from_the_start() {
+    let db = TestDb::new().await;
+    let app = spawn_app_on(db).await;
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Present before any break (at 0 under nextest, one process per test; another test of the
+    // same process may have counted already under plain `cargo test`).
+    for name in [
+        "audit_chain_breaks_total",
+        "audit_checkpoints_refused_total",
+    ] {
+        let prefix = format!("{name} ");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&prefix)),
+            "no `{name}` in:\n{metrics}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ use sqlx::{PgConnection, PgPool};
 use super::canonical;
 use super::chain::{self, GENESIS_HASH, Hash};
 use super::error::AuditError;
+use super::signing::SignatureCheck;
 use super::signing::Signer;
-use super::verify::{self, ChainState};
+use super::verify::{self, BreakReason, ChainState};
 
 /// Serializes checkpoint writers across instances (transaction-scoped advisory lock).
 const CHECKPOINT_LOCK_KEY: i64 = 0x766b_7461_6370_6b74; // "vktacpkt"
@@ -203,35 +204,62 @@ pub async fn checkpoint_if_due(
         // Legacy events only: there is no chain to checkpoint yet.
         return Ok(None);
     }
-    let last: Option<(i64, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
-        "SELECT seq, signed_at, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+    let last: Option<CheckpointRow> = sqlx::query_as(
+        "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints \
+         ORDER BY seq DESC LIMIT 1",
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let since = head.seq - last.as_ref().map_or(0, |(seq, _, _)| *seq);
-    if since <= 0 || !due(since, last.as_ref().map(|(_, at, _)| *at)) {
+    let last = last.map(from_row).transpose()?;
+    let refuse = |seq: i64, reason: BreakReason, detail: String| AuditError::Unverifiable {
+        seq,
+        reason: reason.code(),
+        detail,
+    };
+    if let Some(cp) = &last
+        && cp.seq > head.seq
+    {
+        return Err(refuse(
+            head.seq + 1,
+            BreakReason::TailTruncated,
+            format!(
+                "the recorded chain head is seq {} but a checkpoint covers seq {}",
+                head.seq, cp.seq
+            ),
+        ));
+    }
+    let since = head.seq - last.as_ref().map_or(0, |cp| cp.seq);
+    if since <= 0 || !due(since, last.as_ref().map(|cp| cp.signed_at)) {
         return Ok(None);
     }
     // Only a head that extends the last checkpoint (or, before the first, the whole chain)
-    // gets signed.
-    let from = match last {
-        Some((seq, _, hash)) => ChainState {
-            last_seq: seq,
-            last_hash: Some(hash.try_into().map_err(|_| {
-                AuditError::InvalidCheckpoint(format!(
-                    "the stored checkpoint at seq {seq} has no 32-byte hash"
-                ))
-            })?),
-            ..ChainState::default()
-        },
+    // gets signed; the events' and that checkpoint's signatures by this service's key are
+    // checked on the way (other key ids: hashes only, as in the background verifier).
+    let mut keys = super::job::service_key_ring(signer);
+    let from = match &last {
+        Some(cp) => {
+            if let (Some(key_id), Some(signature)) = (&cp.key_id, &cp.signature)
+                && keys.check(key_id, &cp.message(), signature) == SignatureCheck::Invalid
+            {
+                return Err(refuse(
+                    cp.seq,
+                    BreakReason::BadSignature,
+                    format!(
+                        "the stored checkpoint at seq {} has a bad signature (key {key_id:?})",
+                        cp.seq
+                    ),
+                ));
+            }
+            ChainState {
+                last_seq: cp.seq,
+                last_hash: Some(cp.hash),
+                ..ChainState::default()
+            }
+        }
         None => ChainState::default(),
     };
-    if let Some(b) = verify::check_extension(&mut tx, from, &head).await? {
-        return Err(AuditError::Unverifiable {
-            seq: b.seq,
-            reason: b.reason.code(),
-            detail: b.detail,
-        });
+    if let Some(b) = verify::check_extension(&mut tx, &mut keys, from, &head).await? {
+        return Err(refuse(b.seq, b.reason, b.detail));
     }
     let mut checkpoint = Checkpoint {
         seq: head.seq,

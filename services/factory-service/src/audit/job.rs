@@ -42,6 +42,9 @@ pub fn spawn(
     config: &AuditConfig,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
+    // Both counters exist from the first scrape, so `increase()` sees their first step.
+    metrics::counter!("audit_chain_breaks_total").increment(0);
+    metrics::counter!("audit_checkpoints_refused_total").increment(0);
     if config.signer.is_none() {
         tracing::warn!(
             "AUDIT_SIGNING_KEY_FILE is not set: the audit chain is hashed but neither checkpoints nor events are signed"
@@ -81,7 +84,9 @@ pub async fn run_checkpointer(
             since >= every || last_at.is_none_or(|at| chrono::Utc::now() - at >= interval)
         };
         match checkpoint::checkpoint_if_due(&pool, signer.as_deref(), due).await {
-            Ok(_) => refused = None,
+            // Another instance holding the lock (`Ok(None)`) says nothing about the break.
+            Ok(Some(_)) => refused = None,
+            Ok(None) => {}
             Err(AuditError::Unverifiable {
                 seq,
                 reason,

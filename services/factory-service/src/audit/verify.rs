@@ -13,7 +13,7 @@ use super::chain::{self, GENESIS_HASH, Hash};
 use super::checkpoint::{self, Checkpoint};
 use super::error::AuditError;
 use super::record::{AuditRecord, COLUMNS};
-use super::signing::{KeyRing, SignatureCheck, UnknownKeys};
+use super::signing::{KeyRing, SignatureCheck};
 
 /// Why the chain is broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -329,19 +329,19 @@ pub async fn verify(
     })
 }
 
-/// Checks, on `conn`, the events after `from` up to `head`: seq continuity, links and hashes
-/// (not signatures), ending at `head`. The checkpointer runs this before it signs a head, so it
+/// Checks, on `conn`, the events after `from` up to `head`: seq continuity, links, hashes and
+/// the signatures `keys` can check, ending at `head`. The checkpointer runs this before it signs a head, so it
 /// never vouches for a chain that does not extend its previous checkpoint (a head or events
 /// written around the service). `Some` is the first break.
 pub async fn check_extension(
     conn: &mut PgConnection,
+    keys: &mut KeyRing,
     from: ChainState,
     head: &chain::Head,
 ) -> Result<Option<Break>, AuditError> {
-    let mut keys = KeyRing::new(UnknownKeys::Skip);
     let mut checker = RowChecker {
         state: from,
-        keys: &mut keys,
+        keys,
         wanted: HashMap::new(),
         buf: Vec::with_capacity(1024),
     };
