@@ -564,104 +564,69 @@ async fn a_tail_truncated_below_a_saved_checkpoint_is_detected() {
     assert!(Checkpoint::parse_many("{\"message\":\"x\"}\nplain\n").is_err());
 }
 
-/// The checkpointer signs only a head that extends its last checkpoint. A forged head (set
-/// around the service, the next append then linking to it), or an event changed since the last
-/// checkpoint, is refused with the break; a helper saw both signed before.
-#[tokio::test]
-async fn the_checkpointer_does_not_sign_a_head_that_does_not_extend_the_last_checkpoint() {
+/// On a fresh database: `first` events and a checkpoint of them, `before` more events, `sql`
+/// run around the service, `after` more events; then the checkpointer's refusal as (first bad
+/// seq, reason), and the database.
+async fn refusal_after(
+    audit: &AuditLog,
+    (first, before, after): (usize, usize, usize),
+    sql: &str,
+) -> ((i64, &'static str), TestDb) {
     use factory_service::audit::AuditError;
 
     let db = TestDb::new().await;
-    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), false);
-    append_n(&db.pool, &audit, 5).await;
-    // The first checkpoint checks the whole chain.
-    let first = checkpoint::checkpoint_now(&db.pool, audit.signer())
+    append_n(&db.pool, audit, first).await;
+    let cp = checkpoint::checkpoint_now(&db.pool, audit.signer())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(first.seq, 5);
-    append_n(&db.pool, &audit, 3).await;
-    tamper(
-        &db.pool,
-        "UPDATE audit_events SET details = '{\"changed\": true}' WHERE seq = 7",
-    )
-    .await;
-    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
-    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
-        panic!("a changed event was checkpointed: {refused:?}");
-    };
-    assert_eq!((seq, reason), (7, "hash_mismatch"));
-
-    // Another database: a forged head, which the next append links to.
-    let db = TestDb::new().await;
-    append_n(&db.pool, &audit, 4).await;
-    checkpoint::checkpoint_now(&db.pool, audit.signer())
-        .await
-        .unwrap()
-        .unwrap();
-    tamper(
-        &db.pool,
-        &format!(
-            "UPDATE audit_chain_head SET hash = '\\x{}'",
-            "ab".repeat(32)
-        ),
-    )
-    .await;
-    append_n(&db.pool, &audit, 1).await;
-    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
-    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
-        panic!("a forged head was checkpointed: {refused:?}");
-    };
-    assert_eq!((seq, reason), (5, "broken_link"));
     assert_eq!(
-        sqlx::query_scalar::<_, i64>("SELECT max(seq) FROM audit_checkpoints")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap(),
-        4,
-        "nothing signed after the forgery"
+        cp.seq, first as i64,
+        "the first checkpoint covers the chain"
     );
+    append_n(&db.pool, audit, before).await;
+    tamper(&db.pool, sql).await;
+    append_n(&db.pool, audit, after).await;
+    match checkpoint::checkpoint_now(&db.pool, audit.signer()).await {
+        Err(AuditError::Unverifiable { seq, reason, .. }) => ((seq, reason), db),
+        other => panic!("checkpointed after `{sql}`: {other:?}"),
+    }
+}
 
-    // A stored checkpoint edited to match a forgery no longer verifies with the service's key.
-    let db = TestDb::new().await;
-    append_n(&db.pool, &audit, 3).await;
-    checkpoint::checkpoint_now(&db.pool, audit.signer())
-        .await
-        .unwrap()
-        .unwrap();
-    tamper(
-        &db.pool,
-        &format!(
-            "UPDATE audit_checkpoints SET hash = '\\x{}'",
-            "cd".repeat(32)
-        ),
-    )
-    .await;
-    append_n(&db.pool, &audit, 1).await;
-    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
-    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
-        panic!("an edited checkpoint was built on: {refused:?}");
-    };
-    assert_eq!((seq, reason), (3, "bad_signature"));
+/// The checkpointer signs only a head that extends its last checkpoint: an event changed since
+/// it, a forged head (set around the service, the next append then linking to it), a stored
+/// checkpoint edited to match a forgery, a tail cut below it. A helper saw the first two signed
+/// before; the last was skipped in silence.
+#[tokio::test]
+async fn the_checkpointer_does_not_sign_a_head_that_does_not_extend_the_last_checkpoint() {
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), false);
+    let changed = "UPDATE audit_events SET details = '{\"changed\": true}' WHERE seq = 7";
+    let (refusal, _) = refusal_after(&audit, (5, 3, 0), changed).await;
+    assert_eq!(refusal, (7, "hash_mismatch"));
 
-    // A tail cut below the newest checkpoint: refused as such, not silently skipped.
-    let db = TestDb::new().await;
-    append_n(&db.pool, &audit, 4).await;
-    checkpoint::checkpoint_now(&db.pool, audit.signer())
+    let forged_head = format!(
+        "UPDATE audit_chain_head SET hash = '\\x{}'",
+        "ab".repeat(32)
+    );
+    let (refusal, db) = refusal_after(&audit, (4, 0, 1), &forged_head).await;
+    assert_eq!(refusal, (5, "broken_link"));
+    let newest: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints")
+        .fetch_one(&db.pool)
         .await
-        .unwrap()
         .unwrap();
-    tamper(
-        &db.pool,
-        "DELETE FROM audit_events WHERE seq > 2; \
-         UPDATE audit_chain_head SET seq = 2, hash = (SELECT hash FROM audit_events WHERE seq = 2)",
-    )
-    .await;
-    let refused = checkpoint::checkpoint_now(&db.pool, audit.signer()).await;
-    let Err(AuditError::Unverifiable { seq, reason, .. }) = refused else {
-        panic!("a cut tail was not reported: {refused:?}");
-    };
-    assert_eq!((seq, reason), (3, "tail_truncated"));
+    assert_eq!(newest, 4, "nothing signed after the forgery");
+
+    let edited = format!(
+        "UPDATE audit_checkpoints SET hash = '\\x{}'",
+        "cd".repeat(32)
+    );
+    let (refusal, _) = refusal_after(&audit, (3, 0, 1), &edited).await;
+    assert_eq!(refusal, (3, "bad_signature"));
+
+    let cut = "DELETE FROM audit_events WHERE seq > 2; \
+               UPDATE audit_chain_head SET seq = 2, hash = (SELECT hash FROM audit_events WHERE seq = 2)";
+    let (refusal, _) = refusal_after(&audit, (4, 0, 0), cut).await;
+    assert_eq!(refusal, (3, "tail_truncated"));
 }
 
 // ---------------------------------------------------------------------------------------------
