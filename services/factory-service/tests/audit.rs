@@ -898,6 +898,18 @@ async fn spawn_app_on(db: TestDb) -> App {
 }
 
 impl App {
+    /// The service's Prometheus text.
+    async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Creates a user of `role` and signs them in; returns the access token.
     async fn token(&self, role: factory_service::users::Role) -> String {
         let email = format!("{role}-{}@example.com", Uuid::new_v4().simple());
@@ -1069,15 +1081,7 @@ async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
     };
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = app
-            .client
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = app.metrics().await;
         if value(&metrics, "audit_chain_breaks_total").as_deref() == Some("1")
             && value(&metrics, "audit_checkpoints_refused_total").as_deref() == Some("1")
         {
@@ -1094,15 +1098,7 @@ async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
 async fn the_integrity_counters_are_exported_at_zero_from_the_start() {
     let db = TestDb::new().await;
     let app = spawn_app_on(db).await;
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     // Present before any break (at 0 under nextest, one process per test; another test of the
     // same process may have counted already under plain `cargo test`).
     for name in [
