@@ -13,7 +13,6 @@ use sqlx::{PgConnection, PgPool};
 use super::canonical;
 use super::chain::{self, GENESIS_HASH, Hash};
 use super::error::AuditError;
-use super::signing::SignatureCheck;
 use super::signing::Signer;
 use super::verify::{self, BreakReason, ChainState};
 
@@ -238,17 +237,8 @@ pub async fn checkpoint_if_due(
     let mut keys = super::job::service_key_ring(signer);
     let from = match &last {
         Some(cp) => {
-            if let (Some(key_id), Some(signature)) = (&cp.key_id, &cp.signature)
-                && keys.check(key_id, &cp.message(), signature) == SignatureCheck::Invalid
-            {
-                return Err(refuse(
-                    cp.seq,
-                    BreakReason::BadSignature,
-                    format!(
-                        "the stored checkpoint at seq {} has a bad signature (key {key_id:?})",
-                        cp.seq
-                    ),
-                ));
+            if let Some(b) = verify::checkpoint_signature_break(cp, &mut keys) {
+                return Err(refuse(b.seq, b.reason, b.detail));
             }
             ChainState {
                 last_seq: cp.seq,

@@ -287,19 +287,7 @@ pub async fn verify(
         wanted: checkpoints.iter().map(|c| (c.seq, None)).collect(),
         buf: Vec::with_capacity(1024),
     };
-    let mut row_break = None;
-    {
-        let sql = format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq");
-        let mut rows = sqlx::query_as::<_, AuditRecord>(&sql)
-            .bind(checker.state.last_seq)
-            .fetch(&mut *tx);
-        while let Some(row) = rows.try_next().await? {
-            if let Err(b) = checker.check(&row) {
-                row_break = Some(b);
-                break;
-            }
-        }
-    }
+    let row_break = check_rows(&mut tx, &mut checker, i64::MAX).await?;
     tx.commit().await?;
 
     let mut breaks: Vec<Break> = row_break.into_iter().collect();
@@ -345,18 +333,30 @@ pub async fn check_extension(
         wanted: HashMap::new(),
         buf: Vec::with_capacity(1024),
     };
+    if let Some(b) = check_rows(conn, &mut checker, head.seq).await? {
+        return Ok(Some(b));
+    }
+    Ok(head_break(head, &checker.state))
+}
+
+/// Streams the events after the checker's state up to seq `to` through it; the first break.
+async fn check_rows(
+    conn: &mut PgConnection,
+    checker: &mut RowChecker<'_>,
+    to: i64,
+) -> Result<Option<Break>, AuditError> {
     let sql =
         format!("SELECT {COLUMNS} FROM audit_events WHERE seq > $1 AND seq <= $2 ORDER BY seq");
     let mut rows = sqlx::query_as::<_, AuditRecord>(&sql)
         .bind(checker.state.last_seq)
-        .bind(head.seq)
+        .bind(to)
         .fetch(&mut *conn);
     while let Some(row) = rows.try_next().await? {
         if let Err(b) = checker.check(&row) {
             return Ok(Some(b));
         }
     }
-    Ok(head_break(head, &checker.state))
+    Ok(None)
 }
 
 /// Compares the end of an intact chain with the recorded head.
@@ -385,15 +385,9 @@ fn head_break(head: &chain::Head, state: &ChainState) -> Option<Break> {
     None
 }
 
-/// Checks one checkpoint's signature and compares it with the chain. `chain_complete`: the rows
-/// verified to the end, so a checkpoint beyond them means the tail was cut.
-fn checkpoint_break(
-    cp: &Checkpoint,
-    keys: &mut KeyRing,
-    hashes: &HashMap<i64, Option<Hash>>,
-    verified_to: i64,
-    chain_complete: bool,
-) -> Option<Break> {
+/// A checkpoint's own signature, checked with `keys` (unsigned, when signatures are required,
+/// is a break too). Used by the verifier and by the checkpointer before it builds on one.
+pub fn checkpoint_signature_break(cp: &Checkpoint, keys: &mut KeyRing) -> Option<Break> {
     let at = |reason, detail| {
         Some(Break {
             seq: cp.seq,
@@ -432,6 +426,28 @@ fn checkpoint_break(
             }
         }
     }
+    None
+}
+
+/// Checks one checkpoint's signature and compares it with the chain. `chain_complete`: the rows
+/// verified to the end, so a checkpoint beyond them means the tail was cut.
+fn checkpoint_break(
+    cp: &Checkpoint,
+    keys: &mut KeyRing,
+    hashes: &HashMap<i64, Option<Hash>>,
+    verified_to: i64,
+    chain_complete: bool,
+) -> Option<Break> {
+    if let Some(b) = checkpoint_signature_break(cp, keys) {
+        return Some(b);
+    }
+    let at = |reason, detail| {
+        Some(Break {
+            seq: cp.seq,
+            reason,
+            detail,
+        })
+    };
     if cp.seq > verified_to {
         if !chain_complete {
             // Beyond an earlier break: that break is the one to report.
