@@ -16,6 +16,8 @@ for tool in wrk redis-benchmark; do
   fi
 done
 cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench --example ratelimit_bench
+# An emulator left spinning by a test run would take CPU from every measurement.
+scripts/dev-services.sh quiet-emulator
 # c=1000 needs more descriptors than the default soft limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec python3 scripts/bench/bench.py "$@"
