@@ -68,6 +68,10 @@ def broker_down(stack: Stack) -> str:
         buffered = wait_until("scan_events_buffered = 300", lambda: metric(
             scan.metrics(), "scan_events_buffered") == 300 and 300, 30, 0.5)
         check(_rows(stack, db, tag) == 20, "events arrived while the broker was away?")
+        ready, alive = scan.get("/readyz"), scan.get("/healthz")
+        check(ready.status == 503 and "pubsub" in json.loads(ready.body)["failing"],
+              f"scan /readyz with the broker away: {ready.status} {ready.body[:160]!r}")
+        check(alive.status == 200, f"scan /healthz with the broker away: {alive.status}")
         time.sleep(3)
         proxy.heal()
         log("Pub/Sub reachable again")
@@ -80,10 +84,12 @@ def broker_down(stack: Stack) -> str:
         dropped = metric(m, "scan_events_dropped_total")
         check(rows == 320 and count == 320, f"after healing: {rows} rows, scan_count {count}, expected 320")
         check(dropped == 0 and metric(m, "scan_events_buffered") == 0, f"dropped {dropped}")
+        wait_until("scan /readyz 200 again", lambda: scan.get("/readyz").status == 200, 30, 0.5)
         return (f"320 scans made (20 before, 300 while Pub/Sub was unreachable: all 200, p50 "
                 f"{p50 * 1000:.0f} ms vs {warm_p50 * 1000:.0f} ms before, slowest {slowest * 1000:.0f} ms); "
+                f"/readyz 503 naming pubsub and /healthz 200 meanwhile; "
                 f"scan_events_buffered 300; delivered {took:.1f}s after healing; scans rows 320, "
-                f"scan_count 320, dropped 0")
+                f"scan_count 320, dropped 0; ready again")
     finally:
         proxy.cut()
 

@@ -75,6 +75,31 @@ impl ReadinessCheck {
         })
     }
 
+    /// Probes Pub/Sub: the topic this process publishes to exists and the broker answers for it.
+    /// `topic` is the full path (`projects/…/topics/…`).
+    pub fn pubsub_topic(admin: google_cloud_pubsub::client::TopicAdmin, topic: String) -> Self {
+        Self::new("pubsub", move || {
+            let request = admin.get_topic().set_topic(topic.clone());
+            let topic = topic.clone();
+            async move { answered(&topic, request.send().await) }
+        })
+    }
+
+    /// Probes Pub/Sub: the subscription this process pulls from exists and the broker answers
+    /// for it. `subscription` is the full path (`projects/…/subscriptions/…`).
+    pub fn pubsub_subscription(
+        admin: google_cloud_pubsub::client::SubscriptionAdmin,
+        subscription: String,
+    ) -> Self {
+        Self::new("pubsub", move || {
+            let request = admin
+                .get_subscription()
+                .set_subscription(subscription.clone());
+            let subscription = subscription.clone();
+            async move { answered(&subscription, request.send().await) }
+        })
+    }
+
     /// Probes Redis with `PING`.
     pub fn redis(pool: deadpool_redis::Pool) -> Self {
         Self::new("redis", move || {
@@ -89,6 +114,14 @@ impl ReadinessCheck {
             }
         })
     }
+}
+
+/// A Pub/Sub probe's outcome: `Ok` when the broker answered for `resource`; a missing topic or
+/// subscription fails the probe too (publishing or pulling would fail the same way).
+fn answered<T>(resource: &str, outcome: google_cloud_pubsub::Result<T>) -> Result<(), String> {
+    outcome
+        .map(|_| ())
+        .map_err(|e| format!("{resource}: {}", crate::report::Chain(&e)))
 }
 
 #[derive(Clone)]

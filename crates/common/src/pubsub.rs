@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
-use google_cloud_gax::retry_policy::{Aip194Strict, RetryPolicy, RetryPolicyExt as _};
+use google_cloud_gax::retry_policy::{Aip194Strict, NeverRetry, RetryPolicy, RetryPolicyExt as _};
 use google_cloud_pubsub::builder::publisher::{BasePublisherBuilder, PublisherBuilder};
 use google_cloud_pubsub::builder::subscriber::ClientBuilder as SubscriberBuilder;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
@@ -151,6 +151,38 @@ pub async fn subscription_admin(config: &PubSubConfig) -> Result<SubscriptionAdm
             client: "subscription admin",
             source,
         })
+}
+
+/// The admin clients behind the `/readyz` probes: one attempt per call, never retried. The
+/// probe's caller bounds how long it waits and asks again on the next probe, so a retry would
+/// only hide an outage for longer.
+pub struct ProbeClients;
+
+impl ProbeClients {
+    /// A topic admin client for [`crate::health::ReadinessCheck::pubsub_topic`].
+    pub async fn topics(config: &PubSubConfig) -> Result<TopicAdmin, ClientError> {
+        configure(TopicAdmin::builder(), config)
+            .with_retry_policy(NeverRetry)
+            .build()
+            .await
+            .map_err(|source| ClientError {
+                client: "topic admin (readiness)",
+                source,
+            })
+    }
+
+    /// A subscription admin client for
+    /// [`crate::health::ReadinessCheck::pubsub_subscription`].
+    pub async fn subscriptions(config: &PubSubConfig) -> Result<SubscriptionAdmin, ClientError> {
+        configure(SubscriptionAdmin::builder(), config)
+            .with_retry_policy(NeverRetry)
+            .build()
+            .await
+            .map_err(|source| ClientError {
+                client: "subscription admin (readiness)",
+                source,
+            })
+    }
 }
 
 #[cfg(test)]

@@ -792,6 +792,19 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
         text.contains("# HELP scan_events_processed_total"),
         "{text}"
     );
+    // Ready: its database and the subscription it pulls from both answer.
+    let ready = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(
+        body["checks"],
+        serde_json::json!({"postgres": "ok", "pubsub": "ok"}),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -126,10 +126,17 @@ impl Application {
             scanner: Arc::new(scanner),
             requests: Arc::default(),
         };
+        let topics = common::pubsub::ProbeClients::topics(&common.pubsub)
+            .await
+            .context("creating the Pub/Sub readiness client")?;
         let router =
             routes::router(state, TimingLayer::new(config.timing)).merge(health::routes(vec![
                 ReadinessCheck::postgres(read_pool),
                 redis_check(redis),
+                ReadinessCheck::pubsub_topic(
+                    topics,
+                    common.pubsub.topic_path(&common.pubsub.topic),
+                ),
             ]));
         let router = common::http::harden(router, &common.http);
         let listener = TcpListener::bind(common.bind_addr)

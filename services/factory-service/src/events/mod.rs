@@ -25,3 +25,18 @@ pub mod setup;
 pub use consumer::Consumer;
 pub use error::EventsError;
 pub use settings::EventsSettings;
+
+use common::config::PubSubConfig;
+use common::health::ReadinessCheck;
+
+/// The `/readyz` check of a process that consumes scan events (`serve` and `worker`): the
+/// broker answers for the subscription it pulls from.
+pub async fn readiness(
+    pubsub: &PubSubConfig,
+) -> Result<ReadinessCheck, common::pubsub::ClientError> {
+    let admin = common::pubsub::ProbeClients::subscriptions(pubsub).await?;
+    Ok(ReadinessCheck::pubsub_subscription(
+        admin,
+        pubsub.subscription_path(&pubsub.subscription),
+    ))
+}

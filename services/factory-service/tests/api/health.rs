@@ -1,9 +1,41 @@
-//! `/healthz` and `/readyz` against the real dependencies: ready while PostgreSQL and Redis
-//! answer; 503 naming Redis when it is pointed at a port nobody listens on.
+//! `/healthz` and `/readyz` against the real dependencies: ready while PostgreSQL, Redis and the
+//! scan-event subscription (`serve` runs the consumer) answer; 503 naming the one that does not.
 
+use common::Env;
+use common::config::PubSubConfig;
+use factory_service::events::{EventsSettings, setup};
 use reqwest::Method;
+use uuid::Uuid;
 
-use crate::helpers::{body, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, body, spawn_app_with};
+
+/// An app whose scan-event topic and subscription (names of its own) exist on the emulator.
+async fn spawn_ready_app_with(adjust: impl FnOnce(Env) -> Env) -> TestApp {
+    let id = Uuid::new_v4().simple();
+    let pubsub = PubSubConfig {
+        project_id: "voketag-test".into(),
+        emulator_host: Some("127.0.0.1:8085".into()),
+        topic: format!("health-events-{id}"),
+        subscription: format!("health-sub-{id}"),
+        dlq_topic: format!("health-dlq-{id}"),
+    };
+    setup::setup(&EventsSettings::new(pubsub.clone(), 5))
+        .await
+        .expect("pubsub setup (is the emulator running? scripts/dev-services.sh up)");
+    spawn_app_with(move |env| {
+        adjust(
+            env.with("PUBSUB_PROJECT_ID", &pubsub.project_id)
+                .with("SCAN_EVENTS_TOPIC", &pubsub.topic)
+                .with("SCAN_EVENTS_SUBSCRIPTION", &pubsub.subscription)
+                .with("SCAN_EVENTS_DLQ_TOPIC", &pubsub.dlq_topic),
+        )
+    })
+    .await
+}
+
+async fn spawn_ready_app() -> TestApp {
+    spawn_ready_app_with(|env| env).await
+}
 
 /// A loopback port nobody listens on right now.
 fn dead_port() -> u16 {
@@ -16,11 +48,28 @@ fn dead_port() -> u16 {
 
 #[tokio::test]
 async fn readyz_is_200_with_live_dependencies() {
-    let app = spawn_app().await;
+    let app = spawn_ready_app().await;
     let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let b = body(r).await;
     assert_eq!(b["status"], "ready");
+    assert_eq!(
+        b["checks"],
+        serde_json::json!({"postgres": "ok", "redis": "ok", "pubsub": "ok"}),
+        "{b}"
+    );
+}
+
+/// The consumer's subscription does not exist (a deployment that skipped `pubsub setup`): the
+/// API answers, but the process is not ready.
+#[tokio::test]
+async fn readyz_is_503_naming_pubsub_while_the_subscription_is_missing() {
+    let missing = format!("no-such-subscription-{}", Uuid::new_v4().simple());
+    let app = spawn_app_with(|env| env.with("SCAN_EVENTS_SUBSCRIPTION", &missing)).await;
+    let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let b = body(r).await;
+    assert_eq!(b["failing"], serde_json::json!(["pubsub"]), "{b}");
     assert_eq!(b["checks"]["postgres"], "ok", "{b}");
     assert_eq!(b["checks"]["redis"], "ok", "{b}");
 }
@@ -29,7 +78,8 @@ async fn readyz_is_200_with_live_dependencies() {
 async fn readyz_is_503_naming_a_dead_redis_while_healthz_stays_200() {
     let url = format!("redis://127.0.0.1:{}", dead_port());
     let app =
-        spawn_app_with(|env| env.with("REDIS_URL", &url).with("REDIS_TIMEOUT_MS", "200")).await;
+        spawn_ready_app_with(|env| env.with("REDIS_URL", &url).with("REDIS_TIMEOUT_MS", "200"))
+            .await;
     let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(
@@ -46,7 +96,7 @@ async fn readyz_is_503_naming_a_dead_redis_while_healthz_stays_200() {
 
 #[tokio::test]
 async fn readyz_is_503_naming_postgres_while_the_schema_is_not_migrated() {
-    let app = spawn_app().await;
+    let app = spawn_ready_app().await;
     let ready = |expected: u16| {
         let app = &app;
         async move {

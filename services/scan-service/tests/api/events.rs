@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{EMULATOR, Proxy, TestEnv, expected_ip_hash, free_port, metric, receive};
@@ -162,6 +163,11 @@ async fn broker_away_scans_still_answer_and_buffered_events_arrive_after() {
     );
     let published_before = metric(&metrics, "scan_events_published_total").unwrap_or(0.0);
     assert_eq!(published_before, 1.0);
+    // Scans answer, but the process is not ready: one of its dependencies does not answer.
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["failing"], json!(["pubsub"]), "{body}");
+    assert_eq!(body["checks"]["pubsub"], "unavailable", "{body}");
 
     proxy.up().await;
     let got = receive(&mut stream, 3, Duration::from_secs(60)).await;
@@ -173,6 +179,10 @@ async fn broker_away_scans_still_answer_and_buffered_events_arrive_after() {
     tags.sort();
     assert_eq!(arrived, tags);
     assert_eq!(app.events().dropped_total(), 0);
+    // Ready again by itself.
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["pubsub"], "ok", "{body}");
 }
 
 #[tokio::test]
@@ -211,6 +221,32 @@ async fn starts_and_answers_with_the_broker_unreachable() {
             "a dead broker slowed a scan"
         );
     }
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["failing"], json!(["pubsub"]), "{body}");
+    assert_eq!(body["checks"]["postgres"], "ok", "{body}");
+    assert_eq!(body["checks"]["redis"], "ok", "{body}");
+}
+
+/// The broker answers, but the topic this instance publishes to does not exist (a deployment
+/// that skipped `pubsub setup`): every event would fail, so the instance is not ready.
+#[tokio::test]
+async fn readyz_names_pubsub_while_the_topic_is_missing() {
+    let env = TestEnv::new().await;
+    let missing = format!("no-such-topic-{}", Uuid::new_v4().simple());
+    let app = env.spawn(&[("SCAN_EVENTS_TOPIC", missing.as_str())]).await;
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["failing"], json!(["pubsub"]), "{body}");
+
+    let ready = env.spawn(&[]).await;
+    let (status, body) = ready.readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["checks"],
+        json!({"postgres": "ok", "redis": "ok", "pubsub": "ok"}),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -212,6 +212,12 @@ impl TestApp {
         &self.events
     }
 
+    /// `/readyz`: its status and JSON body.
+    pub async fn readyz(&self) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))
