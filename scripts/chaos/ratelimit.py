@@ -17,6 +17,8 @@ BREAKER = "circuit_breaker_state"
 def _scan_stack(stack: Stack, name: str, redis: PrivateRedis, tags: int = 1, **extra):
     """A factory (to issue tags) and a scan service on `redis`; returns (scan, tag ids)."""
     db = stack.pg.fresh_db(f"chaos_{name}")
+    # The Pub/Sub resources exist, so that /readyz names only what is down.
+    stack.setup_topics(stack.env(db, name))
     factory = service(f"{name}-factory", "factory-service", stack.env(db, name))
     ids = Admin(factory.port).tags(tags)
     env = stack.env(db, name, REDIS_URL=redis.url, **extra)
@@ -67,6 +69,7 @@ def redis_down_fail_closed(stack: Stack) -> str:
         check(r.json().get("error") == "service_unavailable", f"503 body: {r.body[:200]!r}")
     ready = scan.get("/readyz")
     check(ready.status == 503, f"/readyz with Redis down answered {ready.status}")
+    check(ready.json().get("failing") == ["redis"], f"/readyz does not name redis alone: {ready.body!r}")
     return (f"20/20 scans 503 with Retry-After {ra} and error=service_unavailable; "
             f"/readyz 503 {ready.body.decode()[:120]}")
 
