@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
-use google_cloud_gax::retry_policy::{Aip194Strict, NeverRetry, RetryPolicy, RetryPolicyExt as _};
+use google_cloud_gax::retry_policy::{
+    Aip194Strict, NeverRetry, RetryPolicy, RetryPolicyArg, RetryPolicyExt as _,
+};
 use google_cloud_pubsub::builder::publisher::{BasePublisherBuilder, PublisherBuilder};
 use google_cloud_pubsub::builder::subscriber::ClientBuilder as SubscriberBuilder;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
@@ -131,26 +133,12 @@ fn admin_retry_policy() -> impl RetryPolicy {
 
 /// A topic admin client (create, get, delete topics).
 pub async fn topic_admin(config: &PubSubConfig) -> Result<TopicAdmin, ClientError> {
-    configure(TopicAdmin::builder(), config)
-        .with_retry_policy(admin_retry_policy())
-        .build()
-        .await
-        .map_err(|source| ClientError {
-            client: "topic admin",
-            source,
-        })
+    topic_admin_with(config, admin_retry_policy().into(), "topic admin").await
 }
 
 /// A subscription admin client (create, get, delete subscriptions).
 pub async fn subscription_admin(config: &PubSubConfig) -> Result<SubscriptionAdmin, ClientError> {
-    configure(SubscriptionAdmin::builder(), config)
-        .with_retry_policy(admin_retry_policy())
-        .build()
-        .await
-        .map_err(|source| ClientError {
-            client: "subscription admin",
-            source,
-        })
+    subscription_admin_with(config, admin_retry_policy().into(), "subscription admin").await
 }
 
 /// The admin clients behind the `/readyz` probes: one attempt per call, never retried. The
@@ -161,28 +149,38 @@ pub struct ProbeClients;
 impl ProbeClients {
     /// A topic admin client for [`crate::health::ReadinessCheck::pubsub_topic`].
     pub async fn topics(config: &PubSubConfig) -> Result<TopicAdmin, ClientError> {
-        configure(TopicAdmin::builder(), config)
-            .with_retry_policy(NeverRetry)
-            .build()
-            .await
-            .map_err(|source| ClientError {
-                client: "topic admin (readiness)",
-                source,
-            })
+        topic_admin_with(config, NeverRetry.into(), "topic admin (readiness)").await
     }
 
     /// A subscription admin client for
     /// [`crate::health::ReadinessCheck::pubsub_subscription`].
     pub async fn subscriptions(config: &PubSubConfig) -> Result<SubscriptionAdmin, ClientError> {
-        configure(SubscriptionAdmin::builder(), config)
-            .with_retry_policy(NeverRetry)
-            .build()
-            .await
-            .map_err(|source| ClientError {
-                client: "subscription admin (readiness)",
-                source,
-            })
+        subscription_admin_with(config, NeverRetry.into(), "subscription admin (readiness)").await
     }
+}
+
+async fn topic_admin_with(
+    config: &PubSubConfig,
+    retries: RetryPolicyArg,
+    client: &'static str,
+) -> Result<TopicAdmin, ClientError> {
+    configure(TopicAdmin::builder(), config)
+        .with_retry_policy(retries)
+        .build()
+        .await
+        .map_err(|source| ClientError { client, source })
+}
+
+async fn subscription_admin_with(
+    config: &PubSubConfig,
+    retries: RetryPolicyArg,
+    client: &'static str,
+) -> Result<SubscriptionAdmin, ClientError> {
+    configure(SubscriptionAdmin::builder(), config)
+        .with_retry_policy(retries)
+        .build()
+        .await
+        .map_err(|source| ClientError { client, source })
 }
 
 #[cfg(test)]
