@@ -37,6 +37,25 @@ async fn spawn_ready_app() -> TestApp {
     spawn_ready_app_with(|env| env).await
 }
 
+/// The body of the first `/readyz` 200 within 30 s: on a busy machine a probe can miss its 2 s
+/// bound, and readiness is what comes back by itself. Panics with the last answer.
+async fn ready_within_30s(app: &TestApp) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
+        let status = r.status();
+        let b = body(r).await;
+        if status == 200 {
+            return b;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready within 30 s: {status} {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A loopback port nobody listens on right now.
 fn dead_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -49,9 +68,7 @@ fn dead_port() -> u16 {
 #[tokio::test]
 async fn readyz_is_200_with_live_dependencies() {
     let app = spawn_ready_app().await;
-    let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let b = body(r).await;
+    let b = ready_within_30s(&app).await;
     assert_eq!(b["status"], "ready");
     assert_eq!(
         b["checks"],
@@ -100,6 +117,9 @@ async fn readyz_is_503_naming_postgres_while_the_schema_is_not_migrated() {
     let ready = |expected: u16| {
         let app = &app;
         async move {
+            if expected == 200 {
+                return ready_within_30s(app).await;
+            }
             let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
             assert_eq!(r.status(), expected);
             body(r).await
