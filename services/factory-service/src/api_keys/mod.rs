@@ -60,8 +60,6 @@ pub struct CreatedApiKey {
     pub prefix: String,
     /// The whole key. Store it now: the server keeps only its hash.
     pub key: String,
-    /// Per-key rate override, if any.
-    pub rate_limit_per_minute: Option<i32>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -75,8 +73,6 @@ pub struct ApiKeySummary {
     pub name: String,
     /// The public prefix.
     pub prefix: String,
-    /// Per-key rate override, if any.
-    pub rate_limit_per_minute: Option<i32>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Revocation time, if revoked.
@@ -142,7 +138,6 @@ pub async fn create(
                 name,
                 prefix,
                 key,
-                rate_limit_per_minute: input.rate_limit_per_minute,
                 created_at,
             });
         }

@@ -42,7 +42,7 @@ pub async fn insert(
 /// Every key, newest first.
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<ApiKeySummary>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, prefix, rate_limit_per_minute, created_at, revoked_at \
+        "SELECT id, name, prefix, created_at, revoked_at \
          FROM api_keys ORDER BY created_at DESC, id DESC",
     )
     .fetch_all(conn)

@@ -33,6 +33,17 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     );
+    // Exactly the contract's fields.
+    let fields = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        fields(&created),
+        ["created_at", "id", "key", "name", "prefix"],
+        "{created}"
+    );
     for field in ["id", "name", "prefix", "key", "created_at"] {
         assert!(!created[field].is_null(), "{field} in {created}");
     }
@@ -53,6 +64,12 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
     let list = body(app.get("/v1/api-keys", &admin.access).await).await;
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
+    assert_eq!(
+        fields(&items[0]),
+        ["created_at", "id", "name", "prefix", "revoked_at"],
+        "{}",
+        items[0]
+    );
     assert!(items[0].get("key").is_none() && items[0]["revoked_at"].is_null());
     assert!(!list.to_string().contains(secret));
 
