@@ -108,3 +108,31 @@ pub async fn logged_address(
     .await
     .map_err(|e| format!("log reader: {e}"))?
 }
+
+/// The JSON body of the first `/readyz` 200 of the service at `base` (`http://host:port`)
+/// within `limit`, asked every 200 ms: on a busy machine a probe can miss its 2 s bound, and
+/// readiness is what comes back by itself. The error holds the last answer.
+pub async fn ready_within(
+    client: &reqwest::Client,
+    base: &str,
+    limit: std::time::Duration,
+) -> Result<serde_json::Value, String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) => {
+                let status = r.status();
+                match r.json::<serde_json::Value>().await {
+                    Ok(body) if status == reqwest::StatusCode::OK => return Ok(body),
+                    Ok(body) => format!("{status} {body}"),
+                    Err(e) => format!("{status}, body not JSON: {e}"),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not ready within {limit:?}: {last}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

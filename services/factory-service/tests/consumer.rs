@@ -792,20 +792,10 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
         text.contains("# HELP scan_events_processed_total"),
         "{text}"
     );
-    // Ready: its database and the subscription it pulls from both answer. Polled: on a busy
-    // machine a probe can miss its 2 s bound, and readiness is what comes back by itself.
-    let body = eventually("the worker's /readyz 200", || async {
-        let ready = client
-            .get(format!("http://{addr}/readyz"))
-            .send()
-            .await
-            .ok()?;
-        if ready.status() != reqwest::StatusCode::OK {
-            return None;
-        }
-        ready.json::<serde_json::Value>().await.ok()
-    })
-    .await;
+    // Ready: its database and the subscription it pulls from both answer.
+    let body = common::testing::ready_within(&client, &format!("http://{addr}"), WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("the worker's /readyz: {e}"));
     assert_eq!(
         body["checks"],
         serde_json::json!({"postgres": "ok", "pubsub": "ok"}),

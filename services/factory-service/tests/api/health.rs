@@ -37,23 +37,11 @@ async fn spawn_ready_app() -> TestApp {
     spawn_ready_app_with(|env| env).await
 }
 
-/// The body of the first `/readyz` 200 within 30 s: on a busy machine a probe can miss its 2 s
-/// bound, and readiness is what comes back by itself. Panics with the last answer.
+/// The body of the first `/readyz` 200 within 30 s. Panics with the last answer.
 async fn ready_within_30s(app: &TestApp) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let r = app.req(Method::GET, "/readyz", None).send().await.unwrap();
-        let status = r.status();
-        let b = body(r).await;
-        if status == 200 {
-            return b;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready within 30 s: {status} {b}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    common::testing::ready_within(&app.client, &app.base, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A loopback port nobody listens on right now.

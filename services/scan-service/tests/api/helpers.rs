@@ -218,21 +218,11 @@ impl TestApp {
         (r.status(), r.json().await.unwrap())
     }
 
-    /// The body of the first `/readyz` 200 within 30 s (a probe can miss its 2 s bound on a
-    /// busy machine; readiness is what comes back by itself). Panics with the last answer.
+    /// The body of the first `/readyz` 200 within 30 s. Panics with the last answer.
     pub async fn ready(&self) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, body) = self.readyz().await;
-            if status == reqwest::StatusCode::OK {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not ready within 30 s: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        common::testing::ready_within(&self.client, &self.url(""), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn metrics(&self) -> String {
