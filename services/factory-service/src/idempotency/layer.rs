@@ -26,11 +26,9 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let Some(raw) = values.next() else {
         return next.run(req).await;
     };
-    if values.next().is_some() || !is_valid_key(raw.as_bytes()) {
-        return FactoryError::InvalidIdempotencyKey.into_response();
-    }
-    let key_hash: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
-    // Keys are scoped to the caller; without a valid token the handler answers 401 anyway.
+    // Keys are scoped to the caller. Without a valid token the handler answers 401, and it
+    // does so before anything about the key is judged: an anonymous caller learns nothing
+    // from the header.
     let Some(user_id) = req
         .extensions()
         .get::<Identity>()
@@ -39,6 +37,10 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     else {
         return next.run(req).await;
     };
+    if values.next().is_some() || !is_valid_key(raw.as_bytes()) {
+        return FactoryError::InvalidIdempotencyKey.into_response();
+    }
+    let key_hash: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
 
     let Ok(seal) = SealKey::derive(raw.as_bytes(), user_id) else {
         return FactoryError::Internal("deriving an idempotency seal failed".to_owned())

@@ -1,14 +1,16 @@
 //! Idempotency keys (CONTRACT 3.4) on every POST and DELETE except auth.
 //!
 //! Two parts work together:
-//! * [`layer`]: middleware in front of the handlers. It validates the header, fingerprints
-//!   the request (SHA-256 of method, path and body), claims the key in Redis (SET NX with a
-//!   lease), answers 409/422 or replays a finished result (from PostgreSQL when a claim is
-//!   still held for a run that committed there), and after the handler stores the
-//!   response if its claim still holds the key. Not stored (the claim is released instead):
-//!   5xx, 401/403/415/429 (refused before the handler acted, for reasons outside the fingerprint)
-//!   and the 409/422 [`Idempotency`] answers when another run's record is already in
-//!   PostgreSQL (that record is the key's result). Redis unusable: 503 before any side effect.
+//! * [`layer`]: middleware in front of the handlers. Without a signed-in caller it steps
+//!   aside (the handler answers 401, whatever the header holds). Otherwise it validates the
+//!   header, fingerprints the request (SHA-256 of method, path and body), claims the key in
+//!   Redis (SET NX with a lease), answers 409/422 or replays a finished result (from
+//!   PostgreSQL when a claim is still held for a run that committed there), and after the
+//!   handler stores the response if its claim still holds the key. Not stored (the claim is
+//!   released instead): 5xx, 401/403/415/429 (refused before the handler acted, for reasons
+//!   outside the fingerprint) and the 409/422 [`Idempotency`] answers when another run's
+//!   record is already in PostgreSQL (that record is the key's result). Redis unusable: 503
+//!   before any side effect.
 //! * [`Idempotency`]: what the handler gets. It records the result in PostgreSQL in the same
 //!   transaction as the side effect, so if the process dies after the commit but before Redis
 //!   learns the result, the retry finds the record and replays it instead of acting twice.

@@ -115,6 +115,23 @@ async fn malformed_keys_are_400() {
 }
 
 #[tokio::test]
+async fn without_a_token_a_malformed_key_is_401_not_400() {
+    let app = spawn_app().await;
+    let req = json!({"name": "A", "sku": "A-1"});
+    for token in [None, Some("not-a-token")] {
+        let r = app
+            .req(Method::POST, "/v1/products", token)
+            .header("Idempotency-Key", "has space")
+            .json(&req)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 401, "token {token:?}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
+}
+
+#[tokio::test]
 async fn server_errors_are_not_stored() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
