@@ -90,7 +90,11 @@ impl ScanEvent {
             scanned_at: when.to_rfc3339_opts(SecondsFormat::Millis, true),
             client_ip_hash,
             api_key_id,
-            user_agent: user_agent.map(|ua| truncate(ua, MAX_USER_AGENT).to_owned()),
+            // An empty (or blank) header says no more than a missing one: both are `null`.
+            user_agent: user_agent
+                .map(str::trim)
+                .filter(|ua| !ua.is_empty())
+                .map(|ua| truncate(ua, MAX_USER_AGENT).to_owned()),
         }
     }
 }
@@ -182,6 +186,22 @@ mod tests {
         );
         assert_eq!(a.hash(ip), a.hash(ip));
         assert_ne!(a.hash(ip), b.hash(ip));
+    }
+
+    #[test]
+    fn a_blank_user_agent_is_null_and_a_padded_one_is_trimmed() {
+        let event = |ua| {
+            ScanEvent::new(
+                "abcdefghijklmnop",
+                ScanResult::Unknown,
+                String::new(),
+                None,
+                Some(ua),
+            )
+        };
+        assert_eq!(event("").user_agent, None);
+        assert_eq!(event(" \t ").user_agent, None);
+        assert_eq!(event(" curl/8.5 ").user_agent.as_deref(), Some("curl/8.5"));
     }
 
     #[test]
