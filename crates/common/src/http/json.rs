@@ -71,7 +71,7 @@ fn body_text(text: String) -> String {
         .map_or(text.as_str(), |(_, t)| t);
     let mut detail = format!(
         "The body does not have the expected shape: {}.",
-        without_type_names(tail)
+        in_plain_words(&without_type_names(tail))
     );
     // The message may quote the caller's own text (an unknown field's name): cut at a
     // character boundary.
@@ -125,6 +125,36 @@ fn without_type_names(message: &str) -> String {
     out
 }
 
+/// serde names Rust's number types ("invalid type: string \"x\", expected u32"); the caller
+/// only needs to know a number was expected. A route that takes a bounded number reads it as an
+/// `i64` and says the bounds itself.
+fn in_plain_words(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("expected ") {
+        let (head, after) = rest.split_at(at + "expected ".len());
+        out.push_str(head);
+        let end = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        let words = match &after[..end] {
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => Some("an integer"),
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => Some("an integer"),
+            "f32" | "f64" => Some("a number"),
+            _ => None,
+        };
+        match words {
+            Some(words) => {
+                out.push_str(words);
+                rest = &after[end..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl<S, T> FromRequest<S> for Json<T>
 where
     T: DeserializeOwned,
@@ -141,5 +171,48 @@ where
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_text;
+
+    const PREFIX: &str = "Failed to deserialize the JSON body into the target type: ";
+
+    #[test]
+    fn number_types_are_named_in_plain_words() {
+        let detail = body_text(format!(
+            "{PREFIX}quantity: invalid type: string \"many\", expected i64 at line 1 column 9"
+        ));
+        assert_eq!(
+            detail,
+            "The body does not have the expected shape: quantity: invalid type: string \"many\", \
+             expected an integer at line 1 column 9."
+        );
+        let detail = body_text(format!(
+            "{PREFIX}count: invalid value: integer `-1`, expected u32 at line 1 column 30"
+        ));
+        assert!(detail.contains("expected an integer at line"), "{detail}");
+        let detail = body_text(format!(
+            "{PREFIX}ratio: invalid type: string \"x\", expected f64"
+        ));
+        assert!(detail.ends_with("expected a number."), "{detail}");
+    }
+
+    #[test]
+    fn other_expectations_are_left_as_they_are() {
+        for message in [
+            "name: invalid type: integer `1`, expected a string at line 1 column 9",
+            "missing field `sku` at line 1 column 15",
+            "expected u32x at line 1",
+            "unknown field `u32`, expected `name` or `sku`",
+        ] {
+            let detail = body_text(format!("{PREFIX}{message}"));
+            assert_eq!(
+                detail,
+                format!("The body does not have the expected shape: {message}.")
+            );
+        }
     }
 }

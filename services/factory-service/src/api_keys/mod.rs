@@ -30,22 +30,29 @@ pub const MAX_RATE_LIMIT_PER_MINUTE: i32 = 1_000_000;
 pub struct NewApiKey {
     /// A name to recognise the key by (1 to 200 characters).
     pub name: String,
-    /// Override of the scan service's per-key rate (requests per minute).
-    pub rate_limit_per_minute: Option<i32>,
+    /// Override of the scan service's per-key rate (requests per minute, 1 to 1,000,000).
+    /// Read as any JSON integer, so that an out-of-range one gets the range in its 400.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<i64>,
 }
 
 impl NewApiKey {
-    /// The trimmed name, or the 400 the route answers when the name or rate is out of bounds.
-    pub fn validate(&self) -> Result<&str, FactoryError> {
+    /// The trimmed name and the rate, or the 400 the route answers when the name or rate is
+    /// out of bounds.
+    pub fn validate(&self) -> Result<(&str, Option<i32>), FactoryError> {
         let name = FactoryError::check_line("name", &self.name, 200)?;
-        if let Some(rate) = self.rate_limit_per_minute
-            && !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate)
-        {
-            return Err(FactoryError::validation(format!(
-                "`rate_limit_per_minute` must be 1 to {MAX_RATE_LIMIT_PER_MINUTE}."
-            )));
-        }
-        Ok(name)
+        let rate = match self.rate_limit_per_minute {
+            None => None,
+            Some(rate) => match i32::try_from(rate) {
+                Ok(rate) if (1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate) => Some(rate),
+                _ => {
+                    return Err(FactoryError::validation(format!(
+                        "`rate_limit_per_minute` must be 1 to {MAX_RATE_LIMIT_PER_MINUTE}."
+                    )));
+                }
+            },
+        };
+        Ok((name, rate))
     }
 }
 
@@ -112,7 +119,8 @@ pub async fn create(
     client: &ClientInfo,
     input: NewApiKey,
 ) -> Result<CreatedApiKey, FactoryError> {
-    let name = input.validate()?.to_owned();
+    let (name, rate_limit_per_minute) = input.validate()?;
+    let name = name.to_owned();
     // A prefix collision (1 in 62^8) just draws again.
     for _ in 0..5 {
         let (prefix, key) = generate();
@@ -123,7 +131,7 @@ pub async fn create(
             &name,
             &prefix,
             &sha256(&key),
-            input.rate_limit_per_minute,
+            rate_limit_per_minute,
             by.id,
         )
         .await?;
@@ -186,14 +194,18 @@ mod tests {
             name: name.to_owned(),
             rate_limit_per_minute: rate,
         };
-        assert_eq!(key(" scanner ", None).validate().unwrap(), "scanner");
-        assert!(key("k", Some(MAX_RATE_LIMIT_PER_MINUTE)).validate().is_ok());
-        assert!(key("k", Some(0)).validate().is_err());
-        assert!(
-            key("k", Some(MAX_RATE_LIMIT_PER_MINUTE + 1))
-                .validate()
-                .is_err()
+        assert_eq!(
+            key(" scanner ", None).validate().unwrap(),
+            ("scanner", None)
         );
+        let max = i64::from(MAX_RATE_LIMIT_PER_MINUTE);
+        assert_eq!(
+            key("k", Some(max)).validate().unwrap(),
+            ("k", Some(MAX_RATE_LIMIT_PER_MINUTE))
+        );
+        for bad in [0, -1, max + 1, i64::from(i32::MAX) + 1, i64::MAX, i64::MIN] {
+            assert!(key("k", Some(bad)).validate().is_err(), "{bad}");
+        }
         assert!(key("", None).validate().is_err());
         assert!(key(&"n".repeat(201), None).validate().is_err());
     }

@@ -163,6 +163,34 @@ async fn key_input_is_validated() {
         )
         .await;
     assert_error(r, 400, "validation_failed").await;
+    // Past what the column holds: the same 400 with the bounds, not serde's type name.
+    let r = app
+        .post(
+            "/v1/api-keys",
+            &admin.access,
+            &json!({"name": "k", "rate_limit_per_minute": 3_000_000_000_u64}),
+            None,
+        )
+        .await;
+    let b = assert_error(r, 400, "validation_failed").await;
+    assert!(
+        b["detail"].as_str().unwrap().contains("1 to 1000000"),
+        "{b}"
+    );
+    // Not a number at all: the shape error, in plain words.
+    let r = app
+        .post(
+            "/v1/api-keys",
+            &admin.access,
+            &json!({"name": "k", "rate_limit_per_minute": "fast"}),
+            None,
+        )
+        .await;
+    let b = assert_error(r, 400, "invalid_body").await;
+    let detail = b["detail"].as_str().unwrap();
+    assert!(detail.contains("expected an integer"), "{detail}");
+    assert!(!detail.contains("i64"), "{detail}");
+    assert_eq!(app.count("SELECT count(*) FROM api_keys").await, 0);
 }
 
 #[tokio::test]
