@@ -9,7 +9,7 @@ use deadpool_redis::{Pool as RedisPool, PoolConfig, Runtime, Timeouts};
 use futures::FutureExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection as _, PgPool};
 
 /// The migrations in `migrations/` (one history for both services), embedded at build time.
 /// Applied only by `factory-service migrate`, never raced at start-up.
@@ -40,6 +40,52 @@ pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPoo
         .idle_timeout(Duration::from_secs(300))
         .connect_lazy_with(options))
 }
+
+/// For the commands run by hand (`migrate`, `user create`, `audit verify`): one direct
+/// connection, so that when PostgreSQL cannot be reached the error says where and why. A pool
+/// would retry a refused connection until its acquire timeout and then say only "pool timed
+/// out while waiting for an open connection". The place named never includes the password;
+/// `given_by` says where the URL came from (`DATABASE_URL`, a flag).
+pub async fn ensure_reachable(
+    url: &SecretString,
+    given_by: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let options: PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        .with_context(|| format!("{given_by} is not a valid PostgreSQL URL"))?;
+    let place = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    );
+    match tokio::time::timeout(within, sqlx::PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            // Only the connection's own goodbye can fail here, and it changes nothing.
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            let hint = if matches!(e, sqlx::Error::Io(_)) {
+                "; is it running there? (`make services-up` starts one)"
+            } else {
+                ""
+            };
+            Err(anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {place} ({given_by}): {e}{hint}"
+            ))
+        }
+        Err(_) => Err(anyhow::anyhow!(
+            "PostgreSQL at {place} ({given_by}) did not answer within {} s",
+            within.as_secs()
+        )),
+    }
+}
+
+/// How long [`ensure_reachable`] waits for a connection.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A Redis pool whose checkout and connection set-up are bounded by `timeout` (and at least
 /// 1 s for creating a connection, which includes the TCP handshake).

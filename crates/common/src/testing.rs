@@ -109,6 +109,14 @@ pub async fn logged_address(
     .map_err(|e| format!("log reader: {e}"))?
 }
 
+/// A loopback port nobody listens on right now (bound and released at once): where to point a
+/// client at a dependency that is away, or a port to listen on later.
+pub fn closed_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The JSON body of the first `/readyz` 200 of the service at `base` (`http://host:port`)
 /// within `limit`, asked every 200 ms: on a busy machine a probe can miss its 2 s bound, and
 /// readiness is what comes back by itself. The error holds the last answer.

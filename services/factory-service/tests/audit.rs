@@ -1154,6 +1154,24 @@ async fn cli_audit_verify_on_a_database_without_the_schema_says_to_migrate() {
 }
 
 #[tokio::test]
+async fn cli_audit_verify_with_postgres_away_names_the_place_and_the_cause() {
+    let port = common::testing::closed_port().unwrap();
+    let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/voketag");
+    let (code, out) = cli(&["audit", "verify", "--database-url", &url]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port}/voketag (--database-url)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("is it running there?"), "{out}");
+    // Not the pool's "timed out", and never the password.
+    assert!(!out.contains("timed out"), "{out}");
+    assert!(!out.contains("s3cret-pw"), "{out}");
+}
+
+#[tokio::test]
 async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     let db = TestDb::new().await;
     let url = secrecy::ExposeSecret::expose_secret(&db.url).to_owned();

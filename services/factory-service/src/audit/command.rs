@@ -70,10 +70,18 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
         Ok(v) => v,
         Err(e) => return operational_error(&e),
     };
+    let given_by = if args.database_url.is_some() {
+        "--database-url"
+    } else {
+        "DATABASE_URL"
+    };
     let url = args
         .database_url
         .map(SecretString::from)
         .unwrap_or_else(|| default_database_url.clone());
+    if let Err(e) = common::db::ensure_reachable(&url, given_by, common::db::REACH_TIMEOUT).await {
+        return operational_error(&e);
+    }
     let pool = match sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url.expose_secret())

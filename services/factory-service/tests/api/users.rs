@@ -122,3 +122,48 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
     let out = user_create(&db, "y@example.com", "root").output().unwrap();
     assert!(!out.status.success());
 }
+
+/// `migrate` and `user create` with nothing listening where `DATABASE_URL` points: one line
+/// naming the place and the cause (not the pool's "timed out"), no password asked for, and the
+/// URL's password nowhere.
+#[test]
+fn commands_with_postgres_away_name_the_place_and_the_cause() {
+    let port = common::testing::closed_port().unwrap();
+    let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/voketag");
+    let expected =
+        format!("cannot connect to PostgreSQL at 127.0.0.1:{port}/voketag (DATABASE_URL)");
+    for args in [
+        &["migrate"][..],
+        &[
+            "user",
+            "create",
+            "--email",
+            "a@example.com",
+            "--role",
+            "admin",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_factory-service"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "off")
+            .env_remove("FACTORY_USER_PASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is it running there?"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("timed out"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("password (one line"), "{args:?}: {stderr}");
+        assert!(
+            !format!("{stdout}{stderr}").contains("s3cret-pw"),
+            "{args:?}"
+        );
+    }
+}
