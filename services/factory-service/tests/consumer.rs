@@ -807,11 +807,8 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
 async fn dlq_list_and_replay_fail_when_pub_sub_is_unreachable_rather_than_showing_nothing() {
     let mut settings = settings(5);
     // A loopback port nobody listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    settings.pubsub.emulator_host = Some(dead.to_string());
+    let dead = common::testing::closed_port().unwrap();
+    settings.pubsub.emulator_host = Some(format!("127.0.0.1:{dead}"));
     let listed = dlq::list(&settings, 100, QUICK).await;
     assert!(listed.is_err(), "an unreachable broker listed {listed:?}");
     let replayed = dlq::replay(&settings, &Selector::All, QUICK).await;
@@ -833,13 +830,10 @@ async fn dlq_list_and_replay_fail_when_pub_sub_is_unreachable_rather_than_showin
 /// their source in their own text, so the plain chain printed it four times).
 #[test]
 fn pubsub_setup_without_an_emulator_says_where_it_looked_once() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = format!("127.0.0.1:{}", common::testing::closed_port().unwrap());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
         .args(["pubsub", "setup"])
-        .env("PUBSUB_EMULATOR_HOST", dead.to_string())
+        .env("PUBSUB_EMULATOR_HOST", &dead)
         .env("SCAN_EVENTS_TOPIC", "unreachable-scan-events")
         .env("APP_ENV", "test")
         .env("RUST_LOG", "off")

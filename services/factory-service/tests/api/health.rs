@@ -44,15 +44,6 @@ async fn ready_within_30s(app: &TestApp) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A loopback port nobody listens on right now.
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn readyz_is_200_with_live_dependencies() {
     let app = spawn_ready_app().await;
@@ -81,7 +72,10 @@ async fn readyz_is_503_naming_pubsub_while_the_subscription_is_missing() {
 
 #[tokio::test]
 async fn readyz_is_503_naming_a_dead_redis_while_healthz_stays_200() {
-    let url = format!("redis://127.0.0.1:{}", dead_port());
+    let url = format!(
+        "redis://127.0.0.1:{}",
+        common::testing::closed_port().unwrap()
+    );
     let app =
         spawn_ready_app_with(|env| env.with("REDIS_URL", &url).with("REDIS_TIMEOUT_MS", "200"))
             .await;

@@ -317,11 +317,7 @@ pub fn expected_ip_hash(ip: &str) -> String {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::testing::closed_port().unwrap()
 }
 
 /// A TCP listener that accepts connections and never answers: a dependency that hangs (what a
