@@ -135,6 +135,13 @@ async fn the_openapi_document_lists_every_route() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Bounds a client can check before sending.
+    let rate = &doc["components"]["schemas"]["NewApiKey"]["properties"]["rate_limit_per_minute"];
+    assert_eq!(
+        (rate["minimum"].as_f64(), rate["maximum"].as_f64()),
+        (Some(1.0), Some(1e6)),
+        "{rate}"
+    );
 }
 
 #[tokio::test]
