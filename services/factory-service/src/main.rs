@@ -71,8 +71,9 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: FactoryConfig) -> anyhow::Result<()> {
+    // The API first: it binds `BIND_ADDR` before anything connects.
+    let app = Application::build(config.clone()).await?;
     let consumer = events::consumer(&config).await?;
-    let app = Application::build(config).await?;
     tracing::info!("factory-service listening on http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
     common::server::cancel_on_signal(shutdown.clone());

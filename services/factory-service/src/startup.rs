@@ -30,9 +30,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects (lazily) to the dependencies, builds the routes and binds `BIND_ADDR`
-    /// (port 0 picks a free port: tests do that). Fails without an access-token secret
-    /// outside development.
+    /// Binds `BIND_ADDR` (port 0 picks a free port: tests do that), then connects (lazily) to
+    /// the dependencies and builds the routes. Fails without an access-token secret outside
+    /// development.
     pub async fn build(config: FactoryConfig) -> anyhow::Result<Self> {
         let (secret, generated) = config.jwt_secret()?;
         if generated {
@@ -44,6 +44,11 @@ impl Application {
         // Installs the metrics recorder before anything records (the breaker exports its state
         // as it is created).
         common::telemetry::prometheus();
+        // Before anything connects or the bootstrap admin is created: an address already in
+        // use is the likeliest start-up failure.
+        let listener = TcpListener::bind(config.common.bind_addr)
+            .await
+            .with_context(|| format!("binding {}", config.common.bind_addr))?;
         let pool = common::db::pg_pool(&config.common.database_url, 16)?;
         let redis_pool =
             common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
@@ -90,9 +95,6 @@ impl Application {
         // The admin console's pages (public; its API calls carry the bearer token).
         let router = router.merge(crate::admin::routes());
         let router = common::http::harden(router, &config.common.http);
-        let listener = TcpListener::bind(config.common.bind_addr)
-            .await
-            .with_context(|| format!("binding {}", config.common.bind_addr))?;
         Ok(Self {
             listener,
             router,

@@ -49,8 +49,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects (lazily) to the dependencies, starts the event worker, builds the routes and
-    /// binds `BIND_ADDR` (port 0 picks a free port: tests do that).
+    /// Binds `BIND_ADDR` (port 0 picks a free port: tests do that), then connects (lazily) to
+    /// the dependencies, starts the event worker and builds the routes.
     pub async fn build(config: ScanConfig) -> anyhow::Result<Self> {
         if config.ip_hash_key_generated {
             tracing::warn!(
@@ -79,6 +79,11 @@ impl Application {
         // state as they are created).
         common::telemetry::prometheus();
         let common = &config.common;
+        // First: an address already in use is the likeliest start-up failure, and it should be
+        // reported before anything connects or starts.
+        let listener = TcpListener::bind(common.bind_addr)
+            .await
+            .with_context(|| format!("binding {}", common.bind_addr))?;
         let prefix = common.redis_key_prefix.as_str();
         let read_pool = common::db::pg_pool(&config.database_read_url, 16)?;
         let redis = Arc::new(
@@ -139,9 +144,6 @@ impl Application {
                 ),
             ]));
         let router = common::http::harden(router, &common.http);
-        let listener = TcpListener::bind(common.bind_addr)
-            .await
-            .with_context(|| format!("binding {}", common.bind_addr))?;
         Ok(Self {
             listener,
             router,

@@ -44,6 +44,31 @@ async fn the_bootstrap_admin_is_created_once_when_no_user_exists() {
     assert_eq!(app.count("SELECT count(*) FROM users").await, 1);
 }
 
+/// An address already in use stops start-up before anything is done: no bootstrap admin is
+/// created by an instance that then cannot serve.
+#[tokio::test]
+async fn an_address_in_use_stops_start_up_before_the_bootstrap_admin_is_created() {
+    let db = TestDb::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let env = env_for(&db)
+        .with("BIND_ADDR", &taken.local_addr().unwrap().to_string())
+        .with(
+            "JWT_SECRET",
+            "an-integration-test-secret-of-48-bytes-0123456789",
+        )
+        .with("BOOTSTRAP_ADMIN_EMAIL", "boss@example.com")
+        .with("BOOTSTRAP_ADMIN_PASSWORD", PASSWORD);
+    let Err(e) = Application::build(FactoryConfig::from_env(&env).unwrap()).await else {
+        panic!("started on an address in use");
+    };
+    assert!(format!("{e:#}").starts_with("binding 127.0.0.1:"), "{e:#}");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+}
+
 fn user_create(db: &TestDb, email: &str, role: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_factory-service"));
     cmd.args(["user", "create", "--email", email, "--role", role])

@@ -405,3 +405,33 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
     }
     assert_eq!(metric(&app.metrics().await, state), Some(0.0), "closed");
 }
+
+/// An address already in use stops start-up before anything connects: here Redis is a listener
+/// of the test's own, which must see no connection.
+#[tokio::test]
+async fn an_address_in_use_stops_start_up_before_redis_is_touched() {
+    let env = TestEnv::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redis = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    redis.set_nonblocking(true).unwrap();
+    let mut vars = env.env.clone();
+    for (k, v) in [
+        ("BIND_ADDR", taken.local_addr().unwrap().to_string()),
+        (
+            "REDIS_URL",
+            format!("redis://{}", redis.local_addr().unwrap()),
+        ),
+    ] {
+        vars = vars.with(k, &v);
+    }
+    let config = scan_service::ScanConfig::from_env(&vars).unwrap();
+    let Err(e) = scan_service::Application::build(config).await else {
+        panic!("started on an address in use");
+    };
+    assert!(format!("{e:#}").starts_with("binding 127.0.0.1:"), "{e:#}");
+    let touched = redis.accept();
+    assert!(
+        matches!(&touched, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "Redis was connected to: {touched:?}"
+    );
+}
