@@ -29,11 +29,7 @@ pub fn is_undefined_table(e: &sqlx::Error) -> bool {
 /// A PostgreSQL pool that connects lazily, so a service starts (and reports not-ready) while the
 /// database is away, and heals by itself when it returns.
 pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url
-        .expose_secret()
-        .parse()
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
-    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    let options = connect_options(url, "DATABASE_URL")?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
@@ -41,27 +37,30 @@ pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPoo
         .connect_lazy_with(options))
 }
 
-/// For the commands run by hand (`migrate`, `user create`, `audit verify`): one direct
-/// connection, so that when PostgreSQL cannot be reached the error says where and why. A pool
-/// would retry a refused connection until its acquire timeout and then say only "pool timed
-/// out while waiting for an open connection". The place named never includes the password;
-/// `given_by` says where the URL came from (`DATABASE_URL`, a flag).
-pub async fn ensure_reachable(
-    url: &SecretString,
-    given_by: &str,
-    within: Duration,
-) -> anyhow::Result<()> {
+/// `url` parsed, with statements logged at TRACE only; `given_by` names where it came from.
+fn connect_options(url: &SecretString, given_by: &str) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = url
         .expose_secret()
         .parse()
         .with_context(|| format!("{given_by} is not a valid PostgreSQL URL"))?;
+    Ok(options.log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// For the commands run by hand (`migrate`, `user create`, `audit verify`): one direct
+/// connection, so that when PostgreSQL cannot be reached the error says where and why. A pool
+/// would retry a refused connection until its acquire timeout and then say only "pool timed
+/// out while waiting for an open connection". The place named never includes the password;
+/// `given_by` says where the URL came from (`DATABASE_URL`, a flag). Waits at most
+/// [`REACH_TIMEOUT`].
+pub async fn ensure_reachable(url: &SecretString, given_by: &str) -> anyhow::Result<()> {
+    let options = connect_options(url, given_by)?;
     let place = format!(
         "{}:{}/{}",
         options.get_host(),
         options.get_port(),
         options.get_database().unwrap_or(options.get_username())
     );
-    match tokio::time::timeout(within, sqlx::PgConnection::connect_with(&options)).await {
+    match tokio::time::timeout(REACH_TIMEOUT, sqlx::PgConnection::connect_with(&options)).await {
         Ok(Ok(conn)) => {
             // Only the connection's own goodbye can fail here, and it changes nothing.
             let _ = conn.close().await;
@@ -79,7 +78,7 @@ pub async fn ensure_reachable(
         }
         Err(_) => Err(anyhow::anyhow!(
             "PostgreSQL at {place} ({given_by}) did not answer within {} s",
-            within.as_secs()
+            REACH_TIMEOUT.as_secs()
         )),
     }
 }

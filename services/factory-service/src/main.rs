@@ -95,12 +95,7 @@ async fn worker(config: FactoryConfig, metrics_addr: Option<SocketAddr>) -> anyh
 }
 
 async fn migrate(config: FactoryConfig) -> anyhow::Result<()> {
-    common::db::ensure_reachable(
-        &config.common.database_url,
-        "DATABASE_URL",
-        common::db::REACH_TIMEOUT,
-    )
-    .await?;
+    common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
     let pool = common::db::pg_pool(&config.common.database_url, 2)?;
     factory_service::db::migrate(&pool)
         .await
@@ -116,12 +111,7 @@ async fn create_user(
     role: factory_service::users::Role,
 ) -> anyhow::Result<()> {
     // Before asking for a password that could not be used.
-    common::db::ensure_reachable(
-        &config.common.database_url,
-        "DATABASE_URL",
-        common::db::REACH_TIMEOUT,
-    )
-    .await?;
+    common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
     let password = match env.password("FACTORY_USER_PASSWORD") {
         Some(p) => p,
         None => {

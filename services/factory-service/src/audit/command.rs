@@ -79,7 +79,7 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
         .database_url
         .map(SecretString::from)
         .unwrap_or_else(|| default_database_url.clone());
-    if let Err(e) = common::db::ensure_reachable(&url, given_by, common::db::REACH_TIMEOUT).await {
+    if let Err(e) = common::db::ensure_reachable(&url, given_by).await {
         return operational_error(&e);
     }
     let pool = match sqlx::postgres::PgPoolOptions::new()
