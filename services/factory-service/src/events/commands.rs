@@ -73,6 +73,9 @@ pub async fn worker(
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The recorder first: the consumer describes its series as it is built, and a scrape
+    // may come as soon as the address below is logged.
+    common::telemetry::prometheus();
     let consumer = consumer(config).await?;
     let Some(addr) = metrics_addr else {
         consumer.run(shutdown).await;

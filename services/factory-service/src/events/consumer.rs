@@ -48,6 +48,10 @@ impl Consumer {
         let subscription = settings
             .pubsub
             .subscription_path(&settings.pubsub.subscription);
+        // The process installs its metrics recorder before building a consumer (`serve` in
+        // `Application::build`, `worker` first thing), so these reach it, and they are in
+        // place before anything can scrape.
+        metrics::describe();
         Ok(Self {
             subscriber,
             context: Arc::new(Context {
@@ -71,8 +75,6 @@ impl Consumer {
     /// is reopened with back-off rather than ending the consumer, so a missing subscription or
     /// an absent emulator heals by itself.
     pub async fn run(self, shutdown: CancellationToken) {
-        // Here rather than in `build`: by now the process has installed its metrics recorder.
-        metrics::describe();
         let settings = self.context.settings.consumer;
         let (sender, deliveries) = mpsc::channel(settings.batch_size.max(1));
         let mut streams = JoinSet::new();
