@@ -218,8 +218,9 @@ def main() -> None:
         note = NOTES.get(name, "")
         sections[name] = [*rows] + (["", note] if note else [])
     flags = (["--quick"] if args.quick else []) + (["--signed-million"] if args.signed_million else []) + ([f"--only {','.join(only)}"] if set(only) != set(SECTIONS) else [])
-    command = "make bench" + (f' BENCH_ARGS="{" ".join(flags)}"' if len(flags) > 1 else f" BENCH_ARGS={flags[0]}"
-                              if flags else "")
+    # Quoted whenever the value has a space, so the command can be pasted as it stands.
+    value = " ".join(flags)
+    command = "make bench" + ((f' BENCH_ARGS="{value}"' if " " in value else f" BENCH_ARGS={value}") if flags else "")
     write_doc(sections, command, now)
     missed = sum(line.count("**MISSED**") for rows in sections.values() for line in rows)
     met = sum(line.count(": met |") for rows in sections.values() for line in rows)
