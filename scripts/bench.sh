@@ -15,7 +15,7 @@ for tool in wrk redis-benchmark; do
     fi
   fi
 done
-cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench --example ratelimit_bench
+cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench --example ratelimit_bench --example lean_scan
 # An emulator left spinning by a test run would take CPU from every measurement.
 scripts/dev-services.sh quiet-emulator
 # c=1000 needs more descriptors than the default soft limit.

@@ -45,8 +45,15 @@ def scan_rows(r: dict) -> list[str]:
         row("scan, normalization off, c=64 (median round)", f"{raw.rps:,.0f} req/s, p50 {raw.p50_ms:.2f} ms, p99 {raw.p99_ms:.2f} ms"
             f" (errors {raw.errors}, non-2xx {raw.non_2xx})"),
         row("redis-benchmark EVALSHA of the same script, c=64 (same round)", f"{floor:,.0f} req/s"),
+        row("CPU per scan in that round (user + system, from /proc)", ", ".join(
+            f"{name} {us:.1f} us" for name, us in r["raw_cpu"].items())),
+        *events_rows(r),
         row("ratio scan / redis floor (median of 3 rounds)", f"**{raw.rps / floor:.2f}** (rounds: "
             f"{', '.join(f'{x:.2f}' for x in r['ratios'])})", "≥ 0.60", raw.rps / floor >= 0.60),
+        row("reference: a bare axum route making the same one EVALSHA (`examples/lean_scan.rs`), "
+            "ratio to the floor in the same round", f"{r['lean_ratio']:.2f} (rounds: "
+            f"{', '.join(f'{x:.2f}' for x in r['lean_ratios'])}); the service keeps "
+            f"{raw.rps / floor / r['lean_ratio']:.2f} of it"),
         row("normalized scan, c=80", f"**{n80.rps:,.0f} req/s** (bound 1,000), p50 {n80.p50_ms:.1f} ms, "
             f"p99 **{n80.p99_ms:.1f} ms** (non-2xx {n80.non_2xx})", "≥ 950 req/s, p99 ≤ 92 ms",
             n80.rps >= 950 and n80.p99_ms <= 92),
@@ -62,6 +69,20 @@ def scan_rows(r: dict) -> list[str]:
             f"p50 {rl[0.5] * 1000:.3f} ms, p99 {rl[0.99] * 1000:.3f} ms"),
         row("scan-service peak RSS", f"{r['rss_raw']:.0f} MiB (c=64 run), {r['rss_norm']:.0f} MiB (c=1000 run)"),
     ]
+
+
+def events_rows(r: dict) -> list[str]:
+    """The emulator's warm-up, and what became of the rounds' scan events."""
+    e, w = r["events"], r["warm"]
+    rows = []
+    if w:
+        rows.append(row("Pub/Sub emulator warm-up before the rounds (scans at c=64)",
+                        f"{w['events']:,.0f} events in {w['secs']:.0f} s; emulator CPU per event "
+                        f"{w['first_us']:.1f} us in the first 5 s, {w['last_us']:.1f} us in the last"))
+    rows.append(row("scan events of the c=64 rounds", f"published {e['published']:,.0f}, "
+                    f"dropped {e['dropped']:,.0f}, still buffered {e['buffered']:,.0f}",
+                    "none dropped", e["dropped"] == 0))
+    return rows
 
 
 def decision_rows(d: dict) -> list[str]:
