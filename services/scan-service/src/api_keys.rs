@@ -17,6 +17,7 @@ use common::CircuitBreaker;
 
 use crate::cache::Cache;
 use crate::error::LookupError;
+use crate::lookup;
 use crate::near_cache::{self, NearCache};
 
 const FIND_API_KEY: &str = include_str!("sql/find_api_key.sql");
@@ -98,11 +99,11 @@ impl ApiKeys {
         }
         let key = self
             .breaker
-            .call(
+            .call(lookup::bounded(
                 sqlx::query_as::<_, ApiKeyRow>(FIND_API_KEY)
                     .bind(&hash[..])
                     .fetch_optional(&self.pool),
-            )
+            ))
             .await?
             .map(|row| ApiKey {
                 id: row.id,

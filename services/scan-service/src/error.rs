@@ -39,15 +39,19 @@ pub enum LookupError {
     /// The query failed (the database is unreachable, or it refused).
     #[error(transparent)]
     Query(#[from] sqlx::Error),
+    /// No answer within the look-up bound (a database that accepts but does not answer, or a
+    /// pool with no connection to give): counted by the breaker like any failure.
+    #[error("no answer from the database within {0:?}")]
+    TimedOut(Duration),
     /// Recent look-ups failed and the database's breaker is open: not tried.
     #[error("database breaker open; retry after {0:?}")]
     BreakerOpen(Duration),
 }
 
-impl From<BreakerError<sqlx::Error>> for LookupError {
-    fn from(e: BreakerError<sqlx::Error>) -> Self {
+impl From<BreakerError<LookupError>> for LookupError {
+    fn from(e: BreakerError<LookupError>) -> Self {
         match e {
-            BreakerError::Inner(e) => Self::Query(e),
+            BreakerError::Inner(e) => e,
             BreakerError::Rejected { retry_after } => Self::BreakerOpen(retry_after),
         }
     }
@@ -104,7 +108,7 @@ impl IntoResponse for ScanError {
                 // Logged here in full; the caller learns only that a dependency is down. While
                 // the breaker is open, every look-up would log the same line: debug only.
                 let retry_after = match e {
-                    LookupError::Query(e) => {
+                    LookupError::Query(_) | LookupError::TimedOut(_) => {
                         tracing::error!(error = %e, "tag or key look-up failed");
                         1
                     }

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod lookup;
 pub mod near_cache;
 pub mod ratelimit;
 pub mod redis_conn;

@@ -13,6 +13,7 @@ use common::CircuitBreaker;
 
 use crate::cache::Cache;
 use crate::error::LookupError;
+use crate::lookup;
 use crate::near_cache::{self, NearCache};
 
 const FIND_TAG: &str = include_str!("sql/find_tag.sql");
@@ -201,11 +202,11 @@ impl TagLookup {
     pub async fn load(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, LookupError> {
         let tag = self
             .breaker
-            .call(
+            .call(lookup::bounded(
                 sqlx::query_as::<_, TagRow>(FIND_TAG)
                     .bind(tag_id)
                     .fetch_optional(&self.pool),
-            )
+            ))
             .await?
             .map(|row| Arc::new(Tag::from(row)));
         let cached = Cached(tag);

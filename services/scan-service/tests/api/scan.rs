@@ -406,6 +406,73 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
     assert_eq!(metric(&app.metrics().await, state), Some(0.0), "closed");
 }
 
+/// The read replica stops answering in the middle of a look-up, without closing anything (a
+/// partition: connections stay open, the query gets no reply). The scan fails with 503 after
+/// the look-up bound (`lookup::LOOKUP_TIMEOUT`, 1 s), the breaker counts it, and scans answer
+/// again by themselves once the replica does. Without the bound (the pool's own timeout covers
+/// only getting a connection), every such scan waited for the request timeout (30 s by default)
+/// and ended as that layer's 503, which the breaker never saw, so it never opened. The 10 s
+/// below is a liveness bound, not a measurement.
+#[tokio::test]
+async fn a_read_replica_that_stops_answering_costs_a_bounded_wait_not_a_hang() {
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let app = env
+        .spawn(&[
+            (
+                "DATABASE_READ_URL",
+                &env.database_url_via(&format!("127.0.0.1:{}", proxy.port)),
+            ),
+            ("CIRCUIT_BREAKER_THRESHOLD", "2"),
+            ("CIRCUIT_BREAKER_TIMEOUT_SEC", "1"),
+        ])
+        .await;
+    let tag = env.tag().await;
+    // The pool now holds a live connection through the proxy.
+    assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
+
+    // The look-up of an id starting so stalls the proxy as it goes through, after the pool has
+    // handed out (and pinged) the connection.
+    proxy.stall_when_sent(b"stalled_replica_");
+    for i in 0..2 {
+        // Unknown ids, so that no cache can answer.
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            app.scan(&format!("stalled_replica_{i:04}")),
+        )
+        .await
+        .expect("no answer within 10 s: the scan waits on the stalled database");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(header(&r, "retry-after").is_some());
+        assert!(header(&r, "x-ratelimit-limit").is_some());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "service_unavailable", "{body}");
+    }
+    assert_eq!(
+        metric(
+            &app.metrics().await,
+            "circuit_breaker_state{name=\"postgres\"}"
+        ),
+        Some(1.0),
+        "two timed-out look-ups opened the breaker"
+    );
+
+    proxy.resume();
+    let fresh = env.tag().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = app.scan(&fresh).await.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} after the database answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An address already in use stops start-up before anything connects: here Redis is a listener
 /// of the test's own, which must see no connection.
 #[tokio::test]
