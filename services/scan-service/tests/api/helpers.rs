@@ -208,6 +208,23 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Scans `tag_id` every 200 ms until it answers 200, failing after 15 s (a dependency that
+    /// came back must be used again without a restart).
+    pub async fn scan_until_ok(&self, tag_id: &str, why: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.scan(tag_id).await.status();
+            if status == reqwest::StatusCode::OK {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {status} {why}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn events(&self) -> &EventQueue {
         &self.events
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Proxy, TestEnv, header, metric};
+use crate::helpers::{Proxy, TestApp, TestEnv, header, metric};
 
 const SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-content-type-options", "nosniff"),
@@ -348,14 +348,10 @@ async fn a_dead_read_replica_answers_503_with_rate_limit_headers() {
     }
 }
 
-/// The read replica goes away while the service runs: after `CIRCUIT_BREAKER_THRESHOLD` failed
-/// look-ups its breaker opens, and a scan that needs the database answers 503 at once, without
-/// trying (before, each one waited out the pool's connect timeout). Once the database is back,
-/// a probe after `CIRCUIT_BREAKER_TIMEOUT_SEC` closes the breaker and scans answer again.
-#[tokio::test]
-async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_back() {
-    let env = TestEnv::new().await;
-    let mut proxy = Proxy::start("127.0.0.1:5432").await;
+/// The app with its read replica reached through a proxy the test controls, and a `postgres`
+/// breaker that opens after 2 failures and probes after 1 s.
+async fn behind_a_database_proxy(env: &TestEnv) -> (Proxy, TestApp) {
+    let proxy = Proxy::start("127.0.0.1:5432").await;
     let app = env
         .spawn(&[
             (
@@ -366,6 +362,17 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
             ("CIRCUIT_BREAKER_TIMEOUT_SEC", "1"),
         ])
         .await;
+    (proxy, app)
+}
+
+/// The read replica goes away while the service runs: after `CIRCUIT_BREAKER_THRESHOLD` failed
+/// look-ups its breaker opens, and a scan that needs the database answers 503 at once, without
+/// trying (before, each one waited out the pool's connect timeout). Once the database is back,
+/// a probe after `CIRCUIT_BREAKER_TIMEOUT_SEC` closes the breaker and scans answer again.
+#[tokio::test]
+async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_back() {
+    let env = TestEnv::new().await;
+    let (mut proxy, app) = behind_a_database_proxy(&env).await;
     let state = "circuit_breaker_state{name=\"postgres\"}";
     let rejections = "circuit_breaker_rejections_total{name=\"postgres\"}";
     let tag = env.tag().await;
@@ -391,18 +398,8 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
 
     proxy.up().await;
     let fresh = env.tag().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = app.scan(&fresh).await.status();
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {status} after the database came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.scan_until_ok(&fresh, "after the database came back")
+        .await;
     assert_eq!(metric(&app.metrics().await, state), Some(0.0), "closed");
 }
 
@@ -416,17 +413,7 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
 #[tokio::test]
 async fn a_read_replica_that_stops_answering_costs_a_bounded_wait_not_a_hang() {
     let env = TestEnv::new().await;
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let app = env
-        .spawn(&[
-            (
-                "DATABASE_READ_URL",
-                &env.database_url_via(&format!("127.0.0.1:{}", proxy.port)),
-            ),
-            ("CIRCUIT_BREAKER_THRESHOLD", "2"),
-            ("CIRCUIT_BREAKER_TIMEOUT_SEC", "1"),
-        ])
-        .await;
+    let (proxy, app) = behind_a_database_proxy(&env).await;
     let tag = env.tag().await;
     // The pool now holds a live connection through the proxy.
     assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
@@ -459,18 +446,8 @@ async fn a_read_replica_that_stops_answering_costs_a_bounded_wait_not_a_hang() {
 
     proxy.resume();
     let fresh = env.tag().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = app.scan(&fresh).await.status();
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {status} after the database answered again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.scan_until_ok(&fresh, "after the database answered again")
+        .await;
 }
 
 /// An address already in use stops start-up before anything connects: here Redis is a listener
