@@ -2,8 +2,13 @@
 //! prefix per test, and an environment pointing at the local services, so tests run in parallel
 //! against real PostgreSQL, Redis and the Pub/Sub emulator.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::config::Env;
 
@@ -143,4 +148,126 @@ pub async fn ready_within(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A TCP proxy on a fixed local port that can be cut and restored, to take a dependency away
+/// and bring it back without restarting it, or stalled: connections stay open and nothing
+/// goes through them (a network partition, as seen from the client).
+#[derive(Debug)]
+pub struct Proxy {
+    /// The port it listens on.
+    pub port: u16,
+    target: SocketAddr,
+    running: Option<JoinHandle<()>>,
+    stall: Arc<Stall>,
+}
+
+/// When a [`Proxy`] stops forwarding.
+#[derive(Debug)]
+struct Stall {
+    /// Nothing goes through while this is true.
+    on: tokio::sync::watch::Sender<bool>,
+    /// Bytes that, seen going from a client to the target, turn `on` before they are forwarded.
+    trigger: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl Proxy {
+    /// A proxy to `target` (`host:port`) on a free loopback port, forwarding.
+    pub async fn start(target: &str) -> Self {
+        let mut proxy = Self {
+            port: closed_port().expect("a free port"),
+            target: target.parse().expect("host:port"),
+            running: None,
+            stall: Arc::new(Stall {
+                on: tokio::sync::watch::Sender::new(false),
+                trigger: std::sync::Mutex::new(None),
+            }),
+        };
+        proxy.up().await;
+        proxy
+    }
+
+    /// Listens again and forwards connections.
+    pub async fn up(&mut self) {
+        let socket = TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(([127, 0, 0, 1], self.port).into())
+            .expect("the proxy's port");
+        let listener = socket.listen(128).expect("listening");
+        let target = self.target;
+        let stall = self.stall.clone();
+        self.running = Some(tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let stall = stall.clone();
+                links.spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_target, to_target) = outbound.into_split();
+                        tokio::join!(
+                            pump(from_client, to_target, &stall, true),
+                            pump(from_target, to_client, &stall, false),
+                        );
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Stops forwarding as soon as a client sends `pattern` (that message included):
+    /// connections, old and new, stay open, and what is sent through them waits in the proxy
+    /// until [`Proxy::resume`]. A partition in the middle of a query, which a test cannot
+    /// otherwise time.
+    pub fn stall_when_sent(&self, pattern: &[u8]) {
+        *self.stall.trigger.lock().expect("not poisoned") = Some(pattern.to_vec());
+    }
+
+    /// Forwards again, what waited first.
+    pub fn resume(&self) {
+        *self.stall.trigger.lock().expect("not poisoned") = None;
+        self.stall.on.send_replace(false);
+    }
+
+    /// Stops listening and cuts every open connection (the task owning them is aborted, which
+    /// drops the sockets).
+    pub async fn down(&mut self) {
+        if let Some(task) = self.running.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Copies one direction of a proxied connection, holding what it read while the proxy is
+/// stalled; on the client's side, it stalls the proxy when it reads the trigger.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stall: &Stall,
+    from_client: bool,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stalled = stall.on.subscribe();
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if from_client {
+            let trigger = stall.trigger.lock().expect("not poisoned");
+            if let Some(pattern) = trigger.as_deref()
+                && buf[..n].windows(pattern.len()).any(|w| w == pattern)
+            {
+                stall.on.send_replace(true);
+            }
+        }
+        if stalled.wait_for(|stalled| !*stalled).await.is_err()
+            || to.write_all(&buf[..n]).await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::{Env, PubSubConfig};
+pub use common::testing::Proxy;
 use common::testing::{TestDb, env_for};
 use google_cloud_pubsub::subscriber::MessageStream;
 use hmac::{Hmac, Mac as _};
@@ -15,7 +16,7 @@ use scan_service::{Application, ScanConfig};
 use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -350,122 +351,6 @@ pub async fn black_hole() -> (SocketAddr, JoinHandle<()>) {
         }
     });
     (addr, handle)
-}
-
-/// A TCP proxy on a fixed local port that can be cut and restored, to take a dependency away
-/// and bring it back without restarting it, or stalled: connections stay open and nothing
-/// goes through them (a network partition, as seen from the client).
-pub struct Proxy {
-    pub port: u16,
-    target: SocketAddr,
-    running: Option<JoinHandle<()>>,
-    stall: Arc<Stall>,
-}
-
-/// When a [`Proxy`] stops forwarding.
-struct Stall {
-    /// Nothing goes through while this is true.
-    on: tokio::sync::watch::Sender<bool>,
-    /// Bytes that, seen going from a client to the target, turn `on` before they are forwarded.
-    trigger: std::sync::Mutex<Option<Vec<u8>>>,
-}
-
-impl Proxy {
-    pub async fn start(target: &str) -> Self {
-        let mut proxy = Self {
-            port: free_port(),
-            target: target.parse().unwrap(),
-            running: None,
-            stall: Arc::new(Stall {
-                on: tokio::sync::watch::Sender::new(false),
-                trigger: std::sync::Mutex::new(None),
-            }),
-        };
-        proxy.up().await;
-        proxy
-    }
-
-    /// Listens again and forwards connections.
-    pub async fn up(&mut self) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(([127, 0, 0, 1], self.port).into()).unwrap();
-        let listener = socket.listen(128).unwrap();
-        let target = self.target;
-        let stall = self.stall.clone();
-        self.running = Some(tokio::spawn(async move {
-            let mut links = tokio::task::JoinSet::new();
-            while let Ok((inbound, _)) = listener.accept().await {
-                let stall = stall.clone();
-                links.spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(target).await {
-                        let (from_client, to_client) = inbound.into_split();
-                        let (from_target, to_target) = outbound.into_split();
-                        tokio::join!(
-                            pump(from_client, to_target, &stall, true),
-                            pump(from_target, to_client, &stall, false),
-                        );
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Stops forwarding as soon as a client sends `pattern` (that message included):
-    /// connections, old and new, stay open, and what is sent through them waits in the proxy
-    /// until [`Proxy::resume`]. A partition in the middle of a query, which a test cannot
-    /// otherwise time.
-    pub fn stall_when_sent(&self, pattern: &[u8]) {
-        *self.stall.trigger.lock().unwrap() = Some(pattern.to_vec());
-    }
-
-    /// Forwards again, what waited first.
-    pub fn resume(&self) {
-        *self.stall.trigger.lock().unwrap() = None;
-        self.stall.on.send_replace(false);
-    }
-
-    /// Stops listening and cuts every open connection (the task owning them is aborted, which
-    /// drops the sockets).
-    pub async fn down(&mut self) {
-        if let Some(task) = self.running.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-/// Copies one direction of a proxied connection, holding what it read while the proxy is
-/// stalled; on the client's side, it stalls the proxy when it reads the trigger.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    stall: &Stall,
-    from_client: bool,
-) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stalled = stall.on.subscribe();
-    let mut buf = vec![0; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if from_client {
-            let trigger = stall.trigger.lock().unwrap();
-            if let Some(pattern) = trigger.as_deref()
-                && buf[..n].windows(pattern.len()).any(|w| w == pattern)
-            {
-                stall.on.send_replace(true);
-            }
-        }
-        if stalled.wait_for(|stalled| !*stalled).await.is_err()
-            || to.write_all(&buf[..n]).await.is_err()
-        {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
 }
 
 /// A `redis-server` of a test's own, on a free port, that the test can stop and start.
