@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use common::config::PubSubConfig;
-use common::testing::TestDb;
+use common::testing::{Proxy, TestDb};
 use factory_service::events::dead_letter::{self, DlqEntry};
 use factory_service::events::dlq::{self, ReadWindow, Selector};
 use factory_service::events::setup::{self, Change};
@@ -175,15 +175,22 @@ struct SwitchableDb {
     up: Arc<AtomicBool>,
 }
 
+/// The test database's URL with its host and port replaced by `host_port` (a proxy's), and
+/// the original `host:port`.
+fn url_via(db: &TestDb, host_port: &str) -> (String, String) {
+    let url = db.url.expose_secret();
+    let (head, rest) = url.split_once('@').expect("user@host in the test URL");
+    let (target, name) = rest.split_once('/').expect("host/db in the test URL");
+    (format!("{head}@{host_port}/{name}"), target.to_owned())
+}
+
 impl SwitchableDb {
     async fn start(db: &TestDb) -> Self {
-        let url = db.url.expose_secret();
-        let (head, rest) = url.split_once('@').expect("user@host in the test URL");
-        let (target, name) = rest.split_once('/').expect("host/db in the test URL");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
+        let (url, target) = url_via(db, &addr.to_string());
         let up = Arc::new(AtomicBool::new(false));
-        let (switch, target) = (Arc::clone(&up), target.to_owned());
+        let switch = Arc::clone(&up);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !switch.load(Ordering::SeqCst) {
@@ -197,10 +204,7 @@ impl SwitchableDb {
                 });
             }
         });
-        Self {
-            url: format!("{head}@{addr}/{name}"),
-            up,
-        }
+        Self { url, up }
     }
 
     /// A pool through the proxy that gives up quickly while the database is away.
@@ -478,6 +482,53 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
         "replay acks the DLQ copy"
     );
     consumer.stop().await;
+}
+
+/// The database stops answering in the middle of a batch's transaction (a partition: the
+/// connection stays open, the statement gets no reply). After `apply_timeout` (1 s here) the
+/// batch gives up and its message is nacked and redelivered like after any database failure,
+/// instead of the batch waiting on the connection for as long as TCP keeps it; once the
+/// database answers again the event is applied, once.
+#[tokio::test]
+async fn a_database_that_stops_answering_mid_batch_costs_a_retry_not_a_hang() {
+    let db = TestDb::new().await;
+    let mut s = set_up(10).await;
+    s.apply_timeout = Duration::from_secs(1);
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let (_, target) = url_via(&db, "");
+    let proxy = Proxy::start(&target).await;
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&url_via(&db, &format!("127.0.0.1:{}", proxy.port)).0)
+        .expect("lazy pool");
+    let consumer = Running::start(&s, pool).await;
+    // The batch's statements carry the tag id: the proxy stalls as they go through.
+    proxy.stall_when_sent(tag.as_bytes());
+    let body = event(&tag, Utc::now());
+    publish_event(&s, &body).await;
+
+    eventually("the stalled batch to be given up and retried", || async {
+        (processed("retried") >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(scan_state(&db.pool, &tag).await.0, 0);
+
+    proxy.resume();
+    eventually("the event to be applied", || async {
+        (scan_state(&db.pool, &tag).await.0 == 1).then_some(())
+    })
+    .await;
+    let rows = count(
+        &db.pool,
+        &format!(
+            "SELECT count(*) FROM scans WHERE event_id = '{}'",
+            body["event_id"].as_str().expect("id")
+        ),
+    )
+    .await;
+    assert_eq!(rows, 1, "recorded once");
+    consumer.stop().await;
+    assert_eq!(scan_state(&db.pool, &tag).await.0, 1, "counted once");
 }
 
 #[tokio::test]

@@ -34,6 +34,9 @@ pub enum ApplyError {
     /// The database refused the event's data; no attempt will succeed.
     #[error("database refused the event: {0}")]
     Rejected(#[source] sqlx::Error),
+    /// The database did not answer in time; a later attempt may succeed (like `Transient`).
+    #[error("database unavailable: no answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl From<sqlx::Error> for ApplyError {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::apply;
+use super::apply::{self, ApplyError};
 use super::delivery::{self, Context, Valid};
 use super::metrics;
 use super::schema::ScanEvent;
@@ -123,7 +123,17 @@ async fn apply(context: Arc<Context>, batch: Vec<Valid>, permit: OwnedSemaphoreP
     async {
         let results = {
             let events: Vec<&ScanEvent> = batch.iter().map(|v| &v.event).collect();
-            apply::apply_isolating(&context.pool, &events).await
+            let limit = context.settings.apply_timeout;
+            match tokio::time::timeout(limit, apply::apply_isolating(&context.pool, &events)).await
+            {
+                Ok(results) => results,
+                // Parts of the batch may have committed before the part that hung: their
+                // redeliveries are recognised as duplicates.
+                Err(_) => {
+                    let e = Arc::new(ApplyError::TimedOut(limit));
+                    events.iter().map(|_| Err(Arc::clone(&e))).collect()
+                }
+            }
         };
         delivery::settle(&context, batch, results).await;
     }

@@ -171,10 +171,10 @@ pub(super) async fn settle(context: &Context, batch: Vec<Valid>, results: Vec<Ev
                 let is_last = delivery.attempt.is_some_and(|a| i64::from(a) >= max);
                 let (reason, outcome) = match *e {
                     ApplyError::Rejected(_) => (PoisonReason::Rejected.as_str(), Outcome::Poison),
-                    ApplyError::Transient(_) if is_last => {
+                    ApplyError::Transient(_) | ApplyError::TimedOut(_) if is_last => {
                         (dead_letter::MAX_ATTEMPTS, Outcome::DeadLettered)
                     }
-                    ApplyError::Transient(_) => {
+                    ApplyError::Transient(_) | ApplyError::TimedOut(_) => {
                         uncounted += usize::from(delivery.attempt.is_none());
                         retried += 1;
                         last_error = Some(e);

@@ -23,6 +23,11 @@ pub struct EventsSettings {
     pub consumer: ConsumerConfig,
     /// How long shutdown waits for in-flight messages before nacking them.
     pub drain_timeout: Duration,
+    /// The longest one batch's transactions may take. A database that stops answering in the
+    /// middle of one (a partition: the connection stays open) would otherwise hold the batch,
+    /// its messages and one of the consumer's few connections for as long as TCP keeps it;
+    /// past this the batch's messages are nacked like any database failure and come back.
+    pub apply_timeout: Duration,
 }
 
 /// How one consumer pulls messages and applies them in micro-batches.
@@ -102,6 +107,8 @@ impl EventsSettings {
             max_backoff: Duration::from_secs(600),
             consumer: ConsumerConfig::default(),
             drain_timeout: Duration::from_secs(10),
+            // A batch takes milliseconds; well inside the ack deadline.
+            apply_timeout: Duration::from_secs(30),
         }
     }
 
