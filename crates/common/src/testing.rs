@@ -171,30 +171,43 @@ struct Stall {
     trigger: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
+impl Stall {
+    fn trigger(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        // Nothing panics while holding it; a poisoned lock would still hold a valid value.
+        self.trigger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl Proxy {
     /// A proxy to `target` (`host:port`) on a free loopback port, forwarding.
-    pub async fn start(target: &str) -> Self {
+    pub async fn start(target: &str) -> std::io::Result<Self> {
+        let target = target.parse().map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{target:?} is not host:port: {e}"),
+            )
+        })?;
         let mut proxy = Self {
-            port: closed_port().expect("a free port"),
-            target: target.parse().expect("host:port"),
+            port: closed_port()?,
+            target,
             running: None,
             stall: Arc::new(Stall {
                 on: tokio::sync::watch::Sender::new(false),
                 trigger: std::sync::Mutex::new(None),
             }),
         };
-        proxy.up().await;
-        proxy
+        proxy.up()?;
+        Ok(proxy)
     }
 
-    /// Listens again and forwards connections.
-    pub async fn up(&mut self) {
-        let socket = TcpSocket::new_v4().expect("a socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket
-            .bind(([127, 0, 0, 1], self.port).into())
-            .expect("the proxy's port");
-        let listener = socket.listen(128).expect("listening");
+    /// Listens again (on the same port) and forwards connections.
+    pub fn up(&mut self) -> std::io::Result<()> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(([127, 0, 0, 1], self.port).into())?;
+        let listener = socket.listen(128)?;
         let target = self.target;
         let stall = self.stall.clone();
         self.running = Some(tokio::spawn(async move {
@@ -213,6 +226,7 @@ impl Proxy {
                 });
             }
         }));
+        Ok(())
     }
 
     /// Stops forwarding as soon as a client sends `pattern` (that message included):
@@ -220,12 +234,12 @@ impl Proxy {
     /// until [`Proxy::resume`]. A partition in the middle of a query, which a test cannot
     /// otherwise time.
     pub fn stall_when_sent(&self, pattern: &[u8]) {
-        *self.stall.trigger.lock().expect("not poisoned") = Some(pattern.to_vec());
+        *self.stall.trigger() = Some(pattern.to_vec());
     }
 
     /// Forwards again, what waited first.
     pub fn resume(&self) {
-        *self.stall.trigger.lock().expect("not poisoned") = None;
+        *self.stall.trigger() = None;
         self.stall.on.send_replace(false);
     }
 
@@ -256,7 +270,7 @@ async fn pump(
             Ok(n) => n,
         };
         if from_client {
-            let trigger = stall.trigger.lock().expect("not poisoned");
+            let trigger = stall.trigger();
             if let Some(pattern) = trigger.as_deref()
                 && buf[..n].windows(pattern.len()).any(|w| w == pattern)
             {

@@ -496,7 +496,7 @@ async fn a_database_that_stops_answering_mid_batch_costs_a_retry_not_a_hang() {
     s.apply_timeout = Duration::from_secs(1);
     let tag = seed_tags(&db.pool, 1).await.remove(0);
     let (_, target) = url_via(&db, "");
-    let proxy = Proxy::start(&target).await;
+    let proxy = Proxy::start(&target).await.expect("proxy");
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy(&url_via(&db, &format!("127.0.0.1:{}", proxy.port)).0)

@@ -128,7 +128,7 @@ async fn each_scan_publishes_the_contract_event() {
 async fn broker_away_scans_still_answer_and_buffered_events_arrive_after() {
     let env = TestEnv::new().await;
     let mut stream = env.subscribe().await;
-    let mut proxy = Proxy::start(EMULATOR).await;
+    let mut proxy = Proxy::start(EMULATOR).await.expect("proxy");
     let via_proxy = format!("127.0.0.1:{}", proxy.port);
     let app = env
         .spawn(&[
@@ -169,7 +169,7 @@ async fn broker_away_scans_still_answer_and_buffered_events_arrive_after() {
     assert_eq!(body["failing"], json!(["pubsub"]), "{body}");
     assert_eq!(body["checks"]["pubsub"], "unavailable", "{body}");
 
-    proxy.up().await;
+    proxy.up().expect("proxy listening again");
     let got = receive(&mut stream, 3, Duration::from_secs(60)).await;
     let mut arrived: Vec<String> = got
         .iter()

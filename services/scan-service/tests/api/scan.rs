@@ -351,7 +351,7 @@ async fn a_dead_read_replica_answers_503_with_rate_limit_headers() {
 /// The app with its read replica reached through a proxy the test controls, and a `postgres`
 /// breaker that opens after 2 failures and probes after 1 s.
 async fn behind_a_database_proxy(env: &TestEnv) -> (Proxy, TestApp) {
-    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let proxy = Proxy::start("127.0.0.1:5432").await.expect("proxy");
     let app = env
         .spawn(&[
             (
@@ -396,7 +396,7 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
         "the open breaker answered without trying the database"
     );
 
-    proxy.up().await;
+    proxy.up().expect("proxy listening again");
     let fresh = env.tag().await;
     app.scan_until_ok(&fresh, "after the database came back")
         .await;
