@@ -2,7 +2,6 @@
 //! prefix per test, and an environment pointing at the local services, so tests run in parallel
 //! against real PostgreSQL, Redis and the Pub/Sub emulator.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -157,7 +156,7 @@ pub async fn ready_within(
 pub struct Proxy {
     /// The port it listens on.
     pub port: u16,
-    target: SocketAddr,
+    target: String,
     running: Option<JoinHandle<()>>,
     stall: Arc<Stall>,
 }
@@ -183,15 +182,9 @@ impl Stall {
 impl Proxy {
     /// A proxy to `target` (`host:port`) on a free loopback port, forwarding.
     pub async fn start(target: &str) -> std::io::Result<Self> {
-        let target = target.parse().map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{target:?} is not host:port: {e}"),
-            )
-        })?;
         let mut proxy = Self {
             port: closed_port()?,
-            target,
+            target: target.to_owned(),
             running: None,
             stall: Arc::new(Stall {
                 on: tokio::sync::watch::Sender::new(false),
@@ -208,14 +201,14 @@ impl Proxy {
         socket.set_reuseaddr(true)?;
         socket.bind(([127, 0, 0, 1], self.port).into())?;
         let listener = socket.listen(128)?;
-        let target = self.target;
+        let target = Arc::new(self.target.clone());
         let stall = self.stall.clone();
         self.running = Some(tokio::spawn(async move {
             let mut links = tokio::task::JoinSet::new();
             while let Ok((inbound, _)) = listener.accept().await {
-                let stall = stall.clone();
+                let (stall, target) = (stall.clone(), target.clone());
                 links.spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(target).await {
+                    if let Ok(outbound) = TcpStream::connect(target.as_str()).await {
                         let (from_client, to_client) = inbound.into_split();
                         let (from_target, to_target) = outbound.into_split();
                         tokio::join!(

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -20,7 +20,6 @@ use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -168,56 +167,18 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
         .expect("count")
 }
 
-/// A TCP proxy in front of PostgreSQL that can be switched off: while it is down it closes
-/// every connection at once, as an unreachable database would fail.
-struct SwitchableDb {
-    url: String,
-    up: Arc<AtomicBool>,
-}
-
-/// The test database's URL with its host and port replaced by `host_port` (a proxy's), and
-/// the original `host:port`.
-fn url_via(db: &TestDb, host_port: &str) -> (String, String) {
+/// The test database behind a [`Proxy`] the test controls, and a pool through the proxy that
+/// gives up quickly while the database is away.
+async fn behind_a_proxy(db: &TestDb) -> (Proxy, PgPool) {
     let url = db.url.expose_secret();
     let (head, rest) = url.split_once('@').expect("user@host in the test URL");
     let (target, name) = rest.split_once('/').expect("host/db in the test URL");
-    (format!("{head}@{host_port}/{name}"), target.to_owned())
-}
-
-impl SwitchableDb {
-    async fn start(db: &TestDb) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let (url, target) = url_via(db, &addr.to_string());
-        let up = Arc::new(AtomicBool::new(false));
-        let switch = Arc::clone(&up);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !switch.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let target = target.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { url, up }
-    }
-
-    /// A pool through the proxy that gives up quickly while the database is away.
-    fn pool(&self) -> PgPool {
-        PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(500))
-            .connect_lazy(&self.url)
-            .expect("lazy pool")
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
-    }
+    let proxy = Proxy::start(target).await.expect("proxy");
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&format!("{head}@127.0.0.1:{}/{name}", proxy.port))
+        .expect("lazy pool");
+    (proxy, pool)
 }
 
 /// Polls `check` until it yields a value or the deadline passes.
@@ -436,8 +397,9 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
     let s = set_up(MAX).await;
     let tag = seed_tags(&db.pool, 1).await.remove(0);
     // One consumer throughout, its database switched off and on under it.
-    let switchable = SwitchableDb::start(&db).await;
-    let consumer = Running::start(&s, switchable.pool()).await;
+    let (mut proxy, pool) = behind_a_proxy(&db).await;
+    proxy.down().await;
+    let consumer = Running::start(&s, pool).await;
     let original = publish_event(&s, &event(&tag, Utc::now())).await;
 
     eventually("the event to be dead-lettered", || async {
@@ -451,7 +413,7 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
 
     // The database is back: replay the dead letter by its original id. (Replaying without
     // listing first: on the emulator a listed message stays leased for a while.)
-    switchable.set_up(true);
+    proxy.up().expect("proxy listening again");
     let selector = Selector::MessageId(original.clone());
     let replayed = eventually("the dead letter to be replayed", || async {
         let replayed = dlq::replay(&s, &selector, QUICK).await.expect("replay");
@@ -495,12 +457,7 @@ async fn a_database_that_stops_answering_mid_batch_costs_a_retry_not_a_hang() {
     let mut s = set_up(10).await;
     s.apply_timeout = Duration::from_secs(1);
     let tag = seed_tags(&db.pool, 1).await.remove(0);
-    let (_, target) = url_via(&db, "");
-    let proxy = Proxy::start(&target).await.expect("proxy");
-    let pool = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy(&url_via(&db, &format!("127.0.0.1:{}", proxy.port)).0)
-        .expect("lazy pool");
+    let (proxy, pool) = behind_a_proxy(&db).await;
     let consumer = Running::start(&s, pool).await;
     // The batch's statements carry the tag id: the proxy stalls as they go through.
     proxy.stall_when_sent(tag.as_bytes());
