@@ -351,6 +351,9 @@ pub struct CommonConfig {
     pub bind_addr: SocketAddr,
     /// `DATABASE_URL` (may carry a password).
     pub database_url: SecretString,
+    /// `DATABASE_IDLE_TX_TIMEOUT_SEC`: PostgreSQL ends a session of ours that sits this long
+    /// idle inside a transaction (a frozen or cut-off client), releasing its locks.
+    pub database_idle_tx_timeout: Duration,
     /// `REDIS_URL` (may carry a password).
     pub redis_url: SecretString,
     /// `REDIS_TIMEOUT_MS`: hard timeout of every Redis call on a request path.
@@ -384,6 +387,7 @@ impl CommonConfig {
             "host:port, e.g. 127.0.0.1:8080",
         )?;
         let database_url = postgres_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL)?;
+        let idle_tx_secs: u64 = env.int_in("DATABASE_IDLE_TX_TIMEOUT_SEC", 60, 1, 86_400)?;
         let redis_url = url_secret(
             env,
             "REDIS_URL",
@@ -462,6 +466,7 @@ impl CommonConfig {
         Ok(Self {
             bind_addr,
             database_url,
+            database_idle_tx_timeout: Duration::from_secs(idle_tx_secs),
             redis_url,
             redis_timeout: Duration::from_millis(redis_timeout_ms),
             redis_key_prefix,
@@ -578,6 +583,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url.expose_secret(), DEFAULT_DATABASE_URL);
+        assert_eq!(c.database_idle_tx_timeout, Duration::from_secs(60));
         assert_eq!(c.redis_url.expose_secret(), DEFAULT_REDIS_URL);
         assert_eq!(c.redis_timeout, Duration::from_millis(50));
         assert_eq!(c.breaker.threshold, 5);
@@ -604,6 +610,16 @@ mod tests {
             line.contains("expected a whole number from 1 to 60000"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_idle_transaction_bound_is_whole_seconds_of_at_least_one() {
+        let c = parse(&[("DATABASE_IDLE_TX_TIMEOUT_SEC", "5")]).unwrap();
+        assert_eq!(c.database_idle_tx_timeout, Duration::from_secs(5));
+        for bad in ["0", "1.5", "-1", "86401"] {
+            let e = parse(&[("DATABASE_IDLE_TX_TIMEOUT_SEC", bad)]).unwrap_err();
+            assert_eq!(e.var, "DATABASE_IDLE_TX_TIMEOUT_SEC", "{bad}");
+        }
     }
 
     #[test]

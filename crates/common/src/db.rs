@@ -28,8 +28,23 @@ pub fn is_undefined_table(e: &sqlx::Error) -> bool {
 
 /// A PostgreSQL pool that connects lazily, so a service starts (and reports not-ready) while the
 /// database is away, and heals by itself when it returns.
-pub fn pg_pool(url: &SecretString, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = connect_options(url, "DATABASE_URL")?;
+///
+/// Each of its sessions asks PostgreSQL to end it when it sits idle inside a transaction for
+/// `idle_tx_timeout` (`DATABASE_IDLE_TX_TIMEOUT_SEC`). Our code never waits inside a
+/// transaction; a session that does is one whose client froze or was cut off by the network
+/// after taking locks, such as the audit chain's head, which every audited write in every
+/// instance needs. Without this, PostgreSQL keeps those locks until TCP gives up on the client
+/// (hours with the kernel's defaults); with it, the transaction is rolled back and the others
+/// go on.
+pub fn pg_pool(
+    url: &SecretString,
+    max_connections: u32,
+    idle_tx_timeout: Duration,
+) -> anyhow::Result<PgPool> {
+    let options = connect_options(url, "DATABASE_URL")?.options([(
+        "idle_in_transaction_session_timeout",
+        idle_tx_timeout.as_millis().to_string(),
+    )]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))

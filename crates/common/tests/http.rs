@@ -476,7 +476,12 @@ async fn migrated_pool() -> sqlx::PgPool {
         .unwrap();
     admin_pool.close().await;
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    let pool = common::db::pg_pool(&SecretString::from(format!("{base}/{name}")), 2).unwrap();
+    let pool = common::db::pg_pool(
+        &SecretString::from(format!("{base}/{name}")),
+        2,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     common::db::MIGRATOR.run(&pool).await.unwrap();
     pool
 }

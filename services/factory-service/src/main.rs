@@ -96,7 +96,11 @@ async fn worker(config: FactoryConfig, metrics_addr: Option<SocketAddr>) -> anyh
 
 async fn migrate(config: FactoryConfig) -> anyhow::Result<()> {
     common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
-    let pool = common::db::pg_pool(&config.common.database_url, 2)?;
+    let pool = common::db::pg_pool(
+        &config.common.database_url,
+        2,
+        config.common.database_idle_tx_timeout,
+    )?;
     factory_service::db::migrate(&pool)
         .await
         .context("applying migrations")?;
@@ -124,7 +128,11 @@ async fn create_user(
             SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned())
         }
     };
-    let pool = common::db::pg_pool(&config.common.database_url, 2)?;
+    let pool = common::db::pg_pool(
+        &config.common.database_url,
+        2,
+        config.common.database_idle_tx_timeout,
+    )?;
     let user = factory_service::users::create_user(
         &pool,
         // The configured key, so a user created here is signed like one created by the API.

@@ -49,7 +49,11 @@ impl Application {
         let listener = TcpListener::bind(config.common.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.common.bind_addr))?;
-        let pool = common::db::pg_pool(&config.common.database_url, 16)?;
+        let pool = common::db::pg_pool(
+            &config.common.database_url,
+            16,
+            config.common.database_idle_tx_timeout,
+        )?;
         let redis_pool =
             common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
         let limit = config.admin_rate_limit;

@@ -329,6 +329,61 @@ async fn concurrent_appends_from_many_tasks_and_two_instances_form_one_chain() {
     assert_eq!(v.state.signatures_checked, 200);
 }
 
+/// An instance that froze, or was cut off by the network, between its append and its commit
+/// holds the chain's head lock, and every audited write of every instance queues behind it.
+/// PostgreSQL cannot tell such a client from one that is merely slow; the pools the services
+/// build (`common::db::pg_pool`) ask it to end a session idle inside a transaction for
+/// `DATABASE_IDLE_TX_TIMEOUT_SEC`, which rolls the stuck action back and lets the others go on.
+/// (Here the stuck client is the test itself holding an open transaction, which is exactly
+/// what PostgreSQL sees of a frozen or partitioned one; before that setting the second append
+/// waited for as long as the transaction stayed open.)
+#[tokio::test]
+async fn an_instance_stuck_inside_its_transaction_does_not_hold_the_chain_for_long() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    append_n(&db.pool, &audit, 1).await;
+    let stuck_pool =
+        common::db::pg_pool(&db.url, 1, std::time::Duration::from_secs(1)).expect("pool");
+    let mut stuck = stuck_pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'p', 'stuck-sku')")
+        .bind(Uuid::now_v7())
+        .execute(&mut *stuck)
+        .await
+        .expect("insert");
+    assert_eq!(audit.append(&mut stuck, event(1)).await.expect("append"), 2);
+
+    // Another instance's audited write waits for the head, then gets it once PostgreSQL has
+    // ended the stuck session (after 1 s idle here).
+    let other = async {
+        let mut tx = db.pool.begin().await.expect("begin");
+        let seq = audit.append(&mut tx, event(2)).await.expect("append");
+        tx.commit().await.expect("commit");
+        seq
+    };
+    let seq = tokio::time::timeout(std::time::Duration::from_secs(20), other)
+        .await
+        .expect("the head lock of a stuck transaction was never released");
+    assert_eq!(
+        seq, 2,
+        "the stuck append was rolled back, so its seq is reused"
+    );
+
+    // The stuck instance learns that its action did not happen.
+    assert!(
+        stuck.commit().await.is_err(),
+        "a terminated session cannot commit"
+    );
+    let stuck_products: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM products WHERE sku = 'stuck-sku'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(stuck_products, 0);
+    let v = verify_hashes(&db.pool).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    assert_eq!(v.state.events_checked, 2);
+}
+
 #[tokio::test]
 async fn a_rolled_back_action_leaves_no_event_and_no_gap() {
     let db = TestDb::new().await;

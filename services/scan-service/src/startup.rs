@@ -85,7 +85,11 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", common.bind_addr))?;
         let prefix = common.redis_key_prefix.as_str();
-        let read_pool = common::db::pg_pool(&config.database_read_url, 16)?;
+        let read_pool = common::db::pg_pool(
+            &config.database_read_url,
+            16,
+            common.database_idle_tx_timeout,
+        )?;
         let redis = Arc::new(
             RedisConn::new(&common.redis_url, common.redis_timeout, REDIS_CONNECTIONS)
                 .context("REDIS_URL is not a valid Redis URL")?,

@@ -82,7 +82,11 @@ pub async fn worker(
         return Ok(());
     };
     // A worker on its own still wants probes and scraping; it serves only those.
-    let pool = common::db::pg_pool(&config.common.database_url, 2)?;
+    let pool = common::db::pg_pool(
+        &config.common.database_url,
+        2,
+        config.common.database_idle_tx_timeout,
+    )?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the worker's metrics address {addr}"))?;
@@ -105,7 +109,11 @@ pub async fn worker(
 pub async fn consumer(config: &FactoryConfig) -> anyhow::Result<Consumer> {
     let settings = EventsSettings::from_config(config);
     let connections = settings.consumer.db_connections;
-    let pool = common::db::pg_pool(&config.common.database_url, connections)?;
+    let pool = common::db::pg_pool(
+        &config.common.database_url,
+        connections,
+        config.common.database_idle_tx_timeout,
+    )?;
     Consumer::build(settings, pool)
         .await
         .context("building the scan-event consumer")
