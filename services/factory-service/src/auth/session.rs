@@ -124,6 +124,14 @@ pub async fn login(
     let mut conn = state.pool.acquire().await?;
     let user = repo::user_by_email(&mut conn, &email).await?;
     drop(conn);
+    // What a failed attempt records: the account's own address when one matched, and never
+    // text that matched none. That may be anything typed into the field (a password, say), and
+    // the audit chain keeps it for good; anyone could write into the log with it too.
+    let claimed = match &user {
+        Some(u) if u.disabled_at.is_some() => (Some(u.email.clone()), "user_disabled"),
+        Some(u) => (Some(u.email.clone()), "wrong_password"),
+        None => (None, "unknown_email"),
+    };
     let active = user.filter(|u| u.disabled_at.is_none());
     let hash = active
         .as_ref()
@@ -133,8 +141,10 @@ pub async fn login(
         Some(user) if matches => user,
         _ => {
             let mut tx = state.pool.begin().await?;
-            let event = NewEvent::new("auth.login_failed", Actor::Anonymous { email: Some(email) })
-                .client(client.ip.clone(), client.user_agent.clone());
+            let (email, reason) = claimed;
+            let event = NewEvent::new("auth.login_failed", Actor::Anonymous { email })
+                .client(client.ip.clone(), client.user_agent.clone())
+                .details(serde_json::json!({ "reason": reason }));
             state.audit.append(&mut tx, event).await?;
             tx.commit().await?;
             metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);

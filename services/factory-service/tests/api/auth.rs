@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use factory_service::users::Role;
 use reqwest::Method;
+use serde_json::json;
 
 use crate::helpers::{
     DEVICE, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app, spawn_app_with,
@@ -94,6 +95,47 @@ async fn wrong_password_and_unknown_email_look_the_same() {
         "similar time: wrong {wrong_time:?}, unknown {unknown_time:?}"
     );
     assert_eq!(app.audit_count("auth.login_failed").await, 7);
+}
+
+/// The audit chain is permanent, so a failed login records the address of the account it was
+/// against, and nothing of text that matched no account: that may be a password typed into the
+/// wrong field, or anything an anonymous caller wants written into the log.
+#[tokio::test]
+async fn a_failed_login_never_records_what_matched_no_account() {
+    let app = spawn_app().await;
+    let email = app.user(Role::Operator).await;
+    for (given, password) in [
+        (email.to_uppercase(), "not the password at all"),
+        ("MyS3cretPassw0rd!".to_owned(), "whatever"),
+        ("nobody@example.com".to_owned(), "whatever"),
+    ] {
+        assert_error(
+            app.login_raw(&given, password, DEVICE).await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    let rows: Vec<(Option<String>, serde_json::Value)> = sqlx::query_as(
+        "SELECT actor_email, details FROM audit_events WHERE action = 'auth.login_failed' ORDER BY seq",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("audit events");
+    assert_eq!(
+        rows,
+        vec![
+            (Some(email.clone()), json!({"reason": "wrong_password"})),
+            (None, json!({"reason": "unknown_email"})),
+            (None, json!({"reason": "unknown_email"})),
+        ]
+    );
+    let dump: String = sqlx::query_scalar("SELECT string_agg(e::text, ' ') FROM audit_events e")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("audit text");
+    assert!(!dump.to_lowercase().contains("mys3cret"), "{dump}");
+    assert!(!dump.contains("nobody@"), "{dump}");
 }
 
 #[tokio::test]
