@@ -139,7 +139,12 @@ pub async fn create(
             let event = NewEvent::new("api_key.created", by.actor())
                 .target("api_key", id)
                 .client(client.ip.clone(), client.user_agent.clone())
-                .details(serde_json::json!({"name": name, "prefix": prefix}));
+                .details(serde_json::json!({
+                    "name": name,
+                    "prefix": prefix,
+                    // null: the scan service's default for keys applies.
+                    "rate_limit_per_minute": rate_limit_per_minute,
+                }));
             audit.append(conn, event).await?;
             return Ok(CreatedApiKey {
                 id,

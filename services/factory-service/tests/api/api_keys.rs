@@ -3,7 +3,7 @@
 use factory_service::users::Role;
 use redis::AsyncCommands as _;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{assert_error, body, spawn_app};
@@ -74,15 +74,21 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
     assert!(!list.to_string().contains(secret));
 
     // Audited with actor, IP and user agent.
-    let (actor, ip, ua): (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
-        "SELECT actor_email, client_ip, user_agent FROM audit_events WHERE action = 'api_key.created'",
-    )
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
-    assert!(actor.unwrap().starts_with("admin-"));
+    let (actor, ip, ua, details): (Option<String>, Option<String>, Option<String>, Value) =
+        sqlx::query_as(
+            "SELECT actor_email, client_ip, user_agent, details FROM audit_events WHERE action = 'api_key.created'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("the creation's audit event");
+    assert!(actor.is_some_and(|a| a.starts_with("admin-")));
     assert_eq!(ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(ua.as_deref(), Some("key-tests/2.0"));
+    // What the key may do is part of what was done.
+    assert_eq!(
+        details,
+        json!({"name": created["name"], "prefix": created["prefix"], "rate_limit_per_minute": 1200})
+    );
 }
 
 #[tokio::test]
