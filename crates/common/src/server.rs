@@ -1,15 +1,30 @@
-//! Serving with graceful shutdown: stop accepting on the signal, drain in-flight requests for up
-//! to [`DRAIN_TIMEOUT`], then return.
+//! Serving HTTP/1.1 with hyper: a bound on how long a connection may take to send a request's
+//! head, and graceful shutdown (stop accepting on the signal, drain in-flight requests for up
+//! to [`DRAIN_TIMEOUT`], then return).
+//!
+//! `axum::serve` sets no timer on hyper's connections, so a client that connected and sent
+//! nothing, or half a request, or one header line every few seconds, held its connection (and
+//! a file descriptor) for as long as it liked: enough such clients exhaust the process's
+//! descriptors and nothing else is served (slowloris).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::Service as _;
 
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may take to send a request's head (request line and headers), counted
+/// from when the server starts waiting for it. It also bounds how long an idle keep-alive
+/// connection waits for its next request. Request bodies and the work on a request are bounded
+/// by the request timeout layer (`REQUEST_TIMEOUT_SEC`), not by this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(
@@ -17,23 +32,85 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let drain_deadline = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await });
-    let server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        r = server => r,
-        () = async {
-            drain_deadline.cancelled().await;
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!("in-flight requests did not finish within {:?}; exiting anyway", DRAIN_TIMEOUT);
-            Ok(())
-        }
+    serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`] with another bound on reading a request's head (tests use a short one).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // Every connection task holds a receiver; when all are gone, every connection has closed.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // The client gave up before we took its connection: nothing to do.
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, typically; accepting again at once would spin.
+                    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().call(request)
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let stop = shutdown.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let outcome = tokio::select! {
+                outcome = connection.as_mut() => outcome,
+                () = stop.cancelled() => {
+                    // Idle connections close now; one with a request in flight after its answer.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = outcome {
+                // A client going away or sending garbage is its business, not an error of ours.
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(open);
+        });
     }
+    // No longer accepting: new connections are refused from here on.
+    drop(listener);
+    drop(open_rx);
+    if tokio::time::timeout(DRAIN_TIMEOUT, open_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight requests did not finish within {:?}; exiting anyway",
+            DRAIN_TIMEOUT
+        );
+    }
+    Ok(())
+}
+
+/// Errors of one connection that came and went before it was accepted.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

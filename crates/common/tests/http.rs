@@ -552,3 +552,95 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
         "no longer accepting"
     );
 }
+
+/// Whether the peer closes `read`'s connection within `limit` (what it sends first is read
+/// and ignored).
+async fn closed_within(read: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Slowloris: clients that connect and send nothing, or half a request's head, or one header
+/// line now and then, each hold a connection and a file descriptor for as long as they like
+/// unless the server bounds how long a request's head may take. With `axum::serve` (no timer on
+/// hyper's connections) all of these stayed open for minutes.
+#[tokio::test]
+async fn connections_that_do_not_send_a_request_head_in_time_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    let router = Router::new().route("/ok", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let limit = Duration::from_secs(1);
+    tokio::spawn(common::server::serve_with(
+        listener,
+        router,
+        token.clone(),
+        limit,
+    ));
+    let started = std::time::Instant::now();
+
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut trickle_read, mut trickle_write) =
+        TcpStream::connect(addr).await.unwrap().into_split();
+    let trickler = tokio::spawn(async move {
+        let _ = trickle_write.write_all(b"GET /ok HTTP/1.1\r\n").await;
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let line = format!("X-Trickle-{i}: still here\r\n");
+            if trickle_write.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    // A whole request is answered, and its keep-alive connection then waits at most as long
+    // for the next one.
+    let mut whole = TcpStream::connect(addr).await.unwrap();
+    whole
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 256];
+    let n = whole.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+
+    let margin = Duration::from_secs(8);
+    assert!(
+        closed_within(&mut silent, margin).await,
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut partial, margin).await,
+        "half a request head stayed open"
+    );
+    assert!(
+        closed_within(&mut trickle_read, margin).await,
+        "a trickled request head stayed open"
+    );
+    assert!(
+        closed_within(&mut whole, margin).await,
+        "an idle keep-alive connection stayed open"
+    );
+    assert!(started.elapsed() >= limit, "closed before the bound");
+    trickler.abort();
+    token.cancel();
+}
