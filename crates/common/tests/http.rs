@@ -251,6 +251,11 @@ async fn request_timeout_is_503_json() {
     let base = spawn_hardened(&[]).await;
     let resp = client().get(format!("{base}/slow")).send().await.unwrap();
     assert_security_headers(&resp);
+    // Every 503 says when to come back, as the dependency-down ones of the services do.
+    assert_eq!(
+        resp.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     let (status, _) = json_error(resp).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }

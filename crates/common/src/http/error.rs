@@ -77,7 +77,8 @@ fn is_json<B>(response: &axum::http::Response<B>) -> bool {
 }
 
 /// Response mapper: an error status without a JSON body becomes the contract's JSON error,
-/// keeping the status and headers (e.g. `Allow` on 405, `Retry-After`).
+/// keeping the status and headers (e.g. `Allow` on 405, `Retry-After`). A bare 503 (the
+/// request timeout's) gets `Retry-After: 1`, like the services' own dependency-down answers.
 pub fn json_errors<B>(response: axum::http::Response<B>) -> Response
 where
     B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
@@ -99,5 +100,11 @@ where
         HeaderValue::from_static("application/json"),
     );
     parts.headers.remove(header::CONTENT_LENGTH);
+    if status == StatusCode::SERVICE_UNAVAILABLE && !parts.headers.contains_key(header::RETRY_AFTER)
+    {
+        parts
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     Response::from_parts(parts, Body::from(body))
 }
