@@ -809,6 +809,42 @@ async fn legacy_v1_rows_before_the_chain_are_counted_and_the_chain_starts_after_
 // ---------------------------------------------------------------------------------------------
 // Checkpoints and the background verifier.
 
+/// CONTRACT 3.5 serves "the newest signed checkpoint". An instance started without its key
+/// (a mistake, or a key rotation gone wrong) stores unsigned checkpoints after the signed
+/// ones; the route must go on serving the newest signed one, and serve unsigned ones only for a
+/// chain that was never signed.
+#[tokio::test]
+async fn the_served_checkpoint_is_the_newest_signed_one() {
+    let db = TestDb::new().await;
+    let k1 = signer(K1_PEM, "k1");
+    let audit = AuditLog::new();
+    append_n(&db.pool, &audit, 2).await;
+    let unsigned_first = checkpoint::checkpoint_now(&db.pool, None)
+        .await
+        .expect("checkpoint")
+        .expect("a head to checkpoint");
+    assert_eq!(
+        checkpoint::latest(&db.pool).await.expect("latest"),
+        Some(unsigned_first),
+        "a chain never signed serves its newest unsigned checkpoint"
+    );
+    append_n(&db.pool, &audit, 1).await;
+    let signed = checkpoint::checkpoint_now(&db.pool, Some(&k1))
+        .await
+        .expect("checkpoint")
+        .expect("a head to checkpoint");
+    append_n(&db.pool, &audit, 2).await;
+    let unsigned_later = checkpoint::checkpoint_now(&db.pool, None)
+        .await
+        .expect("checkpoint")
+        .expect("a head to checkpoint");
+    assert_eq!((signed.seq, unsigned_later.seq), (3, 5));
+    assert_eq!(
+        checkpoint::latest(&db.pool).await.expect("latest"),
+        Some(signed)
+    );
+}
+
 #[tokio::test]
 async fn checkpoints_follow_the_cadence_and_verify() {
     let db = TestDb::new().await;

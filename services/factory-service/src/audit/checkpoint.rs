@@ -160,11 +160,14 @@ fn from_row(
     })
 }
 
-/// The newest stored checkpoint.
+/// The newest signed checkpoint (what `GET /v1/audit/checkpoint` serves); when none was ever
+/// signed (no key configured), the newest unsigned one. An instance started without its key
+/// stores unsigned checkpoints after signed ones, and those prove nothing to whoever keeps
+/// copies: serving one of them would silently replace a proof with a claim.
 pub async fn latest(pool: &PgPool) -> Result<Option<Checkpoint>, AuditError> {
     let row: Option<CheckpointRow> = sqlx::query_as(
         "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints \
-         ORDER BY seq DESC LIMIT 1",
+         ORDER BY (signature IS NOT NULL) DESC, seq DESC LIMIT 1",
     )
     .fetch_optional(pool)
     .await?;
