@@ -211,6 +211,17 @@ async fn tags_are_looked_up_and_revoked_and_the_scan_cache_entry_dropped() {
     assert_eq!(got["batch_id"], batch["id"]);
     assert_eq!(got["scan_count"], 0);
     assert!(got["first_scanned_at"].is_null());
+    // As recorded from a scan event whose scanned_at fell on a whole second: shown in the
+    // event's own form, three fractional digits included, as the scan service shows it.
+    sqlx::query(
+        "UPDATE tags SET scan_count = 1, first_scanned_at = '2026-12-01T10:00:00Z' WHERE tag_id = $1",
+    )
+    .bind(&tag)
+    .execute(&app.db.pool)
+    .await
+    .expect("record a scan");
+    let got = body(app.get(&format!("/v1/tags/{tag}"), &op.access).await).await;
+    assert_eq!(got["first_scanned_at"], "2026-12-01T10:00:00.000Z");
 
     let cache_key = format!("{}:tag:{{{tag}}}", app.redis_prefix);
     let mut redis = app.redis().await;

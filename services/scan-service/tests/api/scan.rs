@@ -45,7 +45,7 @@ async fn known_tag_answers_authentic_with_product_and_counts() {
             "product": {"id": env.product_id, "name": "Gold Watch", "sku": body["product"]["sku"]},
             "batch_id": env.batch_id,
             "scan_count": 7,
-            "first_scanned_at": "2026-11-01T10:00:00Z",
+            "first_scanned_at": "2026-11-01T10:00:00.000Z",
         })
     );
     assert!(body["product"]["sku"].as_str().unwrap().starts_with("SKU-"));
