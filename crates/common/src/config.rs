@@ -384,7 +384,7 @@ impl CommonConfig {
         let bind_addr = env.parse(
             "BIND_ADDR",
             default_bind.parse().expect("default bind address is valid"),
-            "host:port, e.g. 127.0.0.1:8080",
+            "an IP address and port (not a host name), e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::]:8080",
         )?;
         let database_url = postgres_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL)?;
         let idle_tx_secs: u64 = env.int_in("DATABASE_IDLE_TX_TIMEOUT_SEC", 60, 1, 86_400)?;
@@ -631,9 +631,12 @@ mod tests {
 
     #[test]
     fn bad_bind_addr() {
-        let e = parse(&[("BIND_ADDR", "localhost")]).unwrap_err();
-        assert_eq!(e.var, "BIND_ADDR");
-        assert!(e.expected.contains("host:port"));
+        for bad in ["localhost", "localhost:8080", "8080"] {
+            let e = parse(&[("BIND_ADDR", bad)]).unwrap_err();
+            assert_eq!(e.var, "BIND_ADDR");
+            // A host name in host:port form is refused, so the form asked for says so.
+            assert!(e.expected.contains("IP address and port (not a host name)"));
+        }
     }
 
     #[test]
