@@ -68,7 +68,7 @@ impl Modify for AuditPaths {
                 "after_seq",
                 "Return events with a larger seq",
             ))
-            .parameter(integer_query("limit", "Largest number of events returned"))
+            .parameter(integer_query("limit", "Largest number of events returned: 1 or more, default 100; a limit over 1000 gives a page of 1000 (page on with after_seq set to the last seq received)"))
             .response("200", ok("`{\"items\":[event, ...]}`"))
             .response(
                 "400",

@@ -76,6 +76,24 @@ impl Consumer {
     /// an absent emulator heals by itself.
     pub async fn run(self, shutdown: CancellationToken) {
         let settings = self.context.settings.consumer;
+        tracing::info!(
+            subscription = %self.context.subscription,
+            streams = settings.streams.max(1),
+            batch_size = settings.batch_size,
+            "consuming scan events"
+        );
+        // Nothing touches the database until a message arrives, so without this an unreachable
+        // one stays unnoticed on a quiet subscription. Not fatal: it may come back by itself.
+        let pool = self.context.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sqlx::query("SELECT 1").execute(&pool).await {
+                tracing::warn!(
+                    error = %e,
+                    "the scan-event consumer cannot reach PostgreSQL; events are not applied \
+                     until it can (deliveries are retried, then dead-lettered)"
+                );
+            }
+        });
         let (sender, deliveries) = mpsc::channel(settings.batch_size.max(1));
         let mut streams = JoinSet::new();
         for stream in 0..settings.streams.max(1) {
