@@ -182,7 +182,7 @@ impl FuzzRequest<'_> {
             Peer::V4(b) => IpAddr::V4(Ipv4Addr::from(b)),
             Peer::V6(b) => IpAddr::V6(Ipv6Addr::from(b)),
         };
-        // What `into_make_service_with_connect_info` puts there for a real connection.
+        // What `common::server::serve` puts there for a real connection.
         request
             .extensions_mut()
             .insert(ConnectInfo(SocketAddr::new(peer, 40_000)));

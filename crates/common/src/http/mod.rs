@@ -26,7 +26,8 @@ use crate::config::HttpConfig;
 
 /// Wraps `router` (routes and fallback) in the hardening stack, outermost first: security
 /// headers, request id, panic catcher, CORS, trace span and metrics, JSON errors, body limit,
-/// timeout, client IP. Serve the result with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// timeout, client IP. Serve the result with [`crate::server::serve`], which gives every request
+/// its peer address as `ConnectInfo<SocketAddr>`.
 ///
 /// The stack is one tower service applied once: every `Router::layer` call would box and clone
 /// the service per request again, and the request mappers here are plain functions.
