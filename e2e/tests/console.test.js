@@ -305,13 +305,22 @@ describe('admin console', () => {
   });
 
   it('shows the actions in the audit log and verifies the chain', async () => {
+    // Someone not signed in, with an email that matches no account: the event keeps nothing of
+    // what was typed, and the console shows who acted as "anonymous", not as the service.
+    const failed = await page.request.post(`${BASE_URL}/v1/auth/login`, {
+      headers: { 'x-device-id': 'e2e-anonymous-device-0001' },
+      data: { email: 'nobody-e2e@example.com', password: 'not a password' },
+    });
+    assert.equal(failed.status(), 401);
     await page.getByRole('link', { name: 'Audit log' }).click();
     const events = page.locator('table code.action');
     await events.first().waitFor();
     const actions = await events.allTextContents();
-    for (const action of ['api_key.created', 'api_key.revoked', 'product.created', 'batch.created', 'tag.revoked']) {
+    for (const action of ['api_key.created', 'api_key.revoked', 'product.created', 'batch.created', 'tag.revoked', 'auth.login_failed']) {
       assert.ok(actions.includes(action), `${action} in ${actions.join(', ')}`);
     }
+    const failedRow = page.locator('tbody tr').filter({ has: page.locator('code.action', { hasText: 'auth.login_failed' }) }).last();
+    assert.equal(await failedRow.locator('td').nth(2).textContent(), 'anonymous');
     await page.getByRole('button', { name: 'Verify chain' }).click();
     await page.locator('#verify-result').getByText('Chain intact').waitFor();
     // scripts/e2e.sh gives the service a signing key, so the checkpoint is really signed.

@@ -7,8 +7,12 @@ import { describe } from '../errors.js';
 
 const PAGE = 50;
 
+// A signed-in user (email, else id), the service itself ("system"), or someone not signed in:
+// a failed login, shown with the account it was against when the email given matched one.
 function actorOf(e) {
-  return e.actor_email ?? (e.actor_id ? e.actor_id : 'system');
+  if (e.actor_id) return e.actor_email ?? e.actor_id;
+  if (e.actor_email === 'system') return 'system';
+  return e.actor_email ? `anonymous (as ${e.actor_email})` : 'anonymous';
 }
 
 export async function render(root) {

@@ -43,9 +43,10 @@ pub enum Actor {
         /// The user's email at the time.
         email: String,
     },
-    /// Someone not (yet) authenticated, e.g. a failed login; only the claimed email is known.
+    /// Someone not (yet) authenticated, e.g. a failed login.
     Anonymous {
-        /// The email that was claimed, if any.
+        /// The address of the account they tried to act as, when one matched; never text that
+        /// matched no account (the chain keeps it for good).
         email: Option<String>,
     },
 }

@@ -22,7 +22,8 @@ pub struct AuditRecord {
     pub occurred_at: DateTime<Utc>,
     /// The acting user, if any.
     pub actor_id: Option<Uuid>,
-    /// The acting user's email, `system` for the service itself, or the claimed email.
+    /// The acting user's email, `system` for the service itself, or for someone not signed in
+    /// the address of the account they tried to act as (null when none matched).
     pub actor_email: Option<String>,
     /// What happened, e.g. `api_key.created`.
     pub action: String,

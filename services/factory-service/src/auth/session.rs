@@ -128,8 +128,8 @@ pub async fn login(
     // text that matched none. That may be anything typed into the field (a password, say), and
     // the audit chain keeps it for good; anyone could write into the log with it too.
     let claimed = match &user {
-        Some(u) if u.disabled_at.is_some() => (Some(u.email.clone()), "user_disabled"),
-        Some(u) => (Some(u.email.clone()), "wrong_password"),
+        Some(u) if u.disabled_at.is_some() => (Some((u.id, u.email.clone())), "user_disabled"),
+        Some(u) => (Some((u.id, u.email.clone())), "wrong_password"),
         None => (None, "unknown_email"),
     };
     let active = user.filter(|u| u.disabled_at.is_none());
@@ -141,10 +141,14 @@ pub async fn login(
         Some(user) if matches => user,
         _ => {
             let mut tx = state.pool.begin().await?;
-            let (email, reason) = claimed;
-            let event = NewEvent::new("auth.login_failed", Actor::Anonymous { email })
+            let (account, reason) = claimed;
+            let (id, email) = account.unzip();
+            let mut event = NewEvent::new("auth.login_failed", Actor::Anonymous { email })
                 .client(client.ip.clone(), client.user_agent.clone())
                 .details(serde_json::json!({ "reason": reason }));
+            if let Some(id) = id {
+                event = event.target("user", id);
+            }
             state.audit.append(&mut tx, event).await?;
             tx.commit().await?;
             metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);

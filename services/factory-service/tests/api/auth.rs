@@ -97,6 +97,14 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     assert_eq!(app.audit_count("auth.login_failed").await, 7);
 }
 
+/// An `auth.login_failed` event: actor email, target type and id, details.
+type FailedLogin = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    serde_json::Value,
+);
+
 /// The audit chain is permanent, so a failed login records the address of the account it was
 /// against, and nothing of text that matched no account: that may be a password typed into the
 /// wrong field, or anything an anonymous caller wants written into the log.
@@ -116,18 +124,55 @@ async fn a_failed_login_never_records_what_matched_no_account() {
         )
         .await;
     }
-    let rows: Vec<(Option<String>, serde_json::Value)> = sqlx::query_as(
-        "SELECT actor_email, details FROM audit_events WHERE action = 'auth.login_failed' ORDER BY seq",
+    // A disabled account, with its right password.
+    let disabled = app.user(Role::Viewer).await;
+    sqlx::query("UPDATE users SET disabled_at = now() WHERE email = $1")
+        .bind(&disabled)
+        .execute(&app.db.pool)
+        .await
+        .expect("disable");
+    assert_error(
+        app.login_raw(&disabled, PASSWORD, DEVICE).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let id_of = async |email: &str| -> uuid::Uuid {
+        sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&app.db.pool)
+            .await
+            .expect("the user")
+    };
+    let user_id = id_of(&email).await;
+    let disabled_id = id_of(&disabled).await;
+    let rows: Vec<FailedLogin> = sqlx::query_as(
+        "SELECT actor_email, target_type, target_id, details FROM audit_events \
+             WHERE action = 'auth.login_failed' ORDER BY seq",
     )
     .fetch_all(&app.db.pool)
     .await
     .expect("audit events");
+    let against_the_account = (
+        Some(email.clone()),
+        Some("user".to_owned()),
+        Some(user_id.to_string()),
+        json!({"reason": "wrong_password"}),
+    );
+    let against_nothing = (None, None, None, json!({"reason": "unknown_email"}));
+    let against_the_disabled_account = (
+        Some(disabled.clone()),
+        Some("user".to_owned()),
+        Some(disabled_id.to_string()),
+        json!({"reason": "user_disabled"}),
+    );
     assert_eq!(
         rows,
         vec![
-            (Some(email.clone()), json!({"reason": "wrong_password"})),
-            (None, json!({"reason": "unknown_email"})),
-            (None, json!({"reason": "unknown_email"})),
+            against_the_account,
+            against_nothing.clone(),
+            against_nothing,
+            against_the_disabled_account
         ]
     );
     let dump: String = sqlx::query_scalar("SELECT string_agg(e::text, ' ') FROM audit_events e")
