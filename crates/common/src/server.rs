@@ -56,8 +56,10 @@ pub async fn serve_with(
                 Err(e) => {
                     // Out of file descriptors, typically; accepting again at once would spin.
                     tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = shutdown.cancelled() => break,
+                    }
                 }
             },
             () = shutdown.cancelled() => break,
