@@ -14,15 +14,16 @@ pub fn millis(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// `#[serde(with = "common::timestamp::millis_opt")]` on an `Option<DateTime<Utc>>`: written
-/// in this form (or null), read in any RFC 3339 form.
+/// `#[serde(default, with = "common::timestamp::millis_opt")]` on an `Option<DateTime<Utc>>`:
+/// written in this form (or null), read in any RFC 3339 form (`default`: a missing field reads
+/// as `None`, as it does without `with`).
 pub mod millis_opt {
     use super::*;
 
     /// Writes `t` with exactly three fractional digits, or null.
     pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.serialize_str(&millis(t)),
+            Some(t) => s.serialize_some(&millis(t)),
             None => s.serialize_none(),
         }
     }
@@ -41,7 +42,7 @@ mod tests {
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct At {
-        #[serde(with = "millis_opt")]
+        #[serde(default, with = "millis_opt")]
         at: Option<DateTime<Utc>>,
     }
 

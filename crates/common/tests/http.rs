@@ -251,7 +251,7 @@ async fn request_timeout_is_503_json() {
     let base = spawn_hardened(&[]).await;
     let resp = client().get(format!("{base}/slow")).send().await.unwrap();
     assert_security_headers(&resp);
-    // Every 503 says when to come back, as the dependency-down ones of the services do.
+    // The timeout's bare 503 says when to come back, as the services' dependency-down ones do.
     assert_eq!(
         resp.headers().get("retry-after").map(|v| v.as_bytes()),
         Some(&b"1"[..])

@@ -53,7 +53,7 @@ pub struct Tag {
     /// Scans recorded by the factory's event consumer (eventually consistent).
     pub scan_count: i64,
     /// First recorded scan (the `scanned_at` of its event, in the same form).
-    #[serde(with = "common::timestamp::millis_opt")]
+    #[serde(default, with = "common::timestamp::millis_opt")]
     pub first_scanned_at: Option<DateTime<Utc>>,
     /// The tag's JSON, rendered once (see [`Tag::json`]).
     #[serde(skip)]

@@ -37,7 +37,6 @@ pub struct Tag {
     pub scan_count: i64,
     /// First scan, if any (the `scanned_at` of its event, in the same form).
     #[serde(with = "common::timestamp::millis_opt")]
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub first_scanned_at: Option<DateTime<Utc>>,
     /// Revocation time, if revoked.
     pub revoked_at: Option<DateTime<Utc>>,
