@@ -15,7 +15,7 @@ pub enum AuditError {
         source: std::io::Error,
     },
     /// A PEM did not hold a usable RSA key.
-    #[error("invalid RSA key {what}: {reason}")]
+    #[error("invalid RSA key ({what}): {reason}")]
     InvalidKey {
         /// Which key (file name or key id).
         what: String,

@@ -154,7 +154,17 @@ impl PublicKey {
             .or_else(|_| RsaPublicKey::from_pkcs1_pem(pem))
             .map_err(|e| AuditError::InvalidKey {
                 what: "public key".into(),
-                reason: format!("not a PEM RSA public key ({e})"),
+                reason: if pem.contains("PRIVATE KEY-----") {
+                    // The likeliest mix-up, and one whose parser error says nothing useful.
+                    "this is a private key; give its public half \
+                     (openssl pkey -in key.pem -pubout -out key.pub.pem)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "expected a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC \
+                         KEY); {e}"
+                    )
+                },
             })?;
         Self::from_rsa(&key)
     }
@@ -272,5 +282,34 @@ impl KeyRing {
             UnknownKeys::Fail => SignatureCheck::UnknownKey,
             UnknownKeys::Skip => SignatureCheck::Skipped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_key_given_as_a_public_one_is_named_as_such() {
+        let private = include_str!("../../tests/fixtures/audit_k1.pem");
+        let e = PublicKey::from_pem(private).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "invalid RSA key (public key): this is a private key; give its public half \
+                 (openssl pkey -in key.pem -pubout -out key.pub.pem)"
+            )
+        );
+        let e = PublicKey::from_pem("not a key")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.starts_with(
+                "invalid RSA key (public key): expected a PEM RSA public key (BEGIN PUBLIC KEY \
+                 or BEGIN RSA PUBLIC KEY); "
+            )),
+            "{e:?}"
+        );
+        assert!(PublicKey::from_pem(include_str!("../../tests/fixtures/audit_k1.pub.pem")).is_ok());
     }
 }
