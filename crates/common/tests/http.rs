@@ -649,3 +649,35 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed() {
     trickler.abort();
     token.cancel();
 }
+
+/// Shutdown closes a keep-alive connection that sits between requests at once, rather than
+/// waiting for the drain timeout (10 s) or the header-read bound: a deploy must not wait on
+/// clients that merely keep a connection open.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let router = Router::new().route("/ok", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let server = tokio::spawn(common::server::serve(listener, router, token.clone()));
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 256];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+
+    token.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(3), server).await;
+    assert!(
+        stopped.is_ok_and(|joined| joined.is_ok_and(|served| served.is_ok())),
+        "serve still waiting on an idle keep-alive connection"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(1)).await,
+        "the idle connection is still open"
+    );
+}
