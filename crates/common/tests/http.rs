@@ -575,26 +575,52 @@ async fn closed_within(read: &mut (impl tokio::io::AsyncRead + Unpin), limit: Du
     .is_ok()
 }
 
+/// A server with one `/ok` route on a free port, reading request heads within `header_timeout`.
+async fn ok_server(
+    header_timeout: Duration,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let router = Router::new().route("/ok", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let server = tokio::spawn(common::server::serve_with(
+        listener,
+        router,
+        token.clone(),
+        header_timeout,
+    ));
+    (addr, token, server)
+}
+
+/// Sends a whole `GET /ok` on `stream`, keeping it open, and checks the answer.
+async fn get_ok(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 256];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+}
+
 /// Slowloris: clients that connect and send nothing, or half a request's head, or one header
 /// line now and then, each hold a connection and a file descriptor for as long as they like
 /// unless the server bounds how long a request's head may take. With `axum::serve` (no timer on
 /// hyper's connections) all of these stayed open for minutes.
 #[tokio::test]
 async fn connections_that_do_not_send_a_request_head_in_time_are_closed() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     use tokio::net::TcpStream;
 
-    let router = Router::new().route("/ok", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
     let limit = Duration::from_secs(1);
-    tokio::spawn(common::server::serve_with(
-        listener,
-        router,
-        token.clone(),
-        limit,
-    ));
+    let (addr, token, _server) = ok_server(limit).await;
     let started = std::time::Instant::now();
 
     let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -618,15 +644,7 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed() {
     // A whole request is answered, and its keep-alive connection then waits at most as long
     // for the next one.
     let mut whole = TcpStream::connect(addr).await.unwrap();
-    whole
-        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 256];
-    let n = whole.read(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
-    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    get_ok(&mut whole).await;
 
     let margin = Duration::from_secs(8);
     assert!(
@@ -655,20 +673,10 @@ async fn connections_that_do_not_send_a_request_head_in_time_are_closed() {
 /// clients that merely keep a connection open.
 #[tokio::test]
 async fn shutdown_closes_idle_keep_alive_connections_at_once() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    let router = Router::new().route("/ok", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = CancellationToken::new();
-    let server = tokio::spawn(common::server::serve(listener, router, token.clone()));
+    // The bound is the default's: shutdown must not wait for it either.
+    let (addr, token, server) = ok_server(common::server::HEADER_READ_TIMEOUT).await;
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = [0u8; 256];
-    let n = idle.read(&mut answer).await.unwrap();
-    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+    get_ok(&mut idle).await;
 
     token.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(3), server).await;
