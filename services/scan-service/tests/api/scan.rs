@@ -479,3 +479,36 @@ async fn an_address_in_use_stops_start_up_before_redis_is_touched() {
         "Redis was connected to: {touched:?}"
     );
 }
+
+/// HEAD on the scan route is a scan (axum answers it as the GET without the body): it costs a
+/// token like any scan. A HEAD that cost nothing would tell for free which tags exist.
+#[tokio::test]
+async fn head_is_a_scan_and_costs_a_token() {
+    let env = TestEnv::new().await;
+    let app = env
+        .spawn(&[
+            ("RATE_LIMIT_IP_PER_MINUTE", "60"),
+            ("RATE_LIMIT_IP_BURST", "20"),
+        ])
+        .await;
+    let tag = env.tag().await;
+    let head = app
+        .client
+        .head(app.url(&format!("/v1/scan/{tag}")))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "x-ratelimit-remaining"), Some("19"));
+    assert_eq!(head.bytes().await.expect("body").len(), 0);
+    let unknown = app
+        .client
+        .head(app.url("/v1/scan/unknown_tag_0123456789"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(header(&unknown, "x-ratelimit-remaining"), Some("18"));
+    let get = app.scan(&tag).await;
+    assert_eq!(header(&get, "x-ratelimit-remaining"), Some("17"));
+}
