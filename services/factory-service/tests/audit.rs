@@ -1284,7 +1284,10 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("audit chain intact: 6 events checked, 0 legacy, 6 signatures verified"),
+        out.contains(
+            "audit chain intact: 6 events checked, 0 legacy, 6 signatures verified, \
+             1 checkpoint(s) matched (0 given with --checkpoint)"
+        ),
         "{out}"
     );
     let (code, out) = cli(&["audit", "verify", "--database-url", &url]);
@@ -1305,6 +1308,23 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     // A saved checkpoint file, then the tail is cut and the traces in the database covered.
     let saved = std::env::temp_dir().join(format!("audit-cp-{}.json", Uuid::new_v4()));
     std::fs::write(&saved, serde_json::to_string(&cp.to_json()).unwrap()).unwrap();
+    let saved_arg = saved.to_string_lossy().into_owned();
+    // Before anything is cut, the saved checkpoint is compared too, and the output says so.
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k1,
+        "--checkpoint",
+        &saved_arg,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("2 checkpoint(s) matched (1 given with --checkpoint)"),
+        "{out}"
+    );
     tamper(
         &db.pool,
         "DELETE FROM audit_events WHERE seq > 4; DELETE FROM audit_checkpoints; \
@@ -1320,7 +1340,6 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
         &k1,
     ]);
     assert_eq!(code, 0, "{out}");
-    let saved_arg = saved.to_string_lossy().into_owned();
     let (code, out) = cli(&[
         "audit",
         "verify",

@@ -114,10 +114,13 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
     match result.broken {
         None => {
             println!(
-                "audit chain intact: {} events checked, {} legacy, {} signatures verified, head seq {} hash {}",
+                "audit chain intact: {} events checked, {} legacy, {} signatures verified, \
+                 {} checkpoint(s) matched ({} given with --checkpoint), head seq {} hash {}",
                 report.events_checked,
                 report.legacy_events,
                 report.signatures_checked,
+                result.checkpoints_compared,
+                checkpoints.len(),
                 report.head.seq,
                 report.head.hash.as_deref().unwrap_or("(none)"),
             );

@@ -116,6 +116,8 @@ pub struct Verification {
     pub state: ChainState,
     /// The first break, if any.
     pub broken: Option<Break>,
+    /// Checkpoints (stored and given) compared with the chain; with no break, all matched.
+    pub checkpoints_compared: usize,
 }
 
 impl Verification {
@@ -314,6 +316,7 @@ pub async fn verify(
     Ok(Verification {
         state: checker.state,
         broken,
+        checkpoints_compared: checkpoints.len(),
     })
 }
 
