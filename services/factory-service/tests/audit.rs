@@ -1309,17 +1309,20 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     let saved = std::env::temp_dir().join(format!("audit-cp-{}.json", Uuid::new_v4()));
     std::fs::write(&saved, serde_json::to_string(&cp.to_json()).unwrap()).unwrap();
     let saved_arg = saved.to_string_lossy().into_owned();
+    let verify_with_saved = || {
+        cli(&[
+            "audit",
+            "verify",
+            "--database-url",
+            &url,
+            "--public-key",
+            &k1,
+            "--checkpoint",
+            &saved_arg,
+        ])
+    };
     // Before anything is cut, the saved checkpoint is compared too, and the output says so.
-    let (code, out) = cli(&[
-        "audit",
-        "verify",
-        "--database-url",
-        &url,
-        "--public-key",
-        &k1,
-        "--checkpoint",
-        &saved_arg,
-    ]);
+    let (code, out) = verify_with_saved();
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("2 checkpoint(s) matched (1 given with --checkpoint)"),
@@ -1340,16 +1343,7 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
         &k1,
     ]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = cli(&[
-        "audit",
-        "verify",
-        "--database-url",
-        &url,
-        "--public-key",
-        &k1,
-        "--checkpoint",
-        &saved_arg,
-    ]);
+    let (code, out) = verify_with_saved();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("first bad seq 5: tail_truncated"), "{out}");
     let _ = std::fs::remove_file(&saved);
