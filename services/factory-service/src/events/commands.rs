@@ -77,6 +77,7 @@ pub async fn worker(
     // may come as soon as the address below is logged.
     common::telemetry::prometheus();
     let consumer = consumer(config).await?;
+    consumer.warn_if_database_unreachable();
     let Some(addr) = metrics_addr else {
         consumer.run(shutdown).await;
         return Ok(());

@@ -70,6 +70,23 @@ impl Consumer {
         Arc::clone(&self.context.settled)
     }
 
+    /// Warns, in the background, when PostgreSQL cannot be reached. For `worker`, where the
+    /// consumer is all there is: nothing touches the database until a message arrives, so an
+    /// unreachable one would go unnoticed on a quiet subscription. Not fatal, since it may come
+    /// back by itself. (`serve` has its API, probes and audit jobs on the same database.)
+    pub fn warn_if_database_unreachable(&self) {
+        let pool = self.context.pool.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sqlx::query("SELECT 1").execute(&pool).await {
+                tracing::warn!(
+                    error = %e,
+                    "the scan-event consumer cannot reach PostgreSQL; events are not applied \
+                     until it can (deliveries are retried, then dead-lettered)"
+                );
+            }
+        });
+    }
+
     /// Consumes until `shutdown` is cancelled, then stops pulling, lets in-flight batches
     /// finish (up to the drain timeout; the rest are nacked) and flushes acks. A failed stream
     /// is reopened with back-off rather than ending the consumer, so a missing subscription or
@@ -82,18 +99,6 @@ impl Consumer {
             batch_size = settings.batch_size,
             "consuming scan events"
         );
-        // Nothing touches the database until a message arrives, so without this an unreachable
-        // one stays unnoticed on a quiet subscription. Not fatal: it may come back by itself.
-        let pool = self.context.pool.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sqlx::query("SELECT 1").execute(&pool).await {
-                tracing::warn!(
-                    error = %e,
-                    "the scan-event consumer cannot reach PostgreSQL; events are not applied \
-                     until it can (deliveries are retried, then dead-lettered)"
-                );
-            }
-        });
         let (sender, deliveries) = mpsc::channel(settings.batch_size.max(1));
         let mut streams = JoinSet::new();
         for stream in 0..settings.streams.max(1) {
