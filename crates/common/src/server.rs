@@ -6,6 +6,13 @@
 //! nothing, or half a request, or one header line every few seconds, held its connection (and
 //! a file descriptor) for as long as it liked: enough such clients exhaust the process's
 //! descriptors and nothing else is served (slowloris).
+//!
+//! A request head that hyper refuses by itself (malformed, URI or head too long) gets the
+//! contract's JSON error and security headers rather than hyper's bare status line, and a
+//! connection closed while its client is still sending lingers so that the client gets the
+//! answer rather than a reset ([`socket`]).
+
+mod socket;
 
 use std::time::Duration;
 
@@ -16,6 +23,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Service as _;
+
+pub use socket::{LINGER, Socket};
 
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +79,7 @@ pub async fn serve_with(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(request)
         });
-        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = http.serve_connection(TokioIo::new(Socket::new(stream)), service);
         let stop = shutdown.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {

@@ -693,3 +693,135 @@ async fn shutdown_closes_idle_keep_alive_connections_at_once() {
         "the idle connection is still open"
     );
 }
+
+/// Sends `request` on a new connection to `addr` as an HTTP client does (the whole request, then
+/// the answer) and reads the answer until the server closes. Returns the answer's status, its
+/// head's lines in lower case, and its body.
+async fn raw_exchange(addr: &str, request: Vec<u8>) -> (u16, Vec<String>, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let exchange = async {
+        stream.write_all(&request).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.map(|_| answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the server closes the connection after its answer")
+        .unwrap_or_else(|e| panic!("sending the request or reading the answer failed: {e}"));
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    let mut lines = head.lines().map(str::to_ascii_lowercase);
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line}"));
+    (status, lines.collect(), body.to_owned())
+}
+
+/// hyper answers a request head it cannot take (bad bytes, a URI over 64 KiB, a head over its
+/// buffer or with too many headers) by itself, before the router. That answer was a bare status
+/// line; it must be the contract's JSON error with the security headers and a request id like
+/// every other response. hyper stops reading a head that is too large part way; the rest must
+/// still be taken, or closing the connection resets it, and a client still sending its request
+/// (16 MiB here, more than the socket buffers hold) then gets an error instead of the answer.
+#[tokio::test]
+async fn request_heads_hyper_refuses_get_the_contracts_json_error() {
+    let base = spawn_hardened(&[]).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let many_headers: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: [(&str, Vec<u8>, u16, &str); 5] = [
+        (
+            "a 100 KB URI",
+            format!(
+                "GET /ok?q={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "a".repeat(100_000)
+            )
+            .into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "a control byte in a header",
+            b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Odd: a\x01b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a broken request line",
+            b"GET  /ok HTTP/1.1 extra\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "300 headers",
+            format!("GET /ok HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "request_header_fields_too_large",
+        ),
+        (
+            "a 16 MiB header",
+            format!(
+                "GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(16 << 20)
+            )
+            .into_bytes(),
+            431,
+            "request_header_fields_too_large",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let (got, head, body) = raw_exchange(&addr, request).await;
+        assert_eq!(got, status, "{what}: {head:?} {body}");
+        for (name, value) in SECURITY_HEADERS {
+            let line = format!("{name}: {}", value.to_ascii_lowercase());
+            assert!(head.contains(&line), "{what}: {line} missing in {head:?}");
+        }
+        for line in ["content-type: application/json", "connection: close"] {
+            assert!(
+                head.contains(&line.to_owned()),
+                "{what}: {line} missing in {head:?}"
+            );
+        }
+        let id = head
+            .iter()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("{what}: no request id in {head:?}"));
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{what}: request id {id}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(body["error"], code, "{what}: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    // The connection loop goes on serving.
+    let r = client().get(format!("{base}/ok")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A route that answers before reading the body (413 for a declared length over the limit)
+/// leaves the rest unread when hyper closes the connection. A client that sends its whole
+/// request before reading (16 MiB, more than the socket buffers hold) must get the 413, not a
+/// broken pipe: the server reads and discards the rest before closing.
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_gets_the_answer() {
+    let base = spawn_hardened(&[]).await;
+    let addr = base.trim_start_matches("http://");
+    let body = "x".repeat(16 << 20);
+    let request = format!(
+        "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, head, body) = raw_exchange(addr, request.into_bytes()).await;
+    assert_eq!(status, 413, "{head:?} {body}");
+    assert!(
+        head.contains(&"x-content-type-options: nosniff".to_owned()),
+        "{head:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(body["error"], "payload_too_large", "{body}");
+}

@@ -46,6 +46,10 @@ pub fn default_error(status: StatusCode) -> (&'static str, &'static str) {
         408 => ("request_timeout", "The request took too long."),
         409 => ("conflict", "The request conflicts with the current state."),
         413 => ("payload_too_large", "The request body is too large."),
+        414 => (
+            "uri_too_long",
+            "The request's URI is too long (at most 65,534 bytes).",
+        ),
         415 => (
             "unsupported_media_type",
             "Send the body as application/json.",
@@ -55,6 +59,10 @@ pub fn default_error(status: StatusCode) -> (&'static str, &'static str) {
             "The request could not be processed.",
         ),
         429 => ("rate_limited", "Too many requests."),
+        431 => (
+            "request_header_fields_too_large",
+            "The request's head is too large (at most 100 headers and about 400 KiB).",
+        ),
         500 => ("internal_error", "Something went wrong on our side."),
         503 => (
             "service_unavailable",

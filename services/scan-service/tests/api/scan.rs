@@ -116,6 +116,19 @@ async fn request_id_is_kept_when_sane() {
     assert_ne!(header(&r, "x-request-id"), Some("<script>"));
 }
 
+/// `GET path` over a bare connection (for what reqwest will not send); the whole answer.
+async fn raw_get(app: &TestApp, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn assert_json_4xx(r: reqwest::Response, expected: StatusCode, code: &str, what: &str) {
     assert_eq!(r.status(), expected, "{what}");
     assert!(
@@ -177,6 +190,15 @@ async fn odd_paths_methods_and_headers_are_clear_4xx() {
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_json_4xx(r, status, code, &path[..path.len().min(40)]).await;
     }
+    // Over 64 KiB, hyper refuses the URI before the router sees it (and reqwest will not even
+    // send it, so this goes over a bare socket): still the contract's JSON error and headers.
+    let answer = raw_get(&app, &format!("/v1/scan/{}", "c".repeat(100_000))).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 414 "), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(head.contains("x-request-id: "), "{head}");
+    let body: Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "uri_too_long", "{body}");
     // An empty tag id, or one with a `/` in it, is a malformed tag id: 400, charged like any
     // other scan (so it carries the rate-limit headers).
     for path in [

@@ -1,0 +1,318 @@
+//! A connection's socket as hyper sees it: hyper's own answers to refused request heads become
+//! the contract's, and closing lingers until the client has sent what it was sending.
+//!
+//! hyper answers a request head it cannot take by itself, before any service sees the request:
+//! 400 for a malformed head (a bad byte in a header, a broken request line), 414 for a URI over
+//! 65,534 bytes, 431 for a head larger than its read buffer or with more than 100 headers. That
+//! answer is a status line, `content-length: 0` and `date`, and nothing else, while the contract
+//! wants every response, errors included, to carry the JSON error body, the security headers and
+//! an `X-Request-ID` (CONTRACT 3.6).
+//!
+//! hyper has no hook for that answer, so [`Socket`] wraps a connection's socket, recognises
+//! the answer when hyper writes it (a whole head with one of those three statuses and no
+//! `x-request-id`, which every response of the router has) and writes the contract's answer in
+//! its place, with `connection: close`, since hyper closes the connection after it.
+//!
+//! hyper then drops the socket, often with part of the refused request still unread (it stops
+//! reading at its buffer's limit, or at the first bad byte). The same happens when a route
+//! answers before reading the whole body (413 for a body over the limit). Closing a socket with
+//! unread data makes the kernel send a reset, and a client still sending its request then gets
+//! a "broken pipe" or "connection reset" error instead of the answer. So a connection the server
+//! closes before the client has closed its side is not closed at once: it stops sending, and
+//! what the client still sends is read and thrown away until it closes its side, for at most
+//! [`LINGER`] (a "lingering close", as Apache and nginx do it).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Response, StatusCode, header};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+
+use crate::http::error::{ErrorBody, default_error};
+use crate::http::request_id::X_REQUEST_ID;
+use crate::http::security_headers;
+
+/// How long a client may go on sending after the server has closed its side of the connection.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// A connection's socket as the server uses it: hyper's own answer to a refused request head is
+/// replaced by the contract's, and the close lingers (see the module's documentation).
+pub struct Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// `None` only once dropped.
+    inner: Option<S>,
+    /// The contract's answer being written in place of hyper's.
+    replacing: Option<Replacement>,
+    /// Whether the client has closed its side (a read found the end): no need to linger then.
+    peer_closed: bool,
+}
+
+struct Replacement {
+    bytes: Vec<u8>,
+    written: usize,
+    /// The length of hyper's answer, reported as written once ours is.
+    stands_for: usize,
+}
+
+impl<S> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Wraps a connection's socket.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner: Some(inner),
+            replacing: None,
+            peer_closed: false,
+        }
+    }
+
+    fn inner(&mut self) -> io::Result<Pin<&mut S>> {
+        self.inner
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Writes the rest of the replacement; done, it counts as hyper's answer written whole.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(mut replacement) = self.replacing.take() else {
+            return Poll::Ready(Ok(0));
+        };
+        while replacement.written < replacement.bytes.len() {
+            let rest = &replacement.bytes[replacement.written..];
+            let written = match self.inner()?.poll_write(cx, rest) {
+                Poll::Ready(written) => written?,
+                Poll::Pending => {
+                    self.replacing = Some(replacement);
+                    return Poll::Pending;
+                }
+            };
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            replacement.written += written;
+        }
+        Poll::Ready(Ok(replacement.stands_for))
+    }
+
+    /// Starts replacing `buf` if it is hyper's own answer to a refused head.
+    fn recognise(&mut self, buf: &[u8]) -> bool {
+        match refused_status(buf) {
+            Some(status) => {
+                self.replacing = Some(Replacement {
+                    bytes: answer(status),
+                    written: 0,
+                    stands_for: buf.len(),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<S> AsyncRead for Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = ready!(this.inner()?.poll_read(cx, buf));
+        if read.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
+            this.peer_closed = true;
+        }
+        Poll::Ready(read)
+    }
+}
+
+impl<S> AsyncWrite for Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.replacing.is_some() || this.recognise(buf) {
+            return this.poll_replacement(cx);
+        }
+        this.inner()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // hyper queues a head and the body's chunks as separate slices; its answer to a refused
+        // head is a head alone.
+        let first = bufs.iter().find(|buf| !buf.is_empty());
+        if this.replacing.is_some() || first.is_some_and(|buf| this.recognise(buf)) {
+            return this.poll_replacement(cx);
+        }
+        this.inner()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(S::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.replacing.is_some() {
+            ready!(this.poll_replacement(cx))?;
+        }
+        this.inner()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.replacing.is_some() {
+            ready!(this.poll_replacement(cx))?;
+        }
+        this.inner()?.poll_shutdown(cx)
+    }
+}
+
+impl<S> Drop for Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn drop(&mut self) {
+        if self.peer_closed {
+            return;
+        }
+        let (Some(mut socket), Ok(runtime)) =
+            (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                // Stop sending (the client reads the end of the answer), then take what the
+                // client still sends until it closes its side.
+                let _ = socket.shutdown().await;
+                let mut discard = [0u8; 8192];
+                while matches!(socket.read(&mut discard).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
+/// The status of hyper's own answer to a refused head, if `buf` is exactly that: one whole head
+/// (no body) with status 400, 414 or 431 and no `x-request-id`.
+fn refused_status(buf: &[u8]) -> Option<StatusCode> {
+    let status = match buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
+        b"400 " => StatusCode::BAD_REQUEST,
+        b"414 " => StatusCode::URI_TOO_LONG,
+        b"431 " => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        _ => return None,
+    };
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    if head_end != buf.len() {
+        return None;
+    }
+    let has_request_id = buf[..head_end]
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() > 13 && line[..13].eq_ignore_ascii_case(b"x-request-id:"));
+    (!has_request_id).then_some(status)
+}
+
+/// The contract's answer for `status`, as bytes on the wire.
+fn answer(status: StatusCode) -> Vec<u8> {
+    let (code, detail) = default_error(status);
+    let body = serde_json::to_vec(&ErrorBody {
+        error: code.to_owned(),
+        detail: detail.to_owned(),
+    })
+    .unwrap_or_default();
+    let mut response = security_headers::apply(Response::new(()));
+    let headers = response.headers_mut();
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+    let date = chrono::Utc::now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "application/json"),
+        (header::CONNECTION, "close"),
+        (X_REQUEST_ID.clone(), id),
+        (header::DATE, date.as_str()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+
+    let mut bytes = Vec::with_capacity(512 + body.len());
+    bytes.extend_from_slice(b"HTTP/1.1 ");
+    bytes.extend_from_slice(status.as_str().as_bytes());
+    bytes.push(b' ');
+    bytes.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        bytes.extend_from_slice(name.as_str().as_bytes());
+        bytes.extend_from_slice(b": ");
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bare_refusal_is_recognised() {
+        let bare = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        assert_eq!(refused_status(bare), Some(StatusCode::URI_TOO_LONG));
+        assert_eq!(
+            refused_status(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n"),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        // The router's own answers carry a request id, or a body, or another status.
+        let ours = b"HTTP/1.1 400 Bad Request\r\nX-Request-Id: abc\r\n\r\n";
+        assert_eq!(refused_status(ours), None);
+        let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(refused_status(with_body), None);
+        assert_eq!(refused_status(b"HTTP/1.1 404 Not Found\r\n\r\n"), None);
+        assert_eq!(refused_status(b"HTTP/1.1 400 Bad Request\r\n"), None);
+        assert_eq!(refused_status(b"{\"error\":\"x\"}"), None);
+    }
+
+    #[test]
+    fn the_replacement_is_the_contracts_error() {
+        let bytes = answer(StatusCode::URI_TOO_LONG);
+        let text = String::from_utf8(bytes).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        for line in [
+            "x-content-type-options: nosniff",
+            "content-type: application/json",
+            "connection: close",
+            &format!("content-length: {}", body.len()),
+        ] {
+            assert!(head.contains(line), "{line} missing in {head}");
+        }
+        let body: ErrorBody = serde_json::from_str(body).expect("the contract's body");
+        assert_eq!(body.error, "uri_too_long");
+    }
+}
