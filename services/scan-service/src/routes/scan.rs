@@ -93,13 +93,13 @@ async fn scan(
                 )
             }
         },
+        // Exactly CONTRACT 2.1's body: an unknown tag is the scan's answer, not an error of the
+        // request, so it does not take 3.6's `error`/`detail` shape as well.
         Ok(Found::Unknown(tag_id)) => (
             StatusCode::NOT_FOUND,
             axum::Json(json!({
                 "tag_id": tag_id,
                 "status": "unknown",
-                "error": "unknown_tag",
-                "detail": "No tag with this id was issued.",
             })),
         )
             .into_response(),
