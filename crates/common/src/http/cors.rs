@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, Response, header};
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 
 /// Request headers a browser may send cross-origin: exactly the contract's list (a same-origin
@@ -49,4 +49,24 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
             .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
             .max_age(Duration::from_secs(600)),
     )
+}
+
+/// Response mapper, outside the CORS layer: a response that does not allow its origin (one not
+/// listed, or no `Origin` at all) carries no `Access-Control-*` header. tower-http's layer
+/// leaves out only `Access-Control-Allow-Origin` then, and still sends the methods, headers and
+/// max age of a preflight and the exposed headers of any response to anyone who asks.
+pub fn only_for_allowed_origins<B>(mut response: Response<B>) -> Response<B> {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+    }
+    response
 }

@@ -12,6 +12,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use tower::ServiceBuilder;
+use tower::util::MapResponseLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -33,6 +34,10 @@ use crate::config::HttpConfig;
 /// the service per request again, and the request mappers here are plain functions.
 pub fn harden(router: Router, config: &HttpConfig) -> Router {
     let trusted = TrustedProxies::new(config.trusted_proxies.clone());
+    let cors = cors::layer(&config.cors_origins);
+    let cors_only_for_allowed = cors
+        .is_some()
+        .then(|| MapResponseLayer::new(cors::only_for_allowed_origins));
     router.fallback(fallback).layer(
         ServiceBuilder::new()
             // Outermost: every response, a caught panic's included, gets the headers and the
@@ -58,7 +63,8 @@ pub fn harden(router: Router, config: &HttpConfig) -> Router {
                     "Something went wrong on our side.",
                 )
             }))
-            .option_layer(cors::layer(&config.cors_origins))
+            .option_layer(cors_only_for_allowed)
+            .option_layer(cors)
             .layer(observe::ObserveLayer::new())
             .map_response(error::json_errors)
             .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
