@@ -124,17 +124,28 @@ fn answered<T>(resource: &str, outcome: google_cloud_pubsub::Result<T>) -> Resul
         .map_err(|e| format!("{resource}: {}", crate::report::Chain(&e)))
 }
 
+/// Sets gauges that are read rather than tracked (a queue's length), just before `/metrics`
+/// renders.
+pub type Sampler = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 struct HealthState {
     checks: Arc<Vec<ReadinessCheck>>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    sample: Option<Sampler>,
 }
 
 /// The three operational routes.
 pub fn routes(checks: Vec<ReadinessCheck>) -> Router {
+    routes_sampling(checks, None)
+}
+
+/// [`routes`], with `sample` run on every scrape of `/metrics` before it renders.
+pub fn routes_sampling(checks: Vec<ReadinessCheck>, sample: Option<Sampler>) -> Router {
     let state = HealthState {
         checks: Arc::new(checks),
         metrics: crate::telemetry::prometheus(),
+        sample,
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -190,6 +201,9 @@ async fn readyz(State(state): State<HealthState>) -> Response {
 }
 
 async fn metrics(State(state): State<HealthState>) -> Response {
+    if let Some(sample) = &state.sample {
+        sample();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -138,15 +138,19 @@ impl Application {
         let topics = common::pubsub::ProbeClients::topics(&common.pubsub)
             .await
             .context("creating the Pub/Sub readiness client")?;
+        let backlog = events.clone();
         let router =
-            routes::router(state, TimingLayer::new(config.timing)).merge(health::routes(vec![
-                ReadinessCheck::postgres(read_pool),
-                redis_check(redis),
-                ReadinessCheck::pubsub_topic(
-                    topics,
-                    common.pubsub.topic_path(&common.pubsub.topic),
-                ),
-            ]));
+            routes::router(state, TimingLayer::new(config.timing)).merge(health::routes_sampling(
+                vec![
+                    ReadinessCheck::postgres(read_pool),
+                    redis_check(redis),
+                    ReadinessCheck::pubsub_topic(
+                        topics,
+                        common.pubsub.topic_path(&common.pubsub.topic),
+                    ),
+                ],
+                Some(Arc::new(move || backlog.export_backlog())),
+            ));
         let router = common::http::harden(router, &common.http);
         Ok(Self {
             listener,

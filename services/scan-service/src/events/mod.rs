@@ -15,7 +15,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 pub use self::publisher::{PubSubPublisher, PublishError, Publisher};
-pub use self::queue::EventQueue;
+pub use self::queue::{EventQueue, EventReceiver};
 pub use self::worker::{WorkerSettings, spawn_worker};
 
 /// What a scan found.

@@ -3,7 +3,7 @@
 //! logged (at most every few seconds, with the running total).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -18,6 +18,24 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct EventQueue {
     tx: mpsc::Sender<ScanEvent>,
     drops: Arc<DropLog>,
+    /// Events the worker has taken from the queue and not yet sent.
+    held: Arc<AtomicUsize>,
+}
+
+/// The worker's end of the queue.
+#[derive(Debug)]
+pub struct EventReceiver {
+    /// The events, in order.
+    pub rx: mpsc::Receiver<ScanEvent>,
+    held: Arc<AtomicUsize>,
+}
+
+impl EventReceiver {
+    /// Records how many events the worker holds (taken from the queue, not yet sent), for
+    /// [`EventQueue::backlog`].
+    pub fn holding(&self, events: usize) {
+        self.held.store(events, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -30,8 +48,9 @@ struct DropLog {
 
 impl EventQueue {
     /// A queue holding up to `capacity` events, and its receiving end for the worker.
-    pub fn bounded(capacity: usize) -> (Self, mpsc::Receiver<ScanEvent>) {
+    pub fn bounded(capacity: usize) -> (Self, EventReceiver) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let held = Arc::new(AtomicUsize::new(0));
         let queue = Self {
             tx,
             drops: Arc::new(DropLog {
@@ -39,8 +58,23 @@ impl EventQueue {
                 started: Instant::now(),
                 last_logged_ms: AtomicU64::new(u64::MAX),
             }),
+            held: Arc::clone(&held),
         };
-        (queue, rx)
+        (queue, EventReceiver { rx, held })
+    }
+
+    /// Events not sent yet: waiting in the queue, or held by the worker (a batch being sent, or
+    /// kept to retry while the broker is away). `scan_events_buffered` is this, read when
+    /// `/metrics` is scraped: the worker can be inside one attempt for seconds while events
+    /// pile up, so a gauge it set itself would lag.
+    pub fn backlog(&self) -> usize {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        queued + self.held.load(Ordering::Relaxed)
+    }
+
+    /// Sets `scan_events_buffered` to [`Self::backlog`].
+    pub fn export_backlog(&self) {
+        metrics::gauge!("scan_events_buffered").set(self.backlog() as f64);
     }
 
     /// Hands `event` to the worker without waiting. Returns whether it was accepted.
@@ -105,14 +139,18 @@ mod tests {
 
     #[test]
     fn overflow_is_counted_not_blocking() {
-        let (queue, mut rx) = EventQueue::bounded(2);
+        let (queue, mut events) = EventQueue::bounded(2);
         assert!(queue.enqueue(event()));
         assert!(queue.enqueue(event()));
         assert!(!queue.enqueue(event()));
         assert_eq!(queue.dropped_total(), 1);
-        rx.try_recv().unwrap();
+        assert_eq!(queue.backlog(), 2);
+        events.rx.try_recv().unwrap();
+        events.holding(1);
+        assert_eq!(queue.backlog(), 2, "one queued, one held by the worker");
         assert!(queue.enqueue(event()));
-        drop(rx);
+        assert_eq!(queue.backlog(), 3);
+        drop(events);
         assert!(!queue.enqueue(event()));
         assert_eq!(queue.dropped_total(), 2);
     }

@@ -6,12 +6,11 @@
 use std::time::Duration;
 
 use common::{BreakerError, CircuitBreaker};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Publisher, ScanEvent};
+use super::{EventReceiver, Publisher, ScanEvent};
 
 /// Tuning of the worker.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +45,7 @@ impl Default for WorkerSettings {
 /// Starts the worker. It runs until `shutdown` is cancelled (or every queue handle is dropped),
 /// then flushes and returns the number of events it could not send.
 pub fn spawn_worker<P: Publisher>(
-    rx: mpsc::Receiver<ScanEvent>,
+    rx: EventReceiver,
     publisher: P,
     breaker: CircuitBreaker,
     settings: WorkerSettings,
@@ -61,7 +60,7 @@ pub fn spawn_worker<P: Publisher>(
 }
 
 async fn run<P: Publisher>(
-    mut rx: mpsc::Receiver<ScanEvent>,
+    mut events: EventReceiver,
     publisher: P,
     breaker: CircuitBreaker,
     settings: WorkerSettings,
@@ -71,9 +70,8 @@ async fn run<P: Publisher>(
     let mut backoff = settings.backoff_min;
     loop {
         if batch.is_empty() {
-            export_buffered(&rx, &batch);
             tokio::select! {
-                event = rx.recv() => match event {
+                event = events.rx.recv() => match event {
                     Some(event) => batch.push(event),
                     None => break,
                 },
@@ -86,7 +84,7 @@ async fn run<P: Publisher>(
                 () = shutdown.cancelled() => {}
             }
             while batch.len() < settings.batch_max {
-                match rx.try_recv() {
+                match events.rx.try_recv() {
                     Ok(event) => batch.push(event),
                     Err(_) => break,
                 }
@@ -94,14 +92,14 @@ async fn run<P: Publisher>(
         } else {
             // A retried batch takes on whatever arrived meanwhile, up to the batch size.
             while batch.len() < settings.batch_max {
-                match rx.try_recv() {
+                match events.rx.try_recv() {
                     Ok(event) => batch.push(event),
                     Err(_) => break,
                 }
             }
         }
 
-        export_buffered(&rx, &batch);
+        events.holding(batch.len());
         // Shutdown does not wait for an attempt still running (up to its own 10 s timeout with
         // the broker away): the batch goes to the shutdown flush, which has the deadline. Its
         // events may then be published twice; the consumer applies each event_id once.
@@ -113,6 +111,7 @@ async fn run<P: Publisher>(
             Ok(()) => {
                 metrics::counter!("scan_events_published_total").increment(batch.len() as u64);
                 batch.clear();
+                events.holding(0);
                 backoff = settings.backoff_min;
                 continue;
             }
@@ -132,28 +131,29 @@ async fn run<P: Publisher>(
             }
             Err(BreakerError::Rejected { retry_after }) => retry_after.min(settings.backoff_max),
         };
-        export_buffered(&rx, &batch);
+        events.holding(batch.len());
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => break,
         }
     }
-    flush_on_shutdown(rx, batch, &publisher, settings).await
+    flush_on_shutdown(events, batch, &publisher, settings).await
 }
 
 /// Sends what is left, bypassing the breaker (this is the last chance), until the deadline,
 /// which also bounds the client's own flush: shutdown takes at most `shutdown_deadline` after
 /// the HTTP drain, whether or not the broker answers.
 async fn flush_on_shutdown<P: Publisher>(
-    mut rx: mpsc::Receiver<ScanEvent>,
+    mut events: EventReceiver,
     mut left: Vec<ScanEvent>,
     publisher: &P,
     settings: WorkerSettings,
 ) -> usize {
-    rx.close();
-    while let Some(event) = rx.recv().await {
+    events.rx.close();
+    while let Some(event) = events.rx.recv().await {
         left.push(event);
     }
+    events.holding(left.len());
     let deadline = Instant::now() + settings.shutdown_deadline;
     let mut backoff = settings.backoff_min;
     while !left.is_empty() && Instant::now() < deadline {
@@ -185,6 +185,7 @@ async fn flush_on_shutdown<P: Publisher>(
     {
         tracing::warn!("the Pub/Sub client did not finish sending before the shutdown deadline");
     }
+    events.holding(0);
     metrics::gauge!("scan_events_buffered").set(0.0);
     if left.is_empty() {
         tracing::info!("scan events flushed");
@@ -205,10 +206,6 @@ fn keep_only(batch: &mut Vec<ScanEvent>, failed: &[usize]) {
         index += 1;
         keep
     });
-}
-
-fn export_buffered(rx: &mpsc::Receiver<ScanEvent>, batch: &[ScanEvent]) {
-    metrics::gauge!("scan_events_buffered").set((rx.len() + batch.len()) as f64);
 }
 
 #[cfg(test)]
