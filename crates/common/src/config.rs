@@ -381,10 +381,9 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 impl CommonConfig {
     /// Parses the shared variables; `default_bind` differs per service.
     pub fn from_env(env: &Env, default_bind: &str) -> Result<Self, ConfigError> {
-        let bind_addr = env.parse(
-            "BIND_ADDR",
+        let bind_addr = bind_addr(
+            env,
             default_bind.parse().expect("default bind address is valid"),
-            "an IP address and port (not a host name), e.g. 127.0.0.1:8080, 0.0.0.0:8080 or [::]:8080",
         )?;
         let database_url = postgres_url(env, "DATABASE_URL", DEFAULT_DATABASE_URL)?;
         let idle_tx_secs: u64 = env.int_in("DATABASE_IDLE_TX_TIMEOUT_SEC", 60, 1, 86_400)?;
@@ -553,6 +552,36 @@ fn resource_name(env: &Env, var: &str, default: &str) -> Result<String, ConfigEr
     }
 }
 
+/// `BIND_ADDR`: an IP address and port, or a host name and port resolved once here (an IPv4
+/// address of the name when it has one, so `localhost:8080` listens where clients of
+/// `localhost` and of `127.0.0.1` both reach it).
+fn bind_addr(env: &Env, default: SocketAddr) -> Result<SocketAddr, ConfigError> {
+    const EXPECTED: &str = "host:port, the host an IP address or a name this machine resolves, \
+                            e.g. 127.0.0.1:8080, 0.0.0.0:8080, [::]:8080 or localhost:8080";
+    let Some(value) = env.raw("BIND_ADDR") else {
+        return Ok(default);
+    };
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let refused = |problem: String| ConfigError::new("BIND_ADDR", value, false, problem, EXPECTED);
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(refused("no port".to_owned()));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(refused("not a host and a port from 0 to 65535".to_owned()));
+    }
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(value)
+        .map_err(|e| refused(format!("the host name does not resolve ({e})")))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| refused("the host name resolves to no address".to_owned()))
+}
+
 /// Parses `10.0.0.0/8` or a bare address (taken as a single host).
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
@@ -631,11 +660,31 @@ mod tests {
 
     #[test]
     fn bad_bind_addr() {
-        for bad in ["localhost", "localhost:8080", "8080"] {
+        for bad in [
+            "localhost",
+            "8080",
+            ":8080",
+            "localhost:http",
+            "localhost:70000",
+            "no-such-host.invalid:8080",
+        ] {
             let e = parse(&[("BIND_ADDR", bad)]).unwrap_err();
-            assert_eq!(e.var, "BIND_ADDR");
-            // A host name in host:port form is refused, so the form asked for says so.
-            assert!(e.expected.contains("IP address and port (not a host name)"));
+            assert_eq!(e.var, "BIND_ADDR", "{bad}");
+            assert!(e.expected.contains("localhost:8080"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bind_addr_takes_ip_addresses_and_names_that_resolve() {
+        for (value, want) in [
+            ("127.0.0.1:9000", "127.0.0.1:9000"),
+            ("[::1]:9000", "[::1]:9000"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+            // A name is resolved once, to an IPv4 address when it has one.
+            ("localhost:9000", "127.0.0.1:9000"),
+        ] {
+            let config = parse(&[("BIND_ADDR", value)]).expect(value);
+            assert_eq!(config.bind_addr.to_string(), want);
         }
     }
 
