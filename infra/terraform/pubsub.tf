@@ -26,9 +26,7 @@ resource "google_pubsub_subscription" "factory_scan_events" {
   name                       = var.scan_events_subscription
   topic                      = google_pubsub_topic.scan_events.id
   labels                     = local.labels
-  # As `factory-service pubsub setup` sets it: the consumer extends leases while it works, so
-  # this only bounds how long the messages of a crashed consumer wait.
-  ack_deadline_seconds       = 10
+  ack_deadline_seconds       = 10 # as `pubsub setup` sets it; the consumer extends its leases
   message_retention_duration = "604800s"
   retain_acked_messages      = false
   # Redelivery is harmless (scans are keyed by event_id); exactly-once would cost latency.
