@@ -213,9 +213,17 @@ where
     }
 }
 
+/// hyper's own answer is a status line, `content-length` and `date`: about 100 bytes. Every
+/// answer of the router carries the security headers alone in more than this, so a longer head
+/// is not looked into.
+const LONGEST_REFUSAL: usize = 256;
+
 /// The status of hyper's own answer to a refused head, if `buf` is exactly that: one whole head
 /// (no body) with status 400, 414 or 431 and no `x-request-id`.
 fn refused_status(buf: &[u8]) -> Option<StatusCode> {
+    if buf.len() > LONGEST_REFUSAL {
+        return None;
+    }
     let status = match buf.strip_prefix(b"HTTP/1.1 ")?.get(..4)? {
         b"400 " => StatusCode::BAD_REQUEST,
         b"414 " => StatusCode::URI_TOO_LONG,
@@ -296,6 +304,16 @@ mod tests {
         assert_eq!(refused_status(b"HTTP/1.1 404 Not Found\r\n\r\n"), None);
         assert_eq!(refused_status(b"HTTP/1.1 400 Bad Request\r\n"), None);
         assert_eq!(refused_status(b"{\"error\":\"x\"}"), None);
+        // The router's answers are longer than any of hyper's (the security headers alone).
+        let long = format!(
+            "HTTP/1.1 400 Bad Request\r\nx-padding: {}\r\n\r\n",
+            "p".repeat(300)
+        );
+        assert_eq!(refused_status(long.as_bytes()), None);
+        assert!(
+            String::from_utf8(answer(StatusCode::BAD_REQUEST))
+                .is_ok_and(|a| a.len() > LONGEST_REFUSAL)
+        );
     }
 
     #[test]
