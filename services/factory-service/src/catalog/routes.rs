@@ -102,11 +102,12 @@ pub async fn create_batch(
         .await
 }
 
-/// The batch's tag ids as CSV (`tag_id` header, one id per line), streamed from the database.
+/// The batch's tag ids as CSV, one `tag_id` per line and no header line (CONTRACT 3.3), streamed
+/// from the database.
 #[utoipa::path(
     get, path = "/v1/batches/{id}/tags", tag = "catalog",
     params(("id" = Uuid, Path)),
-    responses((status = 200, description = "CSV: a `tag_id` header line, then one tag id per line", content_type = "text/csv", body = String), (status = 404, body = crate::openapi::ApiError)),
+    responses((status = 200, description = "CSV: one tag id per line, no header line", content_type = "text/csv", body = String), (status = 404, body = crate::openapi::ApiError)),
     security(("bearer" = []))
 )]
 pub async fn batch_tags_csv(
@@ -126,9 +127,6 @@ pub async fn batch_tags_csv(
     let pool = state.pool.clone();
     tokio::spawn(async move {
         let mut rows = repo::batch_tag_ids(&pool, id).chunks(CSV_ROWS_PER_CHUNK);
-        if tx.send(Ok(Bytes::from_static(b"tag_id\n"))).await.is_err() {
-            return;
-        }
         while let Some(chunk) = rows.next().await {
             let mut buf = String::with_capacity(chunk.len() * 23);
             let mut failed = None;
