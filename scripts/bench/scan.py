@@ -11,8 +11,9 @@ import string
 import subprocess
 import threading
 import time
+from typing import NamedTuple
 
-from lib import ROOT, RELEASE, ensure_topic, Service, fresh_database, get, histogram_quantiles, percentile, psql, welch_t, wrk
+from lib import ROOT, RELEASE, ensure_topic, Service, WrkResult, fresh_database, get, histogram_quantiles, percentile, psql, welch_t, wrk
 
 LUA = os.path.join(ROOT, "services", "scan-service", "src", "ratelimit", "token_bucket.lua")
 # Rounds of the raw throughput / Redis floor comparison.
@@ -31,7 +32,7 @@ UNLIMITED = {"RATE_LIMIT_IP_PER_MINUTE": "10000000", "RATE_LIMIT_IP_BURST": "100
 # one stall), and five such waits open the breaker: for the next 60 s the service then decides
 # in its in-process fallback, without Redis, and a round would measure a cheaper path. The
 # rounds' service therefore gets a longer bound, and every round's decisions are counted from
-# /metrics: a round with a fallback decision does not count (see `decision_outcomes`).
+# /metrics: a round with a fallback decision does not count (see `decisions`).
 RAW_REDIS_TIMEOUT_MS = "1000"
 
 
@@ -108,6 +109,16 @@ def timed_wrk(svc: Service, seconds: int, script: str, processes: dict[str, list
     return res, {name: (cpu_seconds(p) - before[name]) * 1e6 / requests for name, p in processes.items()}
 
 
+class Round(NamedTuple):
+    """One throughput round: the service, the lean route and the Redis floor back to back."""
+    ratio: float
+    raw: WrkResult
+    cpu: dict
+    lean_ratio: float
+    in_redis: float
+    without: float
+
+
 class Lean:
     """`examples/lean_scan.rs`: one EVALSHA of the same script behind a bare axum route."""
 
@@ -138,22 +149,19 @@ def warm_emulator(svc: Service, script: str, processes: dict[str, list[int]]) ->
     return {"events": events, "secs": time.time() - started, "first_us": per_event[0], "last_us": per_event[-1]}
 
 
-def metric_value(metrics_text: str, name: str) -> float:
-    found = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", metrics_text, re.M)
-    return float(found.group(1)) if found else float("nan")
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the series `name` whose labels include `labels` (NaN when there is none)."""
+    found = [float(m.group(2)) for m in re.finditer(rf"^{name}(?:{{([^}}]*)}})? ([0-9.e+]+)$", metrics_text, re.M)
+             if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items())]
+    return sum(found) if found else float("nan")
 
 
-def decision_outcomes(port: int) -> dict[str, float]:
-    """`rate_limit_decisions_total` by outcome (allowed, limited, fallback, fail_closed)."""
+def decisions(port: int) -> tuple[float, float]:
+    """`rate_limit_decisions_total` so far: made in Redis (allowed, limited), and made without it
+    (the in-process fallback, or fail-closed refusals)."""
     text = get(port, "/metrics")[1].decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(
-        r'^rate_limit_decisions_total\{outcome="([a-z_]+)"\} ([0-9.e+]+)$', text, re.M)}
-
-
-def in_redis_and_not(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
-    """Decisions between two `decision_outcomes` readings: made in Redis, and made without it."""
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-    return delta.get("allowed", 0.0) + delta.get("limited", 0.0), delta.get("fallback", 0.0) + delta.get("fail_closed", 0.0)
+    count = lambda *outcomes: sum(metric_value(text, "rate_limit_decisions_total", outcome=o) for o in outcomes)
+    return count("allowed", "limited"), count("fallback", "fail_closed")
 
 
 def timing_samples(port: int, known: list[str], unknown: list[str], per_class: int, workers: int = 32):
@@ -217,21 +225,22 @@ def run(quick: bool) -> dict:
         rounds = []
         with Lean() as lean:
             for _ in range(ROUNDS):
-                before = decision_outcomes(svc.port)
+                before = decisions(svc.port)
                 raw, cpu = timed_wrk(svc, max(secs // 2, 4), script, processes)
-                in_redis, without = in_redis_and_not(before, decision_outcomes(svc.port))
+                in_redis, without = (a - b for a, b in zip(decisions(svc.port), before))
                 bare = wrk(lean.base, 64, max(secs // 2, 4), script)
                 floor = redis_floor(64, secs)
-                rounds.append((raw.rps / floor if raw.rps else 0.0, raw, cpu, bare.rps / floor, in_redis, without))
-        results["ratios"] = sorted(r[0] for r in rounds)
-        results["lean_ratios"] = sorted(r[3] for r in rounds)
-        results["decided"] = {"in_redis": sum(r[4] for r in rounds), "without": sum(r[5] for r in rounds),
-                              "rounds_without": sum(1 for r in rounds if r[5] > 0)}
+                rounds.append(Round(raw.rps / floor if raw.rps else 0.0, raw, cpu, bare.rps / floor, in_redis, without))
+        results["ratios"] = sorted(r.ratio for r in rounds)
+        results["lean_ratios"] = sorted(r.lean_ratio for r in rounds)
+        results["decided"] = {"in_redis": sum(r.in_redis for r in rounds), "without": sum(r.without for r in rounds),
+                              "rounds_without": sum(1 for r in rounds if r.without != 0)}
         # The reported round is the median of the rounds whose every decision was made in Redis
         # (of all rounds if none was; the decisions row then says so and the target is missed).
-        counted = [r for r in rounds if r[5] == 0] or rounds
-        ratio, results["raw"], results["raw_cpu"], results["lean_ratio"], _, results["raw_without"] = \
-            sorted(counted, key=lambda r: r[0])[len(counted) // 2]
+        counted = [r for r in rounds if r.without == 0] or rounds
+        median = sorted(counted, key=lambda r: r.ratio)[len(counted) // 2]
+        ratio, results["raw"], results["raw_cpu"] = median.ratio, median.raw, median.cpu
+        results["lean_ratio"], results["raw_without"] = median.lean_ratio, median.without
         results["redis_floor"] = results["raw"].rps / ratio if ratio else float("nan")
         # Every scan's event must have been published, none dropped: a ratio bought by a
         # publisher that falls behind and sheds events would not count.
