@@ -16,6 +16,7 @@ use crate::api_keys::ApiKeys;
 use crate::cache::{self, Cache};
 use crate::config::{ScanConfig, TimingWarning};
 use crate::events::{EventQueue, IpHasher, PubSubPublisher, WorkerSettings, spawn_worker};
+use crate::near_cache;
 use crate::ratelimit::{RateLimiter, RedisBuckets};
 use crate::redis_conn::RedisConn;
 use crate::routes::{self, AppState};
@@ -131,6 +132,7 @@ impl Application {
             ip_hasher: IpHasher::new(config.ip_hash_key.clone()),
         };
         spawn_sweeper(scanner.clone(), background.clone());
+        spawn_refresher(scanner.tags.clone(), background.clone());
         let state = AppState {
             scanner: Arc::new(scanner),
             requests: Arc::default(),
@@ -200,6 +202,27 @@ fn redis_check(redis: Arc<RedisConn>) -> ReadinessCheck {
                 .map_err(|e| e.to_string())
         }
     })
+}
+
+/// Renews the in-process cache's tags that are being scanned (see [`TagLookup::refresh`]).
+fn spawn_refresher(tags: TagLookup, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(near_cache::REFRESH_EVERY);
+        // After a slow refresh, the next one waits its full interval rather than following at once.
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = tags.refresh().await {
+                        // The entries then expire and scans look their tags up one by one, which
+                        // report the trouble (and feed the breaker) themselves.
+                        tracing::debug!(error = %e, "tag refresh skipped");
+                    }
+                }
+                () = stop.cancelled() => break,
+            }
+        }
+    });
 }
 
 /// Frees idle buckets of the fallback limiter and expired entries of the in-process caches.

@@ -1,7 +1,11 @@
 //! Tag look-up: PostgreSQL (`DATABASE_READ_URL`) behind the short-lived Redis cache, which keeps
-//! unknown tags too so guessing ids does not reach the database every time.
+//! unknown tags too so guessing ids does not reach the database every time, and an in-process
+//! tier in front of both. Tags scanned all the time are renewed in that tier from the database
+//! in batches ([`TagLookup::refresh`]) rather than fetched again one by one as they expire.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -17,6 +21,10 @@ use crate::lookup;
 use crate::near_cache::{self, NearCache};
 
 const FIND_TAG: &str = include_str!("sql/find_tag.sql");
+const FIND_TAGS: &str = include_str!("sql/find_tags.sql");
+
+/// Tag ids renewed per query by [`TagLookup::refresh`].
+const REFRESH_BATCH: usize = 1000;
 
 /// Whether a tag is still good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +147,7 @@ impl From<TagRow> for Tag {
 }
 
 /// What the cache holds for a tag id: the tag, or the fact that there is none.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cached(pub Option<Arc<Tag>>);
 
 /// Tag ids the in-process tier holds at most (about 500 bytes each once a scan has rendered
@@ -197,6 +205,39 @@ impl TagLookup {
     /// Frees expired entries of the in-process tier.
     pub fn sweep(&self) {
         self.near.sweep();
+    }
+
+    /// Reads the in-process tier's tags scanned since the last refresh from the database again,
+    /// [`REFRESH_BATCH`] per query, and renews their entries: a tag scanned all the time then
+    /// costs the database one row per refresh instead of a query every time its entry expires,
+    /// and its answer is never more than the tier's TTL behind the database (a revocation shows
+    /// sooner than through the Redis tier). Tags it leaves out (the rest of a batch after a
+    /// failure, any beyond the tier's size) simply expire and are looked up as before. Returns
+    /// how many entries were renewed.
+    pub async fn refresh(&self) -> Result<usize, LookupError> {
+        let hot = self.near.take_hot(NEAR_ENTRIES);
+        let mut renewed = 0;
+        for ids in hot.chunks(REFRESH_BATCH) {
+            let read_at = Instant::now();
+            let rows = self
+                .breaker
+                .call(lookup::bounded(
+                    sqlx::query_as::<_, TagRow>(FIND_TAGS)
+                        .bind(ids)
+                        .fetch_all(&self.pool),
+                ))
+                .await?;
+            let mut found: HashMap<String, Tag> = rows
+                .into_iter()
+                .map(|row| (row.tag_id.clone(), Tag::from(row)))
+                .collect();
+            for id in ids {
+                let cached = Cached(found.remove(id).map(Arc::new));
+                self.near.refresh(id.as_str(), cached, read_at);
+            }
+            renewed += ids.len();
+        }
+        Ok(renewed)
     }
 
     /// The tag from the database, caching the answer (found or not).

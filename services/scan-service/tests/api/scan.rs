@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Proxy, TestApp, TestEnv, header, metric};
+use crate::helpers::{Proxy, TestApp, TestEnv, header, metric, shared_redis};
 
 const SECURITY_HEADERS: [(&str, &str); 3] = [
     ("x-content-type-options", "nosniff"),
@@ -93,6 +93,64 @@ async fn revoked_tag_shows_within_five_seconds() {
             "still authentic after 5 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A tag scanned all the time is renewed in the in-process cache from the database itself, so
+/// its revocation shows even while the Redis tier still holds the old answer. Here the old
+/// answer is put back into Redis on purpose with a long TTL: without the renewal, the
+/// in-process entry would expire, refill from Redis, and answer `authentic` for a minute.
+#[tokio::test]
+async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    let r = app.scan(&tag).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "authentic");
+    let key = format!("{}:tag:{{{tag}}}", env.prefix);
+    let mut redis = shared_redis().await;
+    // The service writes its cache entry in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let authentic: Vec<u8> = loop {
+        let held: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if let Some(held) = held {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tag never reached the Redis tier"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sqlx::query("UPDATE tags SET status = 'revoked', revoked_at = now() WHERE tag_id = $1")
+        .bind(&tag)
+        .execute(env.pool())
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&authentic)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    loop {
+        let r = app.scan(&tag).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        if r.json::<Value>().await.unwrap()["status"] == "revoked" {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "still authentic after 5 s: the stale Redis entry was served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
