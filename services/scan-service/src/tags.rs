@@ -20,8 +20,11 @@ use crate::error::LookupError;
 use crate::lookup;
 use crate::near_cache::{self, NearCache};
 
-const FIND_TAG: &str = include_str!("sql/find_tag.sql");
-const FIND_TAGS: &str = include_str!("sql/find_tags.sql");
+const FIND_TAG: &str = concat!(include_str!("sql/tag_select.sql"), "WHERE t.tag_id = $1");
+const FIND_TAGS: &str = concat!(
+    include_str!("sql/tag_select.sql"),
+    "WHERE t.tag_id = ANY($1)"
+);
 
 /// Tag ids renewed per query by [`TagLookup::refresh`].
 const REFRESH_BATCH: usize = 1000;

@@ -76,23 +76,33 @@ async fn revoked_tag_shows_within_five_seconds() {
     let tag = env.tag().await;
     let r = app.scan(&tag).await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "authentic");
+    revoke(&env, &tag).await;
+    answers_revoked_within_five_seconds(&app, &tag, Duration::from_millis(200), "").await;
+}
+
+async fn revoke(env: &TestEnv, tag: &str) {
     sqlx::query("UPDATE tags SET status = 'revoked', revoked_at = now() WHERE tag_id = $1")
-        .bind(&tag)
+        .bind(tag)
         .execute(env.pool())
         .await
         .unwrap();
-    let revoked_at = Instant::now();
+}
+
+/// Scans `tag` every `every` until it answers `revoked`, failing (with `why`) if it still
+/// answers `authentic` 5 s after the call.
+async fn answers_revoked_within_five_seconds(app: &TestApp, tag: &str, every: Duration, why: &str) {
+    let since = Instant::now();
     loop {
-        let r = app.scan(&tag).await;
+        let r = app.scan(tag).await;
         assert_eq!(r.status(), StatusCode::OK);
         if r.json::<Value>().await.unwrap()["status"] == "revoked" {
-            break;
+            return;
         }
         assert!(
-            revoked_at.elapsed() < Duration::from_secs(5),
-            "still authentic after 5 s"
+            since.elapsed() < Duration::from_secs(5),
+            "still authentic after 5 s{why}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -126,11 +136,7 @@ async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    sqlx::query("UPDATE tags SET status = 'revoked', revoked_at = now() WHERE tag_id = $1")
-        .bind(&tag)
-        .execute(env.pool())
-        .await
-        .unwrap();
+    revoke(&env, &tag).await;
     let () = redis::cmd("SET")
         .arg(&key)
         .arg(&authentic)
@@ -139,19 +145,13 @@ async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis(
         .query_async(&mut redis)
         .await
         .unwrap();
-    let revoked_at = Instant::now();
-    loop {
-        let r = app.scan(&tag).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        if r.json::<Value>().await.unwrap()["status"] == "revoked" {
-            break;
-        }
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(5),
-            "still authentic after 5 s: the stale Redis entry was served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    answers_revoked_within_five_seconds(
+        &app,
+        &tag,
+        Duration::from_millis(100),
+        ": the stale Redis entry was served",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
--- Tags with their products, for renewing the in-process cache in one round trip.
+-- Tags with their products, for the scan answer; `tags.rs` appends the WHERE clause (one id,
+-- or a batch of ids to renew the in-process cache).
 SELECT t.tag_id,
        t.status,
        t.batch_id,
@@ -9,4 +10,3 @@ SELECT t.tag_id,
        p.sku  AS product_sku
 FROM tags t
 JOIN products p ON p.id = t.product_id
-WHERE t.tag_id = ANY($1)
