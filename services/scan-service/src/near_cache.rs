@@ -65,7 +65,8 @@ impl<K: Eq + Hash, V: Clone> NearCache<K, V> {
         }
     }
 
-    /// The value at `key` if it is younger than the TTL.
+    /// The value at `key` if it is younger than the TTL (the entry is then marked hot until the
+    /// next [`Self::take_hot`]).
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,

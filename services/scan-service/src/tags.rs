@@ -215,11 +215,9 @@ impl TagLookup {
     /// costs the database one row per refresh instead of a query every time its entry expires,
     /// and its answer is never more than the tier's TTL behind the database (a revocation shows
     /// sooner than through the Redis tier). Tags it leaves out (the rest of a batch after a
-    /// failure, any beyond the tier's size) simply expire and are looked up as before. Returns
-    /// how many entries were renewed.
-    pub async fn refresh(&self) -> Result<usize, LookupError> {
+    /// failure, any beyond the tier's size) simply expire and are looked up as before.
+    pub async fn refresh(&self) -> Result<(), LookupError> {
         let hot = self.near.take_hot(NEAR_ENTRIES);
-        let mut renewed = 0;
         for ids in hot.chunks(REFRESH_BATCH) {
             let read_at = Instant::now();
             let rows = self
@@ -238,9 +236,8 @@ impl TagLookup {
                 let cached = Cached(found.remove(id).map(Arc::new));
                 self.near.refresh(id.as_str(), cached, read_at);
             }
-            renewed += ids.len();
         }
-        Ok(renewed)
+        Ok(())
     }
 
     /// The tag from the database, caching the answer (found or not).
