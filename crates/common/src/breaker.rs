@@ -9,11 +9,17 @@
 //! finishes after the breaker opened (or after it re-closed) cannot close, re-open or re-count
 //! anything, so only the probe's own outcome moves the breaker out of OPEN/HALF_OPEN.
 //!
+//! A call through a CLOSED breaker with no failure counted changes nothing, and neither does its
+//! success: that, the common case on every request path, reads one atomic word and takes no
+//! lock, so calls from different threads do not queue on the breaker or pass its cache line to
+//! and fro. Every state change, failure and recovery takes the lock.
+//!
 //! Time comes from `tokio::time::Instant`, so tests drive it with `tokio::time::pause()` and
 //! `advance()` instead of sleeping.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -71,8 +77,32 @@ struct Inner {
     state: BreakerState,
     failures: u32,
     opened_at: Instant,
-    /// Bumped on every state change; permits from an older generation are stale.
+    /// Bumped on every state change; permits from an older generation are stale. Kept below
+    /// [`CLEAN`], so that it fits the word beside it.
     generation: u64,
+}
+
+impl Inner {
+    /// The word [`Shared::clean`] holds for this state.
+    fn clean_word(&self) -> u64 {
+        if self.state == BreakerState::Closed && self.failures == 0 {
+            CLEAN | self.generation
+        } else {
+            0
+        }
+    }
+}
+
+/// The flag of [`Shared::clean`]: the breaker is CLOSED with no failure counted.
+const CLEAN: u64 = 1 << 63;
+
+#[derive(Debug)]
+struct Shared {
+    /// `CLEAN | generation` while the breaker is CLOSED with no failure counted, else 0. Written
+    /// only with the lock held, after `inner` changed; read without it by the calls that would
+    /// change nothing.
+    clean: AtomicU64,
+    inner: Mutex<Inner>,
 }
 
 /// A named circuit breaker; cheap to clone (clones share state).
@@ -81,15 +111,15 @@ pub struct CircuitBreaker {
     name: Arc<str>,
     threshold: u32,
     open_timeout: Duration,
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
 }
 
 /// Permission to run one call; report its outcome with [`Permit::success`] or [`Permit::failure`].
 /// A permit dropped without a report (the call was cancelled) counts as a failure if it was the
 /// half-open probe, so the breaker never stays stuck half-open.
 #[must_use]
-pub struct Permit {
-    breaker: CircuitBreaker,
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
     /// The breaker generation the permit was issued in.
     generation: u64,
     /// Whether this is the half-open probe.
@@ -97,7 +127,7 @@ pub struct Permit {
     done: bool,
 }
 
-impl Permit {
+impl Permit<'_> {
     /// The call succeeded.
     pub fn success(mut self) {
         self.done = true;
@@ -111,7 +141,7 @@ impl Permit {
     }
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.done && self.probe {
             self.breaker.on_failure(self.generation, true);
@@ -126,7 +156,7 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct BreakerCall<'a, F> {
         breaker: &'a CircuitBreaker,
-        permit: Option<Permit>,
+        permit: Option<Permit<'a>>,
         #[pin]
         call: F,
     }
@@ -167,12 +197,15 @@ impl CircuitBreaker {
             name: Arc::from(name),
             threshold: config.threshold.max(1),
             open_timeout: config.open_timeout,
-            inner: Arc::new(Mutex::new(Inner {
-                state: BreakerState::Closed,
-                failures: 0,
-                opened_at: Instant::now(),
-                generation: 0,
-            })),
+            shared: Arc::new(Shared {
+                clean: AtomicU64::new(CLEAN),
+                inner: Mutex::new(Inner {
+                    state: BreakerState::Closed,
+                    failures: 0,
+                    opened_at: Instant::now(),
+                    generation: 0,
+                }),
+            }),
         };
         breaker.export(BreakerState::Closed);
         breaker
@@ -190,7 +223,11 @@ impl CircuitBreaker {
     }
 
     /// Asks to run one call. `Err(retry_after)` when rejected.
-    pub fn acquire(&self) -> Result<Permit, Duration> {
+    pub fn acquire(&self) -> Result<Permit<'_>, Duration> {
+        let clean = self.shared.clean.load(Ordering::Acquire);
+        if clean & CLEAN != 0 {
+            return Ok(self.permit(clean & !CLEAN, false));
+        }
         let mut inner = self.lock();
         match inner.state {
             BreakerState::Closed => Ok(self.permit(inner.generation, false)),
@@ -229,16 +266,16 @@ impl CircuitBreaker {
         }
     }
 
-    fn permit(&self, generation: u64, probe: bool) -> Permit {
+    fn permit(&self, generation: u64, probe: bool) -> Permit<'_> {
         Permit {
-            breaker: self.clone(),
+            breaker: self,
             generation,
             probe,
             done: false,
         }
     }
 
-    fn reject(&self, retry_after: Duration) -> Result<Permit, Duration> {
+    fn reject(&self, retry_after: Duration) -> Result<Permit<'_>, Duration> {
         metrics::counter!("circuit_breaker_rejections_total", "name" => self.name.to_string())
             .increment(1);
         Err(retry_after.max(Duration::from_millis(1)))
@@ -266,6 +303,10 @@ impl CircuitBreaker {
     }
 
     fn on_success(&self, generation: u64, probe: bool) {
+        // Still CLOSED in the permit's generation with nothing counted: nothing to reset.
+        if !probe && self.shared.clean.load(Ordering::Acquire) == CLEAN | generation {
+            return;
+        }
         let mut inner = self.lock();
         if !self.is_current(&inner, generation, probe) {
             return;
@@ -274,6 +315,7 @@ impl CircuitBreaker {
         if inner.state == BreakerState::HalfOpen {
             self.transition(&mut inner, BreakerState::Closed, "probe succeeded");
         }
+        self.publish(&inner);
     }
 
     fn on_failure(&self, generation: u64, probe: bool) {
@@ -297,12 +339,13 @@ impl CircuitBreaker {
             // Unreachable: no permit is current while OPEN.
             BreakerState::Open => {}
         }
+        self.publish(&inner);
     }
 
     fn transition(&self, inner: &mut Inner, to: BreakerState, why: &str) {
         let from = inner.state;
         inner.state = to;
-        inner.generation = inner.generation.wrapping_add(1);
+        inner.generation = inner.generation.wrapping_add(1) & !CLEAN;
         if to == BreakerState::Closed {
             inner.failures = 0;
         }
@@ -311,7 +354,15 @@ impl CircuitBreaker {
         } else {
             tracing::info!(breaker = %self.name, "[CircuitBreaker:{}] {} -> {}: {}", self.name, from.as_str(), to.as_str(), why);
         }
+        self.publish(inner);
         self.export(to);
+    }
+
+    /// Makes the lock-free readers see `inner` (call with the lock held, after a change).
+    fn publish(&self, inner: &Inner) {
+        self.shared
+            .clean
+            .store(inner.clean_word(), Ordering::Release);
     }
 
     fn export(&self, state: BreakerState) {
@@ -322,7 +373,7 @@ impl CircuitBreaker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The lock is never held across an await or user code, so poisoning means a bug
         // elsewhere panicked mid-update; the state is still a valid enum, so keep going.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -426,6 +477,49 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
+    /// Runs a successful call through `b` on another thread while this one holds the breaker's
+    /// lock, and says whether it finished within a second, without the lock. Returns once the
+    /// call has finished (after the lock was released, if it needed it).
+    fn succeeds_while_locked(b: &CircuitBreaker) -> bool {
+        use futures::FutureExt as _;
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = b.clone();
+        let held = b.lock();
+        let call = std::thread::spawn(move || {
+            let result = other.call(async { Ok::<(), ()>(()) }).now_or_never();
+            let _ = done.send(());
+            result
+        });
+        let without_lock = finished.recv_timeout(Duration::from_secs(1)).is_ok();
+        drop(held);
+        let result = call.join().expect("the call's thread");
+        assert!(matches!(result, Some(Ok(()))), "the call succeeds");
+        without_lock
+    }
+
+    #[test]
+    fn a_successful_call_through_a_clean_closed_breaker_takes_no_lock() {
+        let b = breaker(3, 60);
+        assert!(
+            succeeds_while_locked(&b),
+            "closed, nothing counted: no lock"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_the_next_success_takes_the_lock_and_clears_the_count() {
+        let b = breaker(3, 60);
+        fail(&b).await.unwrap_err();
+        // The count must be reset, which needs the lock: the call waits for it.
+        assert!(!succeeds_while_locked(&b));
+        // That call reset the count once it had the lock: the next one needs no lock, and the
+        // count starts again from zero.
+        assert!(succeeds_while_locked(&b));
+        fail(&b).await.unwrap_err();
+        fail(&b).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_consecutive_failures() {
         let b = breaker(3, 60);
@@ -491,7 +585,7 @@ mod tests {
 
     /// Opens a threshold-1 breaker while `old` (admitted while CLOSED) is still running, then
     /// waits out the timeout and takes the probe: the breaker is HALF_OPEN with the probe running.
-    async fn half_open_with_old_call(b: &CircuitBreaker) -> (Permit, Permit) {
+    async fn half_open_with_old_call(b: &CircuitBreaker) -> (Permit<'_>, Permit<'_>) {
         let old = b.acquire().unwrap();
         fail(b).await.unwrap_err();
         assert_eq!(b.state(), BreakerState::Open);
