@@ -14,10 +14,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use common::CircuitBreaker;
+use metrics::Counter;
 
 use crate::cache::Cache;
 use crate::error::LookupError;
-use crate::lookup;
+use crate::lookup::{self, Joined};
 use crate::near_cache::{self, NearCache};
 
 const FIND_API_KEY: &str = include_str!("sql/find_api_key.sql");
@@ -61,6 +62,10 @@ pub struct ApiKeys {
     near: Arc<NearCache<[u8; 32], Option<ApiKey>>>,
     cache: Cache,
     prefix: String,
+    /// Database look-ups in flight, joined by key hash.
+    loading: Arc<Joined<[u8; 32], Option<ApiKey>>>,
+    /// `scan_db_lookups_total{kind="api_key"}`.
+    loads: Counter,
 }
 
 impl ApiKeys {
@@ -72,12 +77,15 @@ impl ApiKeys {
             near: Arc::new(NearCache::new(near_cache::TTL, NEAR_ENTRIES)),
             cache,
             prefix: prefix.to_owned(),
+            loading: Arc::default(),
+            loads: metrics::counter!("scan_db_lookups_total", "kind" => "api_key"),
         }
     }
 
-    /// Frees expired entries of the in-process tier.
+    /// Frees expired entries of the in-process tier, and look-ups nobody waits for any more.
     pub fn sweep(&self) {
         self.near.sweep();
+        self.loading.sweep();
     }
 
     /// The key `presented`, `None` when it is unknown, revoked or malformed.
@@ -97,6 +105,18 @@ impl ApiKeys {
             self.near.insert(hash, cached);
             return Ok(cached);
         }
+        // Concurrent requests with the same key wait for one query.
+        self.loading
+            .get(&hash, || self.query(hash, cache_key))
+            .await
+    }
+
+    async fn query(
+        &self,
+        hash: [u8; 32],
+        cache_key: String,
+    ) -> Result<Option<ApiKey>, LookupError> {
+        self.loads.increment(1);
         let key = self
             .breaker
             .call(lookup::bounded(

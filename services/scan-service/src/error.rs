@@ -1,5 +1,6 @@
 //! The scan service's errors and their contract JSON (CONTRACT 2.1, 2.2, 3.6), in one place.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -33,12 +34,13 @@ pub enum ScanError {
     Database(#[from] LookupError),
 }
 
-/// Why a look-up in the database gave no answer.
-#[derive(Debug, thiserror::Error)]
+/// Why a look-up in the database gave no answer. Cheap to clone: every scan waiting for the
+/// same look-up gets its answer (see [`crate::lookup::Joined`]).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
     /// The query failed (the database is unreachable, or it refused).
     #[error(transparent)]
-    Query(#[from] sqlx::Error),
+    Query(Arc<sqlx::Error>),
     /// No answer within the look-up bound (a database that accepts but does not answer, or a
     /// pool with no connection to give): counted by the breaker like any failure.
     #[error("no answer from the database within {0:?}")]
@@ -46,6 +48,12 @@ pub enum LookupError {
     /// Recent look-ups failed and the database's breaker is open: not tried.
     #[error("database breaker open; retry after {0:?}")]
     BreakerOpen(Duration),
+}
+
+impl From<sqlx::Error> for LookupError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Query(Arc::new(e))
+    }
 }
 
 impl From<BreakerError<LookupError>> for LookupError {

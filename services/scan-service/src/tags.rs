@@ -14,10 +14,11 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use common::CircuitBreaker;
+use metrics::Counter;
 
 use crate::cache::Cache;
 use crate::error::LookupError;
-use crate::lookup;
+use crate::lookup::{self, Joined};
 use crate::near_cache::{self, NearCache};
 
 const FIND_TAG: &str = concat!(include_str!("sql/tag_select.sql"), "WHERE t.tag_id = $1");
@@ -165,6 +166,10 @@ pub struct TagLookup {
     near: Arc<NearCache<String, Cached>>,
     cache: Cache,
     prefix: String,
+    /// Database look-ups in flight, joined by tag id.
+    loading: Arc<Joined<String, Option<Arc<Tag>>>>,
+    /// `scan_db_lookups_total{kind="tag"}`.
+    loads: Counter,
 }
 
 /// Whether `tag_id` has the form of CONTRACT 2.1: `^[A-Za-z0-9_-]{16,64}$`.
@@ -185,6 +190,8 @@ impl TagLookup {
             near: Arc::new(NearCache::new(near_cache::TTL, NEAR_ENTRIES)),
             cache,
             prefix: prefix.to_owned(),
+            loading: Arc::default(),
+            loads: metrics::counter!("scan_db_lookups_total", "kind" => "tag"),
         }
     }
 
@@ -205,9 +212,10 @@ impl TagLookup {
         Some(cached)
     }
 
-    /// Frees expired entries of the in-process tier.
+    /// Frees expired entries of the in-process tier, and look-ups nobody waits for any more.
     pub fn sweep(&self) {
         self.near.sweep();
+        self.loading.sweep();
     }
 
     /// Reads the in-process tier's tags scanned since the last refresh from the database again,
@@ -240,8 +248,16 @@ impl TagLookup {
         Ok(())
     }
 
-    /// The tag from the database, caching the answer (found or not).
+    /// The tag from the database, caching the answer (found or not). Concurrent loads of the
+    /// same tag are one query: the scans that ask while it runs wait for its answer.
     pub async fn load(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, LookupError> {
+        self.loading
+            .get(&tag_id.to_owned(), || self.query(tag_id))
+            .await
+    }
+
+    async fn query(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, LookupError> {
+        self.loads.increment(1);
         let tag = self
             .breaker
             .call(lookup::bounded(

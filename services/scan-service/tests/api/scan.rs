@@ -154,6 +154,39 @@ async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis(
     .await;
 }
 
+/// `scan_db_lookups_total{kind}` as last scraped.
+async fn db_lookups(app: &TestApp, kind: &str) -> f64 {
+    let text = app.metrics().await;
+    metric(&text, &format!("scan_db_lookups_total{{kind=\"{kind}\"}}")).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn concurrent_scans_of_an_uncached_tag_and_key_are_one_database_look_up_each() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    let (_, key) = env.api_key(None).await;
+    let (tags_before, keys_before) = (
+        db_lookups(&app, "tag").await,
+        db_lookups(&app, "api_key").await,
+    );
+    // Neither is in any cache yet: every one of these scans misses both tiers at once.
+    let answers = futures::future::join_all((0..32).map(|_| app.scan_with_key(&tag, &key))).await;
+    for r in &answers {
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        db_lookups(&app, "tag").await - tags_before,
+        1.0,
+        "the tag is read from the database once for all 32 scans"
+    );
+    assert_eq!(
+        db_lookups(&app, "api_key").await - keys_before,
+        1.0,
+        "the key is read from the database once for all 32 scans"
+    );
+}
+
 #[tokio::test]
 async fn request_id_is_kept_when_sane() {
     let env = TestEnv::new().await;
