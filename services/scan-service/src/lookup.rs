@@ -161,19 +161,24 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2, "one per key");
     }
 
+    /// A look-up of key 1 by [`slow`], in a task of its own (so that it can be aborted).
+    fn in_a_task(
+        joined: &Arc<Joined<u8, u32>>,
+        runs: &Arc<AtomicUsize>,
+        ms: u64,
+        answer: u32,
+    ) -> tokio::task::JoinHandle<Result<u32, LookupError>> {
+        let (joined, runs) = (joined.clone(), runs.clone());
+        tokio::spawn(async move { joined.get(&1, || slow(&runs, ms, answer)).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn when_the_caller_looking_up_goes_away_a_waiter_takes_over() {
         let joined = Arc::new(Joined::<u8, u32>::default());
         let runs = Arc::new(AtomicUsize::new(0));
-        let first = {
-            let (joined, runs) = (joined.clone(), runs.clone());
-            tokio::spawn(async move { joined.get(&1, || slow(&runs, 1000, 1)).await })
-        };
+        let first = in_a_task(&joined, &runs, 1000, 1);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let second = {
-            let (joined, runs) = (joined.clone(), runs.clone());
-            tokio::spawn(async move { joined.get(&1, || slow(&runs, 10, 2)).await })
-        };
+        let second = in_a_task(&joined, &runs, 10, 2);
         tokio::time::sleep(Duration::from_millis(10)).await;
         first.abort();
         let answer = tokio::time::timeout(Duration::from_secs(5), second)
@@ -189,10 +194,7 @@ mod tests {
     async fn a_key_whose_callers_all_went_away_is_swept() {
         let joined = Arc::new(Joined::<u8, u32>::default());
         let runs = Arc::new(AtomicUsize::new(0));
-        let only = {
-            let (joined, runs) = (joined.clone(), runs.clone());
-            tokio::spawn(async move { joined.get(&1, || slow(&runs, 1000, 1)).await })
-        };
+        let only = in_a_task(&joined, &runs, 1000, 1);
         tokio::time::sleep(Duration::from_millis(10)).await;
         only.abort();
         let _ = only.await;
