@@ -116,6 +116,11 @@ impl ApiKeys {
         hash: [u8; 32],
         cache_key: String,
     ) -> Result<Option<ApiKey>, LookupError> {
+        // A look-up of this key that finished after the caller missed the in-process tier, and
+        // before it got here, has filled the tier: its answer is as fresh as a hit.
+        if let Some(known) = self.near.get(&hash) {
+            return Ok(known);
+        }
         self.loads.increment(1);
         let key = self
             .breaker

@@ -257,6 +257,11 @@ impl TagLookup {
     }
 
     async fn query(&self, tag_id: &str) -> Result<Option<Arc<Tag>>, LookupError> {
+        // A look-up of this tag that finished after the caller missed the in-process tier, and
+        // before it got here, has filled the tier: its answer is as fresh as a hit.
+        if let Some(Cached(tag)) = self.near.get(tag_id) {
+            return Ok(tag);
+        }
         self.loads.increment(1);
         let tag = self
             .breaker
