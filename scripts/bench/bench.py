@@ -55,7 +55,8 @@ def scan_rows(r: dict) -> list[str]:
         row("reference: a bare axum route making the same one EVALSHA (`examples/lean_scan.rs`), "
             "ratio to the floor in the same round", f"{r['lean_ratio']:.2f} (rounds: "
             f"{', '.join(f'{x:.2f}' for x in r['lean_ratios'])}); the service keeps "
-            f"{raw.rps / floor / r['lean_ratio']:.2f} of it"),
+            f"{raw.rps / floor / r['lean_ratio']:.2f} of it; the lean process took "
+            f"{r['lean_cpu']:.1f} us of CPU per request in that round (the service {r['raw_cpu']['service']:.1f})"),
         row("normalized scan, c=80", f"**{n80.rps:,.0f} req/s** (bound 1,000), p50 {n80.p50_ms:.1f} ms, "
             f"p99 **{n80.p99_ms:.1f} ms** (non-2xx {n80.non_2xx})", "≥ 950 req/s, p99 ≤ 92 ms",
             n80.rps >= 950 and n80.p99_ms <= 92),

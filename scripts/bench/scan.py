@@ -101,8 +101,9 @@ def cpu_seconds(pid_list: list[int]) -> float:
     return ticks / CLK_TCK
 
 
-def timed_wrk(svc: Service, seconds: int, script: str, processes: dict[str, list[int]]):
-    """A c=64 wrk run and each process group's CPU per request in it, in microseconds."""
+def timed_wrk(svc, seconds: int, script: str, processes: dict[str, list[int]]):
+    """A c=64 wrk run against `svc` (anything with a `base` URL: the service or the lean route) and
+    each process group's CPU per request in it, in microseconds."""
     before = {name: cpu_seconds(p) for name, p in processes.items()}
     res = wrk(svc.base, 64, seconds, script)
     requests = max(res.rps * seconds, 1.0)
@@ -115,6 +116,7 @@ class Round(NamedTuple):
     raw: WrkResult
     cpu: dict
     lean_ratio: float
+    lean_cpu: float
     in_redis: float
     without: float
 
@@ -228,9 +230,10 @@ def run(quick: bool) -> dict:
                 before = decisions(svc.port)
                 raw, cpu = timed_wrk(svc, max(secs // 2, 4), script, processes)
                 in_redis, without = (a - b for a, b in zip(decisions(svc.port), before))
-                bare = wrk(lean.base, 64, max(secs // 2, 4), script)
+                bare, bare_cpu = timed_wrk(lean, max(secs // 2, 4), script, {"lean": [lean.proc.pid]})
                 floor = redis_floor(64, secs)
-                rounds.append(Round(raw.rps / floor if raw.rps else 0.0, raw, cpu, bare.rps / floor, in_redis, without))
+                rounds.append(Round(raw.rps / floor if raw.rps else 0.0, raw, cpu, bare.rps / floor, bare_cpu["lean"],
+                                    in_redis, without))
         results["ratios"] = sorted(r.ratio for r in rounds)
         results["lean_ratios"] = sorted(r.lean_ratio for r in rounds)
         results["decided"] = {"in_redis": sum(r.in_redis for r in rounds), "without": sum(r.without for r in rounds),
@@ -241,6 +244,7 @@ def run(quick: bool) -> dict:
         median = sorted(counted, key=lambda r: r.ratio)[len(counted) // 2]
         ratio, results["raw"], results["raw_cpu"] = median.ratio, median.raw, median.cpu
         results["lean_ratio"], results["raw_without"] = median.lean_ratio, median.without
+        results["lean_cpu"] = median.lean_cpu
         results["redis_floor"] = results["raw"].rps / ratio if ratio else float("nan")
         # Every scan's event must have been published, none dropped: a ratio bought by a
         # publisher that falls behind and sheds events would not count.
