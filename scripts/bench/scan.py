@@ -101,7 +101,7 @@ def cpu_seconds(pid_list: list[int]) -> float:
     return ticks / CLK_TCK
 
 
-def timed_wrk(svc, seconds: int, script: str, processes: dict[str, list[int]]):
+def timed_wrk(svc: Service | Lean, seconds: int, script: str, processes: dict[str, list[int]]):
     """A c=64 wrk run against `svc` (anything with a `base` URL: the service or the lean route) and
     each process group's CPU per request in it, in microseconds."""
     before = {name: cpu_seconds(p) for name, p in processes.items()}
