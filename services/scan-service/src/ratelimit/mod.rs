@@ -4,6 +4,7 @@
 pub mod local;
 pub mod redis;
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +80,20 @@ pub fn key_limits(default: BucketLimits, override_per_minute: Option<u32>) -> Bu
 
 pub use common::http::client_ip::client_network;
 
+/// The Redis key of `identity`'s bucket under `prefix`: `<prefix>:rl:{ip:<network>}` or
+/// `<prefix>:rl:{key:<id>}`, the braces a Redis Cluster hash tag.
+pub fn bucket_key(prefix: &str, identity: Identity) -> String {
+    // Sized once: `format!` would start from a guess below the key's length and grow the
+    // string two or three times on every decision.
+    let mut key = String::with_capacity(prefix.len() + BUCKET_KEY_EXTRA);
+    // Writing to a `String` cannot fail.
+    let _ = match identity {
+        Identity::Ip(ip) => write!(key, "{prefix}:rl:{{ip:{}}}", client_network(ip)),
+        Identity::ApiKey(id) => write!(key, "{prefix}:rl:{{key:{id}}}"),
+    };
+    key
+}
+
 /// The scan rate limiter.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
@@ -112,6 +127,10 @@ impl Metrics {
         }
     }
 }
+
+/// The longest a bucket key gets beyond its prefix: `:rl:{key:`, a hyphenated UUID and the
+/// closing brace. A network's text is shorter: at most 21 characters once IPv6 is cut to /64.
+const BUCKET_KEY_EXTRA: usize = 9 + 36 + 1;
 
 /// Clients the fallback limiter tracks per set of limits before it starts afresh.
 const LOCAL_MAX_CLIENTS: usize = 200_000;
@@ -151,10 +170,7 @@ impl RateLimiter {
 
     /// The Redis key of `identity`'s bucket. The braces are a Redis Cluster hash tag.
     pub fn bucket_key(&self, identity: Identity) -> String {
-        match identity {
-            Identity::Ip(ip) => format!("{}:rl:{{ip:{}}}", self.prefix, client_network(ip)),
-            Identity::ApiKey(id) => format!("{}:rl:{{key:{id}}}", self.prefix),
-        }
+        bucket_key(&self.prefix, identity)
     }
 
     /// Takes one token from `identity`'s bucket. Redis errors, timeouts and an open breaker give
@@ -204,6 +220,32 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_keys_are_sized_once() {
+        let longest_v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let cases = [
+            (
+                Identity::Ip("203.0.113.7".parse().unwrap()),
+                "vt:rl:{ip:203.0.113.7}",
+            ),
+            (
+                Identity::Ip("::ffff:203.0.113.7".parse().unwrap()),
+                "vt:rl:{ip:203.0.113.7}",
+            ),
+            (Identity::Ip(longest_v6), "vt:rl:{ip:ffff:ffff:ffff:ffff::}"),
+            (
+                Identity::ApiKey(Uuid::from_u128(u128::MAX)),
+                "vt:rl:{key:ffffffff-ffff-ffff-ffff-ffffffffffff}",
+            ),
+        ];
+        for (identity, want) in cases {
+            let key = bucket_key("vt", identity);
+            assert_eq!(key, want);
+            // The string was never grown (it would then hold more than was reserved).
+            assert_eq!(key.capacity(), "vt".len() + BUCKET_KEY_EXTRA, "{key}");
+        }
+    }
 
     #[test]
     fn override_caps_the_burst() {
