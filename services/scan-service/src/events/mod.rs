@@ -5,6 +5,7 @@ pub mod publisher;
 pub mod queue;
 pub mod worker;
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -31,7 +32,7 @@ pub enum ScanResult {
 }
 
 /// One scan event, the message body on `SCAN_EVENTS_TOPIC`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ScanEvent {
     /// UUID v7 (time-ordered); the consumer's idempotency key.
     pub event_id: Uuid,
@@ -41,8 +42,8 @@ pub struct ScanEvent {
     pub result: ScanResult,
     /// RFC 3339 UTC with milliseconds.
     pub scanned_at: String,
-    /// Hex HMAC-SHA256 of the client IP under `IP_HASH_KEY`.
-    pub client_ip_hash: String,
+    /// HMAC-SHA256 of the client IP under `IP_HASH_KEY` (hex in the JSON).
+    pub client_ip_hash: IpHash,
     /// The API key used, if any.
     pub api_key_id: Option<Uuid>,
     /// The caller's `User-Agent`, if readable.
@@ -60,7 +61,7 @@ impl ScanEvent {
     pub fn new(
         tag_id: &str,
         result: ScanResult,
-        client_ip_hash: String,
+        client_ip_hash: IpHash,
         api_key_id: Option<Uuid>,
         user_agent: Option<&str>,
     ) -> Self {
@@ -79,7 +80,7 @@ impl ScanEvent {
         when: DateTime<Utc>,
         tag_id: &str,
         result: ScanResult,
-        client_ip_hash: String,
+        client_ip_hash: IpHash,
         api_key_id: Option<Uuid>,
         user_agent: Option<&str>,
     ) -> Self {
@@ -133,17 +134,60 @@ impl IpHasher {
         Self { keyed }
     }
 
-    /// Hex HMAC-SHA256 of the IP's text form.
-    pub fn hash(&self, ip: IpAddr) -> String {
+    /// HMAC-SHA256 of the IP's text form.
+    pub fn hash(&self, ip: IpAddr) -> IpHash {
         let mut mac = self.keyed.clone();
-        mac.update(ip.to_string().as_bytes());
-        let digest = mac.finalize().into_bytes();
-        // Through a buffer: `hex::encode` collects its output one `char` at a time.
-        let mut hex = [0u8; 64];
-        if hex::encode_to_slice(digest, &mut hex).is_err() {
-            return hex::encode(digest);
+        // The text goes through a buffer on the stack, not a `String`: this runs on every scan.
+        let mut text = [0u8; IP_TEXT_MAX];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        match write!(cursor, "{ip}") {
+            Ok(()) => {
+                let len = usize::try_from(cursor.position()).unwrap_or(IP_TEXT_MAX);
+                mac.update(&text[..len]);
+            }
+            // Cannot happen: no address's text is longer than the buffer. Should one be, its
+            // text is hashed from a `String` instead.
+            Err(_) => mac.update(ip.to_string().as_bytes()),
         }
-        String::from_utf8_lossy(&hex).into_owned()
+        IpHash(mac.finalize().into_bytes().into())
+    }
+}
+
+/// The longest text of an IP address: `INET6_ADDRSTRLEN` less its NUL, for an IPv6 address
+/// with an IPv4 tail. Rust writes at most 39 characters.
+const IP_TEXT_MAX: usize = 45;
+
+/// A client IP's HMAC-SHA256 ([`IpHasher::hash`]), written as 64 lowercase hex digits.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpHash([u8; 32]);
+
+impl IpHash {
+    /// The hex digits, written into `buf`.
+    fn hex<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        // Through a buffer: `hex::encode` collects its output one `char` at a time. Neither
+        // step can fail: the buffer has the exact length, and hex digits are ASCII.
+        if hex::encode_to_slice(self.0, buf).is_err() {
+            return "";
+        }
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for IpHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.hex(&mut [0; 64]))
+    }
+}
+
+impl std::fmt::Debug for IpHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for IpHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.hex(&mut [0; 64]))
     }
 }
 
@@ -160,7 +204,7 @@ mod tests {
             when,
             "abcdefghijklmnop",
             ScanResult::Unknown,
-            "ff".into(),
+            IpHash::default(),
             None,
             None,
         );
@@ -178,14 +222,18 @@ mod tests {
         let a = IpHasher::new(SecretString::from("k1k1k1k1k1k1k1k1"));
         let b = IpHasher::new(SecretString::from("k2k2k2k2k2k2k2k2"));
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
-        assert_eq!(a.hash(ip).len(), 64);
         // Lowercase hex of HMAC-SHA256(key, "203.0.113.7"), as Python's hmac module gives it.
-        assert_eq!(
-            a.hash(ip),
-            "8188d0c975bd1fe3335be4a82674c6c070b0e6880184859b05017afdc8469e6f"
-        );
+        let want = "8188d0c975bd1fe3335be4a82674c6c070b0e6880184859b05017afdc8469e6f";
+        assert_eq!(a.hash(ip).to_string(), want);
+        assert_eq!(serde_json::to_value(a.hash(ip)).unwrap(), want);
         assert_eq!(a.hash(ip), a.hash(ip));
         assert_ne!(a.hash(ip), b.hash(ip));
+        // The longest text Rust writes for an address is hashed whole: HMAC(key, that text).
+        let v6: IpAddr = "1111:2222:3333:4444:5555:6666:7777:8888".parse().unwrap();
+        assert!(v6.to_string().len() <= IP_TEXT_MAX, "{v6}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"k1k1k1k1k1k1k1k1").unwrap();
+        mac.update(v6.to_string().as_bytes());
+        assert_eq!(a.hash(v6), IpHash(mac.finalize().into_bytes().into()));
     }
 
     #[test]
@@ -194,7 +242,7 @@ mod tests {
             ScanEvent::new(
                 "abcdefghijklmnop",
                 ScanResult::Unknown,
-                String::new(),
+                IpHash::default(),
                 None,
                 Some(ua),
             )
@@ -210,7 +258,7 @@ mod tests {
         let e = ScanEvent::new(
             "abcdefghijklmnop",
             ScanResult::Authentic,
-            String::new(),
+            IpHash::default(),
             None,
             Some(&ua),
         );

@@ -139,14 +139,14 @@ impl Publisher for PubSubPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::ScanResult;
+    use crate::events::{IpHash, ScanResult};
 
     #[test]
     fn a_message_is_the_event_json_with_the_contract_attributes() {
         let event = ScanEvent::new(
             "abcdefghijklmnop",
             ScanResult::Authentic,
-            "ff".into(),
+            IpHash::default(),
             None,
             None,
         );

@@ -125,13 +125,13 @@ impl EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::ScanResult;
+    use crate::events::{IpHash, ScanResult};
 
     fn event() -> ScanEvent {
         ScanEvent::new(
             "abcdefghijklmnop",
             ScanResult::Unknown,
-            String::new(),
+            IpHash::default(),
             None,
             None,
         )

@@ -220,7 +220,7 @@ mod tests {
     use common::config::BreakerConfig;
 
     use super::*;
-    use crate::events::{EventQueue, PublishError, ScanResult};
+    use crate::events::{EventQueue, IpHash, PublishError, ScanResult};
 
     #[derive(Clone, Default)]
     struct Scripted {
@@ -254,7 +254,7 @@ mod tests {
         ScanEvent::new(
             &format!("tag{n:013}"),
             ScanResult::Unknown,
-            String::new(),
+            IpHash::default(),
             None,
             None,
         )
