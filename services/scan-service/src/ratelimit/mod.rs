@@ -82,7 +82,7 @@ pub use common::http::client_ip::client_network;
 
 /// The Redis key of `identity`'s bucket under `prefix`: `<prefix>:rl:{ip:<network>}` or
 /// `<prefix>:rl:{key:<id>}`, the braces a Redis Cluster hash tag.
-pub fn bucket_key(prefix: &str, identity: Identity) -> String {
+fn bucket_key(prefix: &str, identity: Identity) -> String {
     // Sized once: `format!` would start from a guess below the key's length and grow the
     // string two or three times on every decision.
     let mut key = String::with_capacity(prefix.len() + BUCKET_KEY_EXTRA);
