@@ -115,7 +115,7 @@ pub async fn login(
     ),
     responses(
         (status = 200, description = "New tokens; both cookies rotated", body = TokenResponse),
-        (status = 401, description = "invalid_refresh_token, refresh_token_reused (family revoked) or device_mismatch (family revoked)", body = crate::openapi::ApiError),
+        (status = 401, description = "invalid_refresh_token, refresh_token_reused (family revoked) or device_mismatch (family revoked); when a refresh cookie was sent, both cookies are deleted", body = crate::openapi::ApiError),
         (status = 403, description = "csrf_failed", body = crate::openapi::ApiError),
     )
 )]
@@ -124,8 +124,20 @@ pub async fn refresh(
     client: ClientInfo,
     headers: HeaderMap,
 ) -> Result<Response, FactoryError> {
-    let session = session::refresh(&state, presented(&headers), &client).await?;
-    Ok(session_response(session))
+    let presented = presented(&headers);
+    let sent_cookie = presented.refresh_token.is_some();
+    match session::refresh(&state, presented, &client).await {
+        Ok(session) => Ok(session_response(session)),
+        // A 401 for a refresh cookie that was sent means the cookie is dead (unknown, expired,
+        // reused or from another device, the family then revoked): the answer deletes both
+        // cookies, so the browser stops sending them. Nothing is deleted when no cookie came
+        // (a cross-site form cannot send a SameSite=Strict cookie, and must not be able to sign
+        // anybody out) or on a 403 for CSRF.
+        Err(e @ FactoryError::Unauthorized { .. }) if sent_cookie => {
+            Ok(with_cookies_cleared(e.into_response()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Signs out: revokes the session's refresh-token family and clears both cookies.
@@ -144,9 +156,13 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, FactoryError> {
     session::logout(&state, presented(&headers), &client).await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
+    Ok(with_cookies_cleared(StatusCode::NO_CONTENT.into_response()))
+}
+
+/// `response` with both session cookies deleted.
+fn with_cookies_cleared(mut response: Response) -> Response {
     for cookie in cookies::clear() {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
-    Ok(response)
+    response
 }

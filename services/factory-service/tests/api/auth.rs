@@ -291,6 +291,56 @@ async fn refresh_from_another_device_revokes_the_family() {
     }
 }
 
+/// Whether `headers` delete both session cookies.
+fn clears_both_cookies(headers: &reqwest::header::HeaderMap) -> bool {
+    ["__Host-vt_refresh", "__Host-vt_csrf"].iter().all(|name| {
+        set_cookie(headers, name)
+            .is_some_and(|(value, attrs)| value.is_empty() && attrs.contains("Max-Age=0"))
+    })
+}
+
+#[tokio::test]
+async fn a_refused_refresh_cookie_is_deleted_but_a_cross_site_request_deletes_nothing() {
+    let app = spawn_app().await;
+    // Reused: the replayed token's answer deletes the cookies it came with.
+    let s1 = app.signed_in(Role::Admin).await;
+    let _s2 = session_of(app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await).await;
+    let r = app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await;
+    assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
+    assert_error(r, 401, "refresh_token_reused").await;
+    // Another device, and a token the server does not know.
+    let s = app.signed_in(Role::Admin).await;
+    let r = app
+        .refresh(&s.cookie(), Some(&s.csrf), "another-device-0123456789")
+        .await;
+    assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
+    assert_error(r, 401, "device_mismatch").await;
+    let r = app
+        .refresh(
+            "__Host-vt_refresh=unknown; __Host-vt_csrf=a.b",
+            Some("a.b"),
+            DEVICE,
+        )
+        .await;
+    assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
+    assert_error(r, 401, "invalid_refresh_token").await;
+    // No cookie sent (what a forged cross-site form gets, SameSite=Strict): nothing deleted.
+    let r = app.refresh("", Some("x"), DEVICE).await;
+    assert!(r.headers().get("set-cookie").is_none(), "{:?}", r.headers());
+    assert_error(r, 401, "invalid_refresh_token").await;
+    // A CSRF failure deletes nothing either, and the session goes on.
+    let s = app.signed_in(Role::Admin).await;
+    let r = app.refresh(&s.cookie(), Some("wrong.csrf"), DEVICE).await;
+    assert!(r.headers().get("set-cookie").is_none(), "{:?}", r.headers());
+    assert_error(r, 403, "csrf_failed").await;
+    assert_eq!(
+        app.refresh(&s.cookie(), Some(&s.csrf), DEVICE)
+            .await
+            .status(),
+        200
+    );
+}
+
 #[tokio::test]
 async fn successful_logins_do_not_use_up_the_login_limits() {
     let app = spawn_app().await;
