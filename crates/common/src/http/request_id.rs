@@ -2,6 +2,7 @@
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
+use bytes::Bytes;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// The header name.
@@ -35,10 +36,14 @@ pub struct MakeUuid;
 impl MakeRequestId for MakeUuid {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         // Hyphenated into a buffer on the stack: no `Display` machinery and no `String` on the
-        // way to the header value (this runs for nearly every request).
+        // way to the header value (this runs for nearly every request). The buffer then becomes
+        // the value's shared owner, so the copies for the request's extensions and the response
+        // count references: from a copied slice, the first clone would allocate a second time.
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        HeaderValue::from_str(id).ok().map(RequestId::new)
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
