@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use bytes::{BufMut as _, BytesMut};
 use common::config::PubSubConfig;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_pubsub::client::Publisher as PubSubClient;
@@ -32,8 +33,9 @@ pub trait Publisher: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// Bytes reserved for an event's JSON body.
-const EVENT_JSON_CAPACITY: usize = 512;
+/// Bytes reserved per event for the JSON bodies of a batch (an event is 250 to 350 bytes, more
+/// with a long user agent; the buffer grows when a batch needs more).
+const EVENT_JSON_CAPACITY: usize = 384;
 
 /// The worker gives up on one attempt after this long and retries the batch later; the
 /// client's own retries stop earlier so an attempt's outcome is known.
@@ -71,14 +73,20 @@ impl PubSubPublisher {
 /// cloning the two-entry map costs less than building and hashing it again per event.
 static TEMPLATE: LazyLock<Message> = LazyLock::new(|| Message::new().set_attributes(ATTRIBUTES));
 
-/// The Pub/Sub message of an event: its JSON body and the contract's attributes.
-pub fn to_message(event: &ScanEvent) -> Result<Message, serde_json::Error> {
-    // An event is 250 to 350 bytes of JSON (more with a long user agent): one allocation
-    // instead of growing from `to_vec`'s 128.
-    let mut data = Vec::with_capacity(EVENT_JSON_CAPACITY);
-    serde_json::to_writer(&mut data, event)?;
+/// The Pub/Sub message of an event: its JSON body and the contract's attributes. The body is
+/// written at the end of `bodies` and split off it: the bodies of a batch share one buffer
+/// (and one allocation, when it was reserved large enough), freed with the last of them.
+pub fn to_message(event: &ScanEvent, bodies: &mut BytesMut) -> Result<Message, serde_json::Error> {
+    let mut writer = bodies.writer();
+    let written = serde_json::to_writer(&mut writer, event);
+    let bodies = writer.into_inner();
+    if let Err(e) = written {
+        // Nothing of a failed body may stay in front of the next one.
+        bodies.clear();
+        return Err(e);
+    }
     let mut message = TEMPLATE.clone();
-    message.data = data.into();
+    message.data = bodies.split().freeze();
     Ok(message)
 }
 
@@ -86,8 +94,9 @@ impl Publisher for PubSubPublisher {
     async fn publish(&self, batch: &[ScanEvent]) -> Result<(), PublishError> {
         let mut sent = Vec::with_capacity(batch.len());
         let mut handles = Vec::with_capacity(batch.len());
+        let mut bodies = BytesMut::with_capacity(batch.len() * EVENT_JSON_CAPACITY);
         for (i, event) in batch.iter().enumerate() {
-            match to_message(event) {
+            match to_message(event, &mut bodies) {
                 Ok(message) => {
                     sent.push(i);
                     handles.push(self.client.publish(message));
@@ -154,8 +163,10 @@ mod tests {
             None,
             None,
         );
+        // Two bodies in one buffer: each message holds its own event and nothing else.
+        let mut bodies = BytesMut::with_capacity(16);
         for _ in 0..2 {
-            let message = to_message(&event).expect("encodable");
+            let message = to_message(&event, &mut bodies).expect("encodable");
             let body: serde_json::Value = serde_json::from_slice(&message.data).expect("JSON");
             assert_eq!(body, serde_json::to_value(&event).expect("JSON"));
             assert_eq!(message.attributes.len(), 2);
