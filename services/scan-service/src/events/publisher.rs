@@ -74,9 +74,14 @@ impl PubSubPublisher {
 static TEMPLATE: LazyLock<Message> = LazyLock::new(|| Message::new().set_attributes(ATTRIBUTES));
 
 /// The Pub/Sub message of an event: its JSON body and the contract's attributes. The body is
-/// written at the end of `bodies` and split off it: the bodies of a batch share one buffer
-/// (and one allocation, when it was reserved large enough), freed with the last of them.
+/// written into `bodies`, which must be empty (as every call leaves it), and split off it: the
+/// bodies of a batch share one buffer (one allocation, when it was reserved large enough, and
+/// one more for the shared handle of the first split), freed with the last of them.
 pub fn to_message(event: &ScanEvent, bodies: &mut BytesMut) -> Result<Message, serde_json::Error> {
+    debug_assert!(
+        bodies.is_empty(),
+        "a body would take in what was left before it"
+    );
     let mut writer = bodies.writer();
     let written = serde_json::to_writer(&mut writer, event);
     let bodies = writer.into_inner();

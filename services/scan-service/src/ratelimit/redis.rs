@@ -13,7 +13,11 @@ use crate::redis_conn::RedisConn;
 
 const SCRIPT: &str = include_str!("token_bucket.lua");
 
-/// Bytes of an `EVALSHA` command besides its key: the name, the 40-digit hash and four numbers.
+/// Arguments of the `EVALSHA` command, its name included: the hash, the key count, the key, the
+/// burst, the rate and the cost.
+const COMMAND_ARGS: usize = 7;
+
+/// Bytes of those arguments besides the key: the name, the 40-digit hash and four numbers.
 const COMMAND_BYTES: usize = 80;
 
 /// Token buckets kept in Redis, shared by every instance of the service.
@@ -41,7 +45,7 @@ impl RedisBuckets {
             .run(|mut conn| async move {
                 // Sized for the whole command at once: grown from empty, its two buffers
                 // took five allocations per decision.
-                let first = redis::Cmd::with_capacity(7, COMMAND_BYTES + key.len())
+                let first = redis::Cmd::with_capacity(COMMAND_ARGS, COMMAND_BYTES + key.len())
                     .arg("EVALSHA")
                     .arg(&*sha)
                     .arg(1)

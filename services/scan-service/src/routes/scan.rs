@@ -7,7 +7,6 @@ use axum::handler::Handler as _;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use common::http::{ClientIp, error_response};
 use common::metric_handles::HandleCache;
 use metrics::Counter;
@@ -32,8 +31,9 @@ const RESPONSE_HEADERS: usize = 12;
 /// `/` (more segments, or a trailing slash) are malformed tag ids like any other: 400
 /// `invalid_tag_id`, charged and normalized, rather than the router's 404.
 pub fn router(timing: TimingLayer) -> Router<AppState> {
-    // The layer wraps the handler itself rather than the method router (`get(scan).layer(..)`),
-    // which would box the handler into a route and clone that box on every request.
+    // The layer wraps the handler itself (`Handler::layer`). On the method router
+    // (`get(scan).layer(..)`) it nested a second boxed route around the handler's, and each
+    // request cloned both boxes and boxed both futures.
     let scan = get(scan.layer(timing));
     Router::new()
         .route("/v1/scan/{tag_id}", scan.clone())
@@ -139,10 +139,9 @@ fn rate_limit_headers(headers: &mut HeaderMap, verdict: &Verdict) {
 }
 
 /// `n` in decimal as a header value, in one allocation of its exact size. `HeaderValue::from`
-/// an integer takes two (a growing buffer, then the shared handle of its `freeze`), on every
-/// scan for each of the three headers.
+/// an integer takes two (a buffer sized for the widest number, then the shared handle that its
+/// `freeze` allocates), on every scan for each of the three headers.
 fn number(n: u64) -> HeaderValue {
-    let digits = Bytes::copy_from_slice(itoa::Buffer::new().format(n).as_bytes());
-    HeaderValue::from_maybe_shared(digits)
+    HeaderValue::from_str(itoa::Buffer::new().format(n))
         .unwrap_or_else(|_| unreachable!("decimal digits are a valid header value"))
 }
