@@ -166,6 +166,13 @@ def decisions(port: int) -> tuple[float, float]:
     return count("allowed", "limited"), count("fallback", "fail_closed")
 
 
+def decided_during(port: int, run):
+    """`run()`'s result, and the rate-limit decisions made meanwhile (in Redis, without it)."""
+    before = decisions(port)
+    result = run()
+    return result, tuple(a - b for a, b in zip(decisions(port), before))
+
+
 def timing_samples(port: int, known: list[str], unknown: list[str], per_class: int, workers: int = 32):
     """Response times of interleaved known- and unknown-tag scans, in ms."""
     samples = {"known": [], "unknown": []}
@@ -227,9 +234,8 @@ def run(quick: bool) -> dict:
         rounds = []
         with Lean() as lean:
             for _ in range(ROUNDS):
-                before = decisions(svc.port)
-                raw, cpu = timed_wrk(svc, max(secs // 2, 4), script, processes)
-                in_redis, without = (a - b for a, b in zip(decisions(svc.port), before))
+                (raw, cpu), (in_redis, without) = decided_during(
+                    svc.port, lambda: timed_wrk(svc, max(secs // 2, 4), script, processes))
                 bare, bare_cpu = timed_wrk(lean, max(secs // 2, 4), script, {"lean": [lean.proc.pid]})
                 floor = redis_floor(64, secs)
                 rounds.append(Round(raw.rps / floor if raw.rps else 0.0, raw, cpu, bare.rps / floor, bare_cpu["lean"],
@@ -267,14 +273,12 @@ def run(quick: bool) -> dict:
         # This service has the default REDIS_TIMEOUT_MS: when the machine stalls (1,000 connections
         # opening at once can do it), decisions time out, the breaker opens for 60 s and the
         # in-process fallback decides. Each run's decisions are counted so that the table says so.
-        before = decisions(svc.port)
-        results["norm80"] = wrk(svc.base, 80, secs, script)
-        after = decisions(svc.port)
-        results["norm80_decided"] = tuple(a - b for a, b in zip(after, before))
+        results["norm80"], results["norm80_decided"] = decided_during(
+            svc.port, lambda: wrk(svc.base, 80, secs, script))
         metrics = get(svc.port, "/metrics")[1].decode()
         results["rl_quantiles_norm"] = histogram_quantiles(metrics, "rate_limit_redis_seconds", (0.5, 0.99))
-        results["norm1000"] = wrk(svc.base, 1000, secs, script)
-        results["norm1000_decided"] = tuple(a - b for a, b in zip(decisions(svc.port), after))
+        results["norm1000"], results["norm1000_decided"] = decided_during(
+            svc.port, lambda: wrk(svc.base, 1000, secs, script))
         per_class = 2000 if quick else 5000
         k, u = timing_samples(svc.port, known, unknown_ids(2000), per_class)
         results["ttest"] = {"n": per_class, "t": welch_t(k, u),
