@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 CARGO ?= cargo
 
-.PHONY: run test migrate lint services-up services-down build bench
+.PHONY: run test migrate lint services-up services-down build bench pgo
 
 ## Start local PostgreSQL, Redis and the Pub/Sub emulator if needed, migrate, start both services.
 run: services-up
@@ -22,12 +22,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/compose-check.sh
 
-## Benchmarks (release builds, wrk, redis-benchmark); writes docs/PERFORMANCE.md. BENCH_ARGS=--quick for a short run, BENCH_ARGS="--only scan,audit,idempotency,events" for some sections, --signed-million to verify a signed chain of 1,000,000 events (adds minutes).
+## Benchmarks (release builds, scan-service profile-guided as in `make pgo` unless BENCH_PGO=0; wrk, redis-benchmark); writes docs/PERFORMANCE.md. BENCH_ARGS=--quick for a short run, BENCH_ARGS="--only scan,audit,idempotency,events" for some sections, --signed-million to verify a signed chain of 1,000,000 events (adds minutes).
 bench:
 	scripts/bench.sh $(BENCH_ARGS)
 
 build:
 	$(CARGO) build --workspace
+
+## The release build of scan-service that ships: profile-guided, trained against the local services; writes pgo/scan-service.profdata for the Docker build.
+pgo:
+	scripts/pgo.sh
 
 services-up:
 	scripts/dev-services.sh up

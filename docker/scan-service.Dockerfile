@@ -3,7 +3,7 @@
 #   docker build -f docker/scan-service.Dockerfile -t voketag/scan-service .
 
 # ---- build ---------------------------------------------------------------------------------
-FROM rust:1.91-bookworm AS build
+FROM rust:1.95-bookworm AS build
 # cmake and clang: aws-lc-sys (rustls' crypto provider) compiles C.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake clang \
@@ -14,10 +14,21 @@ ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 COPY . .
 # The caches keep the registry and target dir between builds; the binary is copied out of the
 # cache mount because mounts are not part of the image.
+# With pgo/scan-service.profdata in the context (written by `make pgo`, which the release
+# pipeline runs first, with this image's Rust version), this is the profile-guided build that
+# docs/PERFORMANCE.md measures; without it, a plain release build. `--target` keeps the profile
+# off build scripts and proc macros.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=voketag-target-scan-service \
-    cargo build --release -p scan-service --locked \
- && install -D -m 0755 target/release/scan-service /out/scan-service
+    host=$(rustc -vV | sed -n 's/^host: //p') \
+ && if [ -f pgo/scan-service.profdata ]; then \
+      echo "profile-guided build with pgo/scan-service.profdata"; \
+      export RUSTFLAGS="-Cprofile-use=/src/pgo/scan-service.profdata"; \
+    else \
+      echo "no pgo/scan-service.profdata: plain release build (run make pgo first for the shipped build)"; \
+    fi \
+ && cargo build --release -p scan-service --locked --target "$host" \
+ && install -D -m 0755 "target/$host/release/scan-service" /out/scan-service
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime

@@ -42,6 +42,9 @@ def scan_rows(r: dict) -> list[str]:
     n80, n1000, t = r["norm80"], r["norm1000"], r["ttest"]
     rl, rln = r["rl_quantiles"], r["rl_quantiles_norm"]
     return [
+        row("scan-service build measured", "profile-guided (`make pgo`: trained on the mixed scan load of "
+            "`scripts/bench/pgo_train.py`, not on these runs)" if r["pgo"] else
+            "plain release build (`BENCH_PGO=0`); what ships is the profile-guided one (`make pgo`)"),
         row("scan, normalization off, c=64 (median round)", f"{raw.rps:,.0f} req/s, p50 {raw.p50_ms:.2f} ms, p99 {raw.p99_ms:.2f} ms"
             f" (errors {raw.errors}, non-2xx {raw.non_2xx})"),
         row("redis-benchmark EVALSHA of the same script, c=64 (same round)", f"{floor:,.0f} req/s"),
@@ -52,8 +55,8 @@ def scan_rows(r: dict) -> list[str]:
         row("ratio scan / redis floor (median of the rounds decided in Redis)", f"**{raw.rps / floor:.2f}** (rounds: "
             f"{', '.join(f'{x:.2f}' for x in r['ratios'])})", "≥ 0.60",
             raw.rps / floor >= 0.60 and r["raw_without"] == 0),
-        row("reference: a bare axum route making the same one EVALSHA (`examples/lean_scan.rs`), "
-            "ratio to the floor in the same round", f"{r['lean_ratio']:.2f} (rounds: "
+        row("reference: a bare axum route making the same one EVALSHA (`examples/lean_scan.rs`, plain "
+            "release build), ratio to the floor in the same round", f"{r['lean_ratio']:.2f} (rounds: "
             f"{', '.join(f'{x:.2f}' for x in r['lean_ratios'])}); the service keeps "
             f"{raw.rps / floor / r['lean_ratio']:.2f} of it; the lean process took "
             f"{r['lean_cpu']:.1f} us of CPU per request in that round (the service {r['raw_cpu']['service']:.1f})"),

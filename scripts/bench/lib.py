@@ -52,6 +52,8 @@ class Service:
     name: str
     env: dict
     args: list = field(default_factory=list)
+    # The executable; default the release build of `name`.
+    binary: str | None = None
     proc: subprocess.Popen | None = None
     port: int = 0
 
@@ -60,7 +62,7 @@ class Service:
         env = {**os.environ, "BIND_ADDR": f"127.0.0.1:{self.port}", "RUST_LOG": "warn",
                "LOG_FORMAT": "json", **self.env}
         log = open(os.path.join(ROOT, "target", f"bench-{self.name}.log"), "w")
-        self.proc = subprocess.Popen([os.path.join(RELEASE, self.name), *self.args], env=env,
+        self.proc = subprocess.Popen([self.binary or os.path.join(RELEASE, self.name), *self.args], env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:

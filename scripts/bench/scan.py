@@ -34,6 +34,10 @@ UNLIMITED = {"RATE_LIMIT_IP_PER_MINUTE": "10000000", "RATE_LIMIT_IP_BURST": "100
 # rounds' service therefore gets a longer bound, and every round's decisions are counted from
 # /metrics: a round with a fallback decision does not count (see `decisions`).
 RAW_REDIS_TIMEOUT_MS = "1000"
+# The scan-service executable measured: the profile-guided build that ships, which
+# scripts/bench.sh makes with scripts/pgo.sh and passes here; the plain release build when unset
+# (BENCH_PGO=0).
+SCAN_BIN = os.environ.get("SCAN_SERVICE_BIN") or None
 
 
 def seed(db_url: str, tags: int = 10000) -> list[str]:
@@ -214,11 +218,11 @@ def run(quick: bool) -> dict:
     script = wrk_script(known)
     base_env = {"DATABASE_URL": db, "REDIS_KEY_PREFIX": "bench", "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
                 "SCAN_EVENTS_TOPIC": "bench-scan-events", **UNLIMITED}
-    results: dict = {}
+    results: dict = {"pgo": SCAN_BIN is not None}
     ensure_topic("bench-scan-events")
 
     svc = Service("scan-service", {**base_env, "SCAN_MIN_RESPONSE_MS": "0", "SCAN_JITTER_MS": "0",
-                                    "REDIS_TIMEOUT_MS": RAW_REDIS_TIMEOUT_MS}).start()
+                                    "REDIS_TIMEOUT_MS": RAW_REDIS_TIMEOUT_MS}, binary=SCAN_BIN).start()
     try:
         for tag in known:  # warm the caches
             get(svc.port, f"/v1/scan/{tag}")
@@ -266,7 +270,8 @@ def run(quick: bool) -> dict:
     finally:
         svc.stop()
 
-    svc = Service("scan-service", {**base_env, "SCAN_MIN_RESPONSE_MS": "80", "SCAN_JITTER_MS": "10"}).start()
+    svc = Service("scan-service", {**base_env, "SCAN_MIN_RESPONSE_MS": "80", "SCAN_JITTER_MS": "10"},
+                  binary=SCAN_BIN).start()
     try:
         for tag in known:
             get(svc.port, f"/v1/scan/{tag}")
