@@ -29,7 +29,7 @@ bench:
 build:
 	$(CARGO) build --workspace
 
-## The release build of scan-service that ships: profile-guided, trained against the local services; writes pgo/scan-service.profdata for the Docker build.
+## scan-service profile-guided: trained against the local services; writes pgo/scan-service.profdata, which the image build then uses.
 pgo:
 	scripts/pgo.sh
 

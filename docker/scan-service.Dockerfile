@@ -3,7 +3,8 @@
 #   docker build -f docker/scan-service.Dockerfile -t voketag/scan-service .
 
 # ---- build ---------------------------------------------------------------------------------
-FROM rust:1.95-bookworm AS build
+# The exact release `make pgo` runs with (see below).
+FROM rust:1.95.0-bookworm AS build
 # cmake and clang: aws-lc-sys (rustls' crypto provider) compiles C.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake clang \
@@ -14,18 +15,23 @@ ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 COPY . .
 # The caches keep the registry and target dir between builds; the binary is copied out of the
 # cache mount because mounts are not part of the image.
-# With pgo/scan-service.profdata in the context (written by `make pgo`, which the release
-# pipeline runs first, with this image's Rust version), this is the profile-guided build that
-# docs/PERFORMANCE.md measures; without it, a plain release build. `--target` keeps the profile
-# off build scripts and proc macros.
+# With pgo/scan-service.profdata in the context (written by `make pgo`, to be run before this
+# build), this is the profile-guided build that `make bench` measures; without it, a plain
+# release build. A profile matches code by symbol names, which differ between compiler versions,
+# so a profile made by another rustc than this image's (pgo/scan-service.rustc) fails the build
+# rather than silently optimizing nothing. `--target` keeps the profile off build scripts and
+# proc macros.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=voketag-target-scan-service \
-    host=$(rustc -vV | sed -n 's/^host: //p') \
+    host=$(rustc -vV | sed -n 's/^host: //p') && [ -n "$host" ] \
  && if [ -f pgo/scan-service.profdata ]; then \
+      if ! rustc -vV | cmp -s - pgo/scan-service.rustc; then \
+        echo "pgo/scan-service.profdata was not made by $(rustc -V): run make pgo with it" >&2; exit 1; \
+      fi; \
       echo "profile-guided build with pgo/scan-service.profdata"; \
       export RUSTFLAGS="-Cprofile-use=/src/pgo/scan-service.profdata"; \
     else \
-      echo "no pgo/scan-service.profdata: plain release build (run make pgo first for the shipped build)"; \
+      echo "no pgo/scan-service.profdata: plain release build (make pgo first for the profile-guided one)"; \
     fi \
  && cargo build --release -p scan-service --locked --target "$host" \
  && install -D -m 0755 "target/$host/release/scan-service" /out/scan-service

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# `make pgo`: the profile-guided release build of scan-service, the build that ships.
+# `make pgo`: the profile-guided release build of scan-service. Build its image after this
+# (docker/scan-service.Dockerfile uses the profile), with the same Rust version.
 #
 #   1. an instrumented release build (target/pgo-generate);
 #   2. a training run of it against the local PostgreSQL, Redis and Pub/Sub emulator
 #      (scripts/bench/pgo_train.py: a mixed scan load);
 #   3. the profile merged into pgo/scan-service.profdata (kept out of git; the Docker build uses
-#      it when it is there);
+#      it when it is there), and the `rustc -vV` that made it into pgo/scan-service.rustc: a
+#      profile matches code by symbol names, which differ between compiler versions;
 #   4. the release build with that profile (target/pgo/<host>/release/scan-service).
 #
-# Prints the optimized binary's path as its last line. See docs/PERFORMANCE.md for what it gains.
+# Prints the optimized binary's path as its last line (everything else goes to stderr). What it
+# gains: docs/PERFORMANCE.md (the eighteenth look).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +21,7 @@ sysroot=$(rustc --print sysroot)
 profdata="$sysroot/lib/rustlib/$host/bin/llvm-profdata"
 if [ ! -x "$profdata" ]; then
   echo "[pgo] installing the toolchain's llvm-tools (llvm-profdata)" >&2
-  rustup component add llvm-tools >&2
+  rustup component add llvm-tools >&2 || true
 fi
 [ -x "$profdata" ] || { echo "[pgo] $profdata is missing: rustup component add llvm-tools" >&2; exit 1; }
 
@@ -27,14 +30,14 @@ for tool in wrk psql; do
   command -v "$tool" >/dev/null || { echo "[pgo] $tool is missing (make bench installs wrk)" >&2; exit 1; }
 done
 # The training database is migrated by the release factory-service, which `make bench` has
-# built just before (PGO_RELEASE_BUILT=1): building fewer packages here would unify features
-# differently and rebuild crates for nothing.
+# built just before (PGO_RELEASE_BUILT=1).
 if [ "${PGO_RELEASE_BUILT:-0}" != 1 ]; then
   cargo build --release -q -p scan-service -p factory-service --bins >&2
 fi
 
 # --target keeps the flags off build scripts and proc macros: only the shipped code is
-# instrumented and optimized.
+# instrumented and optimized. The flags replace any RUSTFLAGS of the caller's.
+unset CARGO_ENCODED_RUSTFLAGS
 raw="$target/pgo-generate/raw"
 echo "[pgo] instrumented build" >&2
 RUSTFLAGS="-Cprofile-generate=$raw" CARGO_TARGET_DIR="$target/pgo-generate" \
@@ -45,6 +48,7 @@ LLVM_PROFILE_FILE="$raw/scan-service-%p.profraw" \
   python3 scripts/bench/pgo_train.py "$target/pgo-generate/$host/release/scan-service" >&2
 mkdir -p pgo
 "$profdata" merge -o pgo/scan-service.profdata "$raw"/*.profraw >&2
+rustc -vV > pgo/scan-service.rustc
 echo "[pgo] optimized build with pgo/scan-service.profdata" >&2
 RUSTFLAGS="-Cprofile-use=$PWD/pgo/scan-service.profdata" CARGO_TARGET_DIR="$target/pgo" \
   cargo build --release -q -p scan-service --bin scan-service --target "$host" >&2

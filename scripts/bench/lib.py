@@ -54,6 +54,8 @@ class Service:
     args: list = field(default_factory=list)
     # The executable; default the release build of `name`.
     binary: str | None = None
+    # Its log in target/; default bench-<name>.log.
+    log: str = ""
     proc: subprocess.Popen | None = None
     port: int = 0
 
@@ -61,7 +63,8 @@ class Service:
         self.port = free_port()
         env = {**os.environ, "BIND_ADDR": f"127.0.0.1:{self.port}", "RUST_LOG": "warn",
                "LOG_FORMAT": "json", **self.env}
-        log = open(os.path.join(ROOT, "target", f"bench-{self.name}.log"), "w")
+        self.log = self.log or f"bench-{self.name}.log"
+        log = open(os.path.join(ROOT, "target", self.log), "w")
         self.proc = subprocess.Popen([self.binary or os.path.join(RELEASE, self.name), *self.args], env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
@@ -71,7 +74,8 @@ class Service:
                     return self
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start; see target/bench-{self.name}.log")
+        self.proc.kill()
+        raise RuntimeError(f"{self.name} did not start; see target/{self.log}")
 
     @property
     def base(self) -> str:
@@ -84,13 +88,18 @@ class Service:
                     return int(line.split()[1]) / 1024
         return float("nan")
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 15 s; the exit code (negative: killed by that signal)."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
 
 
 def get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:

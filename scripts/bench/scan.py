@@ -34,9 +34,8 @@ UNLIMITED = {"RATE_LIMIT_IP_PER_MINUTE": "10000000", "RATE_LIMIT_IP_BURST": "100
 # rounds' service therefore gets a longer bound, and every round's decisions are counted from
 # /metrics: a round with a fallback decision does not count (see `decisions`).
 RAW_REDIS_TIMEOUT_MS = "1000"
-# The scan-service executable measured: the profile-guided build that ships, which
-# scripts/bench.sh makes with scripts/pgo.sh and passes here; the plain release build when unset
-# (BENCH_PGO=0).
+# The scan-service executable measured: the profile-guided build, which scripts/bench.sh makes
+# with scripts/pgo.sh and passes here; the plain release build when unset (BENCH_PGO=0).
 SCAN_BIN = os.environ.get("SCAN_SERVICE_BIN") or None
 
 
@@ -58,19 +57,29 @@ def unknown_ids(n: int) -> list[str]:
     return ["u" + "".join(random.choice(alphabet) for _ in range(31)) for _ in range(n)]
 
 
-def wrk_script(tags: list[str]) -> str:
+def wrk_script(tags: list[str], keys: list[str | None] | None = None, name: str = "bench-tags.lua") -> str:
     """A wrk script scanning a random tag of `tags` per request. The requests are formatted
     once per wrk thread (`init`), so each request costs wrk a table look-up rather than a
     `wrk.format` call: the load generator shares the two cores with the service and Redis,
     and every microsecond it spends is one the service does not get (about 1.6 us a request
-    measured with /proc CPU times)."""
-    path = os.path.join(ROOT, "target", "bench-tags.lua")
+    measured with /proc CPU times). `keys`, when given, is the `X-API-Key` sent with each tag's
+    request (None: no key); the script is written to target/`name`."""
+    path = os.path.join(ROOT, "target", name)
     with open(path, "w") as f:
         f.write("local tags = {" + ",".join(f'"{t}"' for t in tags) + "}\n")
         f.write("local requests = {}\n")
-        f.write("init = function(args)\n"
-                "  for i, tag in ipairs(tags) do requests[i] = wrk.format('GET', '/v1/scan/' .. tag) end\n"
-                "end\n")
+        if keys is None:
+            f.write("init = function(args)\n"
+                    "  for i, tag in ipairs(tags) do requests[i] = wrk.format('GET', '/v1/scan/' .. tag) end\n"
+                    "end\n")
+        else:
+            f.write("local keys = {" + ",".join(f'"{k}"' if k else "false" for k in keys) + "}\n")
+            f.write("init = function(args)\n"
+                    "  for i, tag in ipairs(tags) do\n"
+                    "    local headers = keys[i] and {['X-API-Key'] = keys[i]} or nil\n"
+                    "    requests[i] = wrk.format('GET', '/v1/scan/' .. tag, headers)\n"
+                    "  end\n"
+                    "end\n")
         f.write("request = function()\n  return requests[math.random(#requests)]\nend\n")
     return path
 
