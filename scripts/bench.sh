@@ -3,18 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=scripts/lib/tools.sh
+source scripts/lib/tools.sh
+
 scripts/dev-services.sh up
-for tool in wrk redis-benchmark; do
-  if ! command -v "$tool" >/dev/null; then
-    pkg=$([ "$tool" = wrk ] && echo wrk || echo redis-tools)
-    if [ "$(id -u)" = 0 ]; then
-      echo "[bench] installing $pkg"
-      apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null
-    else
-      echo "[bench] $tool is missing: sudo apt-get install -y $pkg" >&2; exit 1
-    fi
-  fi
-done
+need_tool bench wrk wrk
+need_tool bench redis-benchmark redis-tools
 cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench --example ratelimit_bench --example lean_scan
 # The scan service is measured in its profile-guided build (scripts/pgo.sh, about 10 minutes
 # more), the one its image is built as after `make pgo`. BENCH_PGO=0 measures the plain release

@@ -26,9 +26,10 @@ fi
 [ -x "$profdata" ] || { echo "[pgo] $profdata is missing: rustup component add llvm-tools" >&2; exit 1; }
 
 scripts/dev-services.sh up >&2
-for tool in wrk psql; do
-  command -v "$tool" >/dev/null || { echo "[pgo] $tool is missing (make bench installs wrk)" >&2; exit 1; }
-done
+# shellcheck source=scripts/lib/tools.sh
+source scripts/lib/tools.sh
+need_tool pgo wrk wrk
+need_tool pgo psql postgresql-client
 # The training database is migrated by the release factory-service, which `make bench` has
 # built just before (PGO_RELEASE_BUILT=1).
 if [ "${PGO_RELEASE_BUILT:-0}" != 1 ]; then
