@@ -22,7 +22,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/compose-check.sh
 
-## Benchmarks (release builds, scan-service profile-guided as in `make pgo` unless BENCH_PGO=0; wrk, redis-benchmark); writes docs/PERFORMANCE.md. BENCH_ARGS=--quick for a short run, BENCH_ARGS="--only scan,audit,idempotency,events" for some sections, --signed-million to verify a signed chain of 1,000,000 events (adds minutes).
+## Benchmarks (release builds, scan-service profile-guided as in `make pgo` unless BENCH_PGO=0 or --quick; wrk, redis-benchmark); writes docs/PERFORMANCE.md. BENCH_ARGS=--quick for a short run, BENCH_ARGS="--only scan,audit,idempotency,events" for some sections, --signed-million to verify a signed chain of 1,000,000 events (adds minutes).
 bench:
 	scripts/bench.sh $(BENCH_ARGS)
 

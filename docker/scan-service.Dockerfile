@@ -3,7 +3,7 @@
 #   docker build -f docker/scan-service.Dockerfile -t voketag/scan-service .
 
 # ---- build ---------------------------------------------------------------------------------
-# The exact release `make pgo` runs with (see below).
+# `make pgo` must run with this exact release for its profile to be used (see below).
 FROM rust:1.95.0-bookworm AS build
 # cmake and clang: aws-lc-sys (rustls' crypto provider) compiles C.
 RUN apt-get update \

@@ -11,12 +11,14 @@ need_tool bench wrk wrk
 need_tool bench redis-benchmark redis-tools
 cargo build --release -q -p scan-service -p factory-service --bins --example audit_bench --example events_bench --example ratelimit_bench --example lean_scan
 # The scan service is measured in its profile-guided build (scripts/pgo.sh, about 10 minutes
-# more), the one its image is built as after `make pgo`. BENCH_PGO=0 measures the plain release
-# build instead. Runs that leave out the scan section skip it.
+# more), the one its image is built as after `make pgo`. Its profile stays in target/ (pgo/ is
+# `make pgo`'s, for the image). BENCH_PGO=0 measures the plain release build instead; --quick
+# runs and runs that leave out the scan section skip it.
 unset SCAN_SERVICE_BIN
 args=" $* "
-if [ "${BENCH_PGO:-1}" != 0 ] && [[ "$args" != *" --only"* || "$args" == *scan* ]]; then
-  SCAN_SERVICE_BIN=$(PGO_RELEASE_BUILT=1 scripts/pgo.sh | tail -n 1)
+if [ "${BENCH_PGO:-1}" != 0 ] && [[ "$args" != *" --quick "* ]] &&
+   [[ "$args" != *" --only"* || "$args" == *scan* ]]; then
+  SCAN_SERVICE_BIN=$(PGO_RELEASE_BUILT=1 PGO_DIR=target/pgo-bench scripts/pgo.sh | tail -n 1)
   export SCAN_SERVICE_BIN
 fi
 # An emulator left spinning by a test run would take CPU from every measurement.

@@ -5,9 +5,10 @@
 #   1. an instrumented release build (target/pgo-generate);
 #   2. a training run of it against the local PostgreSQL, Redis and Pub/Sub emulator
 #      (scripts/bench/pgo_train.py: a mixed scan load);
-#   3. the profile merged into pgo/scan-service.profdata (kept out of git; the Docker build uses
-#      it when it is there), and the `rustc -vV` that made it into pgo/scan-service.rustc: a
-#      profile matches code by symbol names, which differ between compiler versions;
+#   3. the profile merged into $PGO_DIR/scan-service.profdata (default pgo/, kept out of git;
+#      the Docker build uses pgo/ when it is there), and the `rustc -vV` that made it into
+#      $PGO_DIR/scan-service.rustc: a profile matches code by symbol names, which differ between
+#      compiler versions;
 #   4. the release build with that profile (target/pgo/<host>/release/scan-service).
 #
 # Prints the optimized binary's path as its last line (everything else goes to stderr). What it
@@ -17,6 +18,13 @@ cd "$(dirname "$0")/.."
 
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 host=$(rustc -vV | sed -n 's/^host: //p')
+[ -n "$host" ] || { echo "[pgo] could not read the host triple from rustc -vV" >&2; exit 1; }
+out=$(realpath -m "${PGO_DIR:-pgo}")
+# The image refuses a profile of another compiler; say so now rather than at `docker build`.
+image_rust=$(sed -n 's/^FROM rust:\([0-9.]*\)-.*/\1/p' docker/scan-service.Dockerfile)
+if [ "$(rustc -V | cut -d' ' -f2)" != "$image_rust" ]; then
+  echo "[pgo] warning: $(rustc -V) is not the image's Rust $image_rust; docker/scan-service.Dockerfile will refuse this profile" >&2
+fi
 sysroot=$(rustc --print sysroot)
 profdata="$sysroot/lib/rustlib/$host/bin/llvm-profdata"
 if [ ! -x "$profdata" ]; then
@@ -47,10 +55,10 @@ rm -rf "$raw"
 mkdir -p "$raw"
 LLVM_PROFILE_FILE="$raw/scan-service-%p.profraw" \
   python3 scripts/bench/pgo_train.py "$target/pgo-generate/$host/release/scan-service" >&2
-mkdir -p pgo
-"$profdata" merge -o pgo/scan-service.profdata "$raw"/*.profraw >&2
-rustc -vV > pgo/scan-service.rustc
-echo "[pgo] optimized build with pgo/scan-service.profdata" >&2
-RUSTFLAGS="-Cprofile-use=$PWD/pgo/scan-service.profdata" CARGO_TARGET_DIR="$target/pgo" \
+mkdir -p "$out"
+"$profdata" merge -o "$out/scan-service.profdata" "$raw"/*.profraw >&2
+rustc -vV > "$out/scan-service.rustc"
+echo "[pgo] optimized build with $out/scan-service.profdata" >&2
+RUSTFLAGS="-Cprofile-use=$out/scan-service.profdata" CARGO_TARGET_DIR="$target/pgo" \
   cargo build --release -q -p scan-service --bin scan-service --target "$host" >&2
 echo "$target/pgo/$host/release/scan-service"

@@ -44,7 +44,8 @@ def scan_rows(r: dict) -> list[str]:
     return [
         row("scan-service build measured", "profile-guided (`make pgo`: trained on the mixed scan load of "
             "`scripts/bench/pgo_train.py`, not on these runs)" if r["pgo"] else
-            "plain release build (`BENCH_PGO=0`, the bench's workspace build), not the profile-guided one (`make pgo`)"),
+            "plain release build (`BENCH_PGO=0` or `--quick`: the bench's workspace build), not the profile-guided one "
+            "(`make pgo`)"),
         row("scan, normalization off, c=64 (median round)", f"{raw.rps:,.0f} req/s, p50 {raw.p50_ms:.2f} ms, p99 {raw.p99_ms:.2f} ms"
             f" (errors {raw.errors}, non-2xx {raw.non_2xx})"),
         row("redis-benchmark EVALSHA of the same script, c=64 (same round)", f"{floor:,.0f} req/s"),

@@ -75,6 +75,7 @@ class Service:
             except OSError:
                 time.sleep(0.1)
         self.proc.kill()
+        self.proc.wait()
         raise RuntimeError(f"{self.name} did not start; see target/{self.log}")
 
     @property
