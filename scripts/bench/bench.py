@@ -111,12 +111,15 @@ def decided_note(decided: tuple[float, float]) -> str:
 
 def decision_rows(d: dict) -> list[str]:
     """`RateLimiter::check` timed by its caller (examples/ratelimit_bench.rs)."""
-    c1, c16, paced = d[("closed", 1)], d[("closed", 16)], d[("paced", 1)]
+    c1, c16, paced, rc = d[("closed", 1)], d[("closed", 16)], d[("paced", 1)], d["redis_c1"]
     return [
         row(f"rate-limit decision, `RateLimiter::check` against Redis, one caller back to back "
             f"({c1['decisions']:,} decisions)",
             f"p50 {c1['p50_ms']:.3f} ms, p99 **{c1['p99_ms']:.3f} ms**, p99.9 {c1['p999_ms']:.3f} ms "
             f"({c1['per_sec']:,.0f}/s)", "p99 < 0.5 ms", c1["p99_ms"] < 0.5),
+        row(f"reference: redis-benchmark EVALSHA of the same script, one connection back to back, right after "
+            f"({rc['requests']:,} calls)",
+            f"p50 {rc['p50_ms']:.3f} ms, p99 {rc['p99_ms']:.3f} ms (Redis's own C client, no Rust on the path: for comparison with the row above)"),
         row(f"rate-limit decision, 16 concurrent callers ({c16['decisions']:,} decisions)",
             f"p50 {c16['p50_ms']:.3f} ms, p99 {c16['p99_ms']:.3f} ms ({c16['per_sec']:,.0f}/s)"),
         row(f"rate-limit decision, paced at 1,000/s from one caller ({paced['decisions']:,} decisions)",

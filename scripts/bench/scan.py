@@ -84,16 +84,31 @@ def wrk_script(tags: list[str], keys: list[str | None] | None = None, name: str 
     return path
 
 
-def redis_floor(connections: int, seconds: int) -> float:
-    """redis-benchmark running the service's own Lua script with EVALSHA on one bucket."""
+def evalsha_benchmark(connections: int, requests: int, *options: str) -> str:
+    """redis-benchmark running the service's own Lua script with EVALSHA on one bucket (limits
+    that refuse nothing), from one client thread; its output."""
     sha = subprocess.run(["redis-cli", "SCRIPT", "LOAD", open(LUA).read()], check=True,
                          capture_output=True, text=True).stdout.strip()
-    requests = max(100000, connections * 3000)
-    out = subprocess.run(
+    return subprocess.run(
         ["redis-benchmark", "-h", "127.0.0.1", "-p", "6379", "-c", str(connections), "-n", str(requests),
-         "--threads", "1", "-q", "EVALSHA", sha, "1", "bench:rl:{ip:127.0.0.1}", "10000000", "10000000", "1"],
+         "--threads", "1", *options, "EVALSHA", sha, "1", "bench:rl:{ip:127.0.0.1}", "10000000", "10000000", "1"],
         check=True, capture_output=True, text=True).stdout
+
+
+def redis_floor(connections: int, seconds: int) -> float:
+    """The throughput floor of a scan: the script's own throughput at `connections`."""
+    out = evalsha_benchmark(connections, max(100000, connections * 3000), "-q")
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+def redis_latency(requests: int) -> dict:
+    """The latency floor of a decision: the script's own round trip from one connection, back to
+    back, as redis-benchmark's C client sees it (its latency summary: avg, min, p50, p95, p99, max)."""
+    out = evalsha_benchmark(1, requests)
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "latency summary" in line)
+    avg, _min, p50, _p95, p99, _max = (float(x) for x in lines[at + 2].split())
+    return {"requests": requests, "p50_ms": p50, "p99_ms": p99, "avg_ms": avg}
 
 
 def pids(pattern: str) -> list[int]:
@@ -307,9 +322,14 @@ def run(quick: bool) -> dict:
 
 def decision_latency(quick: bool) -> dict:
     """The rate limiter on its own (`examples/ratelimit_bench.rs`): closed-loop c=1 and c=16, and
-    paced at 1,000 decisions/s, each line of its output one JSON object."""
+    paced at 1,000 decisions/s, each line of its output one JSON object; then the same script
+    from redis-benchmark at c=1, the floor of a decision's latency."""
     exe = os.path.join(RELEASE, "examples", "ratelimit_bench")
     args = ["--decisions", "10000" if quick else "50000", "--paced-secs", "5" if quick else "15"]
     out = subprocess.run([exe, *args], check=True, capture_output=True, text=True).stdout
     runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return {(r["mode"], r["concurrency"]): r for r in runs}
+    results = {(r["mode"], r["concurrency"]): r for r in runs}
+    # Right after, on the same machine: what Redis's own client gets from the same script. On
+    # a VM whose scheduling stalls, this tail moves with the decision's (twentieth look).
+    results["redis_c1"] = redis_latency(10000 if quick else 50000)
+    return results
