@@ -40,6 +40,8 @@ pub struct AuthConfig {
     pub access_ttl: Duration,
     /// `REFRESH_TOKEN_TTL_SEC`.
     pub refresh_ttl: Duration,
+    /// `REFRESH_SESSION_MAX_SEC`: how long after its login a session can be refreshed at all.
+    pub refresh_session_max: Duration,
     /// `BOOTSTRAP_ADMIN_EMAIL` / `BOOTSTRAP_ADMIN_PASSWORD`.
     pub bootstrap_admin: Option<BootstrapAdmin>,
 }
@@ -88,6 +90,7 @@ impl FactoryConfig {
             jwt_secret: jwt_secret(env)?,
             access_ttl: Duration::from_secs(access_secs),
             refresh_ttl: Duration::from_secs(refresh_secs),
+            refresh_session_max: Duration::from_secs(session_max_secs(env, refresh_secs)?),
             bootstrap_admin: bootstrap_admin(env)?,
         };
         let admin_rate_limit = RateLimitConfig {
@@ -204,6 +207,24 @@ fn bootstrap_admin(env: &Env) -> Result<Option<BootstrapAdmin>, ConfigError> {
     }
 }
 
+/// `REFRESH_SESSION_MAX_SEC`: 90 days by default, never shorter than one refresh token's
+/// lifetime (so a login's first token is never cut short).
+fn session_max_secs(env: &Env, refresh_secs: u64) -> Result<u64, ConfigError> {
+    const VAR: &str = "REFRESH_SESSION_MAX_SEC";
+    const MAX: u64 = 315_360_000;
+    let secs: u64 = env.int_in(VAR, refresh_secs.max(7_776_000), 60, MAX)?;
+    if secs < refresh_secs {
+        return Err(ConfigError::new(
+            VAR,
+            env.raw(VAR).unwrap_or_default(),
+            false,
+            "shorter than REFRESH_TOKEN_TTL_SEC",
+            format!("a whole number from REFRESH_TOKEN_TTL_SEC ({refresh_secs}) to {MAX}"),
+        ));
+    }
+    Ok(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,9 +238,33 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.auth.access_ttl, Duration::from_secs(900));
         assert_eq!(c.auth.refresh_ttl, Duration::from_secs(2_592_000));
+        assert_eq!(c.auth.refresh_session_max, Duration::from_secs(7_776_000));
         assert_eq!((c.admin_rate_limit.rps, c.admin_rate_limit.burst), (10, 20));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
         assert_eq!(c.max_delivery_attempts, 5);
+    }
+
+    #[test]
+    fn a_session_lives_at_least_as_long_as_one_refresh_token() {
+        let year = parse(&[("REFRESH_TOKEN_TTL_SEC", "31536000")]).unwrap();
+        assert_eq!(
+            year.auth.refresh_session_max,
+            Duration::from_secs(31_536_000)
+        );
+        let set = parse(&[("REFRESH_SESSION_MAX_SEC", "2592000")]).unwrap();
+        assert_eq!(set.auth.refresh_session_max, Duration::from_secs(2_592_000));
+        let e = parse(&[
+            ("REFRESH_TOKEN_TTL_SEC", "86400"),
+            ("REFRESH_SESSION_MAX_SEC", "3600"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "REFRESH_SESSION_MAX_SEC");
+        assert!(
+            e.to_string().contains("REFRESH_TOKEN_TTL_SEC (86400)"),
+            "{e}"
+        );
+        let e = parse(&[("REFRESH_SESSION_MAX_SEC", "ninety days")]).unwrap_err();
+        assert_eq!(e.var, "REFRESH_SESSION_MAX_SEC");
     }
 
     #[test]

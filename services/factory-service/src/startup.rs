@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::auth::{CsrfKey, JwtKeys, password};
+use crate::auth::{CsrfKey, JwtKeys, RefreshLifetime, password};
 use crate::config::{BootstrapAdmin, FactoryConfig};
 use crate::ratelimit::Buckets;
 use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE, Redis};
@@ -68,7 +68,10 @@ impl Application {
             audit: AuditLog::from_config(&config.audit),
             jwt: Arc::new(JwtKeys::new(&secret, config.auth.access_ttl)),
             csrf: Arc::new(CsrfKey::derive(&secret)),
-            refresh_ttl: config.auth.refresh_ttl,
+            refresh: RefreshLifetime {
+                token: config.auth.refresh_ttl,
+                session: config.auth.refresh_session_max,
+            },
             dummy_hash: Arc::from(password::dummy_hash().await?.as_str()),
             login_by_ip: Arc::new(Buckets::new(
                 f64::from(LOGIN_PER_IP_PER_MINUTE) / 60.0,

@@ -10,7 +10,7 @@ use futures::FutureExt as _;
 use sqlx::PgPool;
 
 use crate::audit::AuditLog;
-use crate::auth::{CsrfKey, JwtKeys};
+use crate::auth::{CsrfKey, JwtKeys, RefreshLifetime};
 use crate::ratelimit::Buckets;
 
 /// Login attempts allowed per client IP: a burst, then this many a minute.
@@ -32,8 +32,8 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     /// CSRF key.
     pub csrf: Arc<CsrfKey>,
-    /// Refresh-token lifetime.
-    pub refresh_ttl: Duration,
+    /// Refresh-token and session lifetimes.
+    pub refresh: RefreshLifetime,
     /// A password hash to verify unknown emails against (equal timing).
     pub dummy_hash: Arc<str>,
     /// Login limit per client IP.

@@ -14,4 +14,5 @@ pub use extract::{
     AdminOnly, AnyRole, Authorized, CatalogWriter, ClientInfo, Identity, Principal, identify,
 };
 pub use jwt::JwtKeys;
+pub use session::RefreshLifetime;
 pub use tokens::CsrfKey;

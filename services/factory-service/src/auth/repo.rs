@@ -30,20 +30,25 @@ pub async fn user_by_email(
         .await
 }
 
-/// Starts a family bound to `device_id`.
+/// Starts a family bound to `device_id`, at `created_at` (the login; its session's lifetime
+/// counts from it).
 pub async fn insert_family(
     conn: &mut PgConnection,
     id: Uuid,
     user_id: Uuid,
     device_id: &str,
+    created_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO refresh_families (id, user_id, device_id) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(user_id)
-        .bind(device_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
+    sqlx::query(
+        "INSERT INTO refresh_families (id, user_id, device_id, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(device_id)
+    .bind(created_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// Adds a token (by its hash) to a family.
@@ -76,6 +81,8 @@ pub struct PresentedToken {
     pub expired: bool,
     /// The family was revoked (reuse, device mismatch, logout).
     pub family_revoked: bool,
+    /// The family's login, from which the session's lifetime counts.
+    pub session_started_at: DateTime<Utc>,
     /// The device the family is bound to.
     pub device_id: String,
     /// The user.

@@ -3,8 +3,11 @@
 //! A login starts a refresh-token family bound to the device. Each refresh exchanges the
 //! presented token for a new one; presenting an exchanged token again means it was copied, so
 //! the whole family is revoked (the thief's and the owner's newest token alike) and audited.
+//! A session ends [`RefreshLifetime::session`] after its login, however often it is refreshed.
 
-use chrono::Utc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -26,8 +29,40 @@ pub struct Session {
     pub refresh_token: String,
     /// The CSRF token bound to the family (cookie and header).
     pub csrf_token: String,
-    /// Cookie lifetime in seconds.
+    /// Cookie lifetime in seconds: the refresh token's remaining lifetime.
     pub cookie_max_age: u64,
+}
+
+/// How long refresh tokens, and the sessions they continue, live.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshLifetime {
+    /// One token's (`REFRESH_TOKEN_TTL_SEC`): each login or refresh issues a token good for this
+    /// long, so a session used at least this often slides on.
+    pub token: Duration,
+    /// The session's (`REFRESH_SESSION_MAX_SEC`), from its login: no refresh goes past it, so a
+    /// stolen session that is kept alive still ends, and the user signs in again.
+    pub session: Duration,
+}
+
+impl RefreshLifetime {
+    /// When a session that started (logged in) at `started` ends.
+    pub fn session_end(&self, started: DateTime<Utc>) -> DateTime<Utc> {
+        after(started, self.session)
+    }
+
+    /// The expiry of a token issued at `now` in a session that started at `started`: one
+    /// token's lifetime, cut at the session's end.
+    pub fn token_expiry(&self, started: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        after(now, self.token).min(self.session_end(started))
+    }
+}
+
+/// `at` plus `lifetime`, saturating (the configured lifetimes are at most ten years).
+fn after(at: DateTime<Utc>, lifetime: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(lifetime)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The refresh cookie, CSRF header and cookie, and device id sent with refresh and logout.
@@ -162,13 +197,15 @@ pub async fn login(
 
     let family_id = Uuid::new_v4();
     let refresh_token = tokens::new_refresh_token();
+    let now = Utc::now();
+    let expires_at = state.refresh.token_expiry(now, now);
     let mut tx = state.pool.begin().await?;
-    repo::insert_family(&mut tx, family_id, user.id, device_id).await?;
+    repo::insert_family(&mut tx, family_id, user.id, device_id, now).await?;
     repo::insert_token(
         &mut tx,
         family_id,
         &tokens::sha256(&refresh_token),
-        refresh_expiry(state),
+        expires_at,
     )
     .await?;
     let event = NewEvent::new(
@@ -187,7 +224,15 @@ pub async fn login(
     state.login_by_ip.refund(&ip_key);
     state.login_by_email.refund(&email);
     metrics::counter!("auth_logins_total", "result" => "success").increment(1);
-    session(state, user.id, &user.email, role, family_id, refresh_token)
+    session(
+        state,
+        user.id,
+        &user.email,
+        role,
+        family_id,
+        refresh_token,
+        expires_at,
+    )
 }
 
 /// Takes one login attempt from the address's budget, then from the email's; the refusing
@@ -264,7 +309,8 @@ pub async fn refresh(
             "The refresh token belongs to another device; the session has been revoked.",
         ));
     }
-    if found.expired {
+    let now = Utc::now();
+    if found.expired || state.refresh.session_end(found.session_started_at) <= now {
         return Err(invalid_refresh());
     }
     let role: Role = found
@@ -276,11 +322,12 @@ pub async fn refresh(
         return Err(invalid_refresh());
     }
     let refresh_token = tokens::new_refresh_token();
+    let expires_at = state.refresh.token_expiry(found.session_started_at, now);
     repo::insert_token(
         &mut tx,
         found.family_id,
         &tokens::sha256(&refresh_token),
-        refresh_expiry(state),
+        expires_at,
     )
     .await?;
     tx.commit().await?;
@@ -292,6 +339,7 @@ pub async fn refresh(
         role,
         found.family_id,
         refresh_token,
+        expires_at,
     )
 }
 
@@ -339,11 +387,6 @@ fn double_submitted(presented: &Presented) -> Result<&str, FactoryError> {
     }
 }
 
-fn refresh_expiry(state: &AppState) -> chrono::DateTime<Utc> {
-    let ttl = chrono::Duration::from_std(state.refresh_ttl).unwrap_or(chrono::Duration::days(30));
-    Utc::now() + ttl
-}
-
 fn session(
     state: &AppState,
     user_id: Uuid,
@@ -351,6 +394,7 @@ fn session(
     role: Role,
     family_id: Uuid,
     refresh_token: String,
+    expires_at: DateTime<Utc>,
 ) -> Result<Session, FactoryError> {
     let access_token = state
         .jwt
@@ -361,13 +405,49 @@ fn session(
         expires_in: state.jwt.ttl_secs(),
         refresh_token,
         csrf_token: state.csrf.issue(family_id),
-        cookie_max_age: state.refresh_ttl.as_secs(),
+        // The cookie lives as long as its token, to the nearest second (at least one: the
+        // token is valid now).
+        cookie_max_age: u64::try_from(
+            (expires_at - Utc::now())
+                .num_milliseconds()
+                .saturating_add(500)
+                / 1000,
+        )
+        .unwrap_or(0)
+        .max(1),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_never_outlives_its_session() {
+        let day = Duration::from_secs(86_400);
+        let lifetime = RefreshLifetime {
+            token: 30 * day,
+            session: 90 * day,
+        };
+        let login = Utc::now();
+        let days = |n: i64| TimeDelta::days(n);
+        // At login and early on, a token gets its whole lifetime.
+        assert_eq!(lifetime.token_expiry(login, login), login + days(30));
+        assert_eq!(
+            lifetime.token_expiry(login, login + days(10)),
+            login + days(40)
+        );
+        // Later, refreshes slide only up to the session's end.
+        assert_eq!(lifetime.session_end(login), login + days(90));
+        assert_eq!(
+            lifetime.token_expiry(login, login + days(80)),
+            login + days(90)
+        );
+        assert_eq!(
+            lifetime.token_expiry(login, login + days(95)),
+            login + days(90)
+        );
+    }
 
     #[test]
     fn an_address_over_its_limit_does_not_spend_the_emails_it_names() {

@@ -291,6 +291,82 @@ async fn refresh_from_another_device_revokes_the_family() {
     }
 }
 
+/// The `Max-Age` of the refresh cookie `headers` set.
+fn refresh_max_age(headers: &reqwest::header::HeaderMap) -> i64 {
+    let (_, attrs) = set_cookie(headers, "__Host-vt_refresh").expect("refresh cookie");
+    attrs
+        .split(';')
+        .find_map(|a| a.trim().strip_prefix("Max-Age="))
+        .and_then(|v| v.parse().ok())
+        .expect("Max-Age")
+}
+
+/// Moves the login of every session `secs` seconds back, as if it had been refreshed since.
+async fn sessions_started_ago(app: &crate::helpers::TestApp, secs: i64) {
+    sqlx::query("UPDATE refresh_families SET created_at = now() - make_interval(secs => $1)")
+        .bind(secs as f64)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_maximum_lifetime_however_often_it_is_refreshed() {
+    // The lifetimes are at least a minute, too long to wait for in a test: the login is moved
+    // back in the database instead (time passing, not a stand-in for a dependency).
+    let app = spawn_app_with(|env| {
+        env.with("REFRESH_TOKEN_TTL_SEC", "3600")
+            .with("REFRESH_SESSION_MAX_SEC", "7200")
+    })
+    .await;
+    let email = app.user(Role::Admin).await;
+    let r = app.login_raw(&email, PASSWORD, DEVICE).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        refresh_max_age(r.headers()),
+        3600,
+        "a login's token: its whole lifetime"
+    );
+    let s1 = session_of(r).await;
+
+    // Refreshed 100 s before the session's end: the new token lives only until that end.
+    sessions_started_ago(&app, 7100).await;
+    let r = app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await;
+    assert_eq!(r.status(), 200);
+    let max_age = refresh_max_age(r.headers());
+    assert!(
+        (95..=100).contains(&max_age),
+        "cookie cut at the session's end: {max_age}"
+    );
+    let s2 = session_of(r).await;
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM t.expires_at - f.created_at)::float8 \
+         FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id \
+         WHERE t.rotated_at IS NULL",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        (7199.0..=7201.0).contains(&left),
+        "the token expires with the session: {left}"
+    );
+    assert_eq!(app.get("/v1/api-keys", &s2.access).await.status(), 200);
+
+    // Past the end, the newest token is refused, though its own expiry was not cut yet.
+    sessions_started_ago(&app, 7201).await;
+    sqlx::query("UPDATE refresh_tokens SET expires_at = now() + interval '1 hour'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_error(
+        app.refresh(&s2.cookie(), Some(&s2.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+}
+
 /// Whether `headers` delete both session cookies.
 fn clears_both_cookies(headers: &reqwest::header::HeaderMap) -> bool {
     ["__Host-vt_refresh", "__Host-vt_csrf"].iter().all(|name| {
