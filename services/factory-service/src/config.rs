@@ -212,7 +212,8 @@ fn bootstrap_admin(env: &Env) -> Result<Option<BootstrapAdmin>, ConfigError> {
 fn session_max_secs(env: &Env, refresh_secs: u64) -> Result<u64, ConfigError> {
     const VAR: &str = "REFRESH_SESSION_MAX_SEC";
     const MAX: u64 = 315_360_000;
-    let secs: u64 = env.int_in(VAR, refresh_secs.max(7_776_000), 60, MAX)?;
+    // Any value below the token's lifetime gets the error below, which names it.
+    let secs: u64 = env.int_in(VAR, refresh_secs.max(7_776_000), 0, MAX)?;
     if secs < refresh_secs {
         return Err(ConfigError::new(
             VAR,

@@ -129,10 +129,10 @@ pub async fn refresh(
     match session::refresh(&state, presented, &client).await {
         Ok(session) => Ok(session_response(session)),
         // A 401 for a refresh cookie that was sent means the cookie is dead (unknown, expired,
-        // reused or from another device, the family then revoked): the answer deletes both
-        // cookies, so the browser stops sending them. Nothing is deleted when no cookie came
-        // (a cross-site form cannot send a SameSite=Strict cookie, and must not be able to sign
-        // anybody out) or on a 403 for CSRF.
+        // past its session's end, reused or from another device, the family then revoked): the
+        // answer deletes both cookies, so the browser stops sending them. Nothing is deleted
+        // when no cookie came (a cross-site form cannot send a SameSite=Strict cookie, and must
+        // not be able to sign anybody out) or on a 403 for CSRF.
         Err(e @ FactoryError::Unauthorized { .. }) if sent_cookie => {
             Ok(with_cookies_cleared(e.into_response()))
         }

@@ -29,7 +29,7 @@ pub struct Session {
     pub refresh_token: String,
     /// The CSRF token bound to the family (cookie and header).
     pub csrf_token: String,
-    /// Cookie lifetime in seconds: the refresh token's remaining lifetime.
+    /// Both cookies' lifetime in seconds: the refresh token's, from its issue.
     pub cookie_max_age: u64,
 }
 
@@ -231,7 +231,7 @@ pub async fn login(
         role,
         family_id,
         refresh_token,
-        expires_at,
+        (now, expires_at),
     )
 }
 
@@ -339,7 +339,7 @@ pub async fn refresh(
         role,
         found.family_id,
         refresh_token,
-        expires_at,
+        (now, expires_at),
     )
 }
 
@@ -394,7 +394,7 @@ fn session(
     role: Role,
     family_id: Uuid,
     refresh_token: String,
-    expires_at: DateTime<Utc>,
+    (issued_at, expires_at): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Session, FactoryError> {
     let access_token = state
         .jwt
@@ -405,16 +405,10 @@ fn session(
         expires_in: state.jwt.ttl_secs(),
         refresh_token,
         csrf_token: state.csrf.issue(family_id),
-        // The cookie lives as long as its token, to the nearest second (at least one: the
-        // token is valid now).
-        cookie_max_age: u64::try_from(
-            (expires_at - Utc::now())
-                .num_milliseconds()
-                .saturating_add(500)
-                / 1000,
-        )
-        .unwrap_or(0)
-        .max(1),
+        // The cookies live as long as the token (whole seconds, at least one).
+        cookie_max_age: u64::try_from((expires_at - issued_at).num_seconds())
+            .unwrap_or(0)
+            .max(1),
     })
 }
 
