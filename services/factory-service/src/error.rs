@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::http::error_response;
+use common::http::{error_response, rate_limited_response};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -131,21 +131,6 @@ impl FactoryError {
     pub fn unauthorized(code: &'static str, detail: &'static str) -> Self {
         Self::Unauthorized { code, detail }
     }
-}
-
-/// Builds the contract's 429: `Retry-After` and the scan service's body.
-pub fn rate_limited_response(retry_after: u64) -> Response {
-    let retry_after = retry_after.max(1);
-    let body = serde_json::json!({
-        "error": "rate_limited",
-        "detail": format!("Rate limit exceeded. Try again in {retry_after} seconds"),
-        "retry_after": retry_after,
-    });
-    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    response
 }
 
 impl IntoResponse for FactoryError {

@@ -18,8 +18,8 @@ use common::http::client_ip::client_network;
 use tokio::time::Instant;
 
 use crate::auth::Identity;
-use crate::error::rate_limited_response;
 use crate::state::AppState;
+use common::http::rate_limited_response;
 
 /// How often idle buckets are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::BreakerError;
-use serde_json::json;
+use common::http::{error_response, rate_limited_response};
 
 /// Why a scan was not answered with a tag.
 #[derive(Debug, thiserror::Error)]
@@ -82,34 +82,25 @@ impl ScanError {
 impl IntoResponse for ScanError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let (body, retry_after) = match &self {
+        // Bodies are typed (`ErrorBody` and the 429's), so their keys come out in the
+        // contract's order: `error`, `detail`, then `retry_after`.
+        let (code, detail, retry_after) = match &self {
             Self::InvalidTagId => (
-                json!({
-                    "error": "invalid_tag_id",
-                    "detail": "The tag id must be 16 to 64 characters of A-Z, a-z, 0-9, _ and -.",
-                }),
+                "invalid_tag_id",
+                "The tag id must be 16 to 64 characters of A-Z, a-z, 0-9, _ and -.",
                 None,
             ),
             Self::InvalidApiKey => (
-                json!({
-                    "error": "invalid_api_key",
-                    "detail": "The API key is unknown or has been revoked.",
-                }),
+                "invalid_api_key",
+                "The API key is unknown or has been revoked.",
                 None,
             ),
-            Self::RateLimited { retry_after_secs } => (
-                json!({
-                    "error": "rate_limited",
-                    "detail": format!("Rate limit exceeded. Try again in {retry_after_secs} seconds"),
-                    "retry_after": retry_after_secs,
-                }),
-                Some(*retry_after_secs),
-            ),
+            Self::RateLimited { retry_after_secs } => {
+                return rate_limited_response(*retry_after_secs);
+            }
             Self::RateLimiterUnavailable { retry_after_secs } => (
-                json!({
-                    "error": "service_unavailable",
-                    "detail": "Rate limiting is temporarily unavailable; try again shortly.",
-                }),
+                "service_unavailable",
+                "Rate limiting is temporarily unavailable; try again shortly.",
                 Some(*retry_after_secs),
             ),
             Self::Database(e) => {
@@ -126,15 +117,13 @@ impl IntoResponse for ScanError {
                     }
                 };
                 (
-                    json!({
-                        "error": "service_unavailable",
-                        "detail": "The service is temporarily unavailable; try again shortly.",
-                    }),
+                    "service_unavailable",
+                    "The service is temporarily unavailable; try again shortly.",
                     Some(retry_after),
                 )
             }
         };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = error_response(status, code, detail);
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

@@ -32,6 +32,30 @@ pub fn error_response(status: StatusCode, code: &str, detail: impl Into<String>)
         .into_response()
 }
 
+/// CONTRACT 2.2's 429 body, its keys in the contract's order.
+#[derive(Serialize)]
+struct RateLimitedBody {
+    error: &'static str,
+    detail: String,
+    retry_after: u64,
+}
+
+/// The contract's 429: `Retry-After` (whole seconds, at least 1) and
+/// `{"error":"rate_limited","detail":"Rate limit exceeded. Try again in N seconds","retry_after":N}`.
+pub fn rate_limited_response(retry_after_secs: u64) -> Response {
+    let secs = retry_after_secs.max(1);
+    let body = RateLimitedBody {
+        error: "rate_limited",
+        detail: format!("Rate limit exceeded. Try again in {secs} seconds"),
+        retry_after: secs,
+    };
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
 /// The code and sentence used for a bare status.
 pub fn default_error(status: StatusCode) -> (&'static str, &'static str) {
     match status.as_u16() {

@@ -10,7 +10,6 @@ use axum::routing::get;
 use common::http::{ClientIp, error_response};
 use common::metric_handles::HandleCache;
 use metrics::Counter;
-use serde_json::json;
 
 use super::AppState;
 use crate::ratelimit::Verdict;
@@ -101,10 +100,10 @@ async fn scan(
         // request, so it does not take 3.6's `error`/`detail` shape as well.
         Ok(Found::Unknown(tag_id)) => (
             StatusCode::NOT_FOUND,
-            axum::Json(json!({
-                "tag_id": tag_id,
-                "status": "unknown",
-            })),
+            axum::Json(UnknownTag {
+                tag_id,
+                status: "unknown",
+            }),
         )
             .into_response(),
         Err(e) => e.into_response(),
@@ -120,6 +119,13 @@ async fn scan(
 }
 
 /// `scan_requests_total{status}`, one handle per status answered.
+/// CONTRACT 2.1's unknown-tag body, its keys in the contract's order.
+#[derive(serde::Serialize)]
+struct UnknownTag {
+    tag_id: String,
+    status: &'static str,
+}
+
 #[derive(Debug, Default)]
 pub struct RequestCounters(HandleCache<StatusCode, Counter>);
 
