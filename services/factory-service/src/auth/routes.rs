@@ -155,8 +155,18 @@ pub async fn logout(
     client: ClientInfo,
     headers: HeaderMap,
 ) -> Result<Response, FactoryError> {
-    session::logout(&state, presented(&headers), &client).await?;
-    Ok(with_cookies_cleared(StatusCode::NO_CONTENT.into_response()))
+    let presented = presented(&headers);
+    let sent_cookie = presented.refresh_token.is_some();
+    match session::logout(&state, presented, &client).await {
+        Ok(()) => Ok(with_cookies_cleared(StatusCode::NO_CONTENT.into_response())),
+        // A dead refresh cookie (one the server no longer knows) cannot be signed out, but the
+        // browser cannot delete an HttpOnly cookie itself: the answer deletes both, as refresh's
+        // does, and for the same reasons nothing is deleted without a cookie or on a 403.
+        Err(e @ FactoryError::Unauthorized { .. }) if sent_cookie => {
+            Ok(with_cookies_cleared(e.into_response()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `response` with both session cookies deleted.

@@ -388,6 +388,16 @@ async fn a_reused_or_foreign_refresh_cookie_is_deleted_but_not_on_a_csrf_failure
         .await;
     assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
     assert_error(r, 401, "device_mismatch").await;
+    // Signing out with a cookie the server no longer knows still deletes it.
+    let r = app
+        .req(Method::POST, "/v1/auth/logout", None)
+        .header("Cookie", "__Host-vt_refresh=gone; __Host-vt_csrf=x.y")
+        .header("X-CSRF-Token", "x.y")
+        .send()
+        .await
+        .unwrap();
+    assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
+    assert_error(r, 401, "invalid_refresh_token").await;
     // A CSRF failure deletes nothing, and the session goes on. (An unknown cookie, and none:
     // `refresh_without_a_cookie_or_with_an_unknown_one_is_401`.)
     let s = app.signed_in(Role::Admin).await;
