@@ -13,13 +13,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use common::http::ClientIp;
 use common::http::client_ip::client_network;
+use common::http::{ClientIp, rate_limited_response};
 use tokio::time::Instant;
 
 use crate::auth::Identity;
 use crate::state::AppState;
-use common::http::rate_limited_response;
 
 /// How often idle buckets are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);

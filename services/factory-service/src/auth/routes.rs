@@ -146,7 +146,7 @@ pub async fn refresh(
     params(("X-CSRF-Token" = String, Header, description = "The value of the __Host-vt_csrf cookie")),
     responses(
         (status = 204, description = "Signed out; cookies cleared"),
-        (status = 401, description = "invalid_refresh_token", body = crate::openapi::ApiError),
+        (status = 401, description = "invalid_refresh_token; when a refresh cookie was sent, both cookies are deleted", body = crate::openapi::ApiError),
         (status = 403, description = "csrf_failed", body = crate::openapi::ApiError),
     )
 )]

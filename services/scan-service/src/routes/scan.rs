@@ -118,7 +118,6 @@ async fn scan(
     response
 }
 
-/// `scan_requests_total{status}`, one handle per status answered.
 /// CONTRACT 2.1's unknown-tag body, its keys in the contract's order.
 #[derive(serde::Serialize)]
 struct UnknownTag {
@@ -126,6 +125,7 @@ struct UnknownTag {
     status: &'static str,
 }
 
+/// `scan_requests_total{status}`, one handle per status answered.
 #[derive(Debug, Default)]
 pub struct RequestCounters(HandleCache<StatusCode, Counter>);
 
