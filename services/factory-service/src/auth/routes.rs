@@ -128,15 +128,7 @@ pub async fn refresh(
     let sent_cookie = presented.refresh_token.is_some();
     match session::refresh(&state, presented, &client).await {
         Ok(session) => Ok(session_response(session)),
-        // A 401 for a refresh cookie that was sent means the cookie is dead (unknown, expired,
-        // past its session's end, reused or from another device, the family then revoked): the
-        // answer deletes both cookies, so the browser stops sending them. Nothing is deleted
-        // when no cookie came (a cross-site form cannot send a SameSite=Strict cookie, and must
-        // not be able to sign anybody out) or on a 403 for CSRF.
-        Err(e @ FactoryError::Unauthorized { .. }) if sent_cookie => {
-            Ok(with_cookies_cleared(e.into_response()))
-        }
-        Err(e) => Err(e),
+        Err(e) => refused(e, sent_cookie),
     }
 }
 
@@ -159,13 +151,22 @@ pub async fn logout(
     let sent_cookie = presented.refresh_token.is_some();
     match session::logout(&state, presented, &client).await {
         Ok(()) => Ok(with_cookies_cleared(StatusCode::NO_CONTENT.into_response())),
-        // A dead refresh cookie (one the server no longer knows) cannot be signed out, but the
-        // browser cannot delete an HttpOnly cookie itself: the answer deletes both, as refresh's
-        // does, and for the same reasons nothing is deleted without a cookie or on a 403.
-        Err(e @ FactoryError::Unauthorized { .. }) if sent_cookie => {
+        Err(e) => refused(e, sent_cookie),
+    }
+}
+
+/// The answer to a refresh or logout that failed. A 401 for a refresh cookie that was sent
+/// means the cookie is dead (unknown, expired, past its session's end, reused or from another
+/// device, the family then revoked), and the browser cannot delete an HttpOnly cookie itself:
+/// the answer deletes both cookies. Nothing is deleted when no cookie came (a cross-site form
+/// cannot send a SameSite=Strict cookie, and must not be able to sign anybody out) or on a 403
+/// for CSRF.
+fn refused(e: FactoryError, sent_cookie: bool) -> Result<Response, FactoryError> {
+    match e {
+        FactoryError::Unauthorized { .. } if sent_cookie => {
             Ok(with_cookies_cleared(e.into_response()))
         }
-        Err(e) => Err(e),
+        e => Err(e),
     }
 }
 
