@@ -251,7 +251,39 @@ fn is_exact_origin(origin: &str) -> bool {
 
 /// Whether `.env` is read, given the process's own `APP_ENV`: unset or `development` only.
 fn reads_dotenv(app_env: Option<&std::ffi::OsStr>) -> bool {
-    app_env.is_none_or(|v| v == "development")
+    app_env.is_none_or(|v| {
+        v.to_str()
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("development"))
+    })
+}
+
+/// Where a process runs (`APP_ENV`). Only `development` relaxes anything; the others differ in
+/// name only, and all of them demand full configuration. An unknown value is refused rather
+/// than read as production, so a mistyped `developmnet` stops start-up instead of quietly
+/// demanding a JWT secret (or a mistyped `prodution` passing for anything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    /// A developer's machine: `.env` is read, a JWT secret may be generated.
+    Development,
+    /// Automated tests.
+    Test,
+    /// A pre-production deployment.
+    Staging,
+    /// A production deployment (the default).
+    Production,
+}
+
+impl FromStr for AppEnv {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "development" => Ok(Self::Development),
+            "test" => Ok(Self::Test),
+            "staging" => Ok(Self::Staging),
+            "production" => Ok(Self::Production),
+            _ => Err("unknown environment".into()),
+        }
+    }
 }
 
 /// The log output format.
@@ -370,7 +402,7 @@ pub struct CommonConfig {
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
     /// `APP_ENV` (`production` unless told otherwise).
-    pub app_env: String,
+    pub app_env: AppEnv,
 }
 
 /// Default PostgreSQL URL of the contract.
@@ -485,13 +517,17 @@ impl CommonConfig {
                 log_filter: env.string("RUST_LOG", "info"),
                 otlp_endpoint: otlp_endpoint(env)?,
             },
-            app_env: env.string("APP_ENV", "production"),
+            app_env: env.parse(
+                "APP_ENV",
+                AppEnv::Production,
+                "development, test, staging or production",
+            )?,
         })
     }
 
     /// Whether `APP_ENV=development`.
     pub fn is_development(&self) -> bool {
-        self.app_env.eq_ignore_ascii_case("development")
+        self.app_env == AppEnv::Development
     }
 }
 
@@ -605,6 +641,36 @@ mod tests {
         assert!(reads_dotenv(Some(OsStr::new("development"))));
         assert!(!reads_dotenv(Some(OsStr::new("production"))));
         assert!(!reads_dotenv(Some(OsStr::new("test"))));
+        // The same spelling rules as the parsed APP_ENV.
+        assert!(reads_dotenv(Some(OsStr::new("Development"))));
+        assert!(!reads_dotenv(Some(OsStr::new("developmnet"))));
+    }
+
+    #[test]
+    fn app_env_is_one_of_four_names_and_only_development_relaxes() {
+        assert_eq!(parse(&[]).unwrap().app_env, AppEnv::Production);
+        for (value, expected, development) in [
+            ("development", AppEnv::Development, true),
+            ("Development", AppEnv::Development, true),
+            ("test", AppEnv::Test, false),
+            ("staging", AppEnv::Staging, false),
+            ("PRODUCTION", AppEnv::Production, false),
+        ] {
+            let c = parse(&[("APP_ENV", value)]).unwrap();
+            assert_eq!(c.app_env, expected, "{value}");
+            assert_eq!(c.is_development(), development, "{value}");
+        }
+        // A typo stops start-up, naming the variable, the value and the accepted names.
+        for typo in ["developmnet", "prod", "dev"] {
+            let e = parse(&[("APP_ENV", typo)]).unwrap_err();
+            assert_eq!(e.var, "APP_ENV");
+            let line = e.to_string();
+            assert!(line.contains(typo), "{line}");
+            assert!(
+                line.contains("development, test, staging or production"),
+                "{line}"
+            );
+        }
     }
 
     #[test]
