@@ -44,6 +44,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A service's failure also goes to the logs, where its operators look; a one-shot command's
+    // goes only to its caller's terminal, once (the log line would repeat it on stdout).
+    let long_running = matches!(command, Command::Serve | Command::Worker { .. });
     let result = match command {
         // `audit verify` has its own exit codes: 0 intact, 1 broken, 2 could not verify.
         Command::Audit(command) => {
@@ -63,7 +66,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e = Chain(e.as_ref());
-            tracing::error!("factory-service: {e}");
+            if long_running {
+                tracing::error!("factory-service: {e}");
+            }
             eprintln!("factory-service: {e}");
             ExitCode::FAILURE
         }

@@ -149,8 +149,8 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
 }
 
 /// `migrate` and `user create` with nothing listening where `DATABASE_URL` points: one line
-/// naming the place and the cause (not the pool's "timed out"), no password asked for, and the
-/// URL's password nowhere.
+/// naming the place and the cause (not the pool's "timed out"), said once (on stderr, not also
+/// as a log line on stdout), no password asked for, and the URL's password nowhere.
 #[test]
 fn commands_with_postgres_away_name_the_place_and_the_cause() {
     let port = common::testing::closed_port().unwrap();
@@ -171,7 +171,9 @@ fn commands_with_postgres_away_name_the_place_and_the_cause() {
         let out = Command::new(env!("CARGO_BIN_EXE_factory-service"))
             .args(args)
             .env("DATABASE_URL", &url)
-            .env("RUST_LOG", "off")
+            // Logs on, as an operator runs it: the failure must still be said once.
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
             .env_remove("FACTORY_USER_PASSWORD")
             .stdin(Stdio::null())
             .output()
@@ -180,6 +182,11 @@ fn commands_with_postgres_away_name_the_place_and_the_cause() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+        assert_eq!(
+            format!("{stdout}{stderr}").matches(&expected).count(),
+            1,
+            "{args:?}: said once: {stdout}{stderr}"
+        );
         assert!(
             stderr.contains("is it running there?"),
             "{args:?}: {stderr}"
