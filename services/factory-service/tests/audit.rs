@@ -1359,6 +1359,10 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
         out.contains("audit chain BROKEN: first bad seq 3: hash_mismatch"),
         "{out}"
     );
+    assert!(
+        out.contains("; 2 events checked, linked through seq 2\n"),
+        "{out}"
+    );
 
     let (code, out) = cli(&[
         "audit",

@@ -128,11 +128,15 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
         }
         Some(b) => {
             println!(
-                "audit chain BROKEN: first bad seq {}: {} ({}) after {} good events",
+                // The events read link up to the head seq; a checkpoint can still show that
+                // one of them (the first bad seq) was rewritten along with every link after it.
+                "audit chain BROKEN: first bad seq {}: {} ({}); {} events checked, \
+                 linked through seq {}",
                 b.seq,
                 b.reason.code(),
                 b.detail,
                 report.events_checked,
+                report.head.seq,
             );
             ExitCode::from(1)
         }
