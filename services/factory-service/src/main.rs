@@ -44,9 +44,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A service's failure also goes to the logs, where its operators look; a one-shot command's
-    // goes only to its caller's terminal, once (the log line would repeat it on stdout).
-    let long_running = matches!(command, Command::Serve | Command::Worker { .. });
+    // The commands a deployment runs unattended (the services, and `migrate` as a job) also log
+    // their failure, where their operators look; a command run by hand says it only to its
+    // caller's terminal, once (a log line on stdout would repeat it).
+    let unattended = matches!(
+        command,
+        Command::Serve | Command::Worker { .. } | Command::Migrate
+    );
     let result = match command {
         // `audit verify` has its own exit codes: 0 intact, 1 broken, 2 could not verify.
         Command::Audit(command) => {
@@ -66,7 +70,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e = Chain(e.as_ref());
-            if long_running {
+            if unattended {
                 tracing::error!("factory-service: {e}");
             }
             eprintln!("factory-service: {e}");
