@@ -1360,7 +1360,7 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
         "{out}"
     );
     assert!(
-        out.contains("; 2 events checked, linked through seq 2\n"),
+        out.contains("; 2 events checked and 0 legacy, read through seq 2\n"),
         "{out}"
     );
 

@@ -128,14 +128,16 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
         }
         Some(b) => {
             println!(
-                // The events read link up to the head seq; a checkpoint can still show that
-                // one of them (the first bad seq) was rewritten along with every link after it.
-                "audit chain BROKEN: first bad seq {}: {} ({}); {} events checked, \
-                 linked through seq {}",
+                // What was read before the run stopped, not "good events": a checkpoint can
+                // show that an earlier event (the first bad seq) was rewritten along with every
+                // link after it.
+                "audit chain BROKEN: first bad seq {}: {} ({}); {} events checked and {} legacy, \
+                 read through seq {}",
                 b.seq,
                 b.reason.code(),
                 b.detail,
                 report.events_checked,
+                report.legacy_events,
                 report.head.seq,
             );
             ExitCode::from(1)
