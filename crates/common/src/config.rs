@@ -249,11 +249,14 @@ fn is_exact_origin(origin: &str) -> bool {
         }
 }
 
-/// Whether `.env` is read, given the process's own `APP_ENV`: unset or `development` only.
+/// Whether `.env` is read, given the process's own `APP_ENV`: unset (empty counts as unset, as
+/// for every variable) or `development` only.
 fn reads_dotenv(app_env: Option<&std::ffi::OsStr>) -> bool {
     app_env.is_none_or(|v| {
-        v.to_str()
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("development"))
+        v.to_str().is_some_and(|v| {
+            let v = v.trim();
+            v.is_empty() || v.eq_ignore_ascii_case("development")
+        })
     })
 }
 
@@ -644,6 +647,7 @@ mod tests {
         // The same spelling rules as the parsed APP_ENV.
         assert!(reads_dotenv(Some(OsStr::new("Development"))));
         assert!(!reads_dotenv(Some(OsStr::new("developmnet"))));
+        assert!(reads_dotenv(Some(OsStr::new(" "))), "empty is unset");
     }
 
     #[test]
