@@ -71,8 +71,8 @@ pub struct Env {
 impl Env {
     /// The process environment, after loading `.env` from the working directory if one exists
     /// (development convenience; variables already set win). A process started with `APP_ENV`
-    /// set to anything but `development` or empty (a deployment) never reads `.env`. Variables whose name
-    /// or value is not UTF-8 are left out rather than aborting start-up.
+    /// set to anything but `development` or empty (a deployment) never reads `.env`. Variables
+    /// whose name or value is not UTF-8 are left out rather than aborting start-up.
     pub fn from_process() -> Self {
         if reads_dotenv(std::env::var_os("APP_ENV").as_deref()) {
             let _ = dotenvy::dotenv();

@@ -172,7 +172,7 @@ fn commands_with_postgres_away_name_the_place_and_the_cause() {
         let out = Command::new(env!("CARGO_BIN_EXE_factory-service"))
             .args(args)
             .env("DATABASE_URL", &url)
-            // Logs on, as an operator runs it: the failure must still be said once.
+            // Logs on, as an operator runs it: stderr still says the failure once.
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "json")
             .env_remove("FACTORY_USER_PASSWORD")
