@@ -116,35 +116,21 @@ impl ReadinessCheck {
     }
 }
 
-/// The versions of the migrations applied to `pool`'s database.
+/// The versions of the migrations applied to `pool`'s database, asked through the pool (which
+/// reuses an idle connection, replaces one PostgreSQL has closed, and keeps its connection for
+/// the next probe).
 ///
-/// Through the pool, which keeps its connection for the next probe, except in one case: while
-/// PostgreSQL refuses connections (stopped, restarting), the pool retries a refused connect
-/// until its acquire timeout (3 s), longer than a probe may take, so `/readyz` would say "no
-/// answer within 2000 ms" two seconds later instead of the refusal at once. So when the pool
-/// holds no connection at all (an instance with nothing to do, or PostgreSQL away), one direct
-/// connection attempt first tells whether PostgreSQL takes connections; `one_at_a_time` keeps a
-/// burst of probes to one such attempt at a time, and after a successful one the pool holds a
-/// connection again. A pool with connections, all busy, is asked as before: PostgreSQL was
-/// taking connections.
+/// One case first: while PostgreSQL refuses connections (stopped, restarting), the pool retries
+/// a refused connect until its acquire timeout (3 s), longer than a probe may take, so `/readyz`
+/// would say "no answer within 2000 ms" two seconds later instead of the refusal at once. So
+/// when the pool holds no connection at all (an instance with nothing to do, or PostgreSQL
+/// away), one direct connection attempt first tells whether PostgreSQL takes connections;
+/// `one_at_a_time` keeps a burst of probes to one such attempt at a time.
 async fn applied_migrations(
     pool: &sqlx::PgPool,
     one_at_a_time: &tokio::sync::Mutex<()>,
 ) -> Result<Vec<i64>, sqlx::Error> {
     use sqlx::Connection as _;
-    const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
-    if let Some(mut conn) = pool.try_acquire() {
-        match sqlx::query_scalar(APPLIED).fetch_all(&mut *conn).await {
-            Ok(applied) => return Ok(applied),
-            // PostgreSQL's answer on a live session (a schema not migrated, say): the
-            // connection is fine and stays pooled.
-            Err(e) if !ends_the_session(&e) => return Err(e),
-            // An idle connection that PostgreSQL has closed or is closing (it restarted, or an
-            // administrator ended the session) says nothing about now: it is dropped, and the
-            // pool asks on another.
-            Err(_) => conn.close_on_drop(),
-        }
-    }
     if pool.size() == 0 {
         let _turn = one_at_a_time.lock().await;
         if pool.size() == 0 {
@@ -152,17 +138,9 @@ async fn applied_migrations(
             let _ = conn.close().await;
         }
     }
-    sqlx::query_scalar(APPLIED).fetch_all(pool).await
-}
-
-/// Whether `e` means the connection is gone: an I/O or protocol error, or PostgreSQL's own
-/// errors of class 08 (connection exception) and 57 (operator intervention: shutdown, a
-/// session terminated by an administrator).
-fn ends_the_session(e: &sqlx::Error) -> bool {
-    match e.as_database_error().and_then(|d| d.code()) {
-        Some(code) => code.starts_with("08") || code.starts_with("57"),
-        None => true,
-    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
 }
 
 /// A Pub/Sub probe's outcome: `Ok` when the broker answered for `resource`; a missing topic or
