@@ -651,8 +651,8 @@ mod tests {
     }
 
     #[test]
-    fn app_env_is_one_of_four_names_and_only_development_relaxes() {
-        assert_eq!(parse(&[]).unwrap().app_env, AppEnv::Production);
+    fn app_env_is_one_of_four_names_and_only_development_relaxes() -> Result<(), ConfigError> {
+        assert_eq!(parse(&[])?.app_env, AppEnv::Production);
         for (value, expected, development) in [
             ("development", AppEnv::Development, true),
             ("Development", AppEnv::Development, true),
@@ -660,7 +660,7 @@ mod tests {
             ("staging", AppEnv::Staging, false),
             ("PRODUCTION", AppEnv::Production, false),
         ] {
-            let c = parse(&[("APP_ENV", value)]).unwrap();
+            let c = parse(&[("APP_ENV", value)])?;
             assert_eq!(c.app_env, expected, "{value}");
             assert_eq!(c.is_development(), development, "{value}");
         }
@@ -675,6 +675,7 @@ mod tests {
                 "{line}"
             );
         }
+        Ok(())
     }
 
     #[test]
