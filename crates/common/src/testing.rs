@@ -278,3 +278,118 @@ async fn pump(
     }
     let _ = to.shutdown().await;
 }
+
+/// Marks a test process that [`own_process`] started for one test.
+const OWN_PROCESS: &str = "VOKETAG_TEST_OWN_PROCESS";
+
+/// Whether this process runs one test only: a child [`own_process`] started, or any test under
+/// cargo-nextest, which gives every test a process of its own.
+fn runs_one_test() -> bool {
+    std::env::var_os(OWN_PROCESS).is_some()
+        || std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|mode| mode == "process-per-test")
+}
+
+/// The libtest name of a test from the type name of an item declared in its body, such as
+/// `api::events::broker_away::{{closure}}::here` (an async test's body is a closure):
+/// `events::broker_away`, without the crate, the closures and the item.
+fn test_name(item_path: &str) -> String {
+    let mut segments: Vec<&str> = item_path
+        .split("::")
+        .skip(1)
+        .filter(|s| *s != "{{closure}}")
+        .collect();
+    segments.pop();
+    segments.join("::")
+}
+
+/// Runs the calling test in a process of its own, for tests that read the process-wide metrics
+/// recorder (`metrics` has one per process, so under `cargo test` every test of a binary adds to
+/// the same counters). Under cargo-nextest, or in the child, it returns `true` and the test runs
+/// here. Otherwise it runs this one test in a child process of the same test binary, waits,
+/// panics with the child's output if the child failed or ran no test, and returns `false`: the
+/// test has then passed, and its caller returns. Use it through [`in_own_process!`].
+///
+/// [`in_own_process!`]: crate::in_own_process
+pub fn own_process(item_path: &str) -> bool {
+    if runs_one_test() {
+        return true;
+    }
+    run_alone(&test_name(item_path));
+    false
+}
+
+/// Runs the test `name` (its libtest name) alone in a child process of this test binary, and
+/// panics with the child's output unless exactly that test ran and passed.
+fn run_alone(name: &str) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => panic!("{name}: the test binary's path: {e}"),
+    };
+    let output = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS, "1")
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => panic!("{name}: could not start its own process: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let ran_one = stdout.contains("running 1 test");
+    if !output.status.success() || !ran_one {
+        let what = if ran_one {
+            "failed"
+        } else {
+            "no such test ran"
+        };
+        panic!(
+            "{name} in its own process: {what} ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+}
+
+/// Runs the enclosing test in a process of its own (see [`testing::own_process`]): write
+/// `common::in_own_process!();` as the test's first statement. The test must return `()`.
+///
+/// [`testing::own_process`]: crate::testing::own_process
+#[macro_export]
+macro_rules! in_own_process {
+    () => {{
+        fn here() {}
+        if !$crate::testing::own_process(::std::any::type_name_of_val(&here)) {
+            return;
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{run_alone, test_name};
+
+    #[test]
+    fn a_test_name_drops_the_crate_the_closures_and_the_item() {
+        assert_eq!(
+            test_name("api::events::broker_away::{{closure}}::here"),
+            "events::broker_away"
+        );
+        assert_eq!(
+            test_name("consumer::a_duplicated_event_counts_once::{{closure}}::here"),
+            "a_duplicated_event_counts_once"
+        );
+        assert_eq!(test_name("audit::synchronous::here"), "synchronous");
+    }
+
+    /// The child runs this module's other test, by its libtest name.
+    #[test]
+    fn a_test_runs_alone_in_a_child_process() {
+        run_alone("testing::tests::a_test_name_drops_the_crate_the_closures_and_the_item");
+    }
+
+    /// A name that matches no test is a failure, not a child that passes by running nothing.
+    #[test]
+    #[should_panic(expected = "no such test ran")]
+    fn a_name_that_matches_no_test_fails() {
+        run_alone("testing::tests::no_such_test");
+    }
+}
