@@ -1153,6 +1153,7 @@ async fn http_routes_serve_events_verification_and_the_signed_checkpoint() {
 
 #[tokio::test]
 async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
+    common::in_own_process!();
     let db = TestDb::new().await;
     append_n(&db.pool, &AuditLog::new(), 5).await;
     tamper(
@@ -1187,6 +1188,7 @@ async fn the_background_verifier_counts_a_break_in_audit_chain_breaks_total() {
 /// their first step (a counter born at 1 has no increase to see).
 #[tokio::test]
 async fn the_integrity_counters_are_exported_at_zero_from_the_start() {
+    common::in_own_process!();
     let db = TestDb::new().await;
     let app = spawn_app_on(db).await;
     let metrics = app.metrics().await;

@@ -324,6 +324,7 @@ async fn a_published_scan_event_is_applied() {
 
 #[tokio::test]
 async fn a_duplicated_event_counts_once() {
+    common::in_own_process!();
     let db = TestDb::new().await;
     let s = set_up(5).await;
     let tag = seed_tags(&db.pool, 1).await.remove(0);
@@ -346,6 +347,7 @@ async fn a_duplicated_event_counts_once() {
 
 #[tokio::test]
 async fn poison_goes_straight_to_the_dlq_while_valid_events_flow() {
+    common::in_own_process!();
     let db = TestDb::new().await;
     let s = set_up(5).await;
     let tag = seed_tags(&db.pool, 1).await.remove(0);
@@ -392,6 +394,7 @@ async fn poison_goes_straight_to_the_dlq_while_valid_events_flow() {
 
 #[tokio::test]
 async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_then_replayed() {
+    common::in_own_process!();
     const MAX: u32 = 3;
     let db = TestDb::new().await;
     let s = set_up(MAX).await;
@@ -453,6 +456,7 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
 /// database answers again the event is applied, once.
 #[tokio::test]
 async fn a_database_that_stops_answering_mid_batch_costs_a_retry_not_a_hang() {
+    common::in_own_process!();
     let db = TestDb::new().await;
     let mut s = set_up(10).await;
     s.apply_timeout = Duration::from_secs(1);
@@ -644,6 +648,7 @@ fn series(name: &str) -> f64 {
 
 #[tokio::test]
 async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses() {
+    common::in_own_process!();
     const TAGS: usize = 40;
     const EVENTS: usize = 300;
     const REPEATED: usize = 50;

@@ -32,6 +32,7 @@ async fn a_user_agent_with_non_ascii_bytes_is_kept() {
 
 #[tokio::test]
 async fn each_scan_publishes_the_contract_event() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let mut stream = env.subscribe().await;
     let app = env.spawn(&[]).await;
@@ -126,6 +127,7 @@ async fn each_scan_publishes_the_contract_event() {
 /// nothing about us.)
 #[tokio::test]
 async fn broker_away_scans_still_answer_and_buffered_events_arrive_after() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let mut stream = env.subscribe().await;
     let mut proxy = Proxy::start(EMULATOR).await.expect("proxy");
@@ -252,6 +254,7 @@ async fn readyz_names_pubsub_while_the_topic_is_missing() {
 
 #[tokio::test]
 async fn event_and_timing_metrics_are_exported_at_zero_from_the_first_scrape() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let app = env.spawn(&[]).await;
     let metrics = app.metrics().await;

@@ -79,6 +79,7 @@ async fn twenty_five_at_once_from_a_new_ip_twenty_pass_five_limited() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_across_two_instances_exactly_fifty_pass() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     // A refill of one token a minute keeps the count exact for the test's few seconds. The
     // Redis timeout is generous: this is about the script's atomicity, and 200 requests at once
@@ -218,6 +219,7 @@ async fn bad_api_keys_are_charged_to_the_ip() {
 
 #[tokio::test]
 async fn script_flush_between_calls_is_recovered() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let app = env
         .spawn(&[

@@ -42,6 +42,7 @@ async fn assert_fail_closed(r: reqwest::Response) {
 
 #[tokio::test]
 async fn redis_down_fail_closed_answers_503_with_retry_after() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let app = env
         .spawn(&[
@@ -66,6 +67,7 @@ async fn redis_down_fail_closed_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn redis_down_fail_open_falls_back_to_a_local_bucket_with_the_same_limits() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let app = env
         .spawn(&[
@@ -132,6 +134,7 @@ async fn redis_slower_than_the_timeout_follows_each_fail_mode_quickly() {
 
 #[tokio::test]
 async fn breaker_opens_after_the_threshold_and_closes_after_a_healthy_probe() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let mut redis = OwnRedis::start().await;
     let app = env

@@ -161,6 +161,7 @@ async fn db_lookups(app: &TestApp, kind: &str) -> f64 {
 
 #[tokio::test]
 async fn concurrent_scans_of_an_uncached_tag_and_key_are_one_database_look_up_each() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let app = env.spawn(&[]).await;
     let tag = env.tag().await;
@@ -490,6 +491,7 @@ async fn behind_a_database_proxy(env: &TestEnv) -> (Proxy, TestApp) {
 /// a probe after `CIRCUIT_BREAKER_TIMEOUT_SEC` closes the breaker and scans answer again.
 #[tokio::test]
 async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_back() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let (mut proxy, app) = behind_a_database_proxy(&env).await;
     let state = "circuit_breaker_state{name=\"postgres\"}";
@@ -531,6 +533,7 @@ async fn the_database_breaker_opens_on_failed_look_ups_and_closes_when_it_is_bac
 /// below is a liveness bound, not a measurement.
 #[tokio::test]
 async fn a_read_replica_that_stops_answering_costs_a_bounded_wait_not_a_hang() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     let (proxy, app) = behind_a_database_proxy(&env).await;
     let tag = env.tag().await;

@@ -92,6 +92,7 @@ async fn jitter_spans_its_range() {
 
 #[tokio::test]
 async fn work_longer_than_the_target_is_counted_as_an_overrun() {
+    common::in_own_process!();
     let env = TestEnv::new().await;
     // A 1 ms target: the first scan opens the database connection, which takes longer.
     let app = env
