@@ -185,7 +185,8 @@ async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for each check: a dependency that answers within it is ready.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn readyz(State(state): State<HealthState>) -> Response {
     let results = futures::future::join_all(state.checks.iter().map(|c| async move {

@@ -78,9 +78,23 @@ impl RedisConn {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.run_within(self.timeout, call).await
+    }
+
+    /// [`RedisConn::run`] with a bound of the caller's own instead of `REDIS_TIMEOUT_MS`: for
+    /// calls off the request path, such as the readiness probe.
+    pub async fn run_within<T, F, Fut>(
+        &self,
+        within: Duration,
+        call: F,
+    ) -> Result<T, RedisCallError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[index];
-        bounded(self.timeout, async {
+        bounded(within, async {
             let conn = self.connection(slot).await?;
             let result = call(conn).await;
             if let Err(e) = &result

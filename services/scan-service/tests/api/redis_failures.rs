@@ -223,3 +223,44 @@ async fn established_connection_to_a_paused_redis_times_out_in_both_modes() {
         app.stop().await;
     }
 }
+
+/// `/readyz` asks whether Redis answers, within the readiness bound (2 s), not within a scan's
+/// `REDIS_TIMEOUT_MS`: a Redis that holds its answers for a moment (`CLIENT PAUSE`, as a
+/// saturated machine does) is still there, and taking the instance out of rotation would only
+/// move its load. A Redis of the test's own, since pausing the shared one would slow every other
+/// test.
+#[tokio::test]
+async fn readyz_counts_a_slow_redis_answer_as_an_answer() -> Result<(), redis::RedisError> {
+    let env = TestEnv::new().await;
+    let redis = OwnRedis::start().await;
+    let app = env
+        .spawn(&[
+            ("REDIS_URL", redis.url().as_str()),
+            ("REDIS_TIMEOUT_MS", "50"),
+        ])
+        .await;
+    app.ready().await;
+
+    let mut admin = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("ALL")
+        .query_async::<()>(&mut admin)
+        .await?;
+    let started = Instant::now();
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["redis"], "ok", "{body}");
+    // And the answer was held by the pause, past the 50 ms a scan's call may wait (else this
+    // test would show nothing).
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the pause did not hold the probe: {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+    Ok(())
+}
