@@ -95,7 +95,7 @@ impl RedisConn {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let slot = &self.slots[index];
         bounded(within, async {
-            let conn = self.connection(slot).await?;
+            let conn = self.connection(slot, within).await?;
             let result = call(conn).await;
             if let Err(e) = &result
                 && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
@@ -114,7 +114,7 @@ impl RedisConn {
         let attempts = self
             .slots
             .iter()
-            .map(|slot| tokio::time::timeout(within, self.connection(slot)));
+            .map(|slot| tokio::time::timeout(within, self.connection(slot, within)));
         let failed = futures::future::join_all(attempts)
             .await
             .into_iter()
@@ -128,7 +128,12 @@ impl RedisConn {
         }
     }
 
-    async fn connection(&self, slot: &Slot) -> RedisResult<MultiplexedConnection> {
+    /// The slot's connection, opened first (within `within`, handshake included) if it has none.
+    async fn connection(
+        &self,
+        slot: &Slot,
+        within: Duration,
+    ) -> RedisResult<MultiplexedConnection> {
         if let Some(conn) = lock(&slot.conn).clone() {
             return Ok(conn);
         }
@@ -138,9 +143,16 @@ impl RedisConn {
         }
         // Boxed: connecting is rare, and its future (kilobytes) would otherwise be part of
         // the future of every call on the request path.
+        let config = if within == self.timeout {
+            self.config.clone()
+        } else {
+            self.config
+                .clone()
+                .set_connection_timeout(Some(within.max(Duration::from_millis(1))))
+        };
         let conn = Box::pin(
             self.client
-                .get_multiplexed_async_connection_with_config(&self.config),
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await?;
         *lock(&slot.conn) = Some(conn.clone());

@@ -194,7 +194,9 @@ impl Application {
 /// Redis is ready when it answers a `PING` within the readiness bound. Not within
 /// `REDIS_TIMEOUT_MS`: that is a scan's budget, which a busy machine can overrun while Redis
 /// still answers (the scan then follows `RATE_LIMIT_FAIL_CLOSED`); taking the instance out of
-/// rotation for it would move its load onto the others. (The factory's probe has the same bound.)
+/// rotation for it would move its load onto the others. The bound covers a reconnect too; it is
+/// the same as `/readyz`'s own for every check, and is given here so that `REDIS_TIMEOUT_MS`
+/// does not apply.
 fn redis_check(redis: Arc<RedisConn>) -> ReadinessCheck {
     ReadinessCheck::new("redis", move || {
         let redis = redis.clone();

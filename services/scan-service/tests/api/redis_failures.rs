@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{OwnRedis, TestEnv, black_hole, header, metric};
+use crate::helpers::{OwnRedis, Proxy, TestEnv, black_hole, header, metric};
 
 /// Nobody listens on port 1.
 const DEAD_REDIS: &str = "redis://127.0.0.1:1";
@@ -224,43 +224,48 @@ async fn established_connection_to_a_paused_redis_times_out_in_both_modes() {
     }
 }
 
-/// `/readyz` asks whether Redis answers, within the readiness bound (2 s), not within a scan's
-/// `REDIS_TIMEOUT_MS`: a Redis that holds its answers for a moment (`CLIENT PAUSE`, as a
-/// saturated machine does) is still there, and taking the instance out of rotation would only
-/// move its load. A Redis of the test's own, since pausing the shared one would slow every other
-/// test.
+/// `/readyz` asks whether Redis answers within the readiness bound (2 s), not within a scan's
+/// `REDIS_TIMEOUT_MS`: a Redis that is slow to answer (as on a saturated machine) is still
+/// there, and taking the instance out of rotation would only move its load. The shared Redis,
+/// behind a proxy of the test's own that holds what the service sends for 300 ms: first a
+/// `PING` on the open connection, then, once that connection was cut, the handshake of the
+/// connection the probe has to open again.
 #[tokio::test]
-async fn readyz_counts_a_slow_redis_answer_as_an_answer() -> Result<(), redis::RedisError> {
+async fn readyz_counts_a_slow_redis_answer_as_an_answer() {
     let env = TestEnv::new().await;
-    let redis = OwnRedis::start().await;
+    let mut proxy = Proxy::start("127.0.0.1:6379").await.expect("proxy");
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
     let app = env
-        .spawn(&[
-            ("REDIS_URL", redis.url().as_str()),
-            ("REDIS_TIMEOUT_MS", "50"),
-        ])
+        .spawn(&[("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT_MS", "50")])
         .await;
     app.ready().await;
 
-    let mut admin = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection()
-        .await?;
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(500)
-        .arg("ALL")
-        .query_async::<()>(&mut admin)
-        .await?;
-    let started = Instant::now();
-    let (status, body) = app.readyz().await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["checks"]["redis"], "ok", "{body}");
-    // And the answer was held by the pause, past the 50 ms a scan's call may wait (else this
-    // test would show nothing).
-    assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "the pause did not hold the probe: {:?}",
-        started.elapsed()
-    );
+    for (what, held) in [
+        ("an answer", &b"PING"[..]),
+        ("a reconnect", &b"SETINFO"[..]),
+    ] {
+        if what == "a reconnect" {
+            // Cut the service's connection; a probe while nothing listens finds it gone.
+            proxy.down().await;
+            let (status, _) = app.readyz().await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            proxy.up().expect("proxy listening again");
+        }
+        proxy.stall_when_sent(held);
+        let started = Instant::now();
+        let (status, body) = tokio::join!(app.readyz(), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.resume();
+        })
+        .0;
+        assert_eq!(status, StatusCode::OK, "{what} held: {body}");
+        assert_eq!(body["checks"]["redis"], "ok", "{what} held: {body}");
+        // And it was held, past the 50 ms a scan's call may wait (else this shows nothing).
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{what} was not held: {:?}",
+            started.elapsed()
+        );
+    }
     app.stop().await;
-    Ok(())
 }
