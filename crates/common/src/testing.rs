@@ -326,7 +326,7 @@ fn run_alone(name: &str) {
         Err(e) => panic!("{name}: the test binary's path: {e}"),
     };
     let output = std::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .args([name, "--exact", "--test-threads=1"])
         .env(OWN_PROCESS, "1")
         .output();
     let output = match output {
@@ -334,12 +334,13 @@ fn run_alone(name: &str) {
         Err(e) => panic!("{name}: could not start its own process: {e}"),
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let ran_one = stdout.contains("running 1 test");
-    if !output.status.success() || !ran_one {
-        let what = if ran_one {
-            "failed"
-        } else {
+    // Not only a clean exit: a name that matches no test, or an ignored test, runs nothing.
+    let passed = stdout.contains("test result: ok. 1 passed;");
+    if !output.status.success() || !passed {
+        let what = if output.status.success() {
             "no such test ran"
+        } else {
+            "failed"
         };
         panic!(
             "{name} in its own process: {what} ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
@@ -350,7 +351,9 @@ fn run_alone(name: &str) {
 }
 
 /// Runs the enclosing test in a process of its own (see [`testing::own_process`]): write
-/// `common::in_own_process!();` as the test's first statement. The test must return `()`.
+/// `common::in_own_process!();` as the test's first statement. The test must return `()` and be
+/// a `#[test]` or `#[tokio::test]` function (its libtest name is derived from the item's path;
+/// a name that matches no test fails the test rather than passing it).
 ///
 /// [`testing::own_process`]: crate::testing::own_process
 #[macro_export]
