@@ -184,6 +184,7 @@ async fn redis_down_is_503_and_nothing_happens() {
 
 #[tokio::test]
 async fn the_redis_breaker_opens_after_the_threshold_then_refuses_without_waiting() {
+    common::in_own_process!();
     // Nothing listens on port 1: every Redis call fails, a real failure.
     let app = spawn_app_with(|env| {
         env.with("REDIS_URL", "redis://127.0.0.1:1")
