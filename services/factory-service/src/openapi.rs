@@ -199,7 +199,7 @@ impl Modify for CommonResponses {
                         operation,
                         "422",
                         "`idempotency_key_reused`: this key was used for a different request (method, \
-                         path or body bytes)",
+                         path with its query, or body bytes)",
                     );
                 }
             }
@@ -219,9 +219,9 @@ impl Modify for CommonResponses {
             Retry-After. POST and DELETE routes outside /v1/auth accept an Idempotency-Key \
             header: a finished request is replayed with `Idempotent-Replayed: true`; 409 \
             idempotency_key_in_use while it runs; 422 idempotency_key_reused for a different \
-            request (another method, path or body: the body is compared byte for byte, so a \
-            retry sends the bytes it sent first); 400 invalid_idempotency_key; 503 when the \
-            idempotency store is down."
+            request (another method, path with its query, or body: the body is compared byte \
+            for byte, so a retry must resend exactly the same bytes); 400 \
+            invalid_idempotency_key; 503 when the idempotency store is down."
     ),
     paths(
         auth::routes::login,
