@@ -4,7 +4,7 @@
 //! trips of a rate-limit decision. The hot path therefore keeps a few long-lived multiplexed
 //! connections instead (each carries any number of concurrent requests), connects them lazily,
 //! and drops one when it breaks so the next call reconnects. Every call, connecting included,
-//! is bounded by `REDIS_TIMEOUT_MS`.
+//! is bounded by `REDIS_TIMEOUT_MS` (or, off the request path, by its caller's bound).
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -46,11 +46,10 @@ impl RedisConn {
     /// `timeout`.
     pub fn new(url: &SecretString, timeout: Duration, slots: usize) -> RedisResult<Self> {
         let client = redis::Client::open(url.expose_secret())?;
-        // `bounded` enforces the timeout on every call, connecting included. The crate's own
-        // response timeout stays off: it would arm a second timer per command.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .set_response_timeout(None);
+        // `bounded` enforces the timeout on every call, connecting included (a connection's
+        // set-up gets the bound of the call that opens it). The crate's own response timeout
+        // stays off: it would arm a second timer per command.
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
         let slots = (0..slots.max(1))
             .map(|_| Slot {
                 conn: Mutex::new(None),
@@ -141,15 +140,12 @@ impl RedisConn {
         if let Some(conn) = lock(&slot.conn).clone() {
             return Ok(conn);
         }
+        let config = self
+            .config
+            .clone()
+            .set_connection_timeout(Some(within.max(Duration::from_millis(1))));
         // Boxed: connecting is rare, and its future (kilobytes) would otherwise be part of
         // the future of every call on the request path.
-        let config = if within == self.timeout {
-            self.config.clone()
-        } else {
-            self.config
-                .clone()
-                .set_connection_timeout(Some(within.max(Duration::from_millis(1))))
-        };
         let conn = Box::pin(
             self.client
                 .get_multiplexed_async_connection_with_config(&config),
