@@ -181,7 +181,11 @@ impl Modify for CommonResponses {
                 if operation.request_body.is_some() {
                     bad_request.push("malformed JSON, or a field is missing or wrong");
                     Self::add(operation, "413", "The body is too large");
-                    Self::add(operation, "415", "The body is not `application/json`");
+                    Self::add(
+                        operation,
+                        "415",
+                        "The body is not `application/json` in UTF-8",
+                    );
                 }
                 if writes && idempotent {
                     bad_request.push("`invalid_idempotency_key`");

@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use super::error::error_response;
 
 /// Like `axum::Json`, but a bad body answers `{"error","detail"}`: 415 without a JSON content
-/// type, 413 over the size limit, 400 for malformed JSON or a body of the wrong shape.
+/// type or with a charset other than UTF-8 (JSON is UTF-8, RFC 8259), 413 over the size limit,
+/// 400 for malformed JSON or a body of the wrong shape.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -163,9 +164,37 @@ where
     type Rejection = JsonError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if declares_other_charset(req.headers()) {
+            return Err(JsonError(error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as application/json in UTF-8.",
+            )));
+        }
         let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
         Ok(Self(value))
     }
+}
+
+/// Whether the `Content-Type` names a charset other than UTF-8 (`application/json;
+/// charset=latin1`). Such a body would be read as UTF-8 all the same, so it is refused rather
+/// than misread; no charset, or `utf-8` in any case, is fine.
+fn declares_other_charset(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false; // axum refuses a content type that is not text as not JSON
+    };
+    value.split(';').skip(1).any(|param| {
+        let Some((name, charset)) = param.split_once('=') else {
+            return false;
+        };
+        let charset = charset.trim().trim_matches('"');
+        name.trim().eq_ignore_ascii_case("charset")
+            && !charset.eq_ignore_ascii_case("utf-8")
+            && !charset.eq_ignore_ascii_case("utf8")
+    })
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
@@ -176,7 +205,50 @@ impl<T: Serialize> IntoResponse for Json<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::body_text;
+    use axum::body::Body;
+    use axum::extract::FromRequest;
+    use axum::http::{Request, StatusCode};
+    use axum::response::IntoResponse;
+
+    use super::{Json, body_text};
+
+    async fn status_of(content_type: &str) -> StatusCode {
+        let request = Request::post("/")
+            .header("content-type", content_type)
+            .body(Body::from(r#"{"name":"x"}"#))
+            .expect("a request");
+        match Json::<serde_json::Value>::from_request(request, &()).await {
+            Ok(_) => StatusCode::OK,
+            Err(rejection) => rejection.into_response().status(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_charset_other_than_utf8_is_refused_as_the_wrong_media_type() {
+        for content_type in [
+            "application/json; charset=latin1",
+            "application/json; charset=ISO-8859-1",
+            "application/json;charset=\"utf-16\"",
+        ] {
+            assert_eq!(
+                status_of(content_type).await,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{content_type}"
+            );
+        }
+        for content_type in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json; charset=UTF-8",
+            "application/json;charset=\"utf8\"",
+        ] {
+            assert_eq!(
+                status_of(content_type).await,
+                StatusCode::OK,
+                "{content_type}"
+            );
+        }
+    }
 
     const PREFIX: &str = "Failed to deserialize the JSON body into the target type: ";
 

@@ -46,6 +46,16 @@ async fn malformed_bodies_get_json_errors() {
         .await
         .unwrap();
     assert_error(r, 415, "unsupported_media_type").await;
+    // JSON is UTF-8: a body labelled with another charset is refused, not read as UTF-8.
+    let r = app
+        .req(Method::POST, "/v1/products", Some(&op.access))
+        .header("Content-Type", "application/json; charset=latin1")
+        .body(r#"{"name":"Caf\u00e9","sku":"L-1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 415, "unsupported_media_type").await;
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
 }
 
 #[tokio::test]
