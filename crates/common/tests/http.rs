@@ -398,6 +398,36 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
     no_cors(&no_origin, "request without an origin");
 }
 
+/// An OPTIONS request that is not a preflight (no `Origin`, or no
+/// `Access-Control-Request-Method`) gets the routes' JSON 405 whether CORS is on or off; before,
+/// CORS on answered it 200 with an empty body.
+#[tokio::test]
+async fn options_that_is_no_preflight_is_405_json_with_or_without_cors() {
+    let c = client();
+    for pairs in [
+        &[][..],
+        &[("CORS_ORIGINS", "https://admin.example.com")][..],
+    ] {
+        let base = spawn_hardened(pairs).await;
+        let bare = c
+            .request(reqwest::Method::OPTIONS, format!("{base}/items"))
+            .send()
+            .await
+            .unwrap();
+        assert_security_headers(&bare);
+        let (status, body) = json_error(bare).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{pairs:?}: {body}");
+        assert_eq!(body["error"], "method_not_allowed", "{pairs:?}");
+        let origin_only = c
+            .request(reqwest::Method::OPTIONS, format!("{base}/items"))
+            .header("origin", "https://admin.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(origin_only.status(), 405, "{pairs:?}");
+    }
+}
+
 #[tokio::test]
 async fn no_cors_headers_without_configured_origins() {
     let base = spawn_hardened(&[]).await;
