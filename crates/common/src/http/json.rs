@@ -180,21 +180,17 @@ where
 /// charset=latin1`). Such a body would be read as UTF-8 all the same, so it is refused rather
 /// than misread; no charset, or `utf-8` in any case, is fine.
 fn declares_other_charset(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+    // A content type that does not parse is axum's to refuse as not JSON.
+    let Some(mime) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+    else {
         return false;
     };
-    let Ok(value) = value.to_str() else {
-        return false; // axum refuses a content type that is not text as not JSON
-    };
-    value.split(';').skip(1).any(|param| {
-        let Some((name, charset)) = param.split_once('=') else {
-            return false;
-        };
-        let charset = charset.trim().trim_matches('"');
-        name.trim().eq_ignore_ascii_case("charset")
-            && !charset.eq_ignore_ascii_case("utf-8")
-            && !charset.eq_ignore_ascii_case("utf8")
-    })
+    // mime compares a charset's value without regard to case.
+    mime.get_param(mime::CHARSET)
+        .is_some_and(|charset| charset != mime::UTF_8 && charset != "utf8")
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {
