@@ -138,8 +138,15 @@ pub async fn login(
     client: &ClientInfo,
 ) -> Result<Session, FactoryError> {
     // Unparseable emails still go through the dummy verification: same answer, same time.
-    let email = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
-    let email: String = email.chars().take(254).collect();
+    // They match no account (every stored address passed `normalize_email`), so they are not
+    // looked up: PostgreSQL would refuse some of them (a NUL) with an error instead of no row.
+    let normalized = normalize_email(email).ok();
+    let email: String = normalized
+        .clone()
+        .unwrap_or_else(|| email.trim().to_lowercase())
+        .chars()
+        .take(254)
+        .collect();
     // An IPv6 client by its /64, which one subscriber can rotate through.
     let ip_key = client
         .ip
@@ -156,9 +163,13 @@ pub async fn login(
         });
     }
 
-    let mut conn = state.pool.acquire().await?;
-    let user = repo::user_by_email(&mut conn, &email).await?;
-    drop(conn);
+    let user = match &normalized {
+        Some(email) => {
+            let mut conn = state.pool.acquire().await?;
+            repo::user_by_email(&mut conn, email).await?
+        }
+        None => None,
+    };
     // What a failed attempt records: the account's own address when one matched, and never
     // text that matched none. That may be anything typed into the field (a password, say), and
     // the audit chain keeps it for good; anyone could write into the log with it too.

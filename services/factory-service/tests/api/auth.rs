@@ -97,6 +97,28 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     assert_eq!(app.audit_count("auth.login_failed").await, 7);
 }
 
+/// Text that no stored address could be (a NUL, a control character, no `@`) is a wrong email
+/// like any other: the same 401, and a failed login on record. A NUL sent on to PostgreSQL in
+/// the look-up was refused there, and came back as 400 `validation_failed`.
+#[tokio::test]
+async fn an_email_no_account_could_have_is_invalid_credentials() {
+    let app = spawn_app().await;
+    for given in [
+        "nul\u{0}@example.com",
+        "bell\u{7}@example.com",
+        "no-at-sign",
+    ] {
+        assert_error(
+            app.login_raw(given, "not the password at all", DEVICE)
+                .await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    assert_eq!(app.audit_count("auth.login_failed").await, 3);
+}
+
 /// An `auth.login_failed` event: actor email, target type and id, details.
 type FailedLogin = (
     Option<String>,
