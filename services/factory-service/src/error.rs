@@ -61,7 +61,8 @@ pub enum FactoryError {
     /// A dependency is down (503).
     #[error("{0} unavailable")]
     Unavailable(&'static str),
-    /// A database failure; unique violations become 409, the rest 500.
+    /// A database failure: the caller's bad values 400, their duplicates 409, PostgreSQL unable
+    /// to serve for now 503, the rest 500.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// Anything else that is our fault (500).
@@ -250,6 +251,13 @@ fn database_error(e: sqlx::Error) -> Response {
                     "A value is out of range or has the wrong form.",
                 );
             }
+            // The server is going away, out of connections or resources, read-only after a
+            // failover, or gave up on this transaction (deadlock, serialization): PostgreSQL is
+            // unusable for now, and the transaction was rolled back, so a retry is safe.
+            Some(code) if server_unavailable(code) => {
+                tracing::error!(error = %e, "database unavailable");
+                return FactoryError::Unavailable("postgres").into_response();
+            }
             _ => {}
         }
     }
@@ -265,11 +273,118 @@ fn database_error(e: sqlx::Error) -> Response {
     }
 }
 
+/// SQLSTATEs that mean PostgreSQL cannot serve the request now, whatever it was: connection
+/// exceptions (class 08), insufficient resources (53: too many connections, disk full, out of
+/// memory), an administrator, crash or start-up shutdown (57P01 to 57P03), a read-only server
+/// (25006, a standby after a failover) and a transaction rolled back to be retried (40001,
+/// 40P01).
+fn server_unavailable(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
+        )
+}
+
 /// The sentence for a duplicate of a value the caller chose; `None` for any other constraint.
 fn conflict_detail(constraint: Option<&str>) -> Option<&'static str> {
     match constraint? {
         "products_sku_key" => Some("A product with this SKU already exists."),
         "users_email_key" => Some("A user with this email already exists."),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use sqlx::{Connection, PgConnection};
+
+    use super::*;
+
+    async fn assert_unavailable(e: sqlx::Error) {
+        let response = FactoryError::from(e).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = to_bytes(response.into_body(), 4096).await.expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["error"], "service_unavailable");
+    }
+
+    /// Real PostgreSQL ending a connection in the middle of a query (what a restart or a
+    /// failover does): 503 with `Retry-After`, not 500.
+    #[tokio::test]
+    async fn a_query_the_server_ends_is_503() {
+        let url = common::testing::admin_url();
+        let mut victim = PgConnection::connect(&url).await.expect("connect");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut victim)
+            .await
+            .expect("pid");
+        let running = tokio::spawn(async move {
+            sqlx::query("SELECT pg_sleep(30)")
+                .execute(&mut victim)
+                .await
+                .map(drop)
+        });
+        let mut admin = PgConnection::connect(&url).await.expect("connect");
+        for _ in 0..500 {
+            let active: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                 WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%')",
+            )
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .expect("activity");
+            if active {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .expect("terminate");
+        let e = running
+            .await
+            .expect("join")
+            .expect_err("the query was ended");
+        assert_eq!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("57P01"),
+            "{e}"
+        );
+        assert_unavailable(e).await;
+    }
+
+    /// Real PostgreSQL refusing a connection for want of slots (SQLSTATE 53300, here by a role
+    /// allowed none): 503, not 500.
+    #[tokio::test]
+    async fn no_connection_slot_is_503() {
+        let url = common::testing::admin_url();
+        let mut admin = PgConnection::connect(&url).await.expect("connect");
+        let role = format!("voketag_t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+            .execute(&mut admin)
+            .await
+            .expect("create role");
+        let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+        let refused = PgConnection::connect_with(&options.username(&role))
+            .await
+            .map(drop);
+        sqlx::query(&format!("DROP ROLE {role}"))
+            .execute(&mut admin)
+            .await
+            .expect("drop role");
+        let e = refused.expect_err("no slot for the role");
+        assert_eq!(
+            e.as_database_error().and_then(|d| d.code()).as_deref(),
+            Some("53300"),
+            "{e}"
+        );
+        assert_unavailable(e).await;
     }
 }
