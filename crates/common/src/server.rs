@@ -124,27 +124,38 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Cancels `token` on SIGTERM or SIGINT. The handlers are in place when this returns (call it
+/// before start-up's slow steps): a signal from then on cancels `token` rather than killing
+/// the process.
 pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
+    #[cfg(unix)]
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot listen for {name}"))
+                .ok()
         };
+        (
+            listen(SignalKind::terminate(), "SIGTERM"),
+            listen(SignalKind::interrupt(), "SIGINT"),
+        )
+    };
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let received = async |s: &mut Option<tokio::signal::unix::Signal>| match s {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            };
+            tokio::select! {
+                _ = received(&mut int) => tracing::info!("SIGINT received; shutting down"),
+                _ = received(&mut term) => tracing::info!("SIGTERM received; shutting down"),
+            }
+        }
         #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-            () = term => tracing::info!("SIGTERM received; shutting down"),
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received; shutting down");
         }
         token.cancel();
     });

@@ -80,12 +80,24 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: FactoryConfig) -> anyhow::Result<()> {
-    // The API first: it binds `BIND_ADDR` before anything connects.
-    let app = Application::build(config.clone()).await?;
-    let consumer = events::consumer(&config).await?;
-    tracing::info!("factory-service listening on http://{}", app.local_addr());
+    // Signals are handled from before start-up: SIGTERM while it waits on a dependency stops
+    // the process with exit 0, as it does later, instead of killing it.
     let shutdown = CancellationToken::new();
     common::server::cancel_on_signal(shutdown.clone());
+    let started = async {
+        // The API first: it binds `BIND_ADDR` before anything connects.
+        let app = Application::build(config.clone()).await?;
+        let consumer = events::consumer(&config).await?;
+        anyhow::Ok((app, consumer))
+    };
+    let (app, consumer) = tokio::select! {
+        started = started => started?,
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    tracing::info!("factory-service listening on http://{}", app.local_addr());
     // The scan-event consumer runs beside the API under the same shutdown token.
     let consumer = tokio::spawn(consumer.run(shutdown.clone()));
     let served = app.run_until_stopped(shutdown.clone()).await;

@@ -46,9 +46,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: ScanConfig) -> anyhow::Result<()> {
-    let app = Application::build(config).await?;
-    tracing::info!("scan-service listening on http://{}", app.local_addr());
+    // Signals are handled from before start-up: SIGTERM while it waits on a dependency stops
+    // the process with exit 0, as it does later, instead of killing it.
     let shutdown = CancellationToken::new();
     common::server::cancel_on_signal(shutdown.clone());
+    let app = tokio::select! {
+        app = Application::build(config) => app?,
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    tracing::info!("scan-service listening on http://{}", app.local_addr());
     app.run_until_stopped(shutdown).await
 }

@@ -12,4 +12,5 @@ mod idempotency;
 mod migrations;
 mod ratelimit;
 mod roles;
+mod shutdown;
 mod users;

@@ -76,3 +76,47 @@ async fn sigterm_drains_the_scan_in_flight_flushes_events_and_exits_zero() {
     assert_eq!(got[0].body["tag_id"], tag.as_str());
     assert_eq!(got[0].body["result"], "authentic");
 }
+
+/// SIGTERM while start-up waits on a dependency (here a Redis that accepts connections and
+/// never answers, so the start-up warm-up waits out its 1 s) stops the process with exit 0.
+/// Before, signals were handled only once start-up was over, and the process was killed by it.
+#[tokio::test]
+async fn sigterm_during_start_up_exits_zero() {
+    let env = TestEnv::new().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis_url = format!("redis://{}", silent.local_addr().unwrap());
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_scan-service"))
+            .envs(env.env.vars())
+            .env("REDIS_URL", &redis_url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the scan-service binary starts"),
+    );
+    // Its first connection to the silent Redis: start-up is under way, waiting on it.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
+        .await
+        .expect("the service connects to Redis at start-up")
+        .unwrap();
+    let pid = child.0.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success(), "SIGTERM sent");
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 15 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+}

@@ -1,0 +1,71 @@
+//! SIGTERM on the real binary (CONTRACT 1) while start-up is still under way.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::testing::{TestDb, env_for};
+
+/// Kills the child if the test fails before it exits by itself.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGTERM while start-up waits on PostgreSQL (here a server that accepts connections and
+/// never answers, so creating the bootstrap admin waits out the pool's 3 s) stops `serve`
+/// with exit 0. Before, signals were handled only once start-up was over, and the process was
+/// killed by it.
+#[tokio::test]
+async fn sigterm_during_start_up_exits_zero() {
+    let db = TestDb::new().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let database_url = format!(
+        "postgres://postgres@{}/voketag",
+        silent.local_addr().unwrap()
+    );
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_factory-service"))
+            .envs(env_for(&db).vars())
+            .env("DATABASE_URL", &database_url)
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env(
+                "JWT_SECRET",
+                "an-integration-test-secret-of-48-bytes-0123456789",
+            )
+            .env("BOOTSTRAP_ADMIN_EMAIL", "admin@example.com")
+            .env("BOOTSTRAP_ADMIN_PASSWORD", "a bootstrap password")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the factory-service binary starts"),
+    );
+    // Its first connection to the silent PostgreSQL: start-up is under way, waiting on it.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
+        .await
+        .expect("the service connects to PostgreSQL at start-up")
+        .unwrap();
+    let pid = child.0.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success(), "SIGTERM sent");
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 15 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
+}
