@@ -490,11 +490,11 @@ impl CommonConfig {
             ));
         }
         let pubsub = PubSubConfig {
-            project_id: resource_name(env, "PUBSUB_PROJECT_ID", "voketag-local")?,
+            project_id: project_id(env, "PUBSUB_PROJECT_ID", "voketag-local")?,
             emulator_host,
-            topic: resource_name(env, "SCAN_EVENTS_TOPIC", "scan-events")?,
-            subscription: resource_name(env, "SCAN_EVENTS_SUBSCRIPTION", "factory-scan-events")?,
-            dlq_topic: resource_name(env, "SCAN_EVENTS_DLQ_TOPIC", "scan-events-dlq")?,
+            topic: pubsub_id(env, "SCAN_EVENTS_TOPIC", "scan-events")?,
+            subscription: pubsub_id(env, "SCAN_EVENTS_SUBSCRIPTION", "factory-scan-events")?,
+            dlq_topic: pubsub_id(env, "SCAN_EVENTS_DLQ_TOPIC", "scan-events-dlq")?,
         };
 
         Ok(Self {
@@ -571,13 +571,33 @@ pub fn postgres_url(env: &Env, var: &str, default: &str) -> Result<SecretString,
     })
 }
 
-fn resource_name(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
+/// `PUBSUB_PROJECT_ID`: checked only for what may stand in a resource path (the emulator takes
+/// any project id; Google Cloud's own rules are checked by Google).
+fn project_id(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
     let value = env.string(var, default);
-    let ok = !value.is_empty()
-        && value.len() <= 255
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+%".contains(c));
+    if value.len() <= 255 && value.chars().all(is_pubsub_name_char) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            var,
+            &value,
+            false,
+            "not a valid Pub/Sub project id",
+            "letters, digits and - _ . ~ + %, at most 255 characters",
+        ))
+    }
+}
+
+/// A topic or subscription id, by Pub/Sub's rules (which the emulator enforces too): 3 to 255
+/// characters, a letter first, then letters, digits and `- _ . ~ + %`, and not starting with
+/// `goog`. A name Pub/Sub would refuse stops start-up here, rather than every publish or pull
+/// failing later.
+fn pubsub_id(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
+    let value = env.string(var, default);
+    let ok = (3..=255).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_alphabetic())
+        && value.chars().all(is_pubsub_name_char)
+        && !value.to_ascii_lowercase().starts_with("goog");
     if ok {
         Ok(value)
     } else {
@@ -585,10 +605,14 @@ fn resource_name(env: &Env, var: &str, default: &str) -> Result<String, ConfigEr
             var,
             &value,
             false,
-            "not a valid Pub/Sub resource name",
-            "letters, digits and - _ . ~ + %, at most 255 characters",
+            "not a valid Pub/Sub topic or subscription id",
+            "3 to 255 letters, digits and - _ . ~ + %, starting with a letter and not with goog",
         ))
     }
+}
+
+fn is_pubsub_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.~+%".contains(c)
 }
 
 /// `BIND_ADDR`: an IP address and port, or a host name and port resolved once here (an IPv4
@@ -710,6 +734,46 @@ mod tests {
             line.contains("expected a whole number from 1 to 60000"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn pubsub_names_pubsub_would_refuse_stop_start_up() {
+        for var in [
+            "SCAN_EVENTS_TOPIC",
+            "SCAN_EVENTS_SUBSCRIPTION",
+            "SCAN_EVENTS_DLQ_TOPIC",
+        ] {
+            // Each of these the emulator refuses as "Invalid [topics] name".
+            for bad in [
+                "1events",
+                "ab",
+                "goog-events",
+                "GOOG-events",
+                "scan events",
+                "scan/x",
+            ] {
+                let e = parse(&[(var, bad)]).unwrap_err().to_string();
+                assert!(e.contains(&format!("{var}={bad:?}")), "{e}");
+                assert!(e.contains("starting with a letter"), "{e}");
+            }
+            for good in ["abc", "scan-events-2", "Scan_Events.v1~+%"] {
+                let c = parse(&[(var, good)]).expect(good);
+                let names = [c.pubsub.topic, c.pubsub.subscription, c.pubsub.dlq_topic];
+                assert!(names.contains(&good.to_owned()), "{var}={good}");
+            }
+        }
+        // A project id is only checked for what may stand in a resource path.
+        assert_eq!(
+            parse(&[("PUBSUB_PROJECT_ID", "X_y")])
+                .unwrap()
+                .pubsub
+                .project_id,
+            "X_y"
+        );
+        let e = parse(&[("PUBSUB_PROJECT_ID", "a/b")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PUBSUB_PROJECT_ID=\"a/b\""), "{e}");
     }
 
     #[test]
