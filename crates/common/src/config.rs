@@ -4,10 +4,12 @@
 //! reads `std::env` after start-up. A bad value becomes a [`ConfigError`] whose one-line message
 //! names the variable, what is wrong with the value and the expected form.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -66,21 +68,56 @@ impl ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+    /// Variables of the process environment whose value is not UTF-8: no setting can use one.
+    not_utf8: BTreeSet<String>,
+    /// The first of those that configuration read (see [`Env::refuse_unreadable`]).
+    read_not_utf8: Arc<Mutex<Option<String>>>,
 }
 
 impl Env {
     /// The process environment, after loading `.env` from the working directory if one exists
     /// (development convenience; variables already set win). A process started with `APP_ENV`
-    /// set to anything but `development` or empty (a deployment) never reads `.env`. Variables
-    /// whose name or value is not UTF-8 are left out rather than aborting start-up.
+    /// set to anything but `development` or empty (a deployment) never reads `.env`. A value
+    /// that is not UTF-8 is an error only if configuration reads its variable
+    /// ([`Env::refuse_unreadable`]); variables whose name is not UTF-8 are none of ours.
     pub fn from_process() -> Self {
         if reads_dotenv(std::env::var_os("APP_ENV").as_deref()) {
             let _ = dotenvy::dotenv();
         }
-        Self {
-            vars: std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .collect(),
+        Self::from_os_vars(std::env::vars_os())
+    }
+
+    /// An environment made of these pairs as the operating system gives them.
+    pub fn from_os_vars(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
+        let mut env = Self::default();
+        for (name, value) in vars {
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => {
+                    env.vars.insert(name, value);
+                }
+                Err(_) => {
+                    env.not_utf8.insert(name);
+                }
+            }
+        }
+        env
+    }
+
+    /// Refuses a value that is not UTF-8 in a variable that configuration has read. Such a
+    /// value reads as unset, so this is called once every setting is parsed: without it the
+    /// default would be used in silence (a random `IP_HASH_KEY`, say).
+    pub fn refuse_unreadable(&self) -> Result<(), ConfigError> {
+        match lock(&self.read_not_utf8).clone() {
+            None => Ok(()),
+            Some(var) => Err(ConfigError {
+                var,
+                shown: "<not UTF-8>".to_owned(),
+                problem: "not valid UTF-8".to_owned(),
+                expected: "UTF-8 text".to_owned(),
+            }),
         }
     }
 
@@ -96,6 +133,7 @@ impl Env {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            ..Self::default()
         }
     }
 
@@ -111,8 +149,12 @@ impl Env {
         self
     }
 
-    /// The raw value, `None` when unset or empty.
+    /// The raw value, `None` when unset or empty (or not UTF-8: see
+    /// [`Env::refuse_unreadable`]).
     pub fn raw(&self, var: &str) -> Option<&str> {
+        if self.not_utf8.contains(var) {
+            lock(&self.read_not_utf8).get_or_insert_with(|| var.to_owned());
+        }
         self.vars
             .get(var)
             .map(|v| v.trim())
@@ -195,6 +237,10 @@ impl Env {
             })
             .unwrap_or_default()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: an `http://` or `https://` base URL with a host (traces go to
@@ -734,6 +780,30 @@ mod tests {
             line.contains("expected a whole number from 1 to 60000"),
             "{line}"
         );
+    }
+
+    /// A value that is not UTF-8 was left out of the snapshot, so its variable read as unset
+    /// and got its default in silence.
+    #[test]
+    fn a_value_that_is_not_utf8_stops_start_up_only_if_read() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let not_utf8 = || OsString::from_vec(vec![b'4', 0xff]);
+        let env = Env::from_os_vars([
+            ("REDIS_TIMEOUT_MS".into(), not_utf8()),
+            ("BIND_ADDR".into(), "127.0.0.1:9999".into()),
+        ]);
+        CommonConfig::from_env(&env, "127.0.0.1:8080").expect("parsed");
+        let e = env.refuse_unreadable().unwrap_err();
+        assert_eq!(e.var, "REDIS_TIMEOUT_MS");
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: REDIS_TIMEOUT_MS=<not UTF-8>: not valid UTF-8 \
+             (expected UTF-8 text)"
+        );
+        // Someone else's variable is no concern of ours.
+        let env = Env::from_os_vars([("SOMEONE_ELSES".into(), not_utf8())]);
+        CommonConfig::from_env(&env, "127.0.0.1:8080").expect("parsed");
+        assert_eq!(env.refuse_unreadable(), Ok(()));
     }
 
     #[test]

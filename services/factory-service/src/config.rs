@@ -98,7 +98,7 @@ impl FactoryConfig {
             burst: env.int_in("ADMIN_RATE_LIMIT_BURST", 20, 1, 1_000_000)?,
         };
         let idempotency_secs: u64 = env.int_in("IDEMPOTENCY_TTL_SEC", 86_400, 1, 2_592_000)?;
-        Ok(Self {
+        let config = Self {
             common,
             auth,
             admin_rate_limit,
@@ -106,7 +106,9 @@ impl FactoryConfig {
             max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 100)?,
             scan_events: crate::events::settings::ConsumerConfig::from_env(env)?,
             audit: crate::audit::AuditConfig::from_env(env)?,
-        })
+        };
+        env.refuse_unreadable()?;
+        Ok(config)
     }
 
     /// The signing secret for serving. Outside development a missing secret is an error; in
@@ -232,6 +234,23 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<FactoryConfig, ConfigError> {
         FactoryConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    /// A `JWT_SECRET` that is not UTF-8 stops start-up naming it, rather than reading as
+    /// unset (a start-up error about a missing secret, or a random one in development).
+    #[test]
+    fn a_jwt_secret_that_is_not_utf8_stops_start_up() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let env = Env::from_os_vars([
+            ("APP_ENV".into(), "development".into()),
+            (
+                "JWT_SECRET".into(),
+                std::ffi::OsString::from_vec([0xff; 48].to_vec()),
+            ),
+        ]);
+        let e = FactoryConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "JWT_SECRET");
+        assert_eq!(e.problem, "not valid UTF-8");
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl ScanConfig {
                 (SecretString::from(hex::encode(key)), true)
             }
         };
+        env.refuse_unreadable()?;
         Ok(Self {
             common,
             database_read_url,
@@ -156,6 +157,20 @@ mod tests {
 
     fn parse(pairs: &[(&str, &str)]) -> Result<ScanConfig, ConfigError> {
         ScanConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    /// An `IP_HASH_KEY` that is not UTF-8 stops start-up: read as unset, it became a random
+    /// key of this process alone, and the warning said it was not set.
+    #[test]
+    fn an_ip_hash_key_that_is_not_utf8_stops_start_up() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let env = Env::from_os_vars([(
+            "IP_HASH_KEY".into(),
+            std::ffi::OsString::from_vec(vec![0xde, 0xad, 0xbe, 0xef]),
+        )]);
+        let e = ScanConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "IP_HASH_KEY");
+        assert!(!e.to_string().contains('\n'));
     }
 
     #[test]
