@@ -43,8 +43,10 @@ locals {
       SCAN_MIN_RESPONSE_MS      = "80"
       SCAN_JITTER_MS            = "10"
       # Cloud Run kills an instance 10 s after SIGTERM. Scans answer in about 80 ms, so a 5 s
-      # bound on a request keeps the drain within 5 s and leaves the rest for flushing the
-      # queued scan events (the default of 30 s would let one slow request use all 10 s).
+      # bound on a request keeps the drain to about 5 s at worst (the default of 30 s would let
+      # one slow request use all 10 s) and leaves the rest for flushing the queued scan events,
+      # which takes milliseconds while Pub/Sub answers. A flush to a Pub/Sub that does not
+      # answer waits up to 8 s, and the kill can cut it: those events are lost unlogged.
       REQUEST_TIMEOUT_SEC = "5"
     }
     factory = {

@@ -124,9 +124,9 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
-/// Cancels `token` on SIGTERM or SIGINT. The handlers are in place when this returns (call it
-/// before start-up's slow steps): a signal from then on cancels `token` rather than killing
-/// the process.
+/// Cancels `token` on SIGTERM or SIGINT. On unix the handlers are in place when this returns
+/// (call it before start-up's slow steps): a signal from then on cancels `token` rather than
+/// killing the process. Elsewhere Ctrl-C is listened for once the task first runs.
 pub fn cancel_on_signal(token: CancellationToken) {
     #[cfg(unix)]
     let (mut term, mut int) = {

@@ -81,8 +81,16 @@ pub struct RateLimitConfig {
 }
 
 impl FactoryConfig {
-    /// Parses the factory service's variables.
+    /// Parses the factory service's variables. A variable it reads whose value is not UTF-8 is
+    /// the error reported, whatever else failed: such a value reads as unset, and an error
+    /// saying so ("required but not set") would mislead.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let parsed = Self::read(env);
+        env.refuse_unreadable()?;
+        parsed
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env, "127.0.0.1:8081")?;
         let access_secs: u64 = env.int_in("ACCESS_TOKEN_TTL_SEC", 900, 1, 86_400)?;
         let refresh_secs: u64 = env.int_in("REFRESH_TOKEN_TTL_SEC", 2_592_000, 60, 31_536_000)?;
@@ -98,7 +106,7 @@ impl FactoryConfig {
             burst: env.int_in("ADMIN_RATE_LIMIT_BURST", 20, 1, 1_000_000)?,
         };
         let idempotency_secs: u64 = env.int_in("IDEMPOTENCY_TTL_SEC", 86_400, 1, 2_592_000)?;
-        let config = Self {
+        Ok(Self {
             common,
             auth,
             admin_rate_limit,
@@ -106,9 +114,7 @@ impl FactoryConfig {
             max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 100)?,
             scan_events: crate::events::settings::ConsumerConfig::from_env(env)?,
             audit: crate::audit::AuditConfig::from_env(env)?,
-        };
-        env.refuse_unreadable()?;
-        Ok(config)
+        })
     }
 
     /// The signing secret for serving. Outside development a missing secret is an error; in
@@ -239,6 +245,7 @@ mod tests {
     /// A `JWT_SECRET` that is not UTF-8 stops start-up naming it, rather than reading as
     /// unset (a start-up error about a missing secret, or a random one in development).
     #[test]
+    #[cfg(unix)]
     fn a_jwt_secret_that_is_not_utf8_stops_start_up() {
         use std::os::unix::ffi::OsStringExt as _;
         let env = Env::from_os_vars([
@@ -250,6 +257,18 @@ mod tests {
         ]);
         let e = FactoryConfig::from_env(&env).unwrap_err();
         assert_eq!(e.var, "JWT_SECRET");
+        assert_eq!(e.problem, "not valid UTF-8");
+        // Read as unset, it would fail a check of its own ("set together"): still reported as
+        // what it is.
+        let env = Env::from_os_vars([
+            ("BOOTSTRAP_ADMIN_EMAIL".into(), "admin@example.com".into()),
+            (
+                "BOOTSTRAP_ADMIN_PASSWORD".into(),
+                std::ffi::OsString::from_vec([0xff; 16].to_vec()),
+            ),
+        ]);
+        let e = FactoryConfig::from_env(&env).unwrap_err();
+        assert_eq!(e.var, "BOOTSTRAP_ADMIN_PASSWORD");
         assert_eq!(e.problem, "not valid UTF-8");
     }
 

@@ -137,7 +137,9 @@ async fn create_user(
 ) -> anyhow::Result<()> {
     // Before asking for a password that could not be used.
     common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
-    let password = match env.password("FACTORY_USER_PASSWORD") {
+    let given = env.password("FACTORY_USER_PASSWORD");
+    env.refuse_unreadable()?;
+    let password = match given {
         Some(p) => p,
         None => {
             eprintln!("password (one line on standard input):");

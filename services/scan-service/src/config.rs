@@ -77,8 +77,16 @@ pub const IP_HASH_KEY_MIN: usize = 16;
 const MAX_RATE: u32 = 10_000_000;
 
 impl ScanConfig {
-    /// Parses the scan service's variables.
+    /// Parses the scan service's variables. A variable it reads whose value is not UTF-8 is
+    /// the error reported, whatever else failed: such a value reads as unset, and an error
+    /// saying so ("required but not set") would mislead.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let parsed = Self::read(env);
+        env.refuse_unreadable()?;
+        parsed
+    }
+
+    fn read(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_env(env, "127.0.0.1:8080")?;
         let database_read_url = common::config::postgres_url(
             env,
@@ -133,7 +141,6 @@ impl ScanConfig {
                 (SecretString::from(hex::encode(key)), true)
             }
         };
-        env.refuse_unreadable()?;
         Ok(Self {
             common,
             database_read_url,
@@ -162,6 +169,7 @@ mod tests {
     /// An `IP_HASH_KEY` that is not UTF-8 stops start-up: read as unset, it became a random
     /// key of this process alone, and the warning said it was not set.
     #[test]
+    #[cfg(unix)]
     fn an_ip_hash_key_that_is_not_utf8_stops_start_up() {
         use std::os::unix::ffi::OsStringExt as _;
         let env = Env::from_os_vars([(
