@@ -113,6 +113,43 @@ pub async fn logged_address(
     .map_err(|e| format!("log reader: {e}"))?
 }
 
+/// A child process (a service binary a test started) killed and reaped when dropped, so a
+/// failed assertion leaves none behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// Sends it SIGTERM (`kill -TERM`).
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "SIGTERM sent to {}", self.0.id());
+    }
+
+    /// How it exited, waiting up to `within` for it to exit by itself; panics after that.
+    pub async fn exit_status(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("the child's status") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running {within:?} later"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A loopback port nobody listens on right now (bound and released at once): where to point a
 /// client at a dependency that is away, or a port to listen on later.
 pub fn closed_port() -> std::io::Result<u16> {

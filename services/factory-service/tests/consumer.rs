@@ -745,16 +745,6 @@ async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses
     consumer.stop().await;
 }
 
-/// Kills the child process when dropped, so a failed assertion leaves no worker behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     // The real binary, so that the worker has a process (and a metrics recorder) of its own.
@@ -763,7 +753,7 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     // Port 0, and the address the worker logs: a port probed here and freed could be taken by
     // another test's server (whose /metrics, in a process without a recorder, is empty) before
     // the worker binds it.
-    let mut worker = Child(
+    let mut worker = common::testing::ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
             .args(["worker", "--metrics-addr", "127.0.0.1:0"])
             .env("DATABASE_URL", db.url.expose_secret())

@@ -1,19 +1,9 @@
 //! SIGTERM on the real binary (CONTRACT 1) while start-up is still under way.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::testing::{TestDb, env_for};
-
-/// Kills the child if the test fails before it exits by itself.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::testing::{ChildGuard, TestDb, env_for};
 
 /// SIGTERM while start-up waits on PostgreSQL (here a server that accepts connections and
 /// never answers, so creating the bootstrap admin waits out the pool's 3 s) stops `serve`
@@ -27,7 +17,7 @@ async fn sigterm_during_start_up_exits_zero() {
         "postgres://postgres@{}/voketag",
         silent.local_addr().unwrap()
     );
-    let mut child = Running(
+    let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_factory-service"))
             .envs(env_for(&db).vars())
             .env("DATABASE_URL", &database_url)
@@ -49,23 +39,7 @@ async fn sigterm_during_start_up_exits_zero() {
         .await
         .expect("the service connects to PostgreSQL at start-up")
         .unwrap();
-    let pid = child.0.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success(), "SIGTERM sent");
-    let exit = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running 15 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    child.terminate();
+    let exit = child.exit_status(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 }

@@ -1,29 +1,20 @@
 //! SIGTERM on the real binary (CONTRACT 1): the scan in flight is answered, queued events
 //! reach the broker, and the process exits 0.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::testing::ChildGuard;
 use reqwest::StatusCode;
 
 use crate::helpers::{TestEnv, receive};
-
-/// Kills the child if the test fails before it exits by itself.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn sigterm_drains_the_scan_in_flight_flushes_events_and_exits_zero() {
     let env = TestEnv::new().await;
     let tag = env.tag().await;
     let mut stream = env.subscribe().await;
-    let mut child = Running(
+    let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_scan-service"))
             .envs(env.env.vars())
             .env("RUST_LOG", "info")
@@ -46,30 +37,14 @@ async fn sigterm_drains_the_scan_in_flight_flushes_events_and_exits_zero() {
     let url = format!("http://{addr}/v1/scan/{tag}");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = child.0.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success(), "SIGTERM sent");
+    child.terminate();
 
     let answer = in_flight
         .await
         .unwrap()
         .expect("the scan in flight is answered, not cut off");
     assert_eq!(answer.status(), StatusCode::OK);
-    let exit = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running 15 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    let exit = child.exit_status(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 
     let got = receive(&mut stream, 1, Duration::from_secs(15)).await;
@@ -85,7 +60,7 @@ async fn sigterm_during_start_up_exits_zero() {
     let env = TestEnv::new().await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let redis_url = format!("redis://{}", silent.local_addr().unwrap());
-    let mut child = Running(
+    let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_scan-service"))
             .envs(env.env.vars())
             .env("REDIS_URL", &redis_url)
@@ -100,23 +75,7 @@ async fn sigterm_during_start_up_exits_zero() {
         .await
         .expect("the service connects to Redis at start-up")
         .unwrap();
-    let pid = child.0.id().to_string();
-    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(kill.success(), "SIGTERM sent");
-    let exit = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running 15 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await
-    .unwrap();
+    child.terminate();
+    let exit = child.exit_status(Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 }
