@@ -5,6 +5,13 @@
 //! Keys are issued by the factory as `vt_<8-char prefix>_<secret>`, and `api_keys.key_hash` is
 //! the SHA-256 of that whole string. The scan service does not parse the parts: any value is
 //! hashed and looked up, which keeps it correct if the issued format changes.
+//!
+//! A key neither cache knows costs a database query, before any rate limit could apply (the
+//! answer decides which bucket pays). So each client network gets an in-process budget of such
+//! look-ups, with the default per-key limits (`RATE_LIMIT_KEY_PER_MINUTE` and `_BURST`): far
+//! more than keys in use behind one address need (a key is looked up at most once per cache
+//! lifetime), while a client sending a new made-up key with every request is refused with 429
+//! once the budget is spent, without reaching the database.
 
 use std::sync::Arc;
 
@@ -17,9 +24,12 @@ use common::CircuitBreaker;
 use metrics::Counter;
 
 use crate::cache::Cache;
+use crate::config::BucketLimits;
 use crate::error::LookupError;
 use crate::lookup::{self, Joined};
 use crate::near_cache::{self, NearCache};
+use crate::ratelimit::Verdict;
+use crate::ratelimit::local::LocalBuckets;
 
 const FIND_API_KEY: &str = include_str!("sql/find_api_key.sql");
 
@@ -54,6 +64,19 @@ pub fn is_plausible(presented: &[u8]) -> bool {
 /// Presented keys the in-process tier holds at most.
 const NEAR_ENTRIES: usize = 50_000;
 
+/// Client networks whose look-up budgets are tracked before the budgets start afresh.
+const LOOKUP_BUDGET_CLIENTS: usize = 200_000;
+
+/// What is known of a presented key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Checked: the key, or `None` when it is unknown, revoked or malformed.
+    Checked(Option<ApiKey>),
+    /// Not checked: neither cache knew it, and the client has spent its budget of database
+    /// look-ups (the verdict is that budget's, for the 429's headers).
+    LookupsExhausted(Verdict),
+}
+
 /// Checks API keys.
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
@@ -66,11 +89,23 @@ pub struct ApiKeys {
     loading: Arc<Joined<[u8; 32], Option<ApiKey>>>,
     /// `scan_db_lookups_total{kind="api_key"}`.
     loads: Counter,
+    /// Each client network's budget of database look-ups.
+    budgets: Arc<LocalBuckets>,
+    budget_limits: BucketLimits,
+    /// `scan_api_key_lookups_refused_total`.
+    refused: Counter,
 }
 
 impl ApiKeys {
-    /// Look-ups on `pool` through `breaker`, behind `cache`; keys start with `prefix`.
-    pub fn new(pool: PgPool, breaker: CircuitBreaker, cache: Cache, prefix: &str) -> Self {
+    /// Look-ups on `pool` through `breaker`, behind `cache`; keys start with `prefix`. Each
+    /// client network may make database look-ups at `budget` (the default per-key limits).
+    pub fn new(
+        pool: PgPool,
+        breaker: CircuitBreaker,
+        cache: Cache,
+        prefix: &str,
+        budget: BucketLimits,
+    ) -> Self {
         Self {
             pool,
             breaker,
@@ -79,36 +114,52 @@ impl ApiKeys {
             prefix: prefix.to_owned(),
             loading: Arc::default(),
             loads: metrics::counter!("scan_db_lookups_total", "kind" => "api_key"),
+            budgets: Arc::new(LocalBuckets::new(LOOKUP_BUDGET_CLIENTS)),
+            budget_limits: budget,
+            refused: metrics::counter!("scan_api_key_lookups_refused_total"),
         }
     }
 
-    /// Frees expired entries of the in-process tier, and look-ups nobody waits for any more.
+    /// Frees expired entries of the in-process tier, look-ups nobody waits for any more, and
+    /// the budgets of clients idle long enough to have them full again.
     pub fn sweep(&self) {
         self.near.sweep();
         self.loading.sweep();
+        self.budgets.sweep();
     }
 
-    /// The key `presented`, `None` when it is unknown, revoked or malformed.
-    pub async fn authenticate(&self, presented: &[u8]) -> Result<Option<ApiKey>, LookupError> {
+    /// Checks the key `presented` by a client whose network is named by `client` (asked only
+    /// when the database has to be asked).
+    pub async fn authenticate(
+        &self,
+        presented: &[u8],
+        client: impl FnOnce() -> String,
+    ) -> Result<KeyCheck, LookupError> {
         if !is_plausible(presented) {
-            return Ok(None);
+            return Ok(KeyCheck::Checked(None));
         }
         let Ok(presented) = std::str::from_utf8(presented) else {
-            return Ok(None);
+            return Ok(KeyCheck::Checked(None));
         };
         let hash = hash_key(presented);
         if let Some(known) = self.near.get(&hash) {
-            return Ok(known);
+            return Ok(KeyCheck::Checked(known));
         }
         let cache_key = format!("{}:apikey:{{{}}}", self.prefix, hex::encode(hash));
         if let Some(cached) = self.cache.get::<Option<ApiKey>>(&cache_key).await {
             self.near.insert(hash, cached);
-            return Ok(cached);
+            return Ok(KeyCheck::Checked(cached));
+        }
+        let budget = self.budgets.take(&client(), self.budget_limits);
+        if !budget.allowed {
+            self.refused.increment(1);
+            return Ok(KeyCheck::LookupsExhausted(budget));
         }
         // Concurrent requests with the same key wait for one query.
         self.loading
             .get(&hash, || self.query(hash, cache_key))
             .await
+            .map(KeyCheck::Checked)
     }
 
     async fn query(

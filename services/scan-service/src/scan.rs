@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::api_keys::ApiKeys;
+use crate::api_keys::{ApiKeys, KeyCheck};
 use crate::error::ScanError;
 use crate::events::{EventQueue, IpHasher, ScanEvent, ScanResult};
 use crate::ratelimit::{Identity, RateLimiter, Verdict};
@@ -75,14 +75,30 @@ impl Scanner {
                 None,
                 None,
             ),
-            Some(presented) => match self.api_keys.authenticate(presented).await {
-                Ok(Some(key)) => (
+            Some(presented) => match self
+                .api_keys
+                .authenticate(presented, || {
+                    self.limiter.bucket_key(Identity::Ip(req.client_ip))
+                })
+                .await
+            {
+                // A client making up a new key for every request: refused before the database
+                // is asked, with its look-up budget's figures (not delayed, like every 429).
+                Ok(KeyCheck::LookupsExhausted(budget)) => {
+                    return ScanOutcome {
+                        verdict: Some(budget),
+                        result: Err(ScanError::RateLimited {
+                            retry_after_secs: budget.retry_after_secs.max(1),
+                        }),
+                    };
+                }
+                Ok(KeyCheck::Checked(Some(key))) => (
                     Identity::ApiKey(key.id),
                     self.limiter.key_limits(key.rate_limit_per_minute),
                     Some(key.id),
                     None,
                 ),
-                Ok(None) => (
+                Ok(KeyCheck::Checked(None)) => (
                     Identity::Ip(req.client_ip),
                     self.limiter.ip_limits(),
                     None,

@@ -127,7 +127,13 @@ impl Application {
         let scanner = Scanner {
             limiter,
             tags: TagLookup::new(read_pool.clone(), database.clone(), cache.clone(), prefix),
-            api_keys: ApiKeys::new(read_pool.clone(), database, cache, prefix),
+            api_keys: ApiKeys::new(
+                read_pool.clone(),
+                database,
+                cache,
+                prefix,
+                config.rate_limit.key,
+            ),
             events: events.clone(),
             ip_hasher: IpHasher::new(config.ip_hash_key.clone()),
         };

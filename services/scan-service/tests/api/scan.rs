@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::helpers::{Proxy, TestApp, TestEnv, header, metric, shared_redis};
 
@@ -394,6 +395,56 @@ async fn api_key_valid_unknown_and_revoked_within_five_seconds() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A key neither cache knows costs a database query before any bucket can be charged (the
+/// answer decides which one pays). A client sending a made-up key with every request used to
+/// reach the database each time, however throttled it was; now each client network has a
+/// budget of such look-ups (the default per-key limits), and past it the answer is 429 without
+/// a query. The client's own IP bucket is not touched by that refusal.
+#[tokio::test]
+async fn made_up_keys_reach_the_database_only_within_a_budget() {
+    common::in_own_process!();
+    let env = TestEnv::new().await;
+    let app = env
+        .spawn(&[
+            ("RATE_LIMIT_KEY_PER_MINUTE", "60"),
+            ("RATE_LIMIT_KEY_BURST", "5"),
+        ])
+        .await;
+    let tag = env.tag().await;
+    let before = db_lookups(&app, "api_key").await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let r = app
+            .scan_with_key(
+                &tag,
+                &format!("vt_madeup{i:02}_{}", Uuid::new_v4().simple()),
+            )
+            .await;
+        statuses.push(r.status().as_u16());
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(header(&r, "x-ratelimit-limit"), Some("60"));
+            assert_eq!(header(&r, "x-ratelimit-remaining"), Some("0"));
+            let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+            assert!(retry >= 1);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited", "{body}");
+        }
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    assert_eq!(
+        db_lookups(&app, "api_key").await - before,
+        5.0,
+        "the refused ones did not reach the database"
+    );
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(&text, "scan_api_key_lookups_refused_total"),
+        Some(3.0)
+    );
+    // The same client without a key is served: its own bucket was not charged by the refusals.
+    assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
