@@ -86,7 +86,7 @@ pub struct ApiKeys {
     cache: Cache,
     prefix: String,
     /// Database look-ups in flight, joined by key hash.
-    loading: Arc<Joined<[u8; 32], Option<ApiKey>>>,
+    loading: Arc<Joined<[u8; 32], KeyCheck>>,
     /// `scan_db_lookups_total{kind="api_key"}`.
     loads: Counter,
     /// Each client network's budget of database look-ups.
@@ -150,27 +150,30 @@ impl ApiKeys {
             self.near.insert(hash, cached);
             return Ok(KeyCheck::Checked(cached));
         }
-        let budget = self.budgets.take(&client(), self.budget_limits);
-        if !budget.allowed {
-            self.refused.increment(1);
-            return Ok(KeyCheck::LookupsExhausted(budget));
-        }
-        // Concurrent requests with the same key wait for one query.
+        // Concurrent requests with the same key wait for one query, which alone spends a token
+        // of the budget (of the client that runs it): the requests of a busy client whose key
+        // just left the caches are one look-up, as they are one query. They share its answer,
+        // a refusal included.
         self.loading
-            .get(&hash, || self.query(hash, cache_key))
+            .get(&hash, || self.query(hash, cache_key, client))
             .await
-            .map(KeyCheck::Checked)
     }
 
     async fn query(
         &self,
         hash: [u8; 32],
         cache_key: String,
-    ) -> Result<Option<ApiKey>, LookupError> {
+        client: impl FnOnce() -> String,
+    ) -> Result<KeyCheck, LookupError> {
         // A look-up of this key that finished after the caller missed the in-process tier, and
         // before it got here, has filled the tier: its answer is as fresh as a hit.
         if let Some(known) = self.near.get(&hash) {
-            return Ok(known);
+            return Ok(KeyCheck::Checked(known));
+        }
+        let budget = self.budgets.take(&client(), self.budget_limits);
+        if !budget.allowed {
+            self.refused.increment(1);
+            return Ok(KeyCheck::LookupsExhausted(budget));
         }
         self.loads.increment(1);
         let key = self
@@ -189,7 +192,7 @@ impl ApiKeys {
             });
         self.cache.put(cache_key, &key);
         self.near.insert(hash, key);
-        Ok(key)
+        Ok(KeyCheck::Checked(key))
     }
 }
 

@@ -447,6 +447,60 @@ async fn made_up_keys_reach_the_database_only_within_a_budget() {
     assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
 }
 
+/// A busy client's valid key that has just left the caches: its concurrent requests are one
+/// database look-up, and spend one token of the look-up budget between them, not one each
+/// (which would refuse a partner sending more at once than the budget's burst).
+#[tokio::test]
+async fn concurrent_requests_of_an_uncached_key_spend_one_look_up_of_the_budget() {
+    common::in_own_process!();
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start("127.0.0.1:5432").await.expect("proxy");
+    let app = env
+        .spawn(&[
+            (
+                "DATABASE_READ_URL",
+                &env.database_url_via(&format!("127.0.0.1:{}", proxy.port)),
+            ),
+            // The contract's defaults, which the look-up budget takes too.
+            ("RATE_LIMIT_KEY_PER_MINUTE", "600"),
+            ("RATE_LIMIT_KEY_BURST", "100"),
+        ])
+        .await;
+    let tag = env.tag().await;
+    let (_, key) = env.api_key(None).await;
+    let app = std::sync::Arc::new(app);
+    // The key's query waits in the proxy, so every request below is waiting for it at once.
+    proxy.stall_when_sent(b"api_keys");
+    let requests: Vec<_> = (0..150)
+        .map(|_| {
+            let (app, tag, key) = (app.clone(), tag.clone(), key.clone());
+            tokio::spawn(async move { app.scan_with_key(&tag, &key).await.status() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.resume();
+    let mut ok = 0;
+    for r in requests {
+        let status = r.await.unwrap();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+        ok += usize::from(status == StatusCode::OK);
+    }
+    // The key's own bucket (the default burst of 100) decides, not the look-up budget.
+    assert_eq!(ok, 100);
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(&text, "scan_api_key_lookups_refused_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "scan_db_lookups_total{kind=\"api_key\"}"),
+        Some(1.0)
+    );
+}
+
 #[tokio::test]
 async fn health_routes_are_never_rate_limited_and_readyz_names_a_dead_dependency() {
     let env = TestEnv::new().await;
