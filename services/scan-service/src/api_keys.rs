@@ -6,14 +6,16 @@
 //! the SHA-256 of that whole string. The scan service does not parse the parts: any value is
 //! hashed and looked up, which keeps it correct if the issued format changes.
 //!
-//! A key neither cache knows costs a database query, before any rate limit could apply (the
-//! answer decides which bucket pays). So each client network gets an in-process budget of such
-//! look-ups, with the default per-key limits (`RATE_LIMIT_KEY_PER_MINUTE` and `_BURST`): far
-//! more than keys in use behind one address need (a key is looked up at most once per cache
-//! lifetime), while a client sending a new made-up key with every request is refused with 429
-//! once the budget is spent, without reaching the database.
+//! A key neither cache knows costs a database query, before any rate limit can apply (the
+//! answer decides which bucket pays). A bad key is charged to its client's IP bucket only after
+//! that query, so a client sending a new made-up key with every request would reach the
+//! database every time, however throttled. So bad keys also spend an in-process budget of the
+//! client network's, with the IP limits (`RATE_LIMIT_IP_PER_MINUTE` and `_BURST`): once a look-up
+//! comes back unknown or revoked with the budget spent, the network's further look-ups are
+//! refused with 429, without a query, until a token is back. Valid keys never spend it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -64,7 +66,7 @@ pub fn is_plausible(presented: &[u8]) -> bool {
 /// Presented keys the in-process tier holds at most.
 const NEAR_ENTRIES: usize = 50_000;
 
-/// Client networks whose look-up budgets are tracked before the budgets start afresh.
+/// Client networks whose bad-key budgets (and blocks) are tracked before they start afresh.
 const LOOKUP_BUDGET_CLIENTS: usize = 200_000;
 
 /// What is known of a presented key.
@@ -72,8 +74,8 @@ const LOOKUP_BUDGET_CLIENTS: usize = 200_000;
 pub enum KeyCheck {
     /// Checked: the key, or `None` when it is unknown, revoked or malformed.
     Checked(Option<ApiKey>),
-    /// Not checked: neither cache knew it, and the client has spent its budget of database
-    /// look-ups (the verdict is that budget's, for the 429's headers).
+    /// Not checked: neither cache knew it, and the client network has spent its budget of
+    /// bad keys (the verdict is that budget's, for the 429's headers).
     LookupsExhausted(Verdict),
 }
 
@@ -89,16 +91,18 @@ pub struct ApiKeys {
     loading: Arc<Joined<[u8; 32], KeyCheck>>,
     /// `scan_db_lookups_total{kind="api_key"}`.
     loads: Counter,
-    /// Each client network's budget of database look-ups.
+    /// Each client network's budget of bad keys looked up.
     budgets: Arc<LocalBuckets>,
     budget_limits: BucketLimits,
+    /// Networks that spent it, with the verdict to answer, for the time a token takes.
+    blocked: Arc<NearCache<String, Verdict>>,
     /// `scan_api_key_lookups_refused_total`.
     refused: Counter,
 }
 
 impl ApiKeys {
     /// Look-ups on `pool` through `breaker`, behind `cache`; keys start with `prefix`. Each
-    /// client network may make database look-ups at `budget` (the default per-key limits).
+    /// client network may have bad keys looked up at `budget` (the IP limits).
     pub fn new(
         pool: PgPool,
         breaker: CircuitBreaker,
@@ -116,16 +120,21 @@ impl ApiKeys {
             loads: metrics::counter!("scan_db_lookups_total", "kind" => "api_key"),
             budgets: Arc::new(LocalBuckets::new(LOOKUP_BUDGET_CLIENTS)),
             budget_limits: budget,
+            blocked: Arc::new(NearCache::new(
+                Duration::from_secs_f64(60.0 / f64::from(budget.per_minute)),
+                LOOKUP_BUDGET_CLIENTS,
+            )),
             refused: metrics::counter!("scan_api_key_lookups_refused_total"),
         }
     }
 
-    /// Frees expired entries of the in-process tier, look-ups nobody waits for any more, and
-    /// the budgets of clients idle long enough to have them full again.
+    /// Frees expired entries of the in-process tier, look-ups nobody waits for any more, the
+    /// budgets of clients idle long enough to have them full again, and ended blocks.
     pub fn sweep(&self) {
         self.near.sweep();
         self.loading.sweep();
         self.budgets.sweep();
+        self.blocked.sweep();
     }
 
     /// Checks the key `presented` by a client whose network is named by `client` (asked only
@@ -150,10 +159,8 @@ impl ApiKeys {
             self.near.insert(hash, cached);
             return Ok(KeyCheck::Checked(cached));
         }
-        // Concurrent requests with the same key wait for one query, which alone spends a token
-        // of the budget (of the client that runs it): the requests of a busy client whose key
-        // just left the caches are one look-up, as they are one query. They share its answer,
-        // a refusal included.
+        // Concurrent requests with the same key wait for one query, and share its answer (a
+        // refusal included).
         self.loading
             .get(&hash, || self.query(hash, cache_key, client))
             .await
@@ -170,10 +177,10 @@ impl ApiKeys {
         if let Some(known) = self.near.get(&hash) {
             return Ok(KeyCheck::Checked(known));
         }
-        let budget = self.budgets.take(&client(), self.budget_limits);
-        if !budget.allowed {
+        let network = client();
+        if let Some(refusal) = self.blocked.get(&network) {
             self.refused.increment(1);
-            return Ok(KeyCheck::LookupsExhausted(budget));
+            return Ok(KeyCheck::LookupsExhausted(refusal));
         }
         self.loads.increment(1);
         let key = self
@@ -192,6 +199,12 @@ impl ApiKeys {
             });
         self.cache.put(cache_key, &key);
         self.near.insert(hash, key);
+        if key.is_none() {
+            let budget = self.budgets.take(&network, self.budget_limits);
+            if !budget.allowed {
+                self.blocked.insert(network, budget);
+            }
+        }
         Ok(KeyCheck::Checked(key))
     }
 }

@@ -132,7 +132,7 @@ impl Application {
                 database,
                 cache,
                 prefix,
-                config.rate_limit.key,
+                config.rate_limit.ip,
             ),
             events: events.clone(),
             ip_hasher: IpHasher::new(config.ip_hash_key.clone()),

@@ -397,25 +397,30 @@ async fn api_key_valid_unknown_and_revoked_within_five_seconds() {
     }
 }
 
-/// A key neither cache knows costs a database query before any bucket can be charged (the
-/// answer decides which one pays). A client sending a made-up key with every request used to
-/// reach the database each time, however throttled it was; now each client network has a
-/// budget of such look-ups (the default per-key limits), and past it the answer is 429 without
-/// a query. The client's own IP bucket is not touched by that refusal.
+/// A bad key was charged to its client's IP only after the database had been asked, so a
+/// client sending a new made-up key with every request reached the database every time,
+/// however throttled. Bad keys now also spend a budget of the client network's (the IP
+/// limits); once it is spent, further look-ups from that network are refused with 429 without
+/// a query. Valid keys never spend it.
 #[tokio::test]
 async fn made_up_keys_reach_the_database_only_within_a_budget() {
     common::in_own_process!();
     let env = TestEnv::new().await;
     let app = env
         .spawn(&[
-            ("RATE_LIMIT_KEY_PER_MINUTE", "60"),
-            ("RATE_LIMIT_KEY_BURST", "5"),
+            ("RATE_LIMIT_IP_PER_MINUTE", "60"),
+            ("RATE_LIMIT_IP_BURST", "5"),
         ])
         .await;
     let tag = env.tag().await;
     let before = db_lookups(&app, "api_key").await;
+    // More valid keys than the budget's burst, each looked up: none spends it.
+    for _ in 0..7 {
+        let (_, key) = env.api_key(None).await;
+        assert_eq!(app.scan_with_key(&tag, &key).await.status(), StatusCode::OK);
+    }
     let mut statuses = Vec::new();
-    for i in 0..8 {
+    for i in 0..9 {
         let r = app
             .scan_with_key(
                 &tag,
@@ -424,7 +429,7 @@ async fn made_up_keys_reach_the_database_only_within_a_budget() {
             .await;
         statuses.push(r.status().as_u16());
         if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            assert_eq!(header(&r, "x-ratelimit-limit"), Some("60"));
+            assert_eq!(header(&r, "x-ratelimit-limit"), Some("60"), "the IP rate");
             assert_eq!(header(&r, "x-ratelimit-remaining"), Some("0"));
             let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
             assert!(retry >= 1);
@@ -432,26 +437,25 @@ async fn made_up_keys_reach_the_database_only_within_a_budget() {
             assert_eq!(body["error"], "rate_limited", "{body}");
         }
     }
-    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    // Five bad keys within the IP's burst; the sixth is looked up, spends what is not there
+    // (and is refused by the IP bucket); the rest are refused before the database.
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429, 429]);
     assert_eq!(
         db_lookups(&app, "api_key").await - before,
-        5.0,
-        "the refused ones did not reach the database"
+        7.0 + 6.0,
+        "the last three did not reach the database"
     );
     let text = app.metrics().await;
     assert_eq!(
         metric(&text, "scan_api_key_lookups_refused_total"),
         Some(3.0)
     );
-    // The same client without a key is served: its own bucket was not charged by the refusals.
-    assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
 }
 
 /// A busy client's valid key that has just left the caches: its concurrent requests are one
-/// database look-up, and spend one token of the look-up budget between them, not one each
-/// (which would refuse a partner sending more at once than the budget's burst).
+/// database look-up, and the bad-key budget (here the IP burst of 5) refuses none of them.
 #[tokio::test]
-async fn concurrent_requests_of_an_uncached_key_spend_one_look_up_of_the_budget() {
+async fn concurrent_requests_of_an_uncached_valid_key_are_one_look_up_and_never_refused() {
     common::in_own_process!();
     let env = TestEnv::new().await;
     let proxy = Proxy::start("127.0.0.1:5432").await.expect("proxy");
@@ -461,7 +465,8 @@ async fn concurrent_requests_of_an_uncached_key_spend_one_look_up_of_the_budget(
                 "DATABASE_READ_URL",
                 &env.database_url_via(&format!("127.0.0.1:{}", proxy.port)),
             ),
-            // The contract's defaults, which the look-up budget takes too.
+            ("RATE_LIMIT_IP_PER_MINUTE", "60"),
+            ("RATE_LIMIT_IP_BURST", "5"),
             ("RATE_LIMIT_KEY_PER_MINUTE", "600"),
             ("RATE_LIMIT_KEY_BURST", "100"),
         ])
@@ -488,7 +493,7 @@ async fn concurrent_requests_of_an_uncached_key_spend_one_look_up_of_the_budget(
         );
         ok += usize::from(status == StatusCode::OK);
     }
-    // The key's own bucket (the default burst of 100) decides, not the look-up budget.
+    // The key's own bucket (burst 100) decides.
     assert_eq!(ok, 100);
     let text = app.metrics().await;
     assert_eq!(
