@@ -10,12 +10,14 @@
 //! answer decides which bucket pays). A bad key is charged to its client's IP bucket only after
 //! that query, so a client sending a new made-up key with every request would reach the
 //! database every time, however throttled. So bad keys also spend an in-process budget of the
-//! client network's, with the IP limits (`RATE_LIMIT_IP_PER_MINUTE` and `_BURST`): once a look-up
-//! comes back unknown or revoked with the budget spent, the network's further look-ups are
-//! refused with 429, without a query, until a token is back. Valid keys never spend it.
+//! client network's ([`bad_key_budget`]: ten times the IP rate and five times its burst, at
+//! least 100): once a look-up comes back unknown or revoked with the budget spent, that
+//! network's look-ups of keys neither cache knows are refused with 429, without a query, until
+//! a token is back. Valid keys never spend it; one of them from a network so refused waits with
+//! it (keys the caches hold are not affected).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -88,28 +90,30 @@ pub struct ApiKeys {
     cache: Cache,
     prefix: String,
     /// Database look-ups in flight, joined by key hash.
-    loading: Arc<Joined<[u8; 32], KeyCheck>>,
+    loading: Arc<Joined<[u8; 32], Option<ApiKey>>>,
     /// `scan_db_lookups_total{kind="api_key"}`.
     loads: Counter,
     /// Each client network's budget of bad keys looked up.
     budgets: Arc<LocalBuckets>,
     budget_limits: BucketLimits,
-    /// Networks that spent it, with the verdict to answer, for the time a token takes.
-    blocked: Arc<NearCache<String, Verdict>>,
+    /// Networks that spent it, until a token is back.
+    blocked: Arc<NearCache<String, Instant>>,
     /// `scan_api_key_lookups_refused_total`.
     refused: Counter,
 }
 
 impl ApiKeys {
     /// Look-ups on `pool` through `breaker`, behind `cache`; keys start with `prefix`. Each
-    /// client network may have bad keys looked up at `budget` (the IP limits).
+    /// client network may have bad keys looked up within [`bad_key_budget`] of `ip` (the IP
+    /// limits).
     pub fn new(
         pool: PgPool,
         breaker: CircuitBreaker,
         cache: Cache,
         prefix: &str,
-        budget: BucketLimits,
+        ip: BucketLimits,
     ) -> Self {
+        let budget = bad_key_budget(ip);
         Self {
             pool,
             breaker,
@@ -120,6 +124,7 @@ impl ApiKeys {
             loads: metrics::counter!("scan_db_lookups_total", "kind" => "api_key"),
             budgets: Arc::new(LocalBuckets::new(LOOKUP_BUDGET_CLIENTS)),
             budget_limits: budget,
+            // An entry outlives its block by at most a token's time; `until` decides.
             blocked: Arc::new(NearCache::new(
                 Duration::from_secs_f64(60.0 / f64::from(budget.per_minute)),
                 LOOKUP_BUDGET_CLIENTS,
@@ -159,28 +164,45 @@ impl ApiKeys {
             self.near.insert(hash, cached);
             return Ok(KeyCheck::Checked(cached));
         }
-        // Concurrent requests with the same key wait for one query, and share its answer (a
-        // refusal included).
+        let network = client();
+        if let Some(until) = self.blocked.get(&network) {
+            self.refused.increment(1);
+            return Ok(KeyCheck::LookupsExhausted(self.refusal(until)));
+        }
+        // Concurrent requests with the same key wait for one query and share its answer.
         self.loading
-            .get(&hash, || self.query(hash, cache_key, client))
+            .get(&hash, || self.query(hash, cache_key, network))
             .await
+            .map(KeyCheck::Checked)
     }
 
+    /// The figures of a refusal while a network waits for a token until `until`.
+    fn refusal(&self, until: Instant) -> Verdict {
+        let wait = until.saturating_duration_since(Instant::now());
+        let retry_after_secs = (wait.as_secs_f64().ceil() as u64).max(1);
+        let limits = self.budget_limits;
+        let full_in = f64::from(limits.burst) * 60.0 / f64::from(limits.per_minute);
+        Verdict {
+            allowed: false,
+            limit: limits.per_minute,
+            remaining: 0,
+            reset_unix: crate::ratelimit::local::unix_now() + full_in.ceil() as u64,
+            retry_after_secs,
+        }
+    }
+
+    /// Looks the key up in the database for a request from `network`, which pays for it if
+    /// the key is bad.
     async fn query(
         &self,
         hash: [u8; 32],
         cache_key: String,
-        client: impl FnOnce() -> String,
-    ) -> Result<KeyCheck, LookupError> {
+        network: String,
+    ) -> Result<Option<ApiKey>, LookupError> {
         // A look-up of this key that finished after the caller missed the in-process tier, and
         // before it got here, has filled the tier: its answer is as fresh as a hit.
         if let Some(known) = self.near.get(&hash) {
-            return Ok(KeyCheck::Checked(known));
-        }
-        let network = client();
-        if let Some(refusal) = self.blocked.get(&network) {
-            self.refused.increment(1);
-            return Ok(KeyCheck::LookupsExhausted(refusal));
+            return Ok(known);
         }
         self.loads.increment(1);
         let key = self
@@ -202,10 +224,22 @@ impl ApiKeys {
         if key.is_none() {
             let budget = self.budgets.take(&network, self.budget_limits);
             if !budget.allowed {
-                self.blocked.insert(network, budget);
+                let token_every = Duration::from_secs_f64(60.0 / f64::from(budget.limit));
+                self.blocked.insert(network, Instant::now() + token_every);
             }
         }
-        Ok(KeyCheck::Checked(key))
+        Ok(key)
+    }
+}
+
+/// The budget of bad keys a client network may have looked up, from the IP limits `ip`: ten
+/// times the rate and five times the burst (at least 100). Bad keys are charged to the IP
+/// bucket too, so a client within its IP limits never comes near it; only one that goes on
+/// making keys up once refused does.
+pub fn bad_key_budget(ip: BucketLimits) -> BucketLimits {
+    BucketLimits {
+        per_minute: ip.per_minute.saturating_mul(10),
+        burst: ip.burst.saturating_mul(5).max(100),
     }
 }
 
@@ -219,6 +253,26 @@ mod tests {
             hex::encode(hash_key("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn the_bad_key_budget_is_ten_times_the_ip_rate_and_at_least_a_burst_of_100() {
+        let budget = |per_minute, burst| bad_key_budget(BucketLimits { per_minute, burst });
+        assert_eq!(
+            budget(60, 20),
+            BucketLimits {
+                per_minute: 600,
+                burst: 100
+            }
+        );
+        assert_eq!(
+            budget(1, 30),
+            BucketLimits {
+                per_minute: 10,
+                burst: 150
+            }
+        );
+        assert_eq!(budget(u32::MAX, u32::MAX).per_minute, u32::MAX);
     }
 
     #[test]
