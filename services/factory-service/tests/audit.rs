@@ -500,6 +500,20 @@ async fn a_deleted_tail_is_caught_by_the_chain_head() {
     );
 }
 
+/// Events past the recorded chain head (appended by hand, the head left behind): the first bad
+/// seq is the first event the head does not cover, not the head's own (intact) event.
+#[tokio::test]
+async fn events_past_the_chain_head_are_a_head_mismatch_at_the_first_of_them() {
+    let db = TestDb::new().await;
+    append_n(&db.pool, &AuditLog::new(), 10).await;
+    tamper(
+        &db.pool,
+        "UPDATE audit_chain_head SET seq = 8, hash = (SELECT hash FROM audit_events WHERE seq = 8)",
+    )
+    .await;
+    assert_broken(&verify_hashes(&db.pool).await, 9, BreakReason::HeadMismatch);
+}
+
 #[tokio::test]
 async fn a_rehashed_row_without_the_key_is_a_bad_signature() {
     let db = TestDb::new().await;

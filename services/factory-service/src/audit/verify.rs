@@ -376,8 +376,15 @@ fn head_break(head: &chain::Head, state: &ChainState) -> Option<Break> {
     }
     let head_hash = (head.hash != GENESIS_HASH).then_some(head.hash);
     if head.seq < state.last_seq || head_hash != state.last_hash {
+        // Events past the recorded head: the first of them is the first the head does not
+        // vouch for. Otherwise the head's own event differs.
+        let seq = if head.seq < state.last_seq {
+            head.seq + 1
+        } else {
+            head.seq.max(1)
+        };
         return Some(Break {
-            seq: head.seq.min(state.last_seq).max(1),
+            seq,
             reason: BreakReason::HeadMismatch,
             detail: format!(
                 "the recorded chain head (seq {}) does not match the last event (seq {})",
