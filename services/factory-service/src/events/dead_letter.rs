@@ -32,8 +32,9 @@ pub const DELIVERY_LIMIT: &str = "delivery_limit";
 const OUR_PREFIX: &str = "dlq_";
 const PUBSUB_PREFIX: &str = "CloudPubSubDeadLetter";
 const PUBSUB_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
-/// Attribute values are bounded by Pub/Sub (1024 bytes); errors are cut well below that.
-const MAX_ERROR_CHARS: usize = 900;
+/// Attribute values are bounded by Pub/Sub (1024 bytes); errors are cut well below that, at a
+/// character boundary.
+const MAX_ERROR_BYTES: usize = 900;
 
 /// Why and where a message is being dead-lettered.
 #[derive(Debug, Clone)]
@@ -48,14 +49,20 @@ pub struct DeadLetter<'a> {
     pub subscription: &'a str,
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The message to publish on the DLQ topic for `original`.
 pub fn to_dlq_message(original: &Message, letter: &DeadLetter<'_>, now: DateTime<Utc>) -> Message {
     let mut attributes = original_attributes(&original.attributes);
     attributes.insert(REASON.into(), letter.reason.into());
-    attributes.insert(
-        ERROR.into(),
-        letter.error.chars().take(MAX_ERROR_CHARS).collect(),
-    );
+    attributes.insert(ERROR.into(), cut(&letter.error, MAX_ERROR_BYTES).into());
     attributes.insert(ORIGINAL_MESSAGE_ID.into(), original.message_id.clone());
     if let Some(attempt) = letter.delivery_attempt {
         attributes.insert(DELIVERY_ATTEMPT.into(), attempt.to_string());
@@ -149,6 +156,22 @@ mod tests {
         m
     }
 
+    /// Pub/Sub bounds attribute values in bytes: an error in another script (three bytes a
+    /// character here) was cut to 900 characters, 2,700 bytes, and the DLQ publish refused.
+    #[test]
+    fn the_error_attribute_is_cut_in_bytes_at_a_character_boundary() {
+        let letter = DeadLetter {
+            reason: MAX_ATTEMPTS,
+            error: "\u{30a8}".repeat(1000),
+            delivery_attempt: None,
+            subscription: "projects/p/subscriptions/s",
+        };
+        let m = to_dlq_message(&original(), &letter, Utc::now());
+        let error = &m.attributes[ERROR];
+        assert!(error.len() <= MAX_ERROR_BYTES, "{} bytes", error.len());
+        assert_eq!(error.chars().count(), MAX_ERROR_BYTES / 3);
+    }
+
     #[test]
     fn dead_letter_keeps_body_and_producer_attributes() {
         let letter = DeadLetter {
@@ -163,7 +186,7 @@ mod tests {
         assert_eq!(m.attributes[REASON], MAX_ATTEMPTS);
         assert_eq!(m.attributes[ORIGINAL_MESSAGE_ID], "42");
         assert_eq!(m.attributes[DELIVERY_ATTEMPT], "3");
-        assert_eq!(m.attributes[ERROR].len(), MAX_ERROR_CHARS);
+        assert_eq!(m.attributes[ERROR].len(), MAX_ERROR_BYTES);
 
         let mut dead = m.clone();
         dead.message_id = "77".into();
