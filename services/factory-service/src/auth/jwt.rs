@@ -60,6 +60,8 @@ impl JwtKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        // A token that says it is not valid yet is not (the service issues none with `nbf`).
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(secret.expose()),
             decoding: DecodingKey::from_secret(secret.expose()),
@@ -94,7 +96,7 @@ impl JwtKeys {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
-    /// Checks a token's signature, issuer, audience and expiry.
+    /// Checks a token's signature, issuer, audience, expiry and `nbf` when it has one.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
@@ -130,6 +132,26 @@ mod tests {
         assert_eq!(keys(2).verify(&token).unwrap_err(), TokenRejection::Invalid);
         assert_eq!(
             keys(1).verify("garbage").unwrap_err(),
+            TokenRejection::Invalid
+        );
+    }
+
+    /// A token signed with the right key but not valid before a time still to come.
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |nbf: u64| {
+            let claims = serde_json::json!({
+                "sub": Uuid::new_v4(), "email": "a@b.c", "role": "viewer", "iat": now,
+                "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE, "jti": Uuid::new_v4(),
+                "nbf": nbf,
+            });
+            let key = EncodingKey::from_secret(&[1; 32]);
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        assert!(keys(1).verify(&token(now)).is_ok());
+        assert_eq!(
+            keys(1).verify(&token(now + 30)).unwrap_err(),
             TokenRejection::Invalid
         );
     }
