@@ -90,13 +90,11 @@ async fn serve(config: FactoryConfig) -> anyhow::Result<()> {
         let consumer = events::consumer(&config).await?;
         anyhow::Ok((app, consumer))
     };
-    let (app, consumer) = tokio::select! {
-        started = started => started?,
-        () = shutdown.cancelled() => {
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
+    let Some(started) = shutdown.run_until_cancelled(started).await else {
+        tracing::info!("stopped during start-up");
+        return Ok(());
     };
+    let (app, consumer) = started?;
     tracing::info!("factory-service listening on http://{}", app.local_addr());
     // The scan-event consumer runs beside the API under the same shutdown token.
     let consumer = tokio::spawn(consumer.run(shutdown.clone()));

@@ -50,13 +50,11 @@ async fn run(config: ScanConfig) -> anyhow::Result<()> {
     // the process with exit 0, as it does later, instead of killing it.
     let shutdown = CancellationToken::new();
     common::server::cancel_on_signal(shutdown.clone());
-    let app = tokio::select! {
-        app = Application::build(config) => app?,
-        () = shutdown.cancelled() => {
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
+    let Some(app) = shutdown.run_until_cancelled(Application::build(config)).await else {
+        tracing::info!("stopped during start-up");
+        return Ok(());
     };
+    let app = app?;
     tracing::info!("scan-service listening on http://{}", app.local_addr());
     app.run_until_stopped(shutdown).await
 }
