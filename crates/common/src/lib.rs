@@ -13,6 +13,7 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;
 pub mod timestamp;
 
 pub use breaker::{BreakerError, BreakerState, CircuitBreaker};

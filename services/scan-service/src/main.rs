@@ -50,7 +50,10 @@ async fn run(config: ScanConfig) -> anyhow::Result<()> {
     // the process with exit 0, as it does later, instead of killing it.
     let shutdown = CancellationToken::new();
     common::server::cancel_on_signal(shutdown.clone());
-    let Some(app) = shutdown.run_until_cancelled(Application::build(config)).await else {
+    let Some(app) = shutdown
+        .run_until_cancelled(Application::build(config))
+        .await
+    else {
         tracing::info!("stopped during start-up");
         return Ok(());
     };

@@ -76,13 +76,7 @@ fn body_text(text: String) -> String {
     );
     // The message may quote the caller's own text (an unknown field's name): cut at a
     // character boundary.
-    if detail.len() > MAX_DETAIL {
-        let mut end = MAX_DETAIL;
-        while !detail.is_char_boundary(end) {
-            end -= 1;
-        }
-        detail.truncate(end);
-    }
+    detail.truncate(crate::text::truncated(&detail, MAX_DETAIL).len());
     detail
 }
 

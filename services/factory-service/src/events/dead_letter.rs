@@ -49,20 +49,14 @@ pub struct DeadLetter<'a> {
     pub subscription: &'a str,
 }
 
-/// `text` cut to at most `max` bytes, at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// The message to publish on the DLQ topic for `original`.
 pub fn to_dlq_message(original: &Message, letter: &DeadLetter<'_>, now: DateTime<Utc>) -> Message {
     let mut attributes = original_attributes(&original.attributes);
     attributes.insert(REASON.into(), letter.reason.into());
-    attributes.insert(ERROR.into(), cut(&letter.error, MAX_ERROR_BYTES).into());
+    attributes.insert(
+        ERROR.into(),
+        common::text::truncated(&letter.error, MAX_ERROR_BYTES).into(),
+    );
     attributes.insert(ORIGINAL_MESSAGE_ID.into(), original.message_id.clone());
     if let Some(attempt) = letter.delivery_attempt {
         attributes.insert(DELIVERY_ATTEMPT.into(), attempt.to_string());

@@ -95,20 +95,9 @@ impl ScanEvent {
             user_agent: user_agent
                 .map(str::trim)
                 .filter(|ua| !ua.is_empty())
-                .map(|ua| truncate(ua, MAX_USER_AGENT).to_owned()),
+                .map(|ua| common::text::truncated(ua, MAX_USER_AGENT).to_owned()),
         }
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Hashes client IPs for events, so the factory can count distinct scanners without learning
