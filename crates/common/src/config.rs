@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -71,7 +71,7 @@ pub struct Env {
     /// Variables of the process environment whose value is not UTF-8: no setting can use one.
     not_utf8: BTreeSet<String>,
     /// The first of those that configuration read (see [`Env::refuse_unreadable`]).
-    read_not_utf8: Arc<Mutex<Option<String>>>,
+    read_not_utf8: Arc<OnceLock<String>>,
 }
 
 impl Env {
@@ -110,10 +110,10 @@ impl Env {
     /// value reads as unset, so this is called once every setting is parsed: without it the
     /// default would be used in silence (a random `IP_HASH_KEY`, say).
     pub fn refuse_unreadable(&self) -> Result<(), ConfigError> {
-        match lock(&self.read_not_utf8).clone() {
+        match self.read_not_utf8.get() {
             None => Ok(()),
             Some(var) => Err(ConfigError {
-                var,
+                var: var.clone(),
                 shown: "<not UTF-8>".to_owned(),
                 problem: "not valid UTF-8".to_owned(),
                 expected: "UTF-8 text".to_owned(),
@@ -153,7 +153,8 @@ impl Env {
     /// [`Env::refuse_unreadable`]).
     pub fn raw(&self, var: &str) -> Option<&str> {
         if self.not_utf8.contains(var) {
-            lock(&self.read_not_utf8).get_or_insert_with(|| var.to_owned());
+            // The first one read is the one reported.
+            let _ = self.read_not_utf8.set(var.to_owned());
         }
         self.vars
             .get(var)
@@ -237,10 +238,6 @@ impl Env {
             })
             .unwrap_or_default()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: an `http://` or `https://` base URL with a host (traces go to
