@@ -96,8 +96,10 @@ pub struct ApiKeys {
     /// Each client network's budget of bad keys looked up.
     budgets: Arc<LocalBuckets>,
     budget_limits: BucketLimits,
-    /// Networks that spent it, until a token is back.
-    blocked: Arc<NearCache<String, Instant>>,
+    /// How long a token of it takes to come back.
+    token_every: Duration,
+    /// Networks that spent it, for a token's time: the budget's refusal and when it ends.
+    blocked: Arc<NearCache<String, (Verdict, Instant)>>,
     /// `scan_api_key_lookups_refused_total`.
     refused: Counter,
 }
@@ -114,6 +116,7 @@ impl ApiKeys {
         ip: BucketLimits,
     ) -> Self {
         let budget = bad_key_budget(ip);
+        let token_every = Duration::from_secs_f64(60.0 / f64::from(budget.per_minute));
         Self {
             pool,
             breaker,
@@ -124,11 +127,8 @@ impl ApiKeys {
             loads: metrics::counter!("scan_db_lookups_total", "kind" => "api_key"),
             budgets: Arc::new(LocalBuckets::new(LOOKUP_BUDGET_CLIENTS)),
             budget_limits: budget,
-            // An entry outlives its block by at most a token's time; `until` decides.
-            blocked: Arc::new(NearCache::new(
-                Duration::from_secs_f64(60.0 / f64::from(budget.per_minute)),
-                LOOKUP_BUDGET_CLIENTS,
-            )),
+            token_every,
+            blocked: Arc::new(NearCache::new(token_every, LOOKUP_BUDGET_CLIENTS)),
             refused: metrics::counter!("scan_api_key_lookups_refused_total"),
         }
     }
@@ -165,30 +165,20 @@ impl ApiKeys {
             return Ok(KeyCheck::Checked(cached));
         }
         let network = client();
-        if let Some(until) = self.blocked.get(&network) {
+        if let Some((refusal, until)) = self.blocked.get(&network) {
             self.refused.increment(1);
-            return Ok(KeyCheck::LookupsExhausted(self.refusal(until)));
+            // The budget's own refusal, its wait counted from now.
+            let wait = until.saturating_duration_since(Instant::now());
+            return Ok(KeyCheck::LookupsExhausted(Verdict {
+                retry_after_secs: (wait.as_secs_f64().ceil() as u64).max(1),
+                ..refusal
+            }));
         }
         // Concurrent requests with the same key wait for one query and share its answer.
         self.loading
             .get(&hash, || self.query(hash, cache_key, network))
             .await
             .map(KeyCheck::Checked)
-    }
-
-    /// The figures of a refusal while a network waits for a token until `until`.
-    fn refusal(&self, until: Instant) -> Verdict {
-        let wait = until.saturating_duration_since(Instant::now());
-        let retry_after_secs = (wait.as_secs_f64().ceil() as u64).max(1);
-        let limits = self.budget_limits;
-        let full_in = f64::from(limits.burst) * 60.0 / f64::from(limits.per_minute);
-        Verdict {
-            allowed: false,
-            limit: limits.per_minute,
-            remaining: 0,
-            reset_unix: crate::ratelimit::local::unix_now() + full_in.ceil() as u64,
-            retry_after_secs,
-        }
     }
 
     /// Looks the key up in the database for a request from `network`, which pays for it if
@@ -224,8 +214,8 @@ impl ApiKeys {
         if key.is_none() {
             let budget = self.budgets.take(&network, self.budget_limits);
             if !budget.allowed {
-                let token_every = Duration::from_secs_f64(60.0 / f64::from(budget.limit));
-                self.blocked.insert(network, Instant::now() + token_every);
+                let until = Instant::now() + self.token_every;
+                self.blocked.insert(network, (budget, until));
             }
         }
         Ok(key)
