@@ -119,25 +119,37 @@ pub struct ChildGuard(pub std::process::Child);
 
 impl ChildGuard {
     /// Sends it SIGTERM (`kill -TERM`).
-    pub fn terminate(&self) {
-        let sent = std::process::Command::new("kill")
+    pub fn terminate(&self) -> std::io::Result<()> {
+        let status = std::process::Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(sent, "SIGTERM sent to {}", self.0.id());
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -TERM {} failed: {status}",
+                self.0.id()
+            )))
+        }
     }
 
-    /// How it exited, waiting up to `within` for it to exit by itself; panics after that.
-    pub async fn exit_status(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+    /// How it exited, waiting up to `within` for it to exit by itself (a `TimedOut` error
+    /// after that).
+    pub async fn exit_status(
+        &mut self,
+        within: std::time::Duration,
+    ) -> std::io::Result<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;
         loop {
-            if let Some(status) = self.0.try_wait().expect("the child's status") {
-                return status;
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running {within:?} later"
-            );
+            if std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("still running {within:?} later"),
+                ));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }

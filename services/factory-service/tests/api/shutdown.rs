@@ -39,7 +39,10 @@ async fn sigterm_during_start_up_exits_zero() {
         .await
         .expect("the service connects to PostgreSQL at start-up")
         .unwrap();
-    child.terminate();
-    let exit = child.exit_status(Duration::from_secs(15)).await;
+    child.terminate().expect("SIGTERM sent");
+    let exit = child
+        .exit_status(Duration::from_secs(15))
+        .await
+        .expect("it exits within 15 s of SIGTERM");
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 }

@@ -37,14 +37,17 @@ async fn sigterm_drains_the_scan_in_flight_flushes_events_and_exits_zero() {
     let url = format!("http://{addr}/v1/scan/{tag}");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    child.terminate();
+    child.terminate().expect("SIGTERM sent");
 
     let answer = in_flight
         .await
         .unwrap()
         .expect("the scan in flight is answered, not cut off");
     assert_eq!(answer.status(), StatusCode::OK);
-    let exit = child.exit_status(Duration::from_secs(15)).await;
+    let exit = child
+        .exit_status(Duration::from_secs(15))
+        .await
+        .expect("it exits within 15 s of SIGTERM");
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 
     let got = receive(&mut stream, 1, Duration::from_secs(15)).await;
@@ -75,7 +78,10 @@ async fn sigterm_during_start_up_exits_zero() {
         .await
         .expect("the service connects to Redis at start-up")
         .unwrap();
-    child.terminate();
-    let exit = child.exit_status(Duration::from_secs(15)).await;
+    child.terminate().expect("SIGTERM sent");
+    let exit = child
+        .exit_status(Duration::from_secs(15))
+        .await
+        .expect("it exits within 15 s of SIGTERM");
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 }
