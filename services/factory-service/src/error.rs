@@ -217,6 +217,10 @@ fn internal() -> Response {
 }
 
 fn database_error(e: sqlx::Error) -> Response {
+    if postgres_unusable(&e) {
+        tracing::error!(error = %e, "database unavailable");
+        return FactoryError::Unavailable("postgres").into_response();
+    }
     if let Some(db) = e.as_database_error() {
         // Constraint violations are the caller's doing; say which rule, never the SQL.
         match db.code().as_deref() {
@@ -251,25 +255,24 @@ fn database_error(e: sqlx::Error) -> Response {
                     "A value is out of range or has the wrong form.",
                 );
             }
-            // The server is going away, or out of connections or resources: PostgreSQL is
-            // unusable for now. (A retry of a write is safe with an Idempotency-Key: a
-            // connection ended while a commit waited on replication may have committed.)
-            Some(code) if server_unavailable(code) => {
-                tracing::error!(error = %e, "database unavailable");
-                return FactoryError::Unavailable("postgres").into_response();
-            }
             _ => {}
         }
     }
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::error!(error = %e, "database unavailable");
-            FactoryError::Unavailable("postgres").into_response()
-        }
-        _ => {
-            tracing::error!(error = %e, "database error");
-            internal()
-        }
+    tracing::error!(error = %e, "database error");
+    internal()
+}
+
+/// Whether PostgreSQL is unusable for now, whatever the request: no connection to be had
+/// (pool time-out, socket error, pool closed), or the server says it is going away or out of
+/// connections or resources. (A retry of a write is safe with an Idempotency-Key: a connection
+/// ended while a commit waited on replication may have committed.)
+fn postgres_unusable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        _ => e
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| server_unavailable(&code)),
     }
 }
 
