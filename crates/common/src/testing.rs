@@ -155,6 +155,32 @@ impl ChildGuard {
     }
 }
 
+/// How the service `command` starts exits when SIGTERM comes while its start-up waits on
+/// `dependency`: a listener the test holds, which accepts connections and never answers. Waits
+/// up to 20 s for the service's first connection to it, then up to 15 s for the exit.
+pub async fn exit_on_sigterm_during_start_up(
+    command: &mut std::process::Command,
+    dependency: &tokio::net::TcpListener,
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::process::Stdio;
+    let mut child = ChildGuard(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let _held = tokio::time::timeout(std::time::Duration::from_secs(20), dependency.accept())
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the service did not connect to the dependency within 20 s",
+            )
+        })??;
+    child.terminate()?;
+    child.exit_status(std::time::Duration::from_secs(15)).await
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -1,9 +1,8 @@
 //! SIGTERM on the real binary (CONTRACT 1) while start-up is still under way.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::testing::{ChildGuard, TestDb, env_for};
+use common::testing::{TestDb, env_for, exit_on_sigterm_during_start_up};
 
 /// SIGTERM while start-up waits on PostgreSQL (here a server that accepts connections and
 /// never answers, so creating the bootstrap admin waits out the pool's 3 s) stops `serve`
@@ -17,7 +16,7 @@ async fn sigterm_during_start_up_exits_zero() {
         "postgres://postgres@{}/voketag",
         silent.local_addr().unwrap()
     );
-    let mut child = ChildGuard(
+    let exit = exit_on_sigterm_during_start_up(
         Command::new(env!("CARGO_BIN_EXE_factory-service"))
             .envs(env_for(&db).vars())
             .env("DATABASE_URL", &database_url)
@@ -28,21 +27,10 @@ async fn sigterm_during_start_up_exits_zero() {
             )
             .env("BOOTSTRAP_ADMIN_EMAIL", "admin@example.com")
             .env("BOOTSTRAP_ADMIN_PASSWORD", "a bootstrap password")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the factory-service binary starts"),
-    );
-    // Its first connection to the silent PostgreSQL: start-up is under way, waiting on it.
-    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
-        .await
-        .expect("the service connects to PostgreSQL at start-up")
-        .unwrap();
-    child.terminate().expect("SIGTERM sent");
-    let exit = child
-        .exit_status(Duration::from_secs(15))
-        .await
-        .expect("it exits within 15 s of SIGTERM");
+            .env("RUST_LOG", "warn"),
+        &silent,
+    )
+    .await
+    .expect("it connects to PostgreSQL, then exits within 15 s of SIGTERM");
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 }

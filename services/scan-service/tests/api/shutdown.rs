@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::testing::ChildGuard;
+use common::testing::{ChildGuard, exit_on_sigterm_during_start_up};
 use reqwest::StatusCode;
 
 use crate::helpers::{TestEnv, receive};
@@ -63,25 +63,14 @@ async fn sigterm_during_start_up_exits_zero() {
     let env = TestEnv::new().await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let redis_url = format!("redis://{}", silent.local_addr().unwrap());
-    let mut child = ChildGuard(
+    let exit = exit_on_sigterm_during_start_up(
         Command::new(env!("CARGO_BIN_EXE_scan-service"))
             .envs(env.env.vars())
             .env("REDIS_URL", &redis_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the scan-service binary starts"),
-    );
-    // Its first connection to the silent Redis: start-up is under way, waiting on it.
-    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
-        .await
-        .expect("the service connects to Redis at start-up")
-        .unwrap();
-    child.terminate().expect("SIGTERM sent");
-    let exit = child
-        .exit_status(Duration::from_secs(15))
-        .await
-        .expect("it exits within 15 s of SIGTERM");
+            .env("RUST_LOG", "warn"),
+        &silent,
+    )
+    .await
+    .expect("it connects to Redis, then exits within 15 s of SIGTERM");
     assert_eq!(exit.code(), Some(0), "exit status after SIGTERM: {exit}");
 }
