@@ -50,6 +50,9 @@ locals {
       REQUEST_TIMEOUT_SEC = "5"
     }
     factory = {
+      # The worker service consumes the scan events; the API's instances, whose CPU is
+      # throttled between requests, neither pull nor have the right to (iam.tf).
+      SCAN_EVENTS_CONSUMER   = "false"
       MAX_DELIVERY_ATTEMPTS  = tostring(var.max_delivery_attempts)
       CORS_ORIGINS           = join(",", var.cors_origins)
       AUDIT_SIGNING_KEY_FILE = var.audit_signing_key_present ? "${local.audit_key_dir}/key.pem" : ""

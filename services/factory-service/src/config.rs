@@ -26,6 +26,10 @@ pub struct FactoryConfig {
     /// `SCAN_EVENTS_STREAMS`, `_MAX_OUTSTANDING`, `_BATCH_SIZE`, `_BATCH_WAIT_MS`,
     /// `_DB_CONNECTIONS`: how one scan-event consumer pulls and batches.
     pub scan_events: crate::events::settings::ConsumerConfig,
+    /// `SCAN_EVENTS_CONSUMER` (default true): whether `serve` runs the scan-event consumer
+    /// beside the API. A deployment whose `worker`s consume turns it off, so that the API's
+    /// instances neither pull nor need the right to. `worker` always consumes.
+    pub serve_consumer: bool,
     /// `AUDIT_*`: the audit log's signing key and checkpoint/verification cadence.
     pub audit: crate::audit::AuditConfig,
 }
@@ -113,6 +117,7 @@ impl FactoryConfig {
             idempotency_ttl: Duration::from_secs(idempotency_secs),
             max_delivery_attempts: env.int_in("MAX_DELIVERY_ATTEMPTS", 5, 1, 100)?,
             scan_events: crate::events::settings::ConsumerConfig::from_env(env)?,
+            serve_consumer: env.bool("SCAN_EVENTS_CONSUMER", true)?,
             audit: crate::audit::AuditConfig::from_env(env)?,
         })
     }

@@ -87,7 +87,11 @@ async fn serve(config: FactoryConfig) -> anyhow::Result<()> {
     let started = async {
         // The API first: it binds `BIND_ADDR` before anything connects.
         let app = Application::build(config.clone()).await?;
-        let consumer = events::consumer(&config).await?;
+        let consumer = if config.serve_consumer {
+            Some(events::consumer(&config).await?)
+        } else {
+            None
+        };
         anyhow::Ok((app, consumer))
     };
     let Some(started) = shutdown.run_until_cancelled(started).await else {
@@ -96,12 +100,15 @@ async fn serve(config: FactoryConfig) -> anyhow::Result<()> {
     };
     let (app, consumer) = started?;
     tracing::info!("factory-service listening on http://{}", app.local_addr());
-    // The scan-event consumer runs beside the API under the same shutdown token.
-    let consumer = tokio::spawn(consumer.run(shutdown.clone()));
+    // The scan-event consumer, unless `SCAN_EVENTS_CONSUMER=false`, runs beside the API under
+    // the same shutdown token.
+    let consumer = consumer.map(|c| tokio::spawn(c.run(shutdown.clone())));
     let served = app.run_until_stopped(shutdown.clone()).await;
     // Stop the consumer too if serving ended on its own, and let it settle in-flight events.
     shutdown.cancel();
-    if let Err(e) = consumer.await {
+    if let Some(task) = consumer
+        && let Err(e) = task.await
+    {
         tracing::error!(error = %e, "the scan-event consumer task failed");
     }
     served

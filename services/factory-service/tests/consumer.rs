@@ -806,6 +806,55 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     );
 }
 
+/// A deployment whose workers consume (infra/terraform) runs `serve` with
+/// `SCAN_EVENTS_CONSUMER=false`: its instances neither pull nor need the right to.
+#[tokio::test]
+async fn serve_with_the_consumer_turned_off_leaves_the_events_to_the_workers() {
+    let s = set_up(5).await;
+    let db = TestDb::new().await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let mut serve = common::testing::ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+            .arg("serve")
+            .envs(common::testing::env_for(&db).vars())
+            .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
+            .env("SCAN_EVENTS_TOPIC", &s.pubsub.topic)
+            .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
+            .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
+            .env("PUBSUB_EMULATOR_HOST", emulator())
+            .env("SCAN_EVENTS_CONSUMER", "false")
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env(
+                "JWT_SECRET",
+                "an-integration-test-secret-of-48-bytes-0123456789",
+            )
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start serve"),
+    );
+    let stdout = serve.0.stdout.take().expect("piped stdout");
+    let addr = common::testing::logged_address(stdout, "factory-service listening on http://")
+        .await
+        .expect("serve logs where it listens");
+    let client = reqwest::Client::new();
+    common::testing::ready_within(&client, &format!("http://{addr}"), WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("serve's /readyz: {e}"));
+
+    // Published while serve is up: a consumer of its own would have its streams open by now
+    // and take the event. The worker started after it gets it instead.
+    publish_event(&s, &event(&tag, Utc::now())).await;
+    let worker = Running::start(&s, db.pool.clone()).await;
+    eventually("the scan to be counted", || async {
+        (scan_state(&db.pool, &tag).await.0 == 1).then_some(())
+    })
+    .await;
+    assert_eq!(worker.settled.load(Ordering::Relaxed), 1);
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn dlq_list_and_replay_fail_when_pub_sub_is_unreachable_rather_than_showing_nothing() {
     let mut settings = settings(5);
