@@ -29,7 +29,10 @@ locals {
     REDIS_TIMEOUT_MS            = tostring(var.redis_timeout_ms)
     CIRCUIT_BREAKER_THRESHOLD   = "5"
     CIRCUIT_BREAKER_TIMEOUT_SEC = "60"
-    TRUSTED_PROXIES             = join(",", var.trusted_proxies)
+    # The load balancer appends the client's address and then its own forwarding rule's
+    # (`X-Forwarded-For: <client's claims>, <client>, <this address>`), so that address is a
+    # trusted hop too; without it every request would seem to come from the load balancer.
+    TRUSTED_PROXIES             = join(",", concat(var.trusted_proxies, ["${google_compute_global_address.lb.address}/32"]))
     OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint
   }
 

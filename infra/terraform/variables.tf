@@ -107,7 +107,7 @@ variable "otlp_endpoint" {
 }
 
 variable "trusted_proxies" {
-  description = "TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed. The defaults are Google's front ends and load balancers."
+  description = "TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed. The defaults are Google's front ends and load balancers; run.tf adds the load balancer's own address."
   type        = list(string)
   default     = ["35.191.0.0/16", "130.211.0.0/22", "169.254.0.0/16"]
 }
