@@ -8,7 +8,7 @@
 #     active-passive split that an operator flips (DISASTER_RECOVERY.md).
 # Per-region probe paths (/_probe/<region>/<app>) reach one region each, so the uptime checks
 # at the end see a regional outage even while the load balancer hides it from users.
-# Routing: /v1/scan/* to scan, everything else to factory.
+# Routing: /v1/scan/* to scan, /metrics and /readyz nowhere (404), everything else to factory.
 
 locals {
   public_apps = ["scan", "factory"]
@@ -94,6 +94,29 @@ resource "google_compute_url_map" "https" {
       service  = google_compute_backend_service.app["scan"].id
       match_rules {
         prefix_match = "/v1/scan/"
+      }
+    }
+
+    # The services' operational endpoints are for the platform, not the internet: /metrics
+    # shows the traffic and /readyz names failing dependencies and reaches each of them. Cloud
+    # Run's probes and a metrics collector use the container port directly, and the uptime
+    # checks use /_probe/ (below), so the load balancer answers 404 for these itself.
+    route_rules {
+      priority = 2
+      service  = google_compute_backend_service.app["factory"].id
+      match_rules {
+        full_path_match = "/metrics"
+      }
+      match_rules {
+        full_path_match = "/readyz"
+      }
+      route_action {
+        fault_injection_policy {
+          abort {
+            http_status = 404
+            percentage  = 100
+          }
+        }
       }
     }
 
