@@ -176,7 +176,11 @@ async fn behind_a_proxy(db: &TestDb) -> (Proxy, PgPool) {
     let proxy = Proxy::start(target).await.expect("proxy");
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy(&format!("{head}@127.0.0.1:{}/{name}", proxy.port))
+        // In clear, so that the proxy can stall on what it reads.
+        .connect_lazy(&format!(
+            "{head}@127.0.0.1:{}/{name}?sslmode=disable",
+            proxy.port
+        ))
         .expect("lazy pool");
     (proxy, pool)
 }
