@@ -132,6 +132,17 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         guard.release().await;
         return Response::from_parts(parts, Body::from(body));
     }
+    if parts.status.is_client_error()
+        && let Some(record) = recorded(&state, &key).await
+    {
+        // A 4xx is kept in Redis only, and it may be this run's answer to what another run of
+        // the key did: a duplicate SKU, say, because that run committed while this one ran.
+        // Two runs of a key overlap only when its claim was lost (Redis failing over or
+        // evicting, the lease running out) or given back by a run whose COMMIT was already on
+        // its way when it was abandoned. PostgreSQL's record is then the key's result.
+        guard.release().await;
+        return record;
+    }
     let Some((redis, _, claim_value)) = guard.0.take() else {
         return Response::from_parts(parts, Body::from(body));
     };
@@ -156,11 +167,13 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     Response::from_parts(parts, Body::from(body))
 }
 
-/// The result PostgreSQL holds for `key`, as a replay, while Redis still shows a claim on it.
-/// The claim's run may have committed and then failed to store its result in Redis (Redis
-/// failing at that moment, or the process dying): without this, retries would get 409 until
-/// the claim's lease ran out. `None` (answer 409) when there is no record yet or it cannot be
-/// read: a run is then really in flight, or may be.
+/// The result PostgreSQL holds for `key`, as a replay (or the 422 when it holds another
+/// request's), looked up in a statement of its own. Used while Redis still shows a claim on
+/// the key: the claim's run may have committed and then failed to store its result in Redis
+/// (Redis failing at that moment, or the process dying), and without this, retries would get
+/// 409 until the claim's lease ran out. And after a 4xx, which another run's committed record
+/// may explain. `None` when there is no record or it cannot be read: a 409 for a claim (a run
+/// is then really in flight, or may be), the 4xx itself after one.
 async fn recorded(state: &AppState, key: &IdempotencyKey) -> Option<Response> {
     let found = async {
         let mut conn = state.pool.acquire().await?;
@@ -215,8 +228,11 @@ fn is_idempotency_refusal(status: StatusCode, body: &[u8]) -> bool {
 
 /// Holds our claim while the handler runs. If the request is abandoned (client gone, request
 /// timeout) the claim is given back in the background instead of blocking retries with 409
-/// until its lease runs out. That is always safe: the handler's transaction either rolled back
-/// (the retry must run) or committed together with its idempotency record (the retry replays).
+/// until its lease runs out. The handler's transaction then rolls back (the retry must run) or
+/// commits together with its idempotency record (the retry replays). It may still be
+/// committing: a COMMIT already sent is carried out. A retry overlapping it either waits on
+/// the record and backs out (`idempotency_key_in_use`), or fails on the side effect (a 4xx)
+/// and replays the record instead (see the 4xx check above).
 struct ClaimGuard(Option<(Redis, IdempotencyKey, String)>);
 
 impl ClaimGuard {

@@ -422,6 +422,84 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
 }
 
 #[tokio::test]
+async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_replays_its_record() {
+    // Two runs of one key overlap when its claim is lost (Redis failing over, the lease running
+    // out) or given back by a run abandoned while its COMMIT was on its way. The other run is
+    // played here by the test: it has created the product and recorded its result, and has
+    // not committed yet when this run begins.
+    let app = spawn_app().await;
+    let email = app.user(Role::Operator).await;
+    let op = app.login(&email).await;
+    let user_id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let req = json!({"name": "Overlap", "sku": "OVERLAP-1"});
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(b"POST\n/v1/products\n");
+    fingerprint.update(serde_json::to_vec(&req).unwrap());
+    let key = IdempotencyKey {
+        user_id,
+        key_hash: Sha256::digest(b"overlap").into(),
+        fingerprint: fingerprint.finalize().into(),
+        seal: SealKey::derive(b"overlap", user_id).unwrap(),
+    };
+    let product = Uuid::new_v4();
+    let other_result = json!({"id": product, "name": "Overlap", "sku": "OVERLAP-1"});
+    let mut other = app.db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'Overlap', 'OVERLAP-1')")
+        .bind(product)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert!(
+        record::save(
+            &mut other,
+            &key,
+            Duration::from_secs(86_400),
+            201,
+            &key.seal_body(&serde_json::to_vec(&other_result).unwrap())
+                .unwrap()
+        )
+        .await
+        .unwrap()
+    );
+
+    let this_run = app.post("/v1/products", &op.access, &req, Some("overlap"));
+    let other_commits = async {
+        // This run finds no record yet, and its insert waits on the other run's SKU.
+        let mut waiting = 0;
+        for _ in 0..600 {
+            waiting = app
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                       AND query LIKE 'INSERT INTO products%'",
+                )
+                .await;
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(waiting, 1, "this run waits on the other run's SKU");
+        other.commit().await.unwrap();
+    };
+    let (this_run, ()) = tokio::join!(this_run, other_commits);
+    // The duplicate SKU this run ran into is the other run's product: its result is the key's.
+    assert_eq!(this_run.status(), 201);
+    assert_eq!(this_run.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(this_run).await, other_result);
+    let retry = app
+        .post("/v1/products", &op.access, &req, Some("overlap"))
+        .await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(body(retry).await, other_result);
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+}
+
+#[tokio::test]
 async fn a_role_refusal_is_not_stored() {
     let app = spawn_app().await;
     let email = app.user(Role::Viewer).await;
