@@ -373,6 +373,18 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
         simple.headers()["access-control-allow-origin"],
         "https://admin.example.com"
     );
+    // An error from a panic is readable by the console too.
+    let panicked = c
+        .get(format!("{base}/panic"))
+        .header("origin", "https://admin.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(panicked.status(), 500);
+    assert_eq!(
+        panicked.headers()["access-control-allow-origin"],
+        "https://admin.example.com"
+    );
     let exposed = simple.headers()["access-control-expose-headers"]
         .to_str()
         .unwrap()

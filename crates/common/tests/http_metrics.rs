@@ -24,7 +24,16 @@ async fn requests_are_counted_per_route_method_and_status() {
             "/things/{id}",
             get(|| async { "ok" }).post(|| async { StatusCode::CREATED }),
         )
-        .route("/broken", get(|| async { StatusCode::SERVICE_UNAVAILABLE }));
+        .route("/broken", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .route(
+            "/panics",
+            get(|| async {
+                if true {
+                    panic!("a handler bug");
+                }
+                "unreachable"
+            }),
+        );
     let (base, stop) = support::serve_hardened(app).await;
     let client = reqwest::Client::new();
     for (method, path, times) in [
@@ -33,6 +42,7 @@ async fn requests_are_counted_per_route_method_and_status() {
         ("POST", "/things/c", 4),
         ("GET", "/broken", 2),
         ("GET", "/nowhere", 1),
+        ("GET", "/panics", 1),
     ] {
         for _ in 0..times {
             let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -64,6 +74,8 @@ async fn requests_are_counted_per_route_method_and_status() {
         Some(4.0)
     );
     assert_eq!(count(&[r#"route="/broken""#, r#"status="503""#]), Some(2.0));
+    // A panic's 500 counts against availability like any other.
+    assert_eq!(count(&[r#"route="/panics""#, r#"status="500""#]), Some(1.0));
     assert_eq!(
         count(&[r#"route="unmatched""#, r#"status="404""#]),
         Some(1.0)

@@ -11,6 +11,7 @@ pub mod security_headers;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
+use axum::response::Response;
 use tower::ServiceBuilder;
 use tower::util::MapResponseLayer;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -27,7 +28,7 @@ pub use json::Json;
 use crate::config::HttpConfig;
 
 /// Wraps `router` (routes and fallback) in the hardening stack, outermost first: security
-/// headers, request id, panic catcher, CORS, trace span and metrics, JSON errors, body limit,
+/// headers, request id, CORS, trace span and metrics, panic catcher, JSON errors, body limit,
 /// timeout, client IP. Serve the result with [`crate::server::serve`], which gives every request
 /// its peer address as `ConnectInfo<SocketAddr>`.
 ///
@@ -58,16 +59,12 @@ pub fn harden(router: Router, config: &HttpConfig) -> Router {
                 header::COOKIE,
                 header::HeaderName::from_static("x-api-key"),
             ]))
-            .layer(CatchPanicLayer::custom(|_| {
-                error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "Something went wrong on our side.",
-                )
-            }))
             .option_layer(cors_only_for_allowed)
             .option_layer(cors)
             .layer(observe::ObserveLayer::new())
+            // Inside the span, the metrics and CORS: a panic's 500 is logged with the request
+            // id, counted like any other answer, and readable by an allowed origin.
+            .layer(CatchPanicLayer::custom(panicked))
             .map_response(error::json_errors)
             .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
             .layer(TimeoutLayer::with_status_code(
@@ -81,4 +78,20 @@ pub fn harden(router: Router, config: &HttpConfig) -> Router {
 
 async fn fallback() -> axum::response::Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "No such resource.")
+}
+
+/// The answer to a request whose handling panicked; the panic is logged (the client sees none
+/// of it).
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> Response {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "handling the request panicked");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Something went wrong on our side.",
+    )
 }
