@@ -13,13 +13,20 @@ cargo build --release -q -p scan-service -p factory-service --bins --example aud
 # The scan service is measured in its profile-guided build (scripts/pgo.sh, about 10 minutes
 # more), the one its image is built as after `make pgo`. Its profile stays in target/ (pgo/ is
 # `make pgo`'s, for the image). BENCH_PGO=0 measures the plain release build instead; --quick
-# runs and runs that leave out the scan section skip it.
+# runs and runs that leave out the scan section skip it. Where the profile-guided build cannot be
+# made (rustup's llvm-tools is not installed and cannot be fetched), the plain build is measured,
+# with a warning, and the report says which build it measured.
 unset SCAN_SERVICE_BIN
 args=" $* "
 if [ "${BENCH_PGO:-1}" != 0 ] && [[ "$args" != *" --quick "* ]] &&
    [[ "$args" != *" --only"* || "$args" == *scan* ]]; then
-  SCAN_SERVICE_BIN=$(PGO_RELEASE_BUILT=1 PGO_DIR=target/pgo-bench scripts/pgo.sh | tail -n 1)
-  export SCAN_SERVICE_BIN
+  if SCAN_SERVICE_BIN=$(PGO_RELEASE_BUILT=1 PGO_DIR=target/pgo-bench scripts/pgo.sh | tail -n 1) &&
+     [ -x "$SCAN_SERVICE_BIN" ]; then
+    export SCAN_SERVICE_BIN
+  else
+    unset SCAN_SERVICE_BIN
+    echo "[bench] warning: no profile-guided scan-service (see [pgo] above); measuring the plain release build" >&2
+  fi
 fi
 # An emulator left spinning by a test run would take CPU from every measurement.
 scripts/dev-services.sh quiet-emulator
