@@ -949,6 +949,67 @@ async fn the_background_verifier_works_incrementally_and_reports_a_break() {
     );
 }
 
+/// Someone who can write to the database turns every event into a legacy one, sets the head to
+/// match and deletes the checkpoints: the chain then looks like a log from before the format.
+async fn downgrade_the_whole_chain_to_legacy(pool: &PgPool) {
+    tamper(
+        pool,
+        "UPDATE audit_events SET version = 1, prev_hash = NULL, hash = NULL, signature = NULL, \
+           key_id = NULL; \
+         UPDATE audit_chain_head SET hash = decode(repeat('00', 32), 'hex'); \
+         DELETE FROM audit_checkpoints",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_chain_rewritten_as_legacy_rows_does_not_clear_the_background_verifiers_break() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    let mut job = IncrementalVerifier::new(KeyRing::new(UnknownKeys::Skip));
+    append_n(&db.pool, &audit, 5).await;
+    assert!(job.run_once(&db.pool).await.unwrap().broken.is_none());
+    downgrade_the_whole_chain_to_legacy(&db.pool).await;
+    // The next run notices (the head no longer matches what it verified); the runs after a
+    // break are full passes, which alone would find an intact log of 5 legacy events.
+    for _ in 0..3 {
+        let v = job.run_once(&db.pool).await.unwrap();
+        let b = v.broken.as_ref().expect("the break stays reported");
+        assert!(
+            matches!(
+                b.reason,
+                BreakReason::HeadMismatch | BreakReason::CheckpointMismatch
+            ),
+            "{b:?}"
+        );
+    }
+    let fresh = verify_hashes(&db.pool).await;
+    assert!(fresh.broken.is_none(), "{:?}", fresh.broken);
+    assert_eq!(fresh.report().legacy_events, 5);
+}
+
+#[tokio::test]
+async fn legacy_rows_fail_a_verification_that_requires_signatures() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&db.pool, &audit, 4).await;
+    let required = || ring(&[(Some("k1"), K1_PUB)]).require_signatures();
+    assert!(
+        verify_with(&db.pool, &mut required(), &[])
+            .await
+            .broken
+            .is_none()
+    );
+    downgrade_the_whole_chain_to_legacy(&db.pool).await;
+    // Without signatures required it reads as a pre-chain log; with them, it cannot pass.
+    assert!(verify_hashes(&db.pool).await.broken.is_none());
+    assert_broken(
+        &verify_with(&db.pool, &mut required(), &[]).await,
+        1,
+        BreakReason::BadSignature,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The HTTP routes, on the real application.
 

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint;
+use super::checkpoint::{self, Checkpoint};
 use super::config::AuditConfig;
 use super::error::AuditError;
 use super::signing::{KeyRing, Signer, UnknownKeys};
@@ -112,6 +112,8 @@ pub async fn run_checkpointer(
 pub struct IncrementalVerifier {
     keys: KeyRing,
     state: ChainState,
+    /// When `state` was verified.
+    verified_at: chrono::DateTime<chrono::Utc>,
     runs: u64,
     /// The last break reported, so a persisting break is counted once.
     reported: Option<(i64, &'static str)>,
@@ -123,6 +125,7 @@ impl IncrementalVerifier {
         Self {
             keys,
             state: ChainState::default(),
+            verified_at: chrono::Utc::now(),
             runs: 0,
             reported: None,
         }
@@ -133,15 +136,16 @@ impl IncrementalVerifier {
     pub async fn run_once(&mut self, pool: &PgPool) -> Result<Verification, AuditError> {
         let full = self.runs.is_multiple_of(FULL_PASS_EVERY) || self.reported.is_some();
         self.runs += 1;
-        let from = if full {
-            ChainState::default()
+        let (from, remembered) = if full {
+            (ChainState::default(), self.verified_head())
         } else {
-            self.state.clone()
+            (self.state.clone(), None)
         };
-        let result = verify::verify(pool, &mut self.keys, &[], from).await?;
+        let result = verify::verify(pool, &mut self.keys, remembered.as_slice(), from).await?;
         match &result.broken {
             None => {
                 self.state = result.state.clone();
+                self.verified_at = chrono::Utc::now();
                 self.reported = None;
                 metrics::gauge!("audit_chain_verified_seq").set(self.state.last_seq as f64);
             }
@@ -160,6 +164,22 @@ impl IncrementalVerifier {
             }
         }
         Ok(result)
+    }
+
+    /// The head an earlier run verified, as a checkpoint held in this process's memory, out
+    /// of reach of whoever can write to the database. A full pass checks the chain against it,
+    /// like against a stored checkpoint: someone who rewrote the whole chain (recomputing every
+    /// hash, or turning every event into a legacy one, with the head row to match) and deleted
+    /// the stored checkpoints would otherwise pass the full pass that follows the incremental
+    /// run that noticed, and the break would clear itself.
+    fn verified_head(&self) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            seq: self.state.last_seq,
+            hash: self.state.last_hash?,
+            signed_at: self.verified_at,
+            key_id: None,
+            signature: None,
+        })
     }
 
     /// Runs now and then every `interval` until `shutdown`.

@@ -175,6 +175,17 @@ impl RowChecker<'_> {
                         "a version-1 event after the chain started".into(),
                     );
                 }
+                // A legacy row is unsigned by nature. Were legacy rows allowed here, anyone
+                // able to write to the database could turn the whole chain into legacy rows
+                // (and the head into zeros) and pass a check that requires signatures.
+                if self.keys.signatures_required() {
+                    return Self::broken(
+                        row.seq,
+                        BreakReason::BadSignature,
+                        "a legacy (version-1) event is not signed, and signatures are required"
+                            .into(),
+                    );
+                }
                 self.state.legacy_events += 1;
                 self.state.last_seq = row.seq;
                 if let Some(slot) = self.wanted.get_mut(&row.seq) {
@@ -467,7 +478,7 @@ fn checkpoint_break(
             seq: verified_to + 1,
             reason: BreakReason::TailTruncated,
             detail: format!(
-                "the chain ends at seq {verified_to} but a checkpoint (signed at {}) covers seq {}",
+                "the chain ends at seq {verified_to} but a checkpoint of {} covers seq {}",
                 super::canonical::timestamp(&cp.signed_at),
                 cp.seq
             ),
