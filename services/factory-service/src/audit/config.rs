@@ -69,7 +69,7 @@ impl AuditConfig {
                         path,
                         false,
                         e,
-                        "a readable PKCS#8 PEM RSA private key of 2048 to 8192 bits",
+                        "a readable PKCS#8 PEM RSA private key of 2048 to 4096 bits",
                     )
                 })?,
             )),

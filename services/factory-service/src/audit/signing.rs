@@ -69,7 +69,7 @@ impl Signer {
             .to_pkcs8_der()
             .map_err(|e| invalid(format!("cannot re-encode ({e})")))?;
         let key_pair = RsaKeyPair::from_pkcs8(der.as_bytes())
-            .map_err(|e| invalid(format!("unusable for RSA signing ({e}); 2048 to 8192 bits")))?;
+            .map_err(|e| invalid(format!("unusable for RSA signing ({e}); 2048 to 4096 bits")))?;
         let public = PublicKey::from_rsa(&private.to_public_key())?;
         let key_id = match key_id {
             Some(id) if valid_key_id(id) => id.to_owned(),
