@@ -3,18 +3,19 @@
 #   docker build -f docker/factory-service.Dockerfile -t voketag/factory-service .
 
 # ---- build ---------------------------------------------------------------------------------
-FROM rust:1.91-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 # cmake and clang: aws-lc-sys (rustls' crypto provider) compiles C.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake clang \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Any sqlx::query! macro is checked against committed .sqlx metadata (cargo sqlx prepare), never a live DB.
+# No sqlx::query! macros (runtime queries only); SQLX_OFFLINE keeps one from ever reaching for a
+# live database at build time.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 COPY . .
 # The caches keep the registry and target dir between builds; the binary is copied out of the
 # cache mount because mounts are not part of the image.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,id=voketag-target-factory-service \
     cargo build --release -p factory-service --locked \
  && install -D -m 0755 target/release/factory-service /out/factory-service

@@ -21,7 +21,7 @@ COPY . .
 # so a profile made by another rustc than this image's (pgo/scan-service.rustc) fails the build
 # rather than silently optimizing nothing. `--target` keeps the profile off build scripts and
 # proc macros.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,id=voketag-target-scan-service \
     host=$(rustc -vV | sed -n 's/^host: //p') && [ -n "$host" ] \
  && if [ -f pgo/scan-service.profdata ]; then \
