@@ -89,16 +89,20 @@ impl Application {
         if let Some(admin) = config.auth.bootstrap_admin.clone() {
             bootstrap(state.clone(), admin).await;
         }
-        // `serve` runs the scan-event consumer beside the API, so its subscription is one of
-        // this process's dependencies too.
-        let pubsub = crate::events::readiness(&config.common.pubsub)
-            .await
-            .context("creating the Pub/Sub readiness client")?;
-        let router = crate::routes::router(state.clone()).merge(health::routes(vec![
+        let mut checks = vec![
             ReadinessCheck::postgres(pool),
             ReadinessCheck::redis(redis_pool),
-            pubsub,
-        ]));
+        ];
+        // `serve` runs the scan-event consumer beside the API unless `SCAN_EVENTS_CONSUMER` is
+        // off, and then its subscription is one of this process's dependencies too.
+        if config.serve_consumer {
+            checks.push(
+                crate::events::readiness(&config.common.pubsub)
+                    .await
+                    .context("creating the Pub/Sub readiness client")?,
+            );
+        }
+        let router = crate::routes::router(state.clone()).merge(health::routes(checks));
         // The admin console's pages (public; its API calls carry the bearer token).
         let router = router.merge(crate::admin::routes());
         let router = common::http::harden(router, &config.common.http);

@@ -843,9 +843,15 @@ async fn serve_with_the_consumer_turned_off_leaves_the_events_to_the_workers() {
         .await
         .expect("serve logs where it listens");
     let client = reqwest::Client::new();
-    common::testing::ready_within(&client, &format!("http://{addr}"), WAIT)
+    let ready = common::testing::ready_within(&client, &format!("http://{addr}"), WAIT)
         .await
         .unwrap_or_else(|e| panic!("serve's /readyz: {e}"));
+    // Pub/Sub is not one of its dependencies any more.
+    assert_eq!(
+        ready["checks"],
+        serde_json::json!({"postgres": "ok", "redis": "ok"}),
+        "{ready}"
+    );
 
     // Published while serve is up: a consumer of its own would have its streams open by now
     // and take the event. The worker started after it gets it instead.
