@@ -184,18 +184,20 @@ async fn recorded(state: &AppState, key: &IdempotencyKey) -> Option<Response> {
         // PostgreSQL holds another request's result for the key.
         Ok(Err(e @ FactoryError::IdempotencyKeyReused)) => Some(e.into_response()),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "idempotency record not readable; answering 409");
+            tracing::warn!(error = %e, "idempotency record not readable; answering without it");
             None
         }
         Err(_) => {
-            tracing::warn!("idempotency record look-up timed out; answering 409");
+            tracing::warn!("idempotency record look-up timed out; answering without it");
             None
         }
     }
 }
 
-/// How long the 409 path looks for a committed record before answering 409 anyway (with
-/// PostgreSQL away, the pool would otherwise wait out its 3 s acquire timeout).
+/// How long [`recorded`] looks for a committed record before the answer goes without it (409
+/// for a claim, the 4xx itself after one): with PostgreSQL away, the pool would otherwise wait
+/// out its 3 s acquire timeout. A keyed 4xx pays this look-up, so with PostgreSQL away such an
+/// answer can come up to this much later.
 const RECORD_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Responses that refuse the request before the handler acted, for reasons outside the

@@ -6,7 +6,8 @@
 //!   header, fingerprints the request (SHA-256 of method, path and body), claims the key in
 //!   Redis (SET NX with a lease), answers 409/422 or replays a finished result (from
 //!   PostgreSQL when a claim is still held for a run that committed there), and after the
-//!   handler stores the response if its claim still holds the key. Not stored (the claim is
+//!   handler stores the response if its claim still holds the key. A 4xx gives way to a record
+//!   PostgreSQL holds for the key (another run of it committed while this one ran). Not stored (the claim is
 //!   released instead): 5xx, 401/403/415/429 (refused before the handler acted, for reasons
 //!   outside the fingerprint) and the 409/422 [`Idempotency`] answers when another run's
 //!   record is already in PostgreSQL (that record is the key's result). Redis unusable: 503
