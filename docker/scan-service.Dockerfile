@@ -10,7 +10,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake clang \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Any sqlx::query! macro is checked against committed .sqlx metadata (cargo sqlx prepare), never a live DB.
+# No sqlx::query! macros (runtime queries only); SQLX_OFFLINE keeps one from ever reaching for a
+# live database at build time.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 COPY . .
 # The caches keep the registry and target dir between builds; the binary is copied out of the
