@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -10,6 +10,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 use serde_json::json;
 
 /// A dependency readiness probe: `Ok` when it answers.
@@ -158,8 +160,41 @@ pub type Sampler = Arc<dyn Fn() + Send + Sync>;
 #[derive(Clone)]
 struct HealthState {
     checks: Arc<Vec<ReadinessCheck>>,
+    /// The probe of every dependency running now, if one is.
+    running: Arc<Mutex<Option<Probe>>>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     sample: Option<Sampler>,
+}
+
+/// One probe of every dependency, awaited by every `/readyz` request that came while it ran.
+type Probe = Shared<BoxFuture<'static, Arc<Readiness>>>;
+
+/// What a probe found: each check's outcome, and the names of those that failed.
+struct Readiness {
+    checks: serde_json::Map<String, serde_json::Value>,
+    failing: Vec<&'static str>,
+}
+
+impl HealthState {
+    /// The probe running now, or a new one. However many requests ask at once, each
+    /// dependency gets one probe at a time (a flood of `/readyz` would otherwise take the
+    /// connections the service's own requests need), and every answer comes from a probe
+    /// that started no earlier than the request before it finished: nothing is cached.
+    fn probe(&self) -> Probe {
+        // Nothing panics while holding it; a poisoned lock still holds a valid value.
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(probe) = running.as_ref()
+            && probe.peek().is_none()
+        {
+            return probe.clone();
+        }
+        let checks = self.checks.clone();
+        let probe = async move { Arc::new(probe_all(&checks).await) }
+            .boxed()
+            .shared();
+        *running = Some(probe.clone());
+        probe
+    }
 }
 
 /// The three operational routes.
@@ -171,6 +206,7 @@ pub fn routes(checks: Vec<ReadinessCheck>) -> Router {
 pub fn routes_sampling(checks: Vec<ReadinessCheck>, sample: Option<Sampler>) -> Router {
     let state = HealthState {
         checks: Arc::new(checks),
+        running: Arc::new(Mutex::new(None)),
         metrics: crate::telemetry::prometheus(),
         sample,
     };
@@ -189,7 +225,26 @@ async fn healthz() -> Response {
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn readyz(State(state): State<HealthState>) -> Response {
-    let results = futures::future::join_all(state.checks.iter().map(|c| async move {
+    let readiness = state.probe().await;
+    if readiness.failing.is_empty() {
+        axum::Json(json!({"status": "ready", "checks": readiness.checks})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": "not_ready",
+                "detail": format!("Unavailable dependencies: {}.", readiness.failing.join(", ")),
+                "failing": readiness.failing,
+                "checks": readiness.checks,
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// Runs every check at once, each bounded by [`CHECK_TIMEOUT`].
+async fn probe_all(checks: &[ReadinessCheck]) -> Readiness {
+    let results = futures::future::join_all(checks.iter().map(|c| async move {
         let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.check)()).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
@@ -212,20 +267,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
             }
         }
     }
-    if failing.is_empty() {
-        axum::Json(json!({"status": "ready", "checks": checks})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "error": "not_ready",
-                "detail": format!("Unavailable dependencies: {}.", failing.join(", ")),
-                "failing": failing,
-                "checks": checks,
-            })),
-        )
-            .into_response()
-    }
+    Readiness { checks, failing }
 }
 
 async fn metrics(State(state): State<HealthState>) -> Response {
@@ -237,4 +279,40 @@ async fn metrics(State(state): State<HealthState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_readiness_requests_share_one_probe_and_a_later_one_probes_again() {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let check = ReadinessCheck::new("slow", move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(())
+            }
+        });
+        let app = routes(vec![check]);
+        let ask = || {
+            app.clone()
+                .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        };
+        let answers = futures::future::join_all((0..20).map(|_| ask())).await;
+        for answer in answers {
+            assert_eq!(answer.unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        assert_eq!(ask().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(probes.load(Ordering::SeqCst), 2);
+    }
 }
