@@ -292,7 +292,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn concurrent_readiness_requests_share_one_probe_and_a_later_one_probes_again() {
+    async fn concurrent_readiness_requests_share_one_probe_and_a_later_one_probes_again()
+    -> Result<(), Box<dyn std::error::Error>> {
         let probes = Arc::new(AtomicUsize::new(0));
         let counted = probes.clone();
         let check = ReadinessCheck::new("slow", move || {
@@ -304,15 +305,19 @@ mod tests {
         });
         let app = routes(vec![check]);
         let ask = || {
-            app.clone()
-                .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            app.clone().oneshot(
+                Request::get("/readyz")
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            )
         };
         let answers = futures::future::join_all((0..20).map(|_| ask())).await;
         for answer in answers {
-            assert_eq!(answer.unwrap().status(), StatusCode::OK);
+            assert_eq!(answer?.status(), StatusCode::OK);
         }
         assert_eq!(probes.load(Ordering::SeqCst), 1);
-        assert_eq!(ask().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(ask().await?.status(), StatusCode::OK);
         assert_eq!(probes.load(Ordering::SeqCst), 2);
+        Ok(())
     }
 }
