@@ -337,23 +337,9 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
-    let user_id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
     let product = app.product(&op.access).await;
     let req = json!({"product_id": product, "quantity": 5});
-    // The key exactly as the layer derives it for this request.
-    let mut fingerprint = Sha256::new();
-    fingerprint.update(b"POST\n/v1/batches\n");
-    fingerprint.update(serde_json::to_vec(&req).unwrap());
-    let key = IdempotencyKey {
-        user_id,
-        key_hash: Sha256::digest(b"raced").into(),
-        fingerprint: fingerprint.finalize().into(),
-        seal: SealKey::derive(b"raced", user_id).unwrap(),
-    };
+    let key = key_as_the_layer_derives_it(&app, &email, "/v1/batches", &req, "raced").await;
     let other_result = json!({"id": Uuid::new_v4(), "product_id": product, "quantity": 5});
 
     // Hold the record table so the first run stops right before it records its result.
@@ -390,18 +376,7 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
             .query_async(&mut redis)
             .await
             .unwrap();
-        assert!(
-            record::save(
-                &mut other,
-                &key,
-                Duration::from_secs(86_400),
-                201,
-                &key.seal_body(&serde_json::to_vec(&other_result).unwrap())
-                    .unwrap()
-            )
-            .await
-            .unwrap()
-        );
+        record_result(&mut other, &key, &other_result).await;
         other.commit().await.unwrap();
     };
     let (first, ()) = tokio::join!(first, other_run);
@@ -430,21 +405,8 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
-    let user_id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
     let req = json!({"name": "Overlap", "sku": "OVERLAP-1"});
-    let mut fingerprint = Sha256::new();
-    fingerprint.update(b"POST\n/v1/products\n");
-    fingerprint.update(serde_json::to_vec(&req).unwrap());
-    let key = IdempotencyKey {
-        user_id,
-        key_hash: Sha256::digest(b"overlap").into(),
-        fingerprint: fingerprint.finalize().into(),
-        seal: SealKey::derive(b"overlap", user_id).unwrap(),
-    };
+    let key = key_as_the_layer_derives_it(&app, &email, "/v1/products", &req, "overlap").await;
     let product = Uuid::new_v4();
     let other_result = json!({"id": product, "name": "Overlap", "sku": "OVERLAP-1"});
     let mut other = app.db.pool.begin().await.unwrap();
@@ -453,18 +415,7 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
         .execute(&mut *other)
         .await
         .unwrap();
-    assert!(
-        record::save(
-            &mut other,
-            &key,
-            Duration::from_secs(86_400),
-            201,
-            &key.seal_body(&serde_json::to_vec(&other_result).unwrap())
-                .unwrap()
-        )
-        .await
-        .unwrap()
-    );
+    record_result(&mut other, &key, &other_result).await;
 
     let this_run = app.post("/v1/products", &op.access, &req, Some("overlap"));
     let other_commits = async {
@@ -603,6 +554,44 @@ async fn a_wrong_content_type_is_not_stored() {
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+}
+
+/// The key exactly as the layer derives it for `POST path` with body `req` and Idempotency-Key
+/// `raw`, sent by the user `email`.
+async fn key_as_the_layer_derives_it(
+    app: &TestApp,
+    email: &str,
+    path: &str,
+    req: &serde_json::Value,
+    raw: &str,
+) -> IdempotencyKey {
+    let user_id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(format!("POST\n{path}\n").as_bytes());
+    fingerprint.update(serde_json::to_vec(req).unwrap());
+    IdempotencyKey {
+        user_id,
+        key_hash: Sha256::digest(raw.as_bytes()).into(),
+        fingerprint: fingerprint.finalize().into(),
+        seal: SealKey::derive(raw.as_bytes(), user_id).unwrap(),
+    }
+}
+
+/// Records `result` (201) for `key` on `conn`, as another run of the key would.
+async fn record_result(
+    conn: &mut sqlx::PgConnection,
+    key: &IdempotencyKey,
+    result: &serde_json::Value,
+) {
+    let sealed = key.seal_body(&serde_json::to_vec(result).unwrap()).unwrap();
+    let saved = record::save(conn, key, Duration::from_secs(86_400), 201, &sealed)
+        .await
+        .unwrap();
+    assert!(saved, "the record was saved");
 }
 
 /// Creates a product with Idempotency-Key `key` (201) and returns its body and the one
