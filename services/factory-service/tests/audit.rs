@@ -988,23 +988,29 @@ async fn a_chain_rewritten_as_legacy_rows_does_not_clear_the_background_verifier
     assert_eq!(fresh.report().legacy_events, 5);
 }
 
-#[tokio::test]
-async fn legacy_rows_fail_a_verification_that_requires_signatures() {
+/// Signatures required, and `k1`'s public key to check them.
+fn k1_required() -> KeyRing {
+    ring(&[(Some("k1"), K1_PUB)]).require_signatures()
+}
+
+/// A chain of `n` events signed with `k1`, intact when signatures are required.
+async fn signed_chain(n: usize) -> TestDb {
     let db = TestDb::new().await;
     let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
-    append_n(&db.pool, &audit, 4).await;
-    let required = || ring(&[(Some("k1"), K1_PUB)]).require_signatures();
-    assert!(
-        verify_with(&db.pool, &mut required(), &[])
-            .await
-            .broken
-            .is_none()
-    );
+    append_n(&db.pool, &audit, n).await;
+    let v = verify_with(&db.pool, &mut k1_required(), &[]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    db
+}
+
+#[tokio::test]
+async fn legacy_rows_fail_a_verification_that_requires_signatures() {
+    let db = signed_chain(4).await;
     downgrade_the_whole_chain_to_legacy(&db.pool).await;
     // Without signatures required it reads as a pre-chain log; with them, it cannot pass.
     assert!(verify_hashes(&db.pool).await.broken.is_none());
     assert_broken(
-        &verify_with(&db.pool, &mut required(), &[]).await,
+        &verify_with(&db.pool, &mut k1_required(), &[]).await,
         1,
         BreakReason::BadSignature,
     );
@@ -1454,16 +1460,7 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
 
 #[tokio::test]
 async fn stripped_signatures_are_caught_when_signatures_are_required() {
-    let db = TestDb::new().await;
-    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
-    append_n(&db.pool, &audit, 5).await;
-    let required = || ring(&[(Some("k1"), K1_PUB)]).require_signatures();
-    assert!(
-        verify_with(&db.pool, &mut required(), &[])
-            .await
-            .broken
-            .is_none()
-    );
+    let db = signed_chain(5).await;
     // Change seq 4, drop its signature, re-hash it and the next one.
     let mut prev: chain::Hash = row(&db.pool, 3).await.hash.unwrap().try_into().unwrap();
     for seq in 4..=5 {
@@ -1497,7 +1494,7 @@ async fn stripped_signatures_are_caught_when_signatures_are_required() {
         BreakReason::BadSignature,
     );
     assert_broken(
-        &verify_with(&db.pool, &mut required(), &[]).await,
+        &verify_with(&db.pool, &mut k1_required(), &[]).await,
         4,
         BreakReason::BadSignature,
     );
