@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -160,8 +161,8 @@ pub type Sampler = Arc<dyn Fn() + Send + Sync>;
 #[derive(Clone)]
 struct HealthState {
     checks: Arc<Vec<ReadinessCheck>>,
-    /// The probe of every dependency running now, if one is.
-    running: Arc<Mutex<Option<Probe>>>,
+    /// The latest probe of every dependency.
+    running: Arc<Mutex<Option<Running>>>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     sample: Option<Sampler>,
 }
@@ -169,10 +170,29 @@ struct HealthState {
 /// One probe of every dependency, awaited by every `/readyz` request that came while it ran.
 type Probe = Shared<BoxFuture<'static, Arc<Readiness>>>;
 
+/// A probe, and whether it has finished (whether or not anyone awaited its end).
+struct Running {
+    probe: Probe,
+    finished: Arc<AtomicBool>,
+}
+
 /// What a probe found: each check's outcome, and the names of those that failed.
 struct Readiness {
     checks: serde_json::Map<String, serde_json::Value>,
     failing: Vec<&'static str>,
+}
+
+impl Readiness {
+    /// Every check failed: what a probe that panicked says.
+    fn all_failed(names: &[&'static str]) -> Self {
+        Self {
+            checks: names
+                .iter()
+                .map(|n| ((*n).to_owned(), json!("unavailable")))
+                .collect(),
+            failing: names.to_vec(),
+        }
+    }
 }
 
 impl HealthState {
@@ -183,16 +203,31 @@ impl HealthState {
     fn probe(&self) -> Probe {
         // Nothing panics while holding it; a poisoned lock still holds a valid value.
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(probe) = running.as_ref()
-            && probe.peek().is_none()
+        if let Some(latest) = running.as_ref()
+            && !latest.finished.load(Ordering::Acquire)
         {
-            return probe.clone();
+            return latest.probe.clone();
         }
+        // On a task of its own, so it finishes (within CHECK_TIMEOUT) even when every request
+        // waiting on it goes away, and says so: a request after that gets a new probe, neither
+        // the old one half run nor its old answer.
         let checks = self.checks.clone();
-        let probe = async move { Arc::new(probe_all(&checks).await) }
-            .boxed()
-            .shared();
-        *running = Some(probe.clone());
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let task = tokio::spawn(async move {
+            let readiness = probe_all(&checks).await;
+            done.store(true, Ordering::Release);
+            readiness
+        });
+        let names: Vec<&'static str> = self.checks.iter().map(|c| c.name).collect();
+        let probe =
+            async move { Arc::new(task.await.unwrap_or_else(|_| Readiness::all_failed(&names))) }
+                .boxed()
+                .shared();
+        *running = Some(Running {
+            probe: probe.clone(),
+            finished,
+        });
         probe
     }
 }
@@ -283,7 +318,7 @@ async fn metrics(State(state): State<HealthState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use axum::body::Body;
     use axum::http::Request;
@@ -319,5 +354,33 @@ mod tests {
         assert_eq!(ask().await?.status(), StatusCode::OK);
         assert_eq!(probes.load(Ordering::SeqCst), 2);
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_probe_whose_requests_all_went_away_still_finishes() {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let check = ReadinessCheck::new("slow", move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            }
+        });
+        let app = routes(vec![check]);
+        let ask = || {
+            app.clone().oneshot(
+                Request::get("/readyz")
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            )
+        };
+        // The only request gives up while its probe runs.
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), ask()).await;
+        assert!(gave_up.is_err());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The next request gets a probe of its own, not the old one half run.
+        let _ = ask().await;
+        assert_eq!(probes.load(Ordering::SeqCst), 2);
     }
 }
