@@ -326,61 +326,47 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn concurrent_readiness_requests_share_one_probe_and_a_later_one_probes_again()
-    -> Result<(), Box<dyn std::error::Error>> {
+    /// The health routes with one check that takes `delay`, and how many times it ran.
+    fn slow_check(delay: Duration) -> (Router, Arc<AtomicUsize>) {
         let probes = Arc::new(AtomicUsize::new(0));
         let counted = probes.clone();
         let check = ReadinessCheck::new("slow", move || {
             counted.fetch_add(1, Ordering::SeqCst);
-            async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                Ok(())
-            }
+            tokio::time::sleep(delay).map(Ok)
         });
-        let app = routes(vec![check]);
-        let ask = || {
-            app.clone().oneshot(
-                Request::get("/readyz")
-                    .body(Body::empty())
-                    .unwrap_or_default(),
-            )
-        };
-        let answers = futures::future::join_all((0..20).map(|_| ask())).await;
+        (routes(vec![check]), probes)
+    }
+
+    async fn readyz(app: &Router) -> Result<Response, std::convert::Infallible> {
+        let request = Request::get("/readyz")
+            .body(Body::empty())
+            .unwrap_or_default();
+        app.clone().oneshot(request).await
+    }
+
+    #[tokio::test]
+    async fn concurrent_readiness_requests_share_one_probe_and_a_later_one_probes_again()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (app, probes) = slow_check(Duration::from_millis(300));
+        let answers = futures::future::join_all((0..20).map(|_| readyz(&app))).await;
         for answer in answers {
             assert_eq!(answer?.status(), StatusCode::OK);
         }
         assert_eq!(probes.load(Ordering::SeqCst), 1);
-        assert_eq!(ask().await?.status(), StatusCode::OK);
+        assert_eq!(readyz(&app).await?.status(), StatusCode::OK);
         assert_eq!(probes.load(Ordering::SeqCst), 2);
         Ok(())
     }
 
     #[tokio::test]
     async fn a_probe_whose_requests_all_went_away_still_finishes() {
-        let probes = Arc::new(AtomicUsize::new(0));
-        let counted = probes.clone();
-        let check = ReadinessCheck::new("slow", move || {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(())
-            }
-        });
-        let app = routes(vec![check]);
-        let ask = || {
-            app.clone().oneshot(
-                Request::get("/readyz")
-                    .body(Body::empty())
-                    .unwrap_or_default(),
-            )
-        };
+        let (app, probes) = slow_check(Duration::from_millis(200));
         // The only request gives up while its probe runs.
-        let gave_up = tokio::time::timeout(Duration::from_millis(50), ask()).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), readyz(&app)).await;
         assert!(gave_up.is_err());
         tokio::time::sleep(Duration::from_millis(400)).await;
         // The next request gets a probe of its own, not the old one half run.
-        let _ = ask().await;
+        let _ = readyz(&app).await;
         assert_eq!(probes.load(Ordering::SeqCst), 2);
     }
 }
