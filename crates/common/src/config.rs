@@ -697,6 +697,8 @@ pub fn parse_cidr(s: &str) -> Option<IpNet> {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error;
+
     use super::*;
     use secrecy::ExposeSecret;
 
@@ -783,15 +785,15 @@ mod tests {
     /// and got its default in silence.
     #[test]
     #[cfg(unix)]
-    fn a_value_that_is_not_utf8_stops_start_up_only_if_read() {
+    fn a_value_that_is_not_utf8_stops_start_up_only_if_read() -> Result<(), Box<dyn Error>> {
         use std::os::unix::ffi::OsStringExt as _;
         let not_utf8 = || OsString::from_vec(vec![b'4', 0xff]);
         let env = Env::from_os_vars([
             ("REDIS_TIMEOUT_MS".into(), not_utf8()),
             ("BIND_ADDR".into(), "127.0.0.1:9999".into()),
         ]);
-        CommonConfig::from_env(&env, "127.0.0.1:8080").expect("parsed");
-        let e = env.refuse_unreadable().unwrap_err();
+        CommonConfig::from_env(&env, "127.0.0.1:8080")?;
+        let e = env.refuse_unreadable().err().ok_or("refused")?;
         assert_eq!(e.var, "REDIS_TIMEOUT_MS");
         assert_eq!(
             e.to_string(),
@@ -800,12 +802,13 @@ mod tests {
         );
         // Someone else's variable is no concern of ours.
         let env = Env::from_os_vars([("SOMEONE_ELSES".into(), not_utf8())]);
-        CommonConfig::from_env(&env, "127.0.0.1:8080").expect("parsed");
+        CommonConfig::from_env(&env, "127.0.0.1:8080")?;
         assert_eq!(env.refuse_unreadable(), Ok(()));
+        Ok(())
     }
 
     #[test]
-    fn pubsub_names_pubsub_would_refuse_stop_start_up() {
+    fn pubsub_names_pubsub_would_refuse_stop_start_up() -> Result<(), Box<dyn Error>> {
         for var in [
             "SCAN_EVENTS_TOPIC",
             "SCAN_EVENTS_SUBSCRIPTION",
@@ -813,28 +816,27 @@ mod tests {
         ] {
             // Each of these the emulator refuses as "Invalid [topics] name".
             for bad in ["1events", "ab", "goog-events", "scan events", "scan/x"] {
-                let e = parse(&[(var, bad)]).unwrap_err().to_string();
+                let e = parse(&[(var, bad)]).err().ok_or(bad)?.to_string();
                 assert!(e.contains(&format!("{var}={bad:?}")), "{e}");
                 assert!(e.contains("starting with a letter"), "{e}");
             }
             for good in ["abc", "scan-events-2", "Scan_Events.v1~+%", "GOOG-events"] {
-                let c = parse(&[(var, good)]).expect(good);
+                let c = parse(&[(var, good)])?;
                 let names = [c.pubsub.topic, c.pubsub.subscription, c.pubsub.dlq_topic];
                 assert!(names.contains(&good.to_owned()), "{var}={good}");
             }
         }
         // A project id is only checked for what may stand in a resource path.
         assert_eq!(
-            parse(&[("PUBSUB_PROJECT_ID", "X_y")])
-                .unwrap()
-                .pubsub
-                .project_id,
+            parse(&[("PUBSUB_PROJECT_ID", "X_y")])?.pubsub.project_id,
             "X_y"
         );
         let e = parse(&[("PUBSUB_PROJECT_ID", "a/b")])
-            .unwrap_err()
+            .err()
+            .ok_or("a/b")?
             .to_string();
         assert!(e.contains("PUBSUB_PROJECT_ID=\"a/b\""), "{e}");
+        Ok(())
     }
 
     #[test]

@@ -315,32 +315,34 @@ mod tests {
 
     use super::*;
 
-    async fn assert_unavailable(e: sqlx::Error) {
+    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    async fn assert_unavailable(e: sqlx::Error) -> TestResult {
         let response = FactoryError::from(e).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
-        let body = to_bytes(response.into_body(), 4096).await.expect("body");
-        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let body = to_bytes(response.into_body(), 4096).await?;
+        let body: serde_json::Value = serde_json::from_slice(&body)?;
         assert_eq!(body["error"], "service_unavailable");
+        Ok(())
     }
 
     /// Real PostgreSQL ending a connection in the middle of a query (what a restart or a
     /// failover does): 503 with `Retry-After`, not 500.
     #[tokio::test]
-    async fn a_query_the_server_ends_is_503() {
+    async fn a_query_the_server_ends_is_503() -> TestResult {
         let url = common::testing::admin_url();
-        let mut victim = PgConnection::connect(&url).await.expect("connect");
+        let mut victim = PgConnection::connect(&url).await?;
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut victim)
-            .await
-            .expect("pid");
+            .await?;
         let running = tokio::spawn(async move {
             sqlx::query("SELECT pg_sleep(30)")
                 .execute(&mut victim)
                 .await
                 .map(drop)
         });
-        let mut admin = PgConnection::connect(&url).await.expect("connect");
+        let mut admin = PgConnection::connect(&url).await?;
         for _ in 0..500 {
             let active: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
@@ -348,8 +350,7 @@ mod tests {
             )
             .bind(pid)
             .fetch_one(&mut admin)
-            .await
-            .expect("activity");
+            .await?;
             if active {
                 break;
             }
@@ -358,18 +359,14 @@ mod tests {
         sqlx::query("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .execute(&mut admin)
-            .await
-            .expect("terminate");
-        let e = running
-            .await
-            .expect("join")
-            .expect_err("the query was ended");
+            .await?;
+        let e = running.await?.err().ok_or("the query was not ended")?;
         assert_eq!(
             e.as_database_error().and_then(|d| d.code()).as_deref(),
             Some("57P01"),
             "{e}"
         );
-        assert_unavailable(e).await;
+        assert_unavailable(e).await
     }
 
     /// Real PostgreSQL out of connection slots (SQLSTATE 53300, here for a role allowed none):
@@ -377,30 +374,28 @@ mod tests {
     /// refused so and gives up with a pool timeout, already a 503; the other codes of class 53
     /// (disk full, out of memory) come on a connection in use, and take this path.
     #[tokio::test]
-    async fn no_connection_slot_is_503() {
+    async fn no_connection_slot_is_503() -> TestResult {
         let url = common::testing::admin_url();
-        let mut admin = PgConnection::connect(&url).await.expect("connect");
+        let mut admin = PgConnection::connect(&url).await?;
         let role = format!("voketag_t_{}", uuid::Uuid::new_v4().simple());
         // With a password, so the slot check is reached under password authentication too.
         sqlx::query(&format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'no-slot-test' CONNECTION LIMIT 0"
         ))
         .execute(&mut admin)
-        .await
-        .expect("create role");
-        let options: sqlx::postgres::PgConnectOptions = url.parse().expect("url");
+        .await?;
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         let options = options.username(&role).password("no-slot-test");
         let refused = PgConnection::connect_with(&options).await.map(drop);
         sqlx::query(&format!("DROP ROLE {role}"))
             .execute(&mut admin)
-            .await
-            .expect("drop role");
-        let e = refused.expect_err("no slot for the role");
+            .await?;
+        let e = refused.err().ok_or("the role got a connection")?;
         assert_eq!(
             e.as_database_error().and_then(|d| d.code()).as_deref(),
             Some("53300"),
             "{e}"
         );
-        assert_unavailable(e).await;
+        assert_unavailable(e).await
     }
 }
