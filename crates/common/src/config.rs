@@ -617,18 +617,14 @@ pub fn postgres_url(env: &Env, var: &str, default: &str) -> Result<SecretString,
 /// `PUBSUB_PROJECT_ID`: checked only for what may stand in a resource path (the emulator takes
 /// any project id; Google Cloud's own rules are checked by Google).
 fn project_id(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
-    let value = env.string(var, default);
-    if value.len() <= 255 && value.chars().all(is_pubsub_name_char) {
-        Ok(value)
-    } else {
-        Err(ConfigError::new(
-            var,
-            &value,
-            false,
-            "not a valid Pub/Sub project id",
-            "letters, digits and - _ . ~ + %, at most 255 characters",
-        ))
-    }
+    pubsub_name(
+        env,
+        var,
+        default,
+        |v| v.len() <= 255 && v.chars().all(is_pubsub_name_char),
+        "not a valid Pub/Sub project id",
+        "letters, digits and - _ . ~ + %, at most 255 characters",
+    )
 }
 
 /// A topic or subscription id, by Pub/Sub's rules (which the emulator enforces too): 3 to 255
@@ -636,21 +632,35 @@ fn project_id(env: &Env, var: &str, default: &str) -> Result<String, ConfigError
 /// `goog`. A name Pub/Sub would refuse stops start-up here, rather than every publish or pull
 /// failing later.
 fn pubsub_id(env: &Env, var: &str, default: &str) -> Result<String, ConfigError> {
+    pubsub_name(
+        env,
+        var,
+        default,
+        |v| {
+            (3..=255).contains(&v.len())
+                && v.starts_with(|c: char| c.is_ascii_alphabetic())
+                && v.chars().all(is_pubsub_name_char)
+                && !v.starts_with("goog")
+        },
+        "not a valid Pub/Sub topic or subscription id",
+        "3 to 255 letters, digits and - _ . ~ + %, starting with a letter and not with goog",
+    )
+}
+
+/// `var` (else `default`) when `valid`; otherwise the error, with `problem` and `expected`.
+fn pubsub_name(
+    env: &Env,
+    var: &str,
+    default: &str,
+    valid: impl Fn(&str) -> bool,
+    problem: &str,
+    expected: &str,
+) -> Result<String, ConfigError> {
     let value = env.string(var, default);
-    let ok = (3..=255).contains(&value.len())
-        && value.starts_with(|c: char| c.is_ascii_alphabetic())
-        && value.chars().all(is_pubsub_name_char)
-        && !value.starts_with("goog");
-    if ok {
+    if valid(&value) {
         Ok(value)
     } else {
-        Err(ConfigError::new(
-            var,
-            &value,
-            false,
-            "not a valid Pub/Sub topic or subscription id",
-            "3 to 255 letters, digits and - _ . ~ + %, starting with a letter and not with goog",
-        ))
+        Err(ConfigError::new(var, &value, false, problem, expected))
     }
 }
 
