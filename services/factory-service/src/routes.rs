@@ -11,7 +11,9 @@ use crate::{api_keys, auth, catalog, idempotency, openapi, ratelimit};
 /// Every API route (health routes are added separately and are never limited).
 ///
 /// Layers, outermost first: the bearer token is checked once (`auth::identify`), the
-/// per-client token bucket is charged (`ratelimit::admin_limit`), and for POST and DELETE
+/// per-client token bucket is charged (`ratelimit::admin_limit`), the token's session is
+/// confirmed to last (`auth::confirm_session`, after the limit so a flood of requests cannot
+/// reach PostgreSQL beyond it), and for POST and DELETE
 /// outside `/v1/auth` the idempotency layer runs. Roles are enforced per handler by the
 /// `Authorized<Policy>` extractor.
 pub fn router(state: AppState) -> Router {
@@ -29,6 +31,7 @@ pub fn router(state: AppState) -> Router {
             AppState,
         >(state.pool.clone(), state.audit.clone()))
         .route("/openapi.json", get(openapi::serve))
+        .layer(from_fn_with_state(state.clone(), auth::confirm_session))
         .layer(from_fn_with_state(state.clone(), ratelimit::admin_limit))
         .layer(from_fn_with_state(state.clone(), auth::identify))
         .with_state(state)

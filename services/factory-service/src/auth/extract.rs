@@ -1,5 +1,6 @@
-//! Who is calling: the bearer token is checked once per request by [`identify`]; handlers ask
-//! for a [`Principal`] or an [`Authorized`] role policy, and get 401 or 403 otherwise.
+//! Who is calling: the bearer token is checked once per request by [`identify`], and its
+//! session by [`confirm_session`]; handlers ask for a [`Principal`] or an [`Authorized`] role
+//! policy, and get 401 or 403 otherwise.
 
 use std::marker::PhantomData;
 
@@ -7,24 +8,27 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use common::http::ClientIp;
 use uuid::Uuid;
 
 use super::jwt::TokenRejection;
+use super::repo;
 use crate::audit::Actor;
 use crate::error::FactoryError;
 use crate::state::AppState;
 use crate::users::Role;
 
-/// A signed-in user, from a valid access token.
+/// A signed-in user, from a valid access token of a session that still lasts.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// User id (the token's subject).
     pub id: Uuid,
-    /// Email.
+    /// The session (refresh-token family) the token was issued in.
+    pub session_id: Uuid,
+    /// Email (the account's, once [`confirm_session`] has run).
     pub email: String,
-    /// Role.
+    /// Role (the account's, once [`confirm_session`] has run).
     pub role: Role,
 }
 
@@ -47,6 +51,7 @@ enum Missing {
     NoToken,
     Expired,
     Invalid,
+    SessionEnded,
 }
 
 impl Identity {
@@ -71,6 +76,7 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
             .verify(token)
             .map(|c| Principal {
                 id: c.sub,
+                session_id: c.sid,
                 email: c.email,
                 role: c.role,
             })
@@ -81,6 +87,54 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
     };
     req.extensions_mut().insert(Identity(identity));
     next.run(req).await
+}
+
+/// Middleware, inside [`identify`] and the admin rate limit: a valid access token acts only
+/// while its session lasts, with the account's role and email as they are now. So signing
+/// out, a refresh token's reuse or a device mismatch (each revokes the session) and disabling
+/// the user end the session's access tokens at once, not when they expire, and a role change
+/// applies to the next request. One primary-key look-up per request that carries a valid
+/// token; PostgreSQL unusable is 503, as for the routes themselves.
+pub async fn confirm_session(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(claimed) = req
+        .extensions()
+        .get::<Identity>()
+        .and_then(Identity::principal)
+        .cloned()
+    else {
+        return next.run(req).await;
+    };
+    match confirmed(&state, claimed).await {
+        Ok(identity) => {
+            req.extensions_mut().insert(Identity(identity));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The principal with the account's current email and role, or why the token no longer counts.
+async fn confirmed(
+    state: &AppState,
+    claimed: Principal,
+) -> Result<Result<Principal, Missing>, FactoryError> {
+    let Some(holder) = repo::live_session(&state.pool, claimed.session_id, claimed.id).await?
+    else {
+        return Ok(Err(Missing::SessionEnded));
+    };
+    let role = holder
+        .role
+        .parse()
+        .map_err(|e: String| FactoryError::Internal(format!("user {}: {e}", claimed.id)))?;
+    Ok(Ok(Principal {
+        email: holder.email,
+        role,
+        ..claimed
+    }))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
@@ -96,6 +150,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             Some(Err(Missing::Invalid)) => Err(FactoryError::unauthorized(
                 "invalid_token",
                 "The access token is not valid.",
+            )),
+            Some(Err(Missing::SessionEnded)) => Err(FactoryError::unauthorized(
+                "session_ended",
+                "The access token's session has ended (signed out or revoked); sign in again.",
             )),
             Some(Err(Missing::NoToken)) | None => Err(FactoryError::unauthorized(
                 "unauthorized",

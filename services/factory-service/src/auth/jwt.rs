@@ -17,6 +17,9 @@ const AUDIENCE: &str = "voketag-admin";
 pub struct Claims {
     /// The user's id.
     pub sub: Uuid,
+    /// The session (refresh-token family) the token was issued in: the token works only while
+    /// that session lasts (see `auth::confirm_session`).
+    pub sid: Uuid,
     /// The user's email when the token was issued.
     pub email: String,
     /// The user's role when the token was issued.
@@ -75,16 +78,18 @@ impl JwtKeys {
         self.ttl.as_secs()
     }
 
-    /// Issues a token for this user.
+    /// Issues a token for this user's session `session_id`.
     pub fn issue(
         &self,
         user_id: Uuid,
+        session_id: Uuid,
         email: &str,
         role: Role,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: user_id,
+            sid: session_id,
             email: email.to_owned(),
             role,
             iat: now,
@@ -117,6 +122,8 @@ impl std::fmt::Debug for JwtKeys {
 
 #[cfg(test)]
 mod tests {
+    use jsonwebtoken::errors::ErrorKind;
+
     use super::*;
 
     fn keys(secret: u8) -> JwtKeys {
@@ -124,16 +131,47 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_and_wrong_key() {
-        let id = Uuid::new_v4();
-        let token = keys(1).issue(id, "a@b.c", Role::Viewer).unwrap();
-        let claims = keys(1).verify(&token).unwrap();
-        assert_eq!((claims.sub, claims.role), (id, Role::Viewer));
-        assert_eq!(keys(2).verify(&token).unwrap_err(), TokenRejection::Invalid);
+    fn round_trip_and_wrong_key() -> Result<(), jsonwebtoken::errors::Error> {
+        let (id, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let token = keys(1).issue(id, session, "a@b.c", Role::Viewer)?;
+        let claims = keys(1)
+            .verify(&token)
+            .map_err(|_| ErrorKind::InvalidToken)?;
         assert_eq!(
-            keys(1).verify("garbage").unwrap_err(),
-            TokenRejection::Invalid
+            (claims.sub, claims.sid, claims.role),
+            (id, session, Role::Viewer)
         );
+        assert_eq!(keys(2).verify(&token).err(), Some(TokenRejection::Invalid));
+        assert_eq!(
+            keys(1).verify("garbage").err(),
+            Some(TokenRejection::Invalid)
+        );
+        Ok(())
+    }
+
+    fn signed(claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
+        let key = EncodingKey::from_secret(&[1; 32]);
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)
+    }
+
+    /// A token without a session (as issued before tokens carried one) is not valid: it could
+    /// not be tied to a session that may have ended.
+    #[test]
+    fn a_token_without_a_session_is_refused() -> Result<(), jsonwebtoken::errors::Error> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims = serde_json::json!({
+            "sub": Uuid::new_v4(), "sid": Uuid::new_v4(), "email": "a@b.c", "role": "viewer",
+            "iat": now, "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE, "jti": Uuid::new_v4(),
+        });
+        assert!(keys(1).verify(&signed(&claims)?).is_ok());
+        if let Some(map) = claims.as_object_mut() {
+            map.remove("sid");
+        }
+        assert_eq!(
+            keys(1).verify(&signed(&claims)?).err(),
+            Some(TokenRejection::Invalid)
+        );
+        Ok(())
     }
 
     /// A token signed with the right key but not valid before a time still to come.
@@ -141,13 +179,11 @@ mod tests {
     fn a_token_not_valid_yet_is_refused() -> Result<(), jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let token = |nbf: u64| {
-            let claims = serde_json::json!({
-                "sub": Uuid::new_v4(), "email": "a@b.c", "role": "viewer", "iat": now,
-                "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE, "jti": Uuid::new_v4(),
-                "nbf": nbf,
-            });
-            let key = EncodingKey::from_secret(&[1; 32]);
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+            signed(&serde_json::json!({
+                "sub": Uuid::new_v4(), "sid": Uuid::new_v4(), "email": "a@b.c",
+                "role": "viewer", "iat": now, "exp": now + 60, "iss": ISSUER, "aud": AUDIENCE,
+                "jti": Uuid::new_v4(), "nbf": nbf,
+            }))
         };
         assert!(keys(1).verify(&token(now)?).is_ok());
         assert_eq!(

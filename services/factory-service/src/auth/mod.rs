@@ -11,7 +11,8 @@ pub mod session;
 pub mod tokens;
 
 pub use extract::{
-    AdminOnly, AnyRole, Authorized, CatalogWriter, ClientInfo, Identity, Principal, identify,
+    AdminOnly, AnyRole, Authorized, CatalogWriter, ClientInfo, Identity, Principal,
+    confirm_session, identify,
 };
 pub use jwt::JwtKeys;
 pub use session::RefreshLifetime;

@@ -1,7 +1,7 @@
 //! SQL for users, refresh-token families and refresh tokens.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// A user row as sign-in needs it.
@@ -133,6 +133,33 @@ pub async fn revoke_family(
     .execute(conn)
     .await
     .map(|_| ())
+}
+
+/// The user of a session that still lasts, as an access token of it may act now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionHolder {
+    /// The user's email now.
+    pub email: String,
+    /// The user's role now.
+    pub role: String,
+}
+
+/// The user of session (family) `family_id` when it belongs to `user_id`, is not revoked, and
+/// the user is not disabled; `None` when the session has ended (signed out, revoked for reuse
+/// or a device mismatch, swept after its tokens expired) or the user was disabled.
+pub async fn live_session(
+    pool: &PgPool,
+    family_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<SessionHolder>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT u.email, u.role FROM refresh_families f JOIN users u ON u.id = f.user_id \
+         WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL",
+    )
+    .bind(family_id)
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Deletes families whose every token has expired: nothing in them can be used or reused

@@ -409,7 +409,7 @@ fn session(
 ) -> Result<Session, FactoryError> {
     let access_token = state
         .jwt
-        .issue(user_id, email, role)
+        .issue(user_id, family_id, email, role)
         .map_err(|e| FactoryError::Internal(format!("signing access token: {e}")))?;
     Ok(Session {
         access_token,

@@ -7,6 +7,8 @@ use factory_service::users::Role;
 use reqwest::Method;
 use serde_json::json;
 
+use common::testing::Proxy;
+
 use crate::helpers::{
     DEVICE, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app, spawn_app_with,
 };
@@ -272,13 +274,17 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_family() {
         "refresh_token_reused",
     )
     .await;
-    // The newest token of the family is dead too.
+    // The newest token of the family is dead too, and so are the access tokens issued in it
+    // (the thief's and the rightful user's), at once rather than when they expire.
     assert_error(
         app.refresh(&s2.cookie(), Some(&s2.csrf), DEVICE).await,
         401,
         "invalid_refresh_token",
     )
     .await;
+    for access in [&s1.access, &s2.access] {
+        assert_error(app.get("/v1/api-keys", access).await, 401, "session_ended").await;
+    }
     // Replayed again later, the old token is still reported as reused (not as unknown), and the
     // family is not revoked twice.
     assert_error(
@@ -301,8 +307,15 @@ async fn refresh_from_another_device_revokes_the_family() {
     // A well-formed other id, and a malformed one: both are not the login's device.
     for other in ["another-device-0123456789", "short"] {
         let s1 = app.signed_in(Role::Admin).await;
+        assert_eq!(app.get("/v1/api-keys", &s1.access).await.status(), 200);
         let r = app.refresh(&s1.cookie(), Some(&s1.csrf), other).await;
         assert_error(r, 401, "device_mismatch").await;
+        assert_error(
+            app.get("/v1/api-keys", &s1.access).await,
+            401,
+            "session_ended",
+        )
+        .await;
         // The rightful device cannot continue either: the family is gone.
         assert_error(
             app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await,
@@ -516,7 +529,12 @@ async fn csrf_missing_wrong_or_from_another_session_is_403() {
 #[tokio::test]
 async fn logout_revokes_the_family_and_clears_both_cookies() {
     let app = spawn_app().await;
-    let s = app.signed_in(Role::Operator).await;
+    let email = app.user(Role::Operator).await;
+    let s = app.login(&email).await;
+    // The same user signed in elsewhere: another session, which signing out here leaves alone.
+    let elsewhere = app.login(&email).await;
+    let product = format!("/v1/products/{}", app.product(&s.access).await);
+    assert_eq!(app.get(&product, &s.access).await.status(), 200);
     let r = app
         .req(Method::POST, "/v1/auth/logout", None)
         .header("Cookie", s.cookie())
@@ -533,6 +551,56 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     )
     .await;
     assert_eq!(app.audit_count("auth.logout").await, 1);
+    // The session's access token ends with it, not when it expires.
+    assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+    assert_eq!(app.get(&product, &elsewhere.access).await.status(), 200);
+}
+
+#[tokio::test]
+async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_when_it_is_disabled() {
+    let app = spawn_app().await;
+    let email = app.user(Role::Admin).await;
+    let s = app.login(&email).await;
+    assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 200);
+    let product = format!("/v1/products/{}", app.product(&s.access).await);
+    let set = |sql: &'static str| {
+        let (pool, email) = (app.db.pool.clone(), email.clone());
+        async move { sqlx::query(sql).bind(email).execute(&pool).await.unwrap() }
+    };
+    set("UPDATE users SET role = 'viewer' WHERE email = $1").await;
+    assert_error(app.get("/v1/api-keys", &s.access).await, 403, "forbidden").await;
+    assert_eq!(app.get(&product, &s.access).await.status(), 200);
+    set("UPDATE users SET disabled_at = now() WHERE email = $1").await;
+    assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+}
+
+/// The session look-up needs PostgreSQL. While it is away a request with a valid token gets
+/// the contract's 503 (not a 401, which would send the user to sign in again), and the same
+/// token works once it is back.
+#[tokio::test]
+async fn a_token_while_postgres_is_away_is_503_and_works_again_after() {
+    let admin = common::testing::admin_url();
+    let (head, rest) = admin.split_once('@').expect("user@host in the test URL");
+    let (server, _) = rest.split_once('/').expect("host/db in the test URL");
+    let mut proxy = Proxy::start(server).await.expect("proxy");
+    let port = proxy.port;
+    let app = spawn_app_with(|env| {
+        let own = env.raw("DATABASE_URL").unwrap_or_default().to_owned();
+        let name = own.rsplit_once('/').map_or("", |(_, name)| name);
+        env.with("DATABASE_URL", &format!("{head}@127.0.0.1:{port}/{name}"))
+    })
+    .await;
+    let s = app.signed_in(Role::Viewer).await;
+    assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 403);
+    proxy.down().await;
+    assert_error(
+        app.get("/v1/api-keys", &s.access).await,
+        503,
+        "service_unavailable",
+    )
+    .await;
+    proxy.up().expect("proxy listening again");
+    assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 403);
 }
 
 #[tokio::test]
