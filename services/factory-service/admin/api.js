@@ -32,7 +32,8 @@ export async function request(method, path, { body, idempotencyKey, blob = false
       throw ApiError.network(e);
     }
     if (response.status === 401 && attempt === 0) {
-      // The token expired early (clock change, server restart with a new key): refresh once.
+      // The token expired early (clock change, server restart with a new key) or its session
+      // ended (`session_ended`: then the refresh fails too and the console signs out): refresh once.
       if (await session.refresh()) continue;
     }
     if (!response.ok) throw await ApiError.from(response);

@@ -165,8 +165,8 @@ impl Modify for CommonResponses {
                         "401",
                         "Not signed in (`unauthorized`), or the access token expired \
                          (`token_expired`), is not valid (`invalid_token`) or belongs to a \
-                         session that has ended (`session_ended`: signed out, revoked or the \
-                         user disabled)",
+                         session that has ended (`session_ended`: signed out, revoked, past its \
+                         maximum lifetime, or the user disabled)",
                     );
                     if writes || path.starts_with("/v1/api-keys") {
                         Self::add(

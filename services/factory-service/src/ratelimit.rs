@@ -17,7 +17,7 @@ use common::http::client_ip::client_network;
 use common::http::{ClientIp, rate_limited_response};
 use tokio::time::Instant;
 
-use crate::auth::Identity;
+use crate::auth::{Claimed, Principal};
 use crate::state::AppState;
 
 /// How often idle buckets are swept.
@@ -163,20 +163,25 @@ pub fn add_headers(headers: &mut HeaderMap, per_minute: u64, decision: &Decision
     headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
 }
 
+/// The bucket of a caller: the user its access token names, else its client network.
+fn client_key(user: Option<&Principal>, ip: Option<&ClientIp>) -> String {
+    match (user, ip) {
+        (Some(p), _) => format!("user:{}", p.id),
+        (None, Some(ClientIp(ip))) => format!("ip:{}", network_key(*ip)),
+        (None, None) => "ip:unknown".to_owned(),
+    }
+}
+
 /// Middleware: one token per request from the caller's bucket; the caller is the access
-/// token's subject when a valid one came, else the client IP.
+/// token's subject when a well-signed, unexpired token came (its session is confirmed after
+/// this limit, see [`recharge_to_address`]), else the client IP.
 pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let key = match req
-        .extensions()
-        .get::<Identity>()
-        .and_then(Identity::principal)
-    {
-        Some(p) => format!("user:{}", p.id),
-        None => match req.extensions().get::<ClientIp>() {
-            Some(ClientIp(ip)) => format!("ip:{}", network_key(*ip)),
-            None => "ip:unknown".to_owned(),
-        },
-    };
+    let key = client_key(
+        req.extensions()
+            .get::<Claimed>()
+            .and_then(Claimed::principal),
+        req.extensions().get::<ClientIp>(),
+    );
     let limiter = &state.admin_limiter;
     let decision = limiter.check(&key);
     let mut response = if decision.allowed {
@@ -185,13 +190,32 @@ pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next
         metrics::counter!("admin_rate_limited_total").increment(1);
         rate_limited_response(decision.retry_after_secs)
     };
-    // A refusal from an inner limiter (login attempts per IP and email) carries its own
-    // Retry-After; this bucket's figures (tokens left) would contradict it.
+    // A refusal from an inner limiter (login attempts per IP and email, or the address of a
+    // token whose session ended) carries its own Retry-After; this bucket's figures (tokens
+    // left) would contradict it.
     let inner_refusal = decision.allowed && response.status() == StatusCode::TOO_MANY_REQUESTS;
     if !inner_refusal {
         add_headers(response.headers_mut(), limiter.per_minute(), &decision);
     }
     response
+}
+
+/// For a request [`admin_limit`] charged to `user`, whose token turned out to belong to a
+/// session that has ended: gives the user's token back and charges the client's address
+/// instead, so that a revoked token (a thief's, say) cannot use up the budget of the user's
+/// live sessions. The 429 to answer when the address is over its limit.
+pub fn recharge_to_address(
+    state: &AppState,
+    user: &Principal,
+    ip: Option<&ClientIp>,
+) -> Option<Response> {
+    let limiter = &state.admin_limiter;
+    limiter.refund(&client_key(Some(user), ip));
+    let decision = limiter.check(&client_key(None, ip));
+    (!decision.allowed).then(|| {
+        metrics::counter!("admin_rate_limited_total").increment(1);
+        rate_limited_response(decision.retry_after_secs)
+    })
 }
 
 #[cfg(test)]

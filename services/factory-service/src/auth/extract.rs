@@ -3,6 +3,7 @@
 //! policy, and get 401 or 403 otherwise.
 
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -42,7 +43,21 @@ impl Principal {
     }
 }
 
-/// The result of checking the request's bearer token, kept in the request extensions.
+/// What the request's bearer token claims: its signature and expiry checked by [`identify`],
+/// its session not yet. The admin rate limit keys on it; only [`confirm_session`] turns it into
+/// the [`Identity`] that handlers and the idempotency layer rely on.
+#[derive(Debug, Clone)]
+pub struct Claimed(Result<Principal, Missing>);
+
+impl Claimed {
+    /// The principal the token names, when it is well signed and not expired.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.0.as_ref().ok()
+    }
+}
+
+/// Who is calling, once [`confirm_session`] has checked the token's session; kept in the
+/// request extensions. A route outside that middleware has none, and its extractors refuse.
 #[derive(Debug, Clone)]
 pub struct Identity(Result<Principal, Missing>);
 
@@ -55,7 +70,7 @@ enum Missing {
 }
 
 impl Identity {
-    /// The principal, when the token was valid.
+    /// The principal, when the token was valid and its session lasts.
     pub fn principal(&self) -> Option<&Principal> {
         self.0.as_ref().ok()
     }
@@ -67,9 +82,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Middleware: checks the bearer token (if any) and stores the [`Identity`].
+/// Middleware: checks the bearer token (if any) and stores what it [`Claimed`].
 pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let identity = match bearer(req.headers()) {
+    let claimed = match bearer(req.headers()) {
         None => Err(Missing::NoToken),
         Some(token) => state
             .jwt
@@ -85,52 +100,73 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
                 TokenRejection::Invalid => Missing::Invalid,
             }),
     };
-    req.extensions_mut().insert(Identity(identity));
+    req.extensions_mut().insert(Claimed(claimed));
     next.run(req).await
 }
 
-/// Middleware, inside [`identify`] and the admin rate limit: a valid access token acts only
-/// while its session lasts, with the account's role and email as they are now. So signing
-/// out, a refresh token's reuse or a device mismatch (each revokes the session) and disabling
-/// the user end the session's access tokens at once, not when they expire, and a role change
-/// applies to the next request. One primary-key look-up per request that carries a valid
-/// token; PostgreSQL unusable is 503, as for the routes themselves.
+/// How long [`confirm_session`] waits for PostgreSQL (a connection included) before answering
+/// 503: as long as the pool's own acquire timeout, so a connection that hangs mid-query does
+/// not hold the request until the HTTP timeout.
+const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Middleware, inside [`identify`] and the admin rate limit: stores the [`Identity`]. A valid
+/// access token acts only while its session lasts, with the account's role and email as they
+/// are now. So signing out, a refresh token's reuse or a device mismatch (each revokes the
+/// session) and disabling the user end the session's access tokens at once, not when they
+/// expire, and a role change applies to the next request. One look-up by primary key (the
+/// session and its user) per request that carries a valid token; PostgreSQL unusable is 503,
+/// as for the routes themselves.
 pub async fn confirm_session(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(claimed) = req
+    let claimed = req
         .extensions()
-        .get::<Identity>()
-        .and_then(Identity::principal)
-        .cloned()
-    else {
-        return next.run(req).await;
+        .get::<Claimed>()
+        .map_or(Err(Missing::NoToken), |c| c.0.clone());
+    let identity = match claimed {
+        Err(missing) => Err(missing),
+        Ok(principal) => match session_of(&state, principal.clone()).await {
+            Ok(SessionState::Live(principal)) => Ok(principal),
+            Ok(SessionState::Ended) => {
+                // The request was charged to the user's bucket; a token whose session has
+                // ended (a thief's, say) must not use up the budget of the user's live ones.
+                let ip = req.extensions().get::<ClientIp>();
+                if let Some(refused) = crate::ratelimit::recharge_to_address(&state, &principal, ip)
+                {
+                    return refused;
+                }
+                Err(Missing::SessionEnded)
+            }
+            Err(e) => return e.into_response(),
+        },
     };
-    match confirmed(&state, claimed).await {
-        Ok(identity) => {
-            req.extensions_mut().insert(Identity(identity));
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
+    req.extensions_mut().insert(Identity(identity));
+    next.run(req).await
 }
 
-/// The principal with the account's current email and role, or why the token no longer counts.
-async fn confirmed(
-    state: &AppState,
-    claimed: Principal,
-) -> Result<Result<Principal, Missing>, FactoryError> {
-    let Some(holder) = repo::live_session(&state.pool, claimed.session_id, claimed.id).await?
-    else {
-        return Ok(Err(Missing::SessionEnded));
+/// Whether an access token's session still lasts.
+enum SessionState {
+    /// It does: the principal with the account's current email and role.
+    Live(Principal),
+    /// Signed out, revoked, swept after its tokens expired, or the user is disabled.
+    Ended,
+}
+
+async fn session_of(state: &AppState, claimed: Principal) -> Result<SessionState, FactoryError> {
+    let lookup = repo::live_session(&state.pool, claimed.session_id, claimed.id);
+    let found = tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, lookup)
+        .await
+        .map_err(|_| FactoryError::Unavailable("postgres"))??;
+    let Some(holder) = found else {
+        return Ok(SessionState::Ended);
     };
     let role = holder
         .role
         .parse()
         .map_err(|e: String| FactoryError::Internal(format!("user {}: {e}", claimed.id)))?;
-    Ok(Ok(Principal {
+    Ok(SessionState::Live(Principal {
         email: holder.email,
         role,
         ..claimed
@@ -155,9 +191,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
                 "session_ended",
                 "The access token's session has ended (signed out or revoked); sign in again.",
             )),
-            Some(Err(Missing::NoToken)) | None => Err(FactoryError::unauthorized(
+            Some(Err(Missing::NoToken)) => Err(FactoryError::unauthorized(
                 "unauthorized",
                 "Send an access token as `Authorization: Bearer <token>`.",
+            )),
+            // A route wired outside `confirm_session`: refuse rather than trust an unchecked token.
+            None => Err(FactoryError::Internal(
+                "no Identity: the route is not behind auth::confirm_session".to_owned(),
             )),
         }
     }

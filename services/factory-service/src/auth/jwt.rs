@@ -73,32 +73,33 @@ impl JwtKeys {
         }
     }
 
-    /// Token lifetime in seconds (the `expires_in` of token responses).
-    pub fn ttl_secs(&self) -> u64 {
-        self.ttl.as_secs()
-    }
-
-    /// Issues a token for this user's session `session_id`.
+    /// Issues a token for this user's session `session_id`, living the configured lifetime but
+    /// never past `not_after` (Unix seconds: the session's refresh token's expiry, so that no
+    /// access token outlives its session). Returns it with its lifetime in seconds (the
+    /// `expires_in` of token responses).
     pub fn issue(
         &self,
         user_id: Uuid,
         session_id: Uuid,
         email: &str,
         role: Role,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
+        not_after: u64,
+    ) -> Result<(String, u64), jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
+        let exp = (now + self.ttl.as_secs()).min(not_after);
         let claims = Claims {
             sub: user_id,
             sid: session_id,
             email: email.to_owned(),
             role,
             iat: now,
-            exp: now + self.ttl.as_secs(),
+            exp,
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
             jti: Uuid::new_v4(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, exp.saturating_sub(now)))
     }
 
     /// Checks a token's signature, issuer, audience, expiry and `nbf` when it has one.
@@ -122,8 +123,6 @@ impl std::fmt::Debug for JwtKeys {
 
 #[cfg(test)]
 mod tests {
-    use jsonwebtoken::errors::ErrorKind;
-
     use super::*;
 
     fn keys(secret: u8) -> JwtKeys {
@@ -133,19 +132,28 @@ mod tests {
     #[test]
     fn round_trip_and_wrong_key() -> Result<(), jsonwebtoken::errors::Error> {
         let (id, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let token = keys(1).issue(id, session, "a@b.c", Role::Viewer)?;
-        let claims = keys(1)
-            .verify(&token)
-            .map_err(|_| ErrorKind::InvalidToken)?;
+        let (token, expires_in) = keys(1).issue(id, session, "a@b.c", Role::Viewer, u64::MAX)?;
+        assert_eq!(expires_in, 60);
         assert_eq!(
-            (claims.sub, claims.sid, claims.role),
-            (id, session, Role::Viewer)
+            keys(1).verify(&token).map(|c| (c.sub, c.sid, c.role)),
+            Ok((id, session, Role::Viewer))
         );
         assert_eq!(keys(2).verify(&token).err(), Some(TokenRejection::Invalid));
         assert_eq!(
             keys(1).verify("garbage").err(),
             Some(TokenRejection::Invalid)
         );
+        Ok(())
+    }
+
+    /// A session that ends in 10 s gets a token that expires with it, not in a minute.
+    #[test]
+    fn a_token_never_outlives_its_session() -> Result<(), jsonwebtoken::errors::Error> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let (id, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, expires_in) = keys(1).issue(id, session, "a@b.c", Role::Admin, now + 10)?;
+        assert!(expires_in <= 10, "{expires_in}");
+        assert_eq!(keys(1).verify(&token).map(|c| c.exp), Ok(now + 10));
         Ok(())
     }
 

@@ -11,7 +11,7 @@ pub mod session;
 pub mod tokens;
 
 pub use extract::{
-    AdminOnly, AnyRole, Authorized, CatalogWriter, ClientInfo, Identity, Principal,
+    AdminOnly, AnyRole, Authorized, CatalogWriter, Claimed, ClientInfo, Identity, Principal,
     confirm_session, identify,
 };
 pub use jwt::JwtKeys;

@@ -407,13 +407,16 @@ fn session(
     refresh_token: String,
     (issued_at, expires_at): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<Session, FactoryError> {
-    let access_token = state
+    // The access token ends with its session at the latest: when the refresh token issued with
+    // it expires (the session's maximum lifetime included).
+    let not_after = u64::try_from(expires_at.timestamp()).unwrap_or(0);
+    let (access_token, expires_in) = state
         .jwt
-        .issue(user_id, family_id, email, role)
+        .issue(user_id, family_id, email, role, not_after)
         .map_err(|e| FactoryError::Internal(format!("signing access token: {e}")))?;
     Ok(Session {
         access_token,
-        expires_in: state.jwt.ttl_secs(),
+        expires_in,
         refresh_token,
         csrf_token: state.csrf.issue(family_id),
         // The cookies live as long as the token (whole seconds, at least one).

@@ -383,6 +383,12 @@ async fn a_session_ends_at_its_maximum_lifetime_however_often_it_is_refreshed() 
     .await
     .unwrap();
     assert_eq!(left, 7200.0, "the token expires with the session");
+    // So does the access token issued with it, not 15 minutes later.
+    assert!(
+        (95..=100).contains(&s2.expires_in),
+        "access token cut at the session's end: {}",
+        s2.expires_in
+    );
     assert_eq!(app.get("/v1/api-keys", &s2.access).await.status(), 200);
 
     // Past the end, the newest token is refused, though its own expiry was not cut yet.
@@ -535,14 +541,7 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     let elsewhere = app.login(&email).await;
     let product = format!("/v1/products/{}", app.product(&s.access).await);
     assert_eq!(app.get(&product, &s.access).await.status(), 200);
-    let r = app
-        .req(Method::POST, "/v1/auth/logout", None)
-        .header("Cookie", s.cookie())
-        .header("X-CSRF-Token", &s.csrf)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let r = app.logout(&s).await;
     assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
     assert_error(
         app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await,
@@ -554,6 +553,41 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     // The session's access token ends with it, not when it expires.
     assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
     assert_eq!(app.get(&product, &elsewhere.access).await.status(), 200);
+}
+
+/// The admin limit charges a request to the user its token names before the session is
+/// looked up. A token whose session has ended (a thief's, after reuse was detected) is charged
+/// to its address instead, so it cannot use up the budget of the user's live session.
+#[tokio::test]
+async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_budget() {
+    let app = spawn_app_with(|env| {
+        env.with("ADMIN_RATE_LIMIT_BURST", "3")
+            .with("ADMIN_RATE_LIMIT_RPS", "1")
+    })
+    .await;
+    let email = app.user(Role::Viewer).await;
+    let (ended, live) = (app.login(&email).await, app.login(&email).await);
+    app.logout(&ended).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(
+            app.get("/v1/api-keys", &ended.access)
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)) && statuses.contains(&429),
+        "the ended session's requests: {statuses:?}"
+    );
+    // The user's own bucket is untouched by them.
+    assert_error(
+        app.get("/v1/api-keys", &live.access).await,
+        403,
+        "forbidden",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -77,6 +77,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(Env) -> Env) -> TestApp {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub access: String,
+    /// The access token's lifetime in seconds, as the response gave it.
+    pub expires_in: u64,
     pub refresh: String,
     pub csrf: String,
 }
@@ -149,6 +151,19 @@ impl TestApp {
     pub async fn signed_in(&self, role: Role) -> Session {
         let email = self.user(role).await;
         self.login(&email).await
+    }
+
+    /// Signs `session` out (`POST /v1/auth/logout`).
+    pub async fn logout(&self, session: &Session) -> Response {
+        let r = self
+            .req(Method::POST, "/v1/auth/logout", None)
+            .header("Cookie", session.cookie())
+            .header("X-CSRF-Token", &session.csrf)
+            .send()
+            .await
+            .expect("logout");
+        assert_eq!(r.status(), 204, "logout");
+        r
     }
 
     /// `POST /v1/auth/refresh` with these cookies, CSRF header and device.
@@ -233,6 +248,7 @@ pub async fn session_of(r: Response) -> Session {
     let b = body(r).await;
     Session {
         access: b["access_token"].as_str().expect("access_token").to_owned(),
+        expires_in: b["expires_in"].as_u64().expect("expires_in"),
         refresh,
         csrf,
     }

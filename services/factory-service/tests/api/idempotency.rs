@@ -450,6 +450,25 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
 
+/// A stored result (here an API key's, which holds the key in clear) is replayed only to a
+/// token whose session lasts: the session is checked before the idempotency layer runs.
+#[tokio::test]
+async fn a_token_whose_session_ended_gets_no_replay() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let req = json!({"name": "scanner"});
+    let first = app
+        .post("/v1/api-keys", &admin.access, &req, Some("new-key"))
+        .await;
+    assert_eq!(first.status(), 201);
+    app.logout(&admin).await;
+    let replay = app
+        .post("/v1/api-keys", &admin.access, &req, Some("new-key"))
+        .await;
+    assert!(replay.headers().get("idempotent-replayed").is_none());
+    assert_error(replay, 401, "session_ended").await;
+}
+
 #[tokio::test]
 async fn a_role_refusal_is_not_stored() {
     let app = spawn_app().await;
