@@ -17,10 +17,18 @@ use crate::{api_keys, auth, catalog, idempotency, openapi, ratelimit};
 /// outside `/v1/auth` the idempotency layer runs. Roles are enforced per handler by the
 /// `Authorized<Policy>` extractor.
 pub fn router(state: AppState) -> Router {
+    // Each group's idempotency layer knows who may write in it (the handlers' own policy for
+    // their POST and DELETE routes), so that a stored result is never replayed to a role that
+    // could not have made the request.
     let idempotent = Router::new()
-        .merge(api_keys::routes::router())
-        .merge(catalog::routes::router())
-        .route_layer(from_fn_with_state(state.clone(), idempotency::layer));
+        .merge(api_keys::routes::router().route_layer(from_fn_with_state(
+            state.clone(),
+            idempotency::layer::<auth::AdminOnly>,
+        )))
+        .merge(catalog::routes::router().route_layer(from_fn_with_state(
+            state.clone(),
+            idempotency::layer::<auth::CatalogWriter>,
+        )));
 
     Router::new()
         .merge(auth::routes::router())

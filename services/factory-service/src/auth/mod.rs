@@ -11,8 +11,8 @@ pub mod session;
 pub mod tokens;
 
 pub use extract::{
-    AdminOnly, AnyRole, Authorized, CatalogWriter, Claimed, ClientInfo, Identity, Principal,
-    confirm_session, identify,
+    AdminOnly, AnyRole, Authorized, CatalogWriter, Claimed, ClientInfo, Identity, Policy,
+    Principal, confirm_session, identify,
 };
 pub use jwt::JwtKeys;
 pub use session::RefreshLifetime;

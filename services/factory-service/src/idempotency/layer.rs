@@ -10,15 +10,16 @@ use sha2::{Digest, Sha256};
 
 use super::store::{self, Claim, StoredResponse};
 use super::{Idempotency, IdempotencyKey, SealKey, is_valid_key, mark_replayed};
-use crate::auth::Identity;
+use crate::auth::{Identity, Policy};
 use crate::error::FactoryError;
 use crate::state::{AppState, Redis};
 
 /// Largest response kept for replay; every idempotent route answers a small JSON document.
 const MAX_STORED_RESPONSE: usize = 1024 * 1024;
 
-/// Middleware for POST and DELETE routes; see the module docs of [`crate::idempotency`].
-pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Middleware for POST and DELETE routes whose writes role policy `P` allows; see the module
+/// docs of [`crate::idempotency`].
+pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !matches!(*req.method(), Method::POST | Method::DELETE) {
         return next.run(req).await;
     }
@@ -29,14 +30,21 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     // Keys are scoped to the caller. Without a valid token the handler answers 401, and it
     // does so before anything about the key is judged: an anonymous caller learns nothing
     // from the header.
-    let Some(user_id) = req
+    let Some(principal) = req
         .extensions()
         .get::<Identity>()
         .and_then(Identity::principal)
-        .map(|p| p.id)
     else {
         return next.run(req).await;
     };
+    // The handler checks the role too, but a stored result is replayed without running it: a
+    // user whose role no longer allows the write (an admin made a viewer) must get 403, not
+    // the result (an API key's secret) kept from when it did. Refused before the key is
+    // judged, and not stored, as the handler's own refusal would be.
+    if !P::ROLES.contains(&principal.role) {
+        return FactoryError::Forbidden.into_response();
+    }
+    let user_id = principal.id;
     if values.next().is_some() || !is_valid_key(raw.as_bytes()) {
         return FactoryError::InvalidIdempotencyKey.into_response();
     }

@@ -494,6 +494,45 @@ async fn a_role_refusal_is_not_stored() {
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
 
+/// A stored result is replayed only to a role that may make the request: an admin made an
+/// operator gets 403 for the key of an API key it created, not the key's secret again. The
+/// result is kept: promoted back, the same request replays it.
+#[tokio::test]
+async fn a_stored_result_is_not_replayed_to_a_role_that_may_no_longer_make_the_request() {
+    let app = spawn_app().await;
+    let email = app.user(Role::Admin).await;
+    let admin = app.login(&email).await;
+    let set_role = |role: &'static str| {
+        let (pool, email) = (app.db.pool.clone(), email.clone());
+        async move {
+            sqlx::query("UPDATE users SET role = $1 WHERE email = $2")
+                .bind(role)
+                .bind(email)
+                .execute(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let req = json!({"name": "scanner"});
+    let first = app
+        .post("/v1/api-keys", &admin.access, &req, Some("demoted"))
+        .await;
+    assert_eq!(first.status(), 201);
+    let first = body(first).await;
+    set_role("operator").await;
+    let replay = app
+        .post("/v1/api-keys", &admin.access, &req, Some("demoted"))
+        .await;
+    assert!(replay.headers().get("idempotent-replayed").is_none());
+    assert_error(replay, 403, "forbidden").await;
+    set_role("admin").await;
+    let replay = app
+        .post("/v1/api-keys", &admin.access, &req, Some("demoted"))
+        .await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(replay).await, first);
+}
+
 #[tokio::test]
 async fn a_claim_left_by_a_run_that_committed_replays_from_postgres_not_409() {
     let app = spawn_app().await;
