@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use secrecy::SecretString;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::extract::ClientInfo;
@@ -293,26 +294,30 @@ pub async fn refresh(
         }
         return Err(invalid_refresh());
     }
-    let actor = Actor::User {
-        id: found.user_id,
-        email: found.email.clone(),
-    };
     if found.rotated {
-        repo::revoke_family(&mut tx, found.family_id, "reuse").await?;
-        let event = NewEvent::new("auth.refresh_reuse_detected", actor)
-            .target("refresh_family", found.family_id)
-            .client(client.ip.clone(), client.user_agent.clone());
-        state.audit.append(&mut tx, event).await?;
+        revoke_and_audit(
+            state,
+            &mut tx,
+            &found,
+            "reuse",
+            "auth.refresh_reuse_detected",
+            client,
+        )
+        .await?;
         tx.commit().await?;
         metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
         return Err(token_reused());
     }
     if found.device_id != device_id {
-        repo::revoke_family(&mut tx, found.family_id, "device_mismatch").await?;
-        let event = NewEvent::new("auth.refresh_device_mismatch", actor)
-            .target("refresh_family", found.family_id)
-            .client(client.ip.clone(), client.user_agent.clone());
-        state.audit.append(&mut tx, event).await?;
+        revoke_and_audit(
+            state,
+            &mut tx,
+            &found,
+            "device_mismatch",
+            "auth.refresh_device_mismatch",
+            client,
+        )
+        .await?;
         tx.commit().await?;
         metrics::counter!("auth_refreshes_total", "result" => "device_mismatch").increment(1);
         return Err(FactoryError::unauthorized(
@@ -373,17 +378,39 @@ pub async fn logout(
         return Err(FactoryError::CsrfFailed);
     }
     if !found.family_revoked {
-        repo::revoke_family(&mut tx, found.family_id, "logout").await?;
-        let actor = Actor::User {
-            id: found.user_id,
-            email: found.email.clone(),
+        // A rotated token is a stolen copy (or a lost refresh answer, as for refresh): the
+        // session ends all the same, but the log says what happened rather than a sign-out.
+        let (reason, action) = if found.rotated {
+            metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
+            ("reuse", "auth.refresh_reuse_detected")
+        } else {
+            ("logout", "auth.logout")
         };
-        let event = NewEvent::new("auth.logout", actor)
-            .target("refresh_family", found.family_id)
-            .client(client.ip.clone(), client.user_agent.clone());
-        state.audit.append(&mut tx, event).await?;
+        revoke_and_audit(state, &mut tx, &found, reason, action, client).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Revokes the presented token's family for `reason` and appends the audit event `action`,
+/// on `tx`.
+async fn revoke_and_audit(
+    state: &AppState,
+    tx: &mut PgConnection,
+    found: &repo::PresentedToken,
+    reason: &str,
+    action: &'static str,
+    client: &ClientInfo,
+) -> Result<(), FactoryError> {
+    repo::revoke_family(tx, found.family_id, reason).await?;
+    let actor = Actor::User {
+        id: found.user_id,
+        email: found.email.clone(),
+    };
+    let event = NewEvent::new(action, actor)
+        .target("refresh_family", found.family_id)
+        .client(client.ip.clone(), client.user_agent.clone());
+    state.audit.append(tx, event).await?;
     Ok(())
 }
 

@@ -555,6 +555,29 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     assert_eq!(app.get(&product, &elsewhere.access).await.status(), 200);
 }
 
+/// Signing out with a rotated refresh token (a stolen copy) ends the session as any sign-out
+/// does, but is recorded as the reuse it is, not as the user's own sign-out.
+#[tokio::test]
+async fn signing_out_with_a_rotated_token_is_recorded_as_reuse() {
+    let app = spawn_app().await;
+    let s1 = app.signed_in(Role::Admin).await;
+    let s2 = session_of(app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await).await;
+    app.logout(&s1).await;
+    assert_eq!(app.audit_count("auth.refresh_reuse_detected").await, 1);
+    assert_eq!(app.audit_count("auth.logout").await, 0);
+    let reason: Option<String> = sqlx::query_scalar("SELECT revoked_reason FROM refresh_families")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("reuse"));
+    assert_error(
+        app.refresh(&s2.cookie(), Some(&s2.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+}
+
 /// The admin limit charges a request to the user its token names before the session is
 /// looked up. A token whose session has ended (a thief's, after reuse was detected) is charged
 /// to its address instead, so it cannot use up the budget of the user's live session.
