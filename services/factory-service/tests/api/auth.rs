@@ -614,7 +614,8 @@ async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_bud
 }
 
 #[tokio::test]
-async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_when_it_is_disabled() {
+async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_for_good_when_it_is_disabled()
+{
     let app = spawn_app().await;
     let email = app.user(Role::Admin).await;
     let s = app.login(&email).await;
@@ -629,6 +630,18 @@ async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_when_it_is
     assert_eq!(app.get(&product, &s.access).await.status(), 200);
     set("UPDATE users SET disabled_at = now() WHERE email = $1").await;
     assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+    // Enabled again (by SQL, as it was disabled): the sessions stay ended, so an attacker's
+    // session on a compromised account does not come back with it. The user signs in anew.
+    set("UPDATE users SET disabled_at = NULL WHERE email = $1").await;
+    assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+    assert_error(
+        app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await,
+        401,
+        "invalid_refresh_token",
+    )
+    .await;
+    let again = app.login(&email).await;
+    assert_eq!(app.get(&product, &again.access).await.status(), 200);
 }
 
 /// The session look-up needs PostgreSQL. While it is away a request with a valid token gets
