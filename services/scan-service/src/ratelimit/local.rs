@@ -60,7 +60,10 @@ impl LocalBuckets {
                 limiter = fresh;
             }
         }
-        let now_unix = unix_now();
+        // The bucket is full again at most `missing` token periods from now (governor's
+        // snapshot counts whole tokens, so the fraction of one may already be back): the
+        // reset is that instant rounded up, never a second it is not full yet.
+        let now = unix_now_secs_f64();
         let seconds_per_token = 60.0 / f64::from(limits.per_minute);
         match limiter.check_key(&key.to_owned()) {
             Ok(snapshot) => {
@@ -70,7 +73,7 @@ impl LocalBuckets {
                     allowed: true,
                     limit: limits.per_minute,
                     remaining,
-                    reset_unix: now_unix + (missing as f64 * seconds_per_token).ceil() as u64,
+                    reset_unix: unix_after(now, missing as f64 * seconds_per_token),
                     retry_after_secs: 0,
                 }
             }
@@ -80,8 +83,7 @@ impl LocalBuckets {
                     allowed: false,
                     limit: limits.per_minute,
                     remaining: 0,
-                    reset_unix: now_unix
-                        + (f64::from(limits.burst) * seconds_per_token).ceil() as u64,
+                    reset_unix: unix_after(now, f64::from(limits.burst) * seconds_per_token),
                     retry_after_secs: whole_seconds(wait),
                 }
             }
@@ -120,12 +122,18 @@ fn new_limiter(limits: BucketLimits) -> Keyed {
         .with_middleware::<StateInformationMiddleware>()
 }
 
-/// Seconds since the Unix epoch, now.
-pub(crate) fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, now, with their fraction.
+pub(crate) fn unix_now_secs_f64() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs()
+        .as_secs_f64()
+}
+
+/// The whole Unix second at or after `secs` seconds past `now` (Unix seconds with fraction):
+/// a reset stated in whole seconds that is never before the instant it stands for.
+pub(crate) fn unix_after(now: f64, secs: f64) -> u64 {
+    (now + secs).ceil() as u64
 }
 
 /// Whole seconds, rounded up, at least 1.
@@ -158,6 +166,31 @@ mod tests {
         let v = buckets.take("ip:5.6.7.8", LIMITS);
         assert!(v.allowed);
         assert_eq!(v.remaining, 19);
+    }
+
+    /// `X-RateLimit-Reset` is a whole second at or after the instant the bucket is full: a
+    /// client that waits for it finds the whole burst there.
+    #[test]
+    fn the_reset_is_never_before_the_bucket_is_full() {
+        let buckets = LocalBuckets::new(1000);
+        let before = unix_now_secs_f64();
+        let v = buckets.take("ip:1.2.3.4", LIMITS);
+        // One token spent at 60 a minute: full one second after the take, not sooner.
+        assert!(
+            v.reset_unix as f64 >= before + 1.0,
+            "{} < {before} + 1",
+            v.reset_unix
+        );
+        for _ in 0..19 {
+            buckets.take("ip:1.2.3.4", LIMITS);
+        }
+        let before = unix_now_secs_f64();
+        let refused = buckets.take("ip:1.2.3.4", LIMITS);
+        assert!(!refused.allowed);
+        assert!(
+            refused.reset_unix as f64 >= before + 19.0,
+            "{refused:?} at {before}"
+        );
     }
 
     #[test]

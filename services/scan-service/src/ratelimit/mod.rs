@@ -49,17 +49,30 @@ pub struct Unavailable {
     pub retry_after_secs: u64,
     /// The caller's refill per minute.
     pub limit: u32,
+    /// Unix seconds, rounded up, when the wait ends.
+    pub until_unix: u64,
 }
 
 impl Unavailable {
+    /// Refused for `retry_after` (the breaker's remaining open time, say) to a caller whose
+    /// bucket refills `limit` a minute.
+    pub fn new(retry_after: Duration, limit: u32) -> Self {
+        Self {
+            retry_after_secs: local::whole_seconds(retry_after),
+            limit,
+            until_unix: local::unix_after(local::unix_now_secs_f64(), retry_after.as_secs_f64()),
+        }
+    }
+
     /// The figures for the answer's rate-limit headers: the caller's limit, no tokens to spend,
-    /// and full again (as far as anyone knows) when `Retry-After` ends.
+    /// and full again (as far as anyone knows) when the wait ends: the same second for every
+    /// answer while the breaker stays open, never before it may close.
     pub fn verdict(&self) -> Verdict {
         Verdict {
             allowed: false,
             limit: self.limit,
             remaining: 0,
-            reset_unix: local::unix_now() + self.retry_after_secs,
+            reset_unix: self.until_unix,
             retry_after_secs: self.retry_after_secs,
         }
     }
@@ -207,10 +220,7 @@ impl RateLimiter {
         };
         if self.config.fail_closed {
             metrics.fail_closed.increment(1);
-            return Err(Unavailable {
-                retry_after_secs: local::whole_seconds(retry_after),
-                limit: limits.per_minute,
-            });
+            return Err(Unavailable::new(retry_after, limits.per_minute));
         }
         metrics.fallback.increment(1);
         Ok(self.local.take(&key, limits))
@@ -220,6 +230,19 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failing closed, `X-RateLimit-Reset` is not before the wait ends (the old figure was
+    /// the current whole second plus `Retry-After`, up to a second early).
+    #[test]
+    fn a_fail_closed_reset_is_not_before_the_wait_ends() {
+        let before = local::unix_now_secs_f64();
+        let refused = Unavailable::new(Duration::from_secs(1), 60).verdict();
+        assert_eq!(refused.retry_after_secs, 1);
+        assert!(
+            refused.reset_unix as f64 >= before + 1.0,
+            "{refused:?} at {before}"
+        );
+    }
 
     #[test]
     fn bucket_keys_are_sized_once() {
