@@ -35,8 +35,8 @@ pub struct Decision {
     pub allowed: bool,
     /// Whole tokens left.
     pub remaining: u64,
-    /// Seconds until the bucket is full again.
-    pub full_in_secs: u64,
+    /// Until the bucket is full again.
+    pub full_in: Duration,
     /// Seconds until one token is available (0 when allowed).
     pub retry_after_secs: u64,
 }
@@ -117,7 +117,7 @@ impl Buckets {
         Decision {
             allowed,
             remaining: bucket.tokens.floor() as u64,
-            full_in_secs: secs(self.burst - bucket.tokens),
+            full_in: Duration::from_secs_f64((self.burst - bucket.tokens).max(0.0) / self.per_sec),
             retry_after_secs: if allowed {
                 0
             } else {
@@ -154,7 +154,9 @@ pub fn network_key(ip: IpAddr) -> String {
 
 /// Adds `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds when full).
 pub fn add_headers(headers: &mut HeaderMap, per_minute: u64, decision: &Decision) {
-    let reset = chrono::Utc::now().timestamp().max(0) as u64 + decision.full_in_secs;
+    // The whole second at or after the instant the bucket is full, never one before it.
+    let now = chrono::Utc::now().timestamp_micros().max(0) as f64 / 1e6;
+    let reset = (now + decision.full_in.as_secs_f64()).ceil() as u64;
     headers.insert("x-ratelimit-limit", HeaderValue::from(per_minute));
     headers.insert(
         "x-ratelimit-remaining",
@@ -232,6 +234,24 @@ mod tests {
         assert_eq!(denied.retry_after_secs, 1);
         assert!(b.check_at("k", t0 + Duration::from_millis(100)).allowed);
         assert!(b.check_at("other", t0).allowed);
+    }
+
+    /// `X-RateLimit-Reset` is a whole second at or after the instant the bucket is full: a
+    /// client that waits for it finds the whole burst there.
+    #[test]
+    fn the_reset_header_is_never_before_the_bucket_is_full() {
+        let buckets = Buckets::new(1.0, 20);
+        let before = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        let mut headers = HeaderMap::new();
+        add_headers(&mut headers, 60, &buckets.check("ip:a"));
+        let reset: Option<f64> = headers
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        // One token spent at one a second: full a second after the check, not sooner.
+        assert!(
+            reset.is_some_and(|r| r >= before + 1.0),
+            "{reset:?} at {before}"
+        );
     }
 
     #[test]
