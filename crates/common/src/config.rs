@@ -72,6 +72,8 @@ pub struct Env {
     not_utf8: BTreeSet<String>,
     /// The first of those that configuration read (see [`Env::refuse_unreadable`]).
     read_not_utf8: Arc<OnceLock<String>>,
+    /// Why the `.env` file could not be read completely, when it could not.
+    dotenv_error: Option<ConfigError>,
 }
 
 impl Env {
@@ -81,10 +83,15 @@ impl Env {
     /// that is not UTF-8 is an error only if configuration reads its variable
     /// ([`Env::refuse_unreadable`]); variables whose name is not UTF-8 are none of ours.
     pub fn from_process() -> Self {
-        if reads_dotenv(std::env::var_os("APP_ENV").as_deref()) {
-            let _ = dotenvy::dotenv();
+        let dotenv_error = if reads_dotenv(std::env::var_os("APP_ENV").as_deref()) {
+            dotenv_problem(dotenvy::dotenv().err())
+        } else {
+            None
+        };
+        Self {
+            dotenv_error,
+            ..Self::from_os_vars(std::env::vars_os())
         }
-        Self::from_os_vars(std::env::vars_os())
     }
 
     /// An environment made of these pairs as the operating system gives them.
@@ -109,7 +116,13 @@ impl Env {
     /// Refuses a value that is not UTF-8 in a variable that configuration has read. Such a
     /// value reads as unset, so this is called once every setting is parsed: without it the
     /// default would be used in silence (a random `IP_HASH_KEY`, say).
+    ///
+    /// A `.env` file that exists but could not be read completely comes first: the parser
+    /// stops at a bad line, and every setting after it would read as unset.
     pub fn refuse_unreadable(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.dotenv_error {
+            return Err(e.clone());
+        }
         match self.read_not_utf8.get() {
             None => Ok(()),
             Some(var) => Err(ConfigError {
@@ -294,6 +307,33 @@ fn is_exact_origin(origin: &str) -> bool {
 
 /// Whether `.env` is read, given the process's own `APP_ENV`: unset (empty counts as unset, as
 /// for every variable) or `development` only.
+/// What is wrong with the `.env` file `dotenvy` tried to load, unless there is none. The line
+/// that could not be parsed is not shown (it may hold a secret), only the name it begins with.
+fn dotenv_problem(error: Option<dotenvy::Error>) -> Option<ConfigError> {
+    let error = error.filter(|e| !e.not_found())?;
+    let problem = match &error {
+        dotenvy::Error::LineParse(line, at) => {
+            let name: String = line
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
+                .take(64)
+                .collect();
+            format!(
+                "the line beginning {name:?} cannot be parsed (at character {at}); it and \
+                 every line after it were not read"
+            )
+        }
+        other => format!("cannot be read: {other}"),
+    };
+    Some(ConfigError {
+        var: ".env".to_owned(),
+        shown: "<not shown>".to_owned(),
+        problem,
+        expected: "a readable file of NAME=value lines, values with spaces quoted".to_owned(),
+    })
+}
+
 fn reads_dotenv(app_env: Option<&std::ffi::OsStr>) -> bool {
     app_env.is_none_or(|v| {
         v.to_str().is_some_and(|v| {

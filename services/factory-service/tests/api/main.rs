@@ -5,6 +5,7 @@
 mod api_keys;
 mod auth;
 mod catalog;
+mod config;
 mod errors;
 mod health;
 mod helpers;
