@@ -810,6 +810,62 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     );
 }
 
+/// The client's streaming pull retries an unreachable broker silently, so a worker cut off
+/// from Pub/Sub used to say nothing at all. It now keeps
+/// `scan_events_subscription_reachable` (and logs the change), and heals by itself.
+#[tokio::test]
+async fn a_worker_shows_when_its_subscription_cannot_be_reached_and_when_it_can_again() {
+    let s = set_up(5).await;
+    let db = TestDb::new().await;
+    let mut broker = Proxy::start(&emulator()).await.expect("proxy");
+    let mut worker = common::testing::ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+            .args(["worker", "--metrics-addr", "127.0.0.1:0"])
+            .env("DATABASE_URL", db.url.expose_secret())
+            .env("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{}", broker.port))
+            .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
+            .env("SCAN_EVENTS_TOPIC", &s.pubsub.topic)
+            .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
+            .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
+            .env("APP_ENV", "test")
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the worker"),
+    );
+    let stdout = worker.0.stdout.take().expect("piped stdout");
+    let addr = common::testing::logged_address(stdout, "worker health and metrics on http://")
+        .await
+        .expect("the worker logs where it serves metrics");
+    let client = reqwest::Client::new();
+    let reachable = |value: &'static str| {
+        let (client, line) = (
+            client.clone(),
+            format!("scan_events_subscription_reachable {value}"),
+        );
+        move || {
+            let (client, line) = (client.clone(), line.clone());
+            async move {
+                let text = client
+                    .get(format!("http://{addr}/metrics"))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                text.lines().any(|l| l == line).then_some(())
+            }
+        }
+    };
+    eventually("the subscription reachable", reachable("1")).await;
+    broker.down().await;
+    eventually("the subscription unreachable", reachable("0")).await;
+    broker.up().expect("proxy listening again");
+    eventually("the subscription reachable again", reachable("1")).await;
+}
+
 /// A deployment whose workers consume (infra/terraform) runs `serve` with
 /// `SCAN_EVENTS_CONSUMER=false`: its instances neither pull nor need the right to.
 #[tokio::test]

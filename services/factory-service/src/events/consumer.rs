@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use common::health::ReadinessCheck;
 use google_cloud_pubsub::client::Subscriber;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -22,10 +23,22 @@ use super::{EventsError, EventsSettings, batcher};
 /// Longest pause between attempts to reopen a failed stream.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How often a running consumer asks the broker about its subscription (one small RPC).
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+/// The longest a probe of the subscription may take before it counts as no answer.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// While the subscription stays unreachable, the warning is repeated every this many probes
+/// (five minutes).
+const WARN_AGAIN_AFTER: u32 = 60;
+
 /// A scan-event consumer, ready to run.
 pub struct Consumer {
     subscriber: Subscriber,
     context: Arc<Context>,
+    /// Whether the broker answers for the subscription (the readiness probe's request).
+    watch: ReadinessCheck,
 }
 
 /// Why one stream stopped.
@@ -44,6 +57,7 @@ impl Consumer {
     /// `settings.consumer.db_connections`, the batches applied at once.
     pub async fn build(settings: EventsSettings, pool: PgPool) -> Result<Self, EventsError> {
         let subscriber = common::pubsub::subscriber(&settings.pubsub).await?;
+        let watch = super::readiness(&settings.pubsub).await?;
         let dlq = common::pubsub::publisher(&settings.pubsub, &settings.pubsub.dlq_topic).await?;
         let subscription = settings
             .pubsub
@@ -61,6 +75,7 @@ impl Consumer {
                 subscription,
                 settled: Arc::new(AtomicU64::new(0)),
             }),
+            watch,
         })
     }
 
@@ -122,8 +137,50 @@ impl Consumer {
         tokio::join!(
             batcher::run(Arc::clone(&self.context), deliveries, shutdown.clone()),
             streams_done,
+            watch_subscription(&self.watch, &self.context.subscription, &shutdown),
         );
         tracing::info!("scan-event consumer stopped");
+    }
+}
+
+/// Asks the broker about the subscription every [`WATCH_EVERY`] until shutdown. The client's
+/// streaming pull retries an unreachable broker by itself and reports nothing, so without this
+/// an outage left no trace (a `worker` without `--metrics-addr` has no `/readyz` either). Sets
+/// `scan_events_subscription_reachable`, warns when the subscription stops answering (again
+/// every five minutes while it stays away) and says when it is back.
+async fn watch_subscription(
+    check: &ReadinessCheck,
+    subscription: &str,
+    shutdown: &CancellationToken,
+) {
+    let mut unreachable_for = 0u32;
+    loop {
+        let answer = tokio::time::timeout(WATCH_TIMEOUT, (check.check)())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {WATCH_TIMEOUT:?}")));
+        metrics::subscription_reachable(answer.is_ok());
+        match answer {
+            Ok(()) if unreachable_for > 0 => {
+                tracing::info!(subscription, "the scan-event subscription answers again");
+                unreachable_for = 0;
+            }
+            Ok(()) => {}
+            Err(error) => {
+                if unreachable_for.is_multiple_of(WARN_AGAIN_AFTER) {
+                    tracing::warn!(
+                        subscription,
+                        %error,
+                        "the scan-event consumer cannot reach its subscription; events wait in \
+                         Pub/Sub until it can"
+                    );
+                }
+                unreachable_for = unreachable_for.saturating_add(1);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+        }
     }
 }
 

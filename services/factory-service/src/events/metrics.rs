@@ -8,6 +8,9 @@ pub const DEAD_LETTERED: &str = "dlq_messages_total";
 pub const LAG: &str = "scan_events_lag_seconds";
 /// `scan_events_batch_size`: valid events applied together in one micro-batch.
 pub const BATCH_SIZE: &str = "scan_events_batch_size";
+/// `scan_events_subscription_reachable`: 1 while the broker answers for the consumer's
+/// subscription, 0 while it does not (the streaming pull retries such an outage silently).
+pub const SUBSCRIPTION_REACHABLE: &str = "scan_events_subscription_reachable";
 
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,4 +90,13 @@ pub fn describe() {
         metrics::Unit::Count,
         "Valid scan events applied together in one transaction (before any split)"
     );
+    metrics::describe_gauge!(
+        SUBSCRIPTION_REACHABLE,
+        "1 while Pub/Sub answers for the consumer's subscription, else 0"
+    );
+}
+
+/// Records whether the consumer's subscription answered its last probe.
+pub fn subscription_reachable(reachable: bool) {
+    metrics::gauge!(SUBSCRIPTION_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
 }
