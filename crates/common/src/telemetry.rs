@@ -64,8 +64,9 @@ where
     let filter = EnvFilter::try_new(&config.log_filter).with_context(|| {
         format!(
             "invalid configuration: RUST_LOG={:?}: not a valid filter (expected directives \
-                 such as info or warn,scan_service=debug)",
-            config.log_filter
+                 such as info or warn,{}=debug)",
+            config.log_filter,
+            service.replace('-', "_")
         )
     })?;
     let fmt_layer = match config.log_format {
@@ -155,5 +156,28 @@ fn spawn_upkeep(handle: PrometheusHandle) {
     if let Err(e) = started {
         // Scrapes still drain the samples; only an unscraped process grows.
         tracing::error!(error = %e, "could not start the metrics upkeep thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+
+    /// The example in the error names the service whose start-up failed (the factory's said
+    /// `scan_service=debug`).
+    #[test]
+    fn a_bad_rust_log_is_explained_with_the_services_own_target() {
+        let config = TelemetryConfig {
+            log_format: LogFormat::Json,
+            log_filter: "info,[".to_owned(),
+            otlp_endpoint: None,
+        };
+        let refused = init_with_writer("factory-service", &config, std::io::sink).err();
+        let message = refused.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("RUST_LOG=\"info,[\"") && message.contains("factory_service=debug"),
+            "{message}"
+        );
     }
 }
