@@ -141,6 +141,8 @@ async fn create_user(
     role: factory_service::users::Role,
 ) -> anyhow::Result<()> {
     // Before asking for a password that could not be used.
+    factory_service::users::normalize_email(email)
+        .map_err(|problem| anyhow::anyhow!("--email {email:?}: {problem}"))?;
     common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
     let given = env.password("FACTORY_USER_PASSWORD");
     env.refuse_unreadable()?;

@@ -146,6 +146,15 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     let out = user_create(&db, "y@example.com", "root").output().unwrap();
     assert!(!out.status.success());
+    // An email that could never be used is refused before a password is asked for.
+    let out = user_create(&db, "not-an-email", "admin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not an email address"), "{stderr}");
+    assert!(!stderr.contains("password (one line"), "{stderr}");
 }
 
 /// `migrate` and `user create` with nothing listening where `DATABASE_URL` points: one line
