@@ -749,23 +749,25 @@ async fn batches_count_each_event_once_and_isolate_an_event_the_database_refuses
     consumer.stop().await;
 }
 
-#[tokio::test]
-async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
-    // The real binary, so that the worker has a process (and a metrics recorder) of its own.
-    let s = set_up(5).await;
-    let db = TestDb::new().await;
-    // Port 0, and the address the worker logs: a port probed here and freed could be taken by
-    // another test's server (whose /metrics, in a process without a recorder, is empty) before
-    // the worker binds it.
+/// The real `factory-service worker` (a process, and a metrics recorder, of its own) on
+/// `settings`' names, pulling through the broker at `broker`, serving health and metrics on
+/// port 0; with the address it logs. Port 0 and the logged address: a port probed here and
+/// freed could be taken by another test's server (whose /metrics, in a process without a
+/// recorder, is empty) before the worker binds it.
+async fn worker_serving_metrics(
+    settings: &EventsSettings,
+    db: &TestDb,
+    broker: &str,
+) -> (common::testing::ChildGuard, std::net::SocketAddr) {
     let mut worker = common::testing::ChildGuard(
         std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
             .args(["worker", "--metrics-addr", "127.0.0.1:0"])
             .env("DATABASE_URL", db.url.expose_secret())
-            .env("PUBSUB_EMULATOR_HOST", emulator())
-            .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
-            .env("SCAN_EVENTS_TOPIC", &s.pubsub.topic)
-            .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
-            .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
+            .env("PUBSUB_EMULATOR_HOST", broker)
+            .env("PUBSUB_PROJECT_ID", &settings.pubsub.project_id)
+            .env("SCAN_EVENTS_TOPIC", &settings.pubsub.topic)
+            .env("SCAN_EVENTS_SUBSCRIPTION", &settings.pubsub.subscription)
+            .env("SCAN_EVENTS_DLQ_TOPIC", &settings.pubsub.dlq_topic)
             .env("APP_ENV", "test")
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "json")
@@ -777,6 +779,15 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     let addr = common::testing::logged_address(stdout, "worker health and metrics on http://")
         .await
         .expect("the worker logs where it serves metrics");
+    (worker, addr)
+}
+
+#[tokio::test]
+async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
+    // The real binary, so that the worker has a process (and a metrics recorder) of its own.
+    let s = set_up(5).await;
+    let db = TestDb::new().await;
+    let (_worker, addr) = worker_serving_metrics(&s, &db, &emulator()).await;
 
     let client = reqwest::Client::new();
     let text = eventually("the worker's /metrics", || async {
@@ -818,26 +829,8 @@ async fn a_worker_shows_when_its_subscription_cannot_be_reached_and_when_it_can_
     let s = set_up(5).await;
     let db = TestDb::new().await;
     let mut broker = Proxy::start(&emulator()).await.expect("proxy");
-    let mut worker = common::testing::ChildGuard(
-        std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
-            .args(["worker", "--metrics-addr", "127.0.0.1:0"])
-            .env("DATABASE_URL", db.url.expose_secret())
-            .env("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{}", broker.port))
-            .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
-            .env("SCAN_EVENTS_TOPIC", &s.pubsub.topic)
-            .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
-            .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
-            .env("APP_ENV", "test")
-            .env("RUST_LOG", "info")
-            .env("LOG_FORMAT", "json")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the worker"),
-    );
-    let stdout = worker.0.stdout.take().expect("piped stdout");
-    let addr = common::testing::logged_address(stdout, "worker health and metrics on http://")
-        .await
-        .expect("the worker logs where it serves metrics");
+    let (_worker, addr) =
+        worker_serving_metrics(&s, &db, &format!("127.0.0.1:{}", broker.port)).await;
     let client = reqwest::Client::new();
     let reachable = |value: &'static str| {
         let (client, line) = (
