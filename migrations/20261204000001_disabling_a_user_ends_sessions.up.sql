@@ -17,3 +17,9 @@ CREATE TRIGGER users_disabled_revokes_sessions
     FOR EACH ROW
     WHEN (OLD.disabled_at IS NULL AND NEW.disabled_at IS NOT NULL)
     EXECUTE FUNCTION revoke_sessions_of_disabled_user();
+
+-- Users disabled before this migration: their sessions end now, as if disabled after it.
+UPDATE refresh_families f
+   SET revoked_at = now(), revoked_reason = 'user_disabled'
+  FROM users u
+ WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL AND f.revoked_at IS NULL;

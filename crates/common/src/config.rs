@@ -84,7 +84,7 @@ impl Env {
     /// ([`Env::refuse_unreadable`]); variables whose name is not UTF-8 are none of ours.
     pub fn from_process() -> Self {
         let dotenv_error = if reads_dotenv(std::env::var_os("APP_ENV").as_deref()) {
-            dotenv_problem(dotenvy::dotenv().err())
+            load_dotenv()
         } else {
             None
         };
@@ -305,11 +305,18 @@ fn is_exact_origin(origin: &str) -> bool {
         }
 }
 
-/// Whether `.env` is read, given the process's own `APP_ENV`: unset (empty counts as unset, as
-/// for every variable) or `development` only.
-/// What is wrong with the `.env` file `dotenvy` tried to load, unless there is none. The line
-/// that could not be parsed is not shown (it may hold a secret), only the name it begins with.
-fn dotenv_problem(error: Option<dotenvy::Error>) -> Option<ConfigError> {
+/// Loads `.env` from the working directory (only there: not from a parent directory, which
+/// the process's operator may not know about); what is wrong with it, unless it is absent or
+/// fine.
+fn load_dotenv() -> Option<ConfigError> {
+    let path = std::env::current_dir().ok()?.join(".env");
+    dotenv_problem(&path, dotenvy::from_path(&path).err())
+}
+
+/// What is wrong with the `.env` file at `path` that `dotenvy` tried to load, unless there is
+/// none. The line that could not be parsed is not shown (it may hold a secret), only the name
+/// it begins with.
+fn dotenv_problem(path: &std::path::Path, error: Option<dotenvy::Error>) -> Option<ConfigError> {
     let error = error.filter(|e| !e.not_found())?;
     let problem = match &error {
         dotenvy::Error::LineParse(line, at) => {
@@ -327,13 +334,15 @@ fn dotenv_problem(error: Option<dotenvy::Error>) -> Option<ConfigError> {
         other => format!("cannot be read: {other}"),
     };
     Some(ConfigError {
-        var: ".env".to_owned(),
+        var: path.display().to_string(),
         shown: "<not shown>".to_owned(),
         problem,
         expected: "a readable file of NAME=value lines, values with spaces quoted".to_owned(),
     })
 }
 
+/// Whether `.env` is read, given the process's own `APP_ENV`: unset (empty counts as unset, as
+/// for every variable) or `development` only.
 fn reads_dotenv(app_env: Option<&std::ffi::OsStr>) -> bool {
     app_env.is_none_or(|v| {
         v.to_str().is_some_and(|v| {

@@ -381,12 +381,16 @@ pub async fn logout(
         // A rotated token is a stolen copy (or a lost refresh answer, as for refresh): the
         // session ends all the same, but the log says what happened rather than a sign-out.
         let (reason, action) = if found.rotated {
-            metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
             ("reuse", "auth.refresh_reuse_detected")
         } else {
             ("logout", "auth.logout")
         };
         revoke_and_audit(state, &mut tx, &found, reason, action, client).await?;
+        tx.commit().await?;
+        if found.rotated {
+            metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
+        }
+        return Ok(());
     }
     tx.commit().await?;
     Ok(())

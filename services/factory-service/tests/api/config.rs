@@ -31,5 +31,8 @@ fn a_dotenv_line_that_cannot_be_parsed_stops_start_up_naming_the_file() {
         stderr.contains(".env=<not shown>: the line beginning \"JWT_SECRET\" cannot be parsed"),
         "{stderr}"
     );
+    // Named by its path, so that the operator knows which file.
+    let path = dir.join(".env");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
     assert!(!stderr.contains("a-secret-value"), "{stderr}");
 }

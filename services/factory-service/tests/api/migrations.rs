@@ -85,3 +85,43 @@ async fn migrations_revert_and_reapply() {
         .await
         .expect("apply again");
 }
+
+/// Users disabled before the migration that ends a disabled user's sessions lose theirs when
+/// it is applied, as if disabled after it (else enabling them again would bring the sessions
+/// back, which the migration is there to prevent).
+#[tokio::test]
+async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_applied() {
+    let pool = empty_database().await;
+    factory_service::db::migrate(&pool).await.expect("apply");
+    common::db::MIGRATOR
+        .undo(&pool, 20261201000002)
+        .await
+        .expect("revert to before the trigger");
+    let (user, family) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO users (id, email, password_hash, role, disabled_at) \
+         VALUES ($1, 'gone@example.com', 'x', 'viewer', now())",
+    )
+    .bind(user)
+    .execute(&pool)
+    .await
+    .expect("a disabled user");
+    sqlx::query(
+        "INSERT INTO refresh_families (id, user_id, device_id) VALUES ($1, $2, 'a-device-id-0123456')",
+    )
+    .bind(family)
+    .bind(user)
+    .execute(&pool)
+    .await
+    .expect("a session of theirs");
+    factory_service::db::migrate(&pool)
+        .await
+        .expect("apply again");
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT revoked_reason FROM refresh_families WHERE id = $1")
+            .bind(family)
+            .fetch_one(&pool)
+            .await
+            .expect("the session");
+    assert_eq!(reason.as_deref(), Some("user_disabled"));
+}

@@ -187,8 +187,9 @@ mod tests {
         let before = unix_now_secs_f64();
         let refused = buckets.take("ip:1.2.3.4", LIMITS);
         assert!(!refused.allowed);
+        // Refused, the bucket is empty: full again a whole burst (20 s) after the take.
         assert!(
-            refused.reset_unix as f64 >= before + 19.0,
+            refused.reset_unix as f64 >= before + 20.0,
             "{refused:?} at {before}"
         );
     }
