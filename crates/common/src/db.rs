@@ -18,6 +18,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// What to tell someone whose database lacks the schema.
 pub const MIGRATE_HINT: &str = "run `factory-service migrate`";
 
+/// How long a request waits for a connection from a [`pg_pool`] before giving up.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Whether PostgreSQL refused a statement because a table does not exist (SQLSTATE 42P01,
 /// `undefined_table`): the database was never migrated.
 pub fn is_undefined_table(e: &sqlx::Error) -> bool {
@@ -47,7 +50,7 @@ pub fn pg_pool(
     )]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
         .connect_lazy_with(options))
 }

@@ -193,10 +193,12 @@ pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next
         rate_limited_response(decision.retry_after_secs)
     };
     // A refusal from an inner limiter (login attempts per IP and email, or the address of a
-    // token whose session ended) carries its own Retry-After; this bucket's figures (tokens
-    // left) would contradict it.
+    // token whose session ended) carries its own Retry-After, and an answer charged to the
+    // address instead carries that bucket's figures: this bucket's (tokens left) would
+    // contradict them.
     let inner_refusal = decision.allowed && response.status() == StatusCode::TOO_MANY_REQUESTS;
-    if !inner_refusal {
+    let inner_figures = response.headers().contains_key("x-ratelimit-limit");
+    if !inner_refusal && !inner_figures {
         add_headers(response.headers_mut(), limiter.per_minute(), &decision);
     }
     response
@@ -205,19 +207,22 @@ pub async fn admin_limit(State(state): State<AppState>, req: Request, next: Next
 /// For a request [`admin_limit`] charged to `user`, whose token turned out to belong to a
 /// session that has ended: gives the user's token back and charges the client's address
 /// instead, so that a revoked token (a thief's, say) cannot use up the budget of the user's
-/// live sessions. The 429 to answer when the address is over its limit.
+/// live sessions. The address bucket's decision, whose figures the answer shows, or the
+/// seconds the 429 to answer asks to wait when the address is over its limit.
 pub fn recharge_to_address(
     state: &AppState,
     user: &Principal,
     ip: Option<&ClientIp>,
-) -> Option<Response> {
+) -> Result<Decision, u64> {
     let limiter = &state.admin_limiter;
     limiter.refund(&client_key(Some(user), ip));
     let decision = limiter.check(&client_key(None, ip));
-    (!decision.allowed).then(|| {
+    if decision.allowed {
+        Ok(decision)
+    } else {
         metrics::counter!("admin_rate_limited_total").increment(1);
-        rate_limited_response(decision.retry_after_secs)
-    })
+        Err(decision.retry_after_secs)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::auth::{CsrfKey, JwtKeys, RefreshLifetime, password};
+use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime, password};
 use crate::config::{BootstrapAdmin, FactoryConfig};
 use crate::ratelimit::Buckets;
 use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE, Redis};
@@ -82,6 +82,7 @@ impl Application {
                 LOGIN_PER_EMAIL_PER_MINUTE,
             )),
             admin_limiter: Arc::new(Buckets::new(f64::from(limit.rps), limit.burst)),
+            ended_sessions: Arc::new(EndedSessions::default()),
             idempotency_ttl: config.idempotency_ttl,
             idempotency_lease: config.common.http.request_timeout + Duration::from_secs(30),
             body_limit: config.common.http.body_limit_bytes,

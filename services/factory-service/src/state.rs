@@ -10,7 +10,7 @@ use futures::FutureExt as _;
 use sqlx::PgPool;
 
 use crate::audit::AuditLog;
-use crate::auth::{CsrfKey, JwtKeys, RefreshLifetime};
+use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime};
 use crate::ratelimit::Buckets;
 
 /// Login attempts allowed per client IP: a burst, then this many a minute.
@@ -42,6 +42,8 @@ pub struct AppState {
     pub login_by_email: Arc<Buckets>,
     /// The admin API's per-client limit.
     pub admin_limiter: Arc<Buckets>,
+    /// Sessions found ended, whose tokens are refused without a query.
+    pub ended_sessions: Arc<EndedSessions>,
     /// How long idempotent results are kept.
     pub idempotency_ttl: Duration,
     /// How long an in-flight idempotency claim holds before a retry may take over (longer

@@ -27,6 +27,8 @@ pub struct Principal {
     pub id: Uuid,
     /// The session (refresh-token family) the token was issued in.
     pub session_id: Uuid,
+    /// When the access token expires (Unix seconds).
+    pub token_expires_at: u64,
     /// Email (the account's, once [`confirm_session`] has run).
     pub email: String,
     /// Role (the account's, once [`confirm_session`] has run).
@@ -92,6 +94,7 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
             .map(|c| Principal {
                 id: c.sub,
                 session_id: c.sid,
+                token_expires_at: c.exp,
                 email: c.email,
                 role: c.role,
             })
@@ -107,7 +110,7 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
 /// How long [`confirm_session`] waits for PostgreSQL (a connection included) before answering
 /// 503: as long as the pool's own acquire timeout, so a connection that hangs mid-query does
 /// not hold the request until the HTTP timeout.
-const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+const SESSION_LOOKUP_TIMEOUT: Duration = common::db::ACQUIRE_TIMEOUT;
 
 /// Middleware, inside [`identify`] and the admin rate limit: stores the [`Identity`]. A valid
 /// access token acts only while its session lasts, with the account's role and email as they
@@ -115,7 +118,13 @@ const SESSION_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// session) and disabling the user end the session's access tokens at once, not when they
 /// expire, and a role change applies to the next request. One look-up by primary key (the
 /// session and its user) per request that carries a valid token; PostgreSQL unusable is 503,
-/// as for the routes themselves.
+/// as for the routes themselves. A session found ended is remembered ([`super::EndedSessions`]), so
+/// its tokens cost no query after the first.
+///
+/// The admin limit charged the request to the user the token names. A token whose session has
+/// ended (a thief's, say) is charged to the client's address instead, and its answer shows
+/// that bucket's figures: it must neither use up nor see the budget of the user's live
+/// sessions.
 pub async fn confirm_session(
     State(state): State<AppState>,
     mut req: Request,
@@ -125,17 +134,23 @@ pub async fn confirm_session(
         .extensions()
         .get::<Claimed>()
         .map_or(Err(Missing::NoToken), |c| c.0.clone());
+    let mut address_decision = None;
     let identity = match claimed {
         Err(missing) => Err(missing),
         Ok(principal) => match session_of(&state, principal.clone()).await {
             Ok(SessionState::Live(principal)) => Ok(principal),
             Ok(SessionState::Ended) => {
-                // The request was charged to the user's bucket; a token whose session has
-                // ended (a thief's, say) must not use up the budget of the user's live ones.
+                state.ended_sessions.insert(
+                    principal.session_id,
+                    principal.token_expires_at,
+                    jsonwebtoken::get_current_timestamp(),
+                );
                 let ip = req.extensions().get::<ClientIp>();
-                if let Some(refused) = crate::ratelimit::recharge_to_address(&state, &principal, ip)
-                {
-                    return refused;
+                match crate::ratelimit::recharge_to_address(&state, &principal, ip) {
+                    Ok(decision) => address_decision = Some(decision),
+                    Err(retry_after) => {
+                        return common::http::rate_limited_response(retry_after);
+                    }
                 }
                 Err(Missing::SessionEnded)
             }
@@ -143,7 +158,15 @@ pub async fn confirm_session(
         },
     };
     req.extensions_mut().insert(Identity(identity));
-    next.run(req).await
+    let mut response = next.run(req).await;
+    if let Some(decision) = address_decision {
+        crate::ratelimit::add_headers(
+            response.headers_mut(),
+            state.admin_limiter.per_minute(),
+            &decision,
+        );
+    }
+    response
 }
 
 /// Whether an access token's session still lasts.
@@ -155,6 +178,9 @@ enum SessionState {
 }
 
 async fn session_of(state: &AppState, claimed: Principal) -> Result<SessionState, FactoryError> {
+    if state.ended_sessions.contains(claimed.session_id) {
+        return Ok(SessionState::Ended);
+    }
     let lookup = repo::live_session(&state.pool, claimed.session_id, claimed.id);
     let found = tokio::time::timeout(SESSION_LOOKUP_TIMEOUT, lookup)
         .await

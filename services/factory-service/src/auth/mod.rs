@@ -2,6 +2,7 @@
 //! tokens, CSRF, and the role policies handlers demand.
 
 pub mod cookies;
+pub mod ended;
 pub mod extract;
 pub mod jwt;
 pub mod password;
@@ -10,6 +11,7 @@ pub mod routes;
 pub mod session;
 pub mod tokens;
 
+pub use ended::EndedSessions;
 pub use extract::{
     AdminOnly, AnyRole, Authorized, CatalogWriter, Claimed, ClientInfo, Identity, Policy,
     Principal, confirm_session, identify,

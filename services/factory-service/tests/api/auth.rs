@@ -580,37 +580,47 @@ async fn signing_out_with_a_rotated_token_is_recorded_as_reuse() {
 
 /// The admin limit charges a request to the user its token names before the session is
 /// looked up. A token whose session has ended (a thief's, after reuse was detected) is charged
-/// to its address instead, so it cannot use up the budget of the user's live session.
+/// to its address instead, and its answers show that bucket's figures: it can neither use up
+/// nor watch the budget of the user's live session.
 #[tokio::test]
 async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_budget() {
     let app = spawn_app_with(|env| {
-        env.with("ADMIN_RATE_LIMIT_BURST", "3")
+        env.with("ADMIN_RATE_LIMIT_BURST", "20")
             .with("ADMIN_RATE_LIMIT_RPS", "1")
     })
     .await;
     let email = app.user(Role::Viewer).await;
     let (ended, live) = (app.login(&email).await, app.login(&email).await);
     app.logout(&ended).await;
-    let mut statuses = Vec::new();
-    for _ in 0..10 {
-        statuses.push(
-            app.get("/v1/api-keys", &ended.access)
-                .await
-                .status()
-                .as_u16(),
-        );
+    let mut answers = Vec::new();
+    for _ in 0..30 {
+        let r = app.get("/v1/api-keys", &ended.access).await;
+        let remaining = r
+            .headers()
+            .get("x-ratelimit-remaining")
+            .map(|v| v.to_str().unwrap().to_owned());
+        answers.push((r.status().as_u16(), remaining));
     }
+    // The address's bucket (which the two logins and the logout also took from) runs out; the
+    // 401s count its tokens down.
     assert!(
-        statuses.iter().all(|s| [401, 429].contains(s)) && statuses.contains(&429),
-        "the ended session's requests: {statuses:?}"
+        answers.iter().all(|(s, _)| [401, 429].contains(s))
+            && answers.iter().any(|(s, _)| *s == 429),
+        "the ended session's answers: {answers:?}"
     );
-    // The user's own bucket is untouched by them.
-    assert_error(
-        app.get("/v1/api-keys", &live.access).await,
-        403,
-        "forbidden",
-    )
-    .await;
+    let counted: Vec<u64> = answers
+        .iter()
+        .filter(|(s, _)| *s == 401)
+        .filter_map(|(_, left)| left.as_deref()?.parse().ok())
+        .collect();
+    assert!(
+        counted.len() > 5 && counted.windows(2).all(|w| w[1] < w[0]),
+        "the 401s show the address's tokens running out: {answers:?}"
+    );
+    // The user's own bucket is untouched by them: its first request leaves 19 of 20.
+    let r = app.get("/v1/api-keys", &live.access).await;
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "19");
+    assert_error(r, 403, "forbidden").await;
 }
 
 #[tokio::test]
@@ -646,7 +656,7 @@ async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_for_good_w
 
 /// The session look-up needs PostgreSQL. While it is away a request with a valid token gets
 /// the contract's 503 (not a 401, which would send the user to sign in again), and the same
-/// token works once it is back.
+/// token works once it is back. (At least 3 s: the pool's acquire timeout.)
 #[tokio::test]
 async fn a_token_while_postgres_is_away_is_503_and_works_again_after() {
     let admin = common::testing::admin_url();
@@ -660,13 +670,29 @@ async fn a_token_while_postgres_is_away_is_503_and_works_again_after() {
         env.with("DATABASE_URL", &format!("{head}@127.0.0.1:{port}/{name}"))
     })
     .await;
-    let s = app.signed_in(Role::Viewer).await;
+    let email = app.user(Role::Viewer).await;
+    let (s, ended) = (app.login(&email).await, app.login(&email).await);
+    app.logout(&ended).await;
     assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 403);
+    assert_error(
+        app.get("/v1/api-keys", &ended.access).await,
+        401,
+        "session_ended",
+    )
+    .await;
     proxy.down().await;
     assert_error(
         app.get("/v1/api-keys", &s.access).await,
         503,
         "service_unavailable",
+    )
+    .await;
+    // A session found ended is remembered: its token is refused without asking PostgreSQL
+    // again (a revoked token sent in a loop costs no query).
+    assert_error(
+        app.get("/v1/api-keys", &ended.access).await,
+        401,
+        "session_ended",
     )
     .await;
     proxy.up().expect("proxy listening again");
