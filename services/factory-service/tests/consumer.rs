@@ -832,10 +832,13 @@ async fn a_worker_shows_when_its_subscription_cannot_be_reached_and_when_it_can_
     let (_worker, addr) =
         worker_serving_metrics(&s, &db, &format!("127.0.0.1:{}", broker.port)).await;
     let client = reqwest::Client::new();
+    let subscription = s.pubsub.subscription_path(&s.pubsub.subscription);
     let reachable = |value: &'static str| {
         let (client, line) = (
             client.clone(),
-            format!("scan_events_subscription_reachable {value}"),
+            format!(
+                "scan_events_subscription_reachable{{subscription=\"{subscription}\"}} {value}"
+            ),
         );
         move || {
             let (client, line) = (client.clone(), line.clone());

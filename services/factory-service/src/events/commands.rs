@@ -94,10 +94,7 @@ pub async fn worker(
     // The bound address, so that port 0 (any free port) says which one it got.
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!("worker health and metrics on http://{bound}");
-    let pubsub = super::readiness(&config.common.pubsub)
-        .await
-        .context("creating the Pub/Sub readiness client")?;
-    let router = health::routes(vec![ReadinessCheck::postgres(pool), pubsub]);
+    let router = health::routes(vec![ReadinessCheck::postgres(pool), consumer.readiness()]);
     let (served, ()) = tokio::join!(
         common::server::serve(listener, router, shutdown.clone()),
         consumer.run(shutdown),

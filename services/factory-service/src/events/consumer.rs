@@ -18,26 +18,17 @@ use tracing::Instrument as _;
 
 use super::delivery::{self, Context, Delivery, Valid};
 use super::metrics;
-use super::{EventsError, EventsSettings, batcher};
+use super::{EventsError, EventsSettings, batcher, watch};
 
 /// Longest pause between attempts to reopen a failed stream.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(30);
-
-/// How often a running consumer asks the broker about its subscription (one small RPC).
-const WATCH_EVERY: Duration = Duration::from_secs(5);
-
-/// The longest a probe of the subscription may take before it counts as no answer.
-const WATCH_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// While the subscription stays unreachable, the warning is repeated every this many probes
-/// (five minutes).
-const WARN_AGAIN_AFTER: u32 = 60;
 
 /// A scan-event consumer, ready to run.
 pub struct Consumer {
     subscriber: Subscriber,
     context: Arc<Context>,
-    /// Whether the broker answers for the subscription (the readiness probe's request).
+    /// Whether the broker answers for the subscription (the readiness probe's request), for
+    /// [`watch`] and a worker's `/readyz`.
     watch: ReadinessCheck,
 }
 
@@ -77,6 +68,11 @@ impl Consumer {
             }),
             watch,
         })
+    }
+
+    /// The probe of the subscription this consumer watches, for a `/readyz` of the process.
+    pub fn readiness(&self) -> ReadinessCheck {
+        self.watch.clone()
     }
 
     /// A live count of the deliveries this consumer has settled (acked, nacked or
@@ -137,50 +133,9 @@ impl Consumer {
         tokio::join!(
             batcher::run(Arc::clone(&self.context), deliveries, shutdown.clone()),
             streams_done,
-            watch_subscription(&self.watch, &self.context.subscription, &shutdown),
+            watch::watch(&self.watch, &self.context.subscription, &shutdown),
         );
         tracing::info!("scan-event consumer stopped");
-    }
-}
-
-/// Asks the broker about the subscription every [`WATCH_EVERY`] until shutdown. The client's
-/// streaming pull retries an unreachable broker by itself and reports nothing, so without this
-/// an outage left no trace (a `worker` without `--metrics-addr` has no `/readyz` either). Sets
-/// `scan_events_subscription_reachable`, warns when the subscription stops answering (again
-/// every five minutes while it stays away) and says when it is back.
-async fn watch_subscription(
-    check: &ReadinessCheck,
-    subscription: &str,
-    shutdown: &CancellationToken,
-) {
-    let mut unreachable_for = 0u32;
-    loop {
-        let answer = tokio::time::timeout(WATCH_TIMEOUT, (check.check)())
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {WATCH_TIMEOUT:?}")));
-        metrics::subscription_reachable(answer.is_ok());
-        match answer {
-            Ok(()) if unreachable_for > 0 => {
-                tracing::info!(subscription, "the scan-event subscription answers again");
-                unreachable_for = 0;
-            }
-            Ok(()) => {}
-            Err(error) => {
-                if unreachable_for.is_multiple_of(WARN_AGAIN_AFTER) {
-                    tracing::warn!(
-                        subscription,
-                        %error,
-                        "the scan-event consumer cannot reach its subscription; events wait in \
-                         Pub/Sub until it can"
-                    );
-                }
-                unreachable_for = unreachable_for.saturating_add(1);
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(WATCH_EVERY) => {}
-        }
     }
 }
 

@@ -8,8 +8,9 @@ pub const DEAD_LETTERED: &str = "dlq_messages_total";
 pub const LAG: &str = "scan_events_lag_seconds";
 /// `scan_events_batch_size`: valid events applied together in one micro-batch.
 pub const BATCH_SIZE: &str = "scan_events_batch_size";
-/// `scan_events_subscription_reachable`: 1 while the broker answers for the consumer's
-/// subscription, 0 while it does not (the streaming pull retries such an outage silently).
+/// `scan_events_subscription_reachable{subscription}`: 1 while the broker answers for the
+/// consumer's subscription, 0 while it does not (the streaming pull retries such an outage
+/// silently).
 pub const SUBSCRIPTION_REACHABLE: &str = "scan_events_subscription_reachable";
 
 /// What became of one delivery.
@@ -96,7 +97,9 @@ pub fn describe() {
     );
 }
 
-/// Records whether the consumer's subscription answered its last probe.
-pub fn subscription_reachable(reachable: bool) {
-    metrics::gauge!(SUBSCRIPTION_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
+/// Records whether `subscription` answered the consumer's last probe (labelled by it, so
+/// consumers of different subscriptions in one process keep their own series).
+pub fn subscription_reachable(subscription: &str, reachable: bool) {
+    metrics::gauge!(SUBSCRIPTION_REACHABLE, "subscription" => subscription.to_owned())
+        .set(if reachable { 1.0 } else { 0.0 });
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod schema;
 pub mod settings;
 pub mod setup;
+pub mod watch;
 
 pub use consumer::Consumer;
 pub use error::EventsError;
