@@ -56,9 +56,16 @@ pub fn pg_pool(
 }
 
 /// `url` parsed, with statements logged at TRACE only; `given_by` names where it came from.
+/// sqlx parses any scheme as PostgreSQL's, so another database's URL (`mysql://…`) is refused
+/// here rather than tried as PostgreSQL on port 5432.
 fn connect_options(url: &SecretString, given_by: &str) -> anyhow::Result<PgConnectOptions> {
+    let url = url.expose_secret();
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    anyhow::ensure!(
+        matches!(scheme, Some("postgres" | "postgresql")),
+        "{given_by} is not a PostgreSQL URL (expected postgres://user@host:port/database)"
+    );
     let options: PgConnectOptions = url
-        .expose_secret()
         .parse()
         .with_context(|| format!("{given_by} is not a valid PostgreSQL URL"))?;
     Ok(options.log_statements(tracing::log::LevelFilter::Trace))

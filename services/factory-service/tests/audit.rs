@@ -1345,6 +1345,24 @@ async fn cli_audit_verify_with_postgres_away_names_the_place_and_the_cause() {
     assert!(!out.contains("s3cret-pw"), "{out}");
 }
 
+/// Another database's URL is refused as such, not tried as PostgreSQL on port 5432 (sqlx
+/// parses any scheme as PostgreSQL's), and its password is not shown.
+#[test]
+fn cli_audit_verify_refuses_a_url_that_is_not_postgresql() {
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        "mysql://u:s3cret-pw@127.0.0.1/db",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--database-url is not a PostgreSQL URL"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-pw"), "{out}");
+}
+
 #[tokio::test]
 async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     let db = TestDb::new().await;
