@@ -155,7 +155,13 @@ async fn create_user(
                 .lock()
                 .read_line(&mut line)
                 .context("reading the password from standard input")?;
-            SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned())
+            let line = line.trim_end_matches(['\r', '\n']);
+            // Nothing came (stdin closed or empty): say so, rather than "too short".
+            anyhow::ensure!(
+                !line.is_empty(),
+                "no password given (one line on standard input, or FACTORY_USER_PASSWORD)"
+            );
+            SecretString::from(line.to_owned())
         }
     };
     let pool = common::db::pg_pool(

@@ -155,6 +155,14 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
     assert!(!out.status.success());
     assert!(stderr.contains("not an email address"), "{stderr}");
     assert!(!stderr.contains("password (one line"), "{stderr}");
+    // Nothing on standard input is "no password given", not "too short".
+    let out = user_create(&db, "z@example.com", "admin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no password given"), "{stderr}");
 }
 
 /// `migrate` and `user create` with nothing listening where `DATABASE_URL` points: one line
