@@ -14,6 +14,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 const SECURITY_HEADERS: [(&str, &str); 7] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
@@ -304,7 +306,7 @@ async fn request_id_kept_when_sane_replaced_when_not() {
 }
 
 #[tokio::test]
-async fn cors_preflight_allowed_for_listed_origin_only() {
+async fn cors_preflight_allowed_for_listed_origin_only() -> TestResult {
     let base = spawn_hardened(&[("CORS_ORIGINS", "https://admin.example.com")]).await;
     let c = client();
     let preflight = |origin: &'static str| {
@@ -317,7 +319,7 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
             )
             .send()
     };
-    let allowed = preflight("https://admin.example.com").await.unwrap();
+    let allowed = preflight("https://admin.example.com").await?;
     assert!(allowed.status().is_success());
     let h = allowed.headers();
     assert_eq!(
@@ -326,15 +328,13 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
     );
     assert_eq!(h["access-control-allow-credentials"], "true");
     let methods = h["access-control-allow-methods"]
-        .to_str()
-        .unwrap()
+        .to_str()?
         .to_ascii_uppercase();
     for m in ["GET", "POST", "DELETE"] {
         assert!(methods.contains(m), "{methods}");
     }
     let headers = h["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
+        .to_str()?
         .to_ascii_lowercase();
     let mut listed: Vec<&str> = headers.split(',').map(str::trim).collect();
     listed.sort_unstable();
@@ -360,15 +360,14 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
             .collect();
         assert!(cors.is_empty(), "{what}: {cors:?}");
     };
-    let refused = preflight("https://evil.example").await.unwrap();
+    let refused = preflight("https://evil.example").await?;
     no_cors(&refused, "preflight of another origin");
 
     let simple = c
         .get(format!("{base}/ok"))
         .header("origin", "https://admin.example.com")
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(
         simple.headers()["access-control-allow-origin"],
         "https://admin.example.com"
@@ -378,16 +377,14 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
         .get(format!("{base}/panic"))
         .header("origin", "https://admin.example.com")
         .send()
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(panicked.status(), 500);
     assert_eq!(
         panicked.headers()["access-control-allow-origin"],
         "https://admin.example.com"
     );
     let exposed = simple.headers()["access-control-expose-headers"]
-        .to_str()
-        .unwrap()
+        .to_str()?
         .to_ascii_lowercase();
     for name in [
         "x-request-id",
@@ -403,11 +400,11 @@ async fn cors_preflight_allowed_for_listed_origin_only() {
         .get(format!("{base}/ok"))
         .header("origin", "https://evil.example")
         .send()
-        .await
-        .unwrap();
+        .await?;
     no_cors(&foreign, "request of another origin");
-    let no_origin = c.get(format!("{base}/ok")).send().await.unwrap();
+    let no_origin = c.get(format!("{base}/ok")).send().await?;
     no_cors(&no_origin, "request without an origin");
+    Ok(())
 }
 
 /// An OPTIONS request that is not a preflight (no `Origin`, or no

@@ -17,6 +17,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 const K1_PEM: &str = include_str!("fixtures/audit_k1.pem");
 const K1_PUB: &str = include_str!("fixtures/audit_k1.pub.pem");
 const K2_PEM: &str = include_str!("fixtures/audit_k2.pem");
@@ -963,18 +965,19 @@ async fn downgrade_the_whole_chain_to_legacy(pool: &PgPool) {
 }
 
 #[tokio::test]
-async fn a_chain_rewritten_as_legacy_rows_does_not_clear_the_background_verifiers_break() {
+async fn a_chain_rewritten_as_legacy_rows_does_not_clear_the_background_verifiers_break()
+-> TestResult {
     let db = TestDb::new().await;
     let audit = AuditLog::new();
     let mut job = IncrementalVerifier::new(KeyRing::new(UnknownKeys::Skip));
     append_n(&db.pool, &audit, 5).await;
-    assert!(job.run_once(&db.pool).await.unwrap().broken.is_none());
+    assert!(job.run_once(&db.pool).await?.broken.is_none());
     downgrade_the_whole_chain_to_legacy(&db.pool).await;
     // The next run notices (the head no longer matches what it verified); the runs after a
     // break are full passes, which alone would find an intact log of 5 legacy events.
     for _ in 0..3 {
-        let v = job.run_once(&db.pool).await.unwrap();
-        let b = v.broken.as_ref().expect("the break stays reported");
+        let v = job.run_once(&db.pool).await?;
+        let b = v.broken.as_ref().ok_or("the break stays reported")?;
         assert!(
             matches!(
                 b.reason,
@@ -986,6 +989,7 @@ async fn a_chain_rewritten_as_legacy_rows_does_not_clear_the_background_verifier
     let fresh = verify_hashes(&db.pool).await;
     assert!(fresh.broken.is_none(), "{:?}", fresh.broken);
     assert_eq!(fresh.report().legacy_events, 5);
+    Ok(())
 }
 
 /// Signatures required, and `k1`'s public key to check them.

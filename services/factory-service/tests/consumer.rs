@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 fn emulator() -> String {
@@ -825,10 +827,11 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
 /// from Pub/Sub used to say nothing at all. It now keeps
 /// `scan_events_subscription_reachable` (and logs the change), and heals by itself.
 #[tokio::test]
-async fn a_worker_shows_when_its_subscription_cannot_be_reached_and_when_it_can_again() {
+async fn a_worker_shows_when_its_subscription_cannot_be_reached_and_when_it_can_again() -> TestResult
+{
     let s = set_up(5).await;
     let db = TestDb::new().await;
-    let mut broker = Proxy::start(&emulator()).await.expect("proxy");
+    let mut broker = Proxy::start(&emulator()).await?;
     let (_worker, addr) =
         worker_serving_metrics(&s, &db, &format!("127.0.0.1:{}", broker.port)).await;
     let client = reqwest::Client::new();
@@ -858,14 +861,15 @@ async fn a_worker_shows_when_its_subscription_cannot_be_reached_and_when_it_can_
     eventually("the subscription reachable", reachable("1")).await;
     broker.down().await;
     eventually("the subscription unreachable", reachable("0")).await;
-    broker.up().expect("proxy listening again");
+    broker.up()?;
     eventually("the subscription reachable again", reachable("1")).await;
+    Ok(())
 }
 
 /// A deployment whose workers consume (infra/terraform) runs `serve` with
 /// `SCAN_EVENTS_CONSUMER=false`: its instances neither pull nor need the right to.
 #[tokio::test]
-async fn serve_with_the_consumer_turned_off_leaves_the_events_to_the_workers() {
+async fn serve_with_the_consumer_turned_off_leaves_the_events_to_the_workers() -> TestResult {
     let s = set_up(5).await;
     let db = TestDb::new().await;
     let tag = seed_tags(&db.pool, 1).await.remove(0);
@@ -887,17 +891,15 @@ async fn serve_with_the_consumer_turned_off_leaves_the_events_to_the_workers() {
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start serve"),
+            .spawn()?,
     );
-    let stdout = serve.0.stdout.take().expect("piped stdout");
-    let addr = common::testing::logged_address(stdout, "factory-service listening on http://")
-        .await
-        .expect("serve logs where it listens");
+    let stdout = serve.0.stdout.take().ok_or("piped stdout")?;
+    let addr =
+        common::testing::logged_address(stdout, "factory-service listening on http://").await?;
     let client = reqwest::Client::new();
     let ready = common::testing::ready_within(&client, &format!("http://{addr}"), WAIT)
         .await
-        .unwrap_or_else(|e| panic!("serve's /readyz: {e}"));
+        .map_err(|e| format!("serve's /readyz: {e}"))?;
     // Pub/Sub is not one of its dependencies any more.
     assert_eq!(
         ready["checks"],
@@ -915,6 +917,7 @@ async fn serve_with_the_consumer_turned_off_leaves_the_events_to_the_workers() {
     .await;
     assert_eq!(worker.settled.load(Ordering::Relaxed), 1);
     worker.stop().await;
+    Ok(())
 }
 
 #[tokio::test]

@@ -13,6 +13,8 @@ use crate::helpers::{
     DEVICE, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app, spawn_app_with,
 };
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 #[tokio::test]
 async fn login_returns_an_access_token_and_the_contract_cookies() {
     let app = spawn_app().await;
@@ -533,7 +535,7 @@ async fn csrf_missing_wrong_or_from_another_session_is_403() {
 }
 
 #[tokio::test]
-async fn logout_revokes_the_family_and_clears_both_cookies() {
+async fn logout_revokes_the_family_and_clears_both_cookies() -> TestResult {
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let s = app.login(&email).await;
@@ -541,7 +543,7 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     let elsewhere = app.login(&email).await;
     let product = format!("/v1/products/{}", app.product(&s.access).await);
     assert_eq!(app.get(&product, &s.access).await.status(), 200);
-    let r = app.logout(&s).await;
+    let r = app.logout(&s).await?;
     assert!(clears_both_cookies(r.headers()), "{:?}", r.headers());
     assert_error(
         app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await,
@@ -553,22 +555,22 @@ async fn logout_revokes_the_family_and_clears_both_cookies() {
     // The session's access token ends with it, not when it expires.
     assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
     assert_eq!(app.get(&product, &elsewhere.access).await.status(), 200);
+    Ok(())
 }
 
 /// Signing out with a rotated refresh token (a stolen copy) ends the session as any sign-out
 /// does, but is recorded as the reuse it is, not as the user's own sign-out.
 #[tokio::test]
-async fn signing_out_with_a_rotated_token_is_recorded_as_reuse() {
+async fn signing_out_with_a_rotated_token_is_recorded_as_reuse() -> TestResult {
     let app = spawn_app().await;
     let s1 = app.signed_in(Role::Admin).await;
     let s2 = session_of(app.refresh(&s1.cookie(), Some(&s1.csrf), DEVICE).await).await;
-    app.logout(&s1).await;
+    app.logout(&s1).await?;
     assert_eq!(app.audit_count("auth.refresh_reuse_detected").await, 1);
     assert_eq!(app.audit_count("auth.logout").await, 0);
     let reason: Option<String> = sqlx::query_scalar("SELECT revoked_reason FROM refresh_families")
         .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(reason.as_deref(), Some("reuse"));
     assert_error(
         app.refresh(&s2.cookie(), Some(&s2.csrf), DEVICE).await,
@@ -576,6 +578,7 @@ async fn signing_out_with_a_rotated_token_is_recorded_as_reuse() {
         "invalid_refresh_token",
     )
     .await;
+    Ok(())
 }
 
 /// The admin limit charges a request to the user its token names before the session is
@@ -583,7 +586,8 @@ async fn signing_out_with_a_rotated_token_is_recorded_as_reuse() {
 /// to its address instead, and its answers show that bucket's figures: it can neither use up
 /// nor watch the budget of the user's live session.
 #[tokio::test]
-async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_budget() {
+async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_budget() -> TestResult
+{
     let app = spawn_app_with(|env| {
         env.with("ADMIN_RATE_LIMIT_BURST", "20")
             .with("ADMIN_RATE_LIMIT_RPS", "1")
@@ -591,14 +595,15 @@ async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_bud
     .await;
     let email = app.user(Role::Viewer).await;
     let (ended, live) = (app.login(&email).await, app.login(&email).await);
-    app.logout(&ended).await;
+    app.logout(&ended).await?;
     let mut answers = Vec::new();
     for _ in 0..30 {
         let r = app.get("/v1/api-keys", &ended.access).await;
         let remaining = r
             .headers()
             .get("x-ratelimit-remaining")
-            .map(|v| v.to_str().unwrap().to_owned());
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         answers.push((r.status().as_u16(), remaining));
     }
     // The address's bucket (which the two logins and the logout also took from) runs out; the
@@ -621,11 +626,12 @@ async fn a_token_whose_session_ended_is_limited_by_its_address_not_the_users_bud
     let r = app.get("/v1/api-keys", &live.access).await;
     assert_eq!(r.headers()["x-ratelimit-remaining"], "19");
     assert_error(r, 403, "forbidden").await;
+    Ok(())
 }
 
 #[tokio::test]
 async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_for_good_when_it_is_disabled()
-{
+-> TestResult {
     let app = spawn_app().await;
     let email = app.user(Role::Admin).await;
     let s = app.login(&email).await;
@@ -633,16 +639,22 @@ async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_for_good_w
     let product = format!("/v1/products/{}", app.product(&s.access).await);
     let set = |sql: &'static str| {
         let (pool, email) = (app.db.pool.clone(), email.clone());
-        async move { sqlx::query(sql).bind(email).execute(&pool).await.unwrap() }
+        async move {
+            sqlx::query(sql)
+                .bind(email)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        }
     };
-    set("UPDATE users SET role = 'viewer' WHERE email = $1").await;
+    set("UPDATE users SET role = 'viewer' WHERE email = $1").await?;
     assert_error(app.get("/v1/api-keys", &s.access).await, 403, "forbidden").await;
     assert_eq!(app.get(&product, &s.access).await.status(), 200);
-    set("UPDATE users SET disabled_at = now() WHERE email = $1").await;
+    set("UPDATE users SET disabled_at = now() WHERE email = $1").await?;
     assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
     // Enabled again (by SQL, as it was disabled): the sessions stay ended, so an attacker's
     // session on a compromised account does not come back with it. The user signs in anew.
-    set("UPDATE users SET disabled_at = NULL WHERE email = $1").await;
+    set("UPDATE users SET disabled_at = NULL WHERE email = $1").await?;
     assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
     assert_error(
         app.refresh(&s.cookie(), Some(&s.csrf), DEVICE).await,
@@ -652,17 +664,18 @@ async fn tokens_already_issued_act_with_the_accounts_role_now_and_end_for_good_w
     .await;
     let again = app.login(&email).await;
     assert_eq!(app.get(&product, &again.access).await.status(), 200);
+    Ok(())
 }
 
 /// The session look-up needs PostgreSQL. While it is away a request with a valid token gets
 /// the contract's 503 (not a 401, which would send the user to sign in again), and the same
 /// token works once it is back. (At least 3 s: the pool's acquire timeout.)
 #[tokio::test]
-async fn a_token_while_postgres_is_away_is_503_and_works_again_after() {
+async fn a_token_while_postgres_is_away_is_503_and_works_again_after() -> TestResult {
     let admin = common::testing::admin_url();
-    let (head, rest) = admin.split_once('@').expect("user@host in the test URL");
-    let (server, _) = rest.split_once('/').expect("host/db in the test URL");
-    let mut proxy = Proxy::start(server).await.expect("proxy");
+    let (head, rest) = admin.split_once('@').ok_or("user@host in the test URL")?;
+    let (server, _) = rest.split_once('/').ok_or("host/db in the test URL")?;
+    let mut proxy = Proxy::start(server).await?;
     let port = proxy.port;
     let app = spawn_app_with(|env| {
         let own = env.raw("DATABASE_URL").unwrap_or_default().to_owned();
@@ -672,7 +685,7 @@ async fn a_token_while_postgres_is_away_is_503_and_works_again_after() {
     .await;
     let email = app.user(Role::Viewer).await;
     let (s, ended) = (app.login(&email).await, app.login(&email).await);
-    app.logout(&ended).await;
+    app.logout(&ended).await?;
     assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 403);
     assert_error(
         app.get("/v1/api-keys", &ended.access).await,
@@ -695,8 +708,9 @@ async fn a_token_while_postgres_is_away_is_503_and_works_again_after() {
         "session_ended",
     )
     .await;
-    proxy.up().expect("proxy listening again");
+    proxy.up()?;
     assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 403);
+    Ok(())
 }
 
 #[tokio::test]

@@ -3,26 +3,26 @@
 
 use std::process::{Command, Stdio};
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 /// dotenvy stops at a line it cannot parse, so the settings from there on read as unset: the
 /// service said `JWT_SECRET=<unset>: required but not set`, sending the operator to the wrong
 /// place. It now names `.env` and the line's variable, and never shows the line's value.
 #[test]
-fn a_dotenv_line_that_cannot_be_parsed_stops_start_up_naming_the_file() {
+fn a_dotenv_line_that_cannot_be_parsed_stops_start_up_naming_the_file() -> TestResult {
     let dir = std::env::temp_dir().join(format!("voketag-dotenv-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join(".env"),
         "JWT_SECRET \"a-secret-value-long-enough-for-the-service-0123\"\nREDIS_TIMEOUT_MS=abc\n",
-    )
-    .unwrap();
+    )?;
     let out = Command::new(env!("CARGO_BIN_EXE_factory-service"))
         .current_dir(&dir)
         .env_remove("APP_ENV")
         .env_remove("JWT_SECRET")
         .env_remove("JWT_KEY_FILE")
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .output()?;
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -35,4 +35,5 @@ fn a_dotenv_line_that_cannot_be_parsed_stops_start_up_naming_the_file() {
     let path = dir.join(".env");
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
     assert!(!stderr.contains("a-secret-value"), "{stderr}");
+    Ok(())
 }

@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, assert_error, body, spawn_app, spawn_app_with};
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 #[tokio::test]
 async fn a_finished_request_is_replayed_with_the_header() {
     let app = spawn_app().await;
@@ -333,21 +335,20 @@ async fn an_abandoned_request_gives_its_claim_back() {
 }
 
 #[tokio::test]
-async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409() {
+async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409() -> TestResult {
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
     let product = app.product(&op.access).await;
     let req = json!({"product_id": product, "quantity": 5});
-    let key = key_as_the_layer_derives_it(&app, &email, "/v1/batches", &req, "raced").await;
+    let key = key_as_the_layer_derives_it(&app, &email, "/v1/batches", &req, "raced").await?;
     let other_result = json!({"id": Uuid::new_v4(), "product_id": product, "quantity": 5});
 
     // Hold the record table so the first run stops right before it records its result.
-    let mut other = app.db.pool.begin().await.unwrap();
+    let mut other = app.db.pool.begin().await?;
     sqlx::query("LOCK TABLE idempotency_keys IN SHARE MODE")
         .execute(&mut *other)
-        .await
-        .unwrap();
+        .await?;
     let first = app.post("/v1/batches", &op.access, &req, Some("raced"));
     let other_run = async {
         let mut waiting = 0;
@@ -371,15 +372,13 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
         let mut redis = app.redis().await;
         let keys = idempotency_entries(&app).await;
         assert_eq!(keys.len(), 1);
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        record_result(&mut other, &key, &other_result).await;
-        other.commit().await.unwrap();
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+        record_result(&mut other, &key, &other_result).await?;
+        other.commit().await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
     };
-    let (first, ()) = tokio::join!(first, other_run);
+    let (first, other_ran) = tokio::join!(first, other_run);
+    other_ran?;
     // The first run finds the other run's record at commit and backs out.
     assert_error(first, 409, "idempotency_key_in_use").await;
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
@@ -394,10 +393,12 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
         assert_eq!(body(retry).await, other_result);
     }
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_replays_its_record() {
+async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_replays_its_record()
+-> TestResult {
     // Two runs of one key overlap when its claim is lost (Redis failing over, the lease running
     // out) or given back by a run abandoned while its COMMIT was on its way. The other run is
     // played here by the test: it has created the product and recorded its result, and has
@@ -406,16 +407,15 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
     let req = json!({"name": "Overlap", "sku": "OVERLAP-1"});
-    let key = key_as_the_layer_derives_it(&app, &email, "/v1/products", &req, "overlap").await;
+    let key = key_as_the_layer_derives_it(&app, &email, "/v1/products", &req, "overlap").await?;
     let product = Uuid::new_v4();
     let other_result = json!({"id": product, "name": "Overlap", "sku": "OVERLAP-1"});
-    let mut other = app.db.pool.begin().await.unwrap();
+    let mut other = app.db.pool.begin().await?;
     sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'Overlap', 'OVERLAP-1')")
         .bind(product)
         .execute(&mut *other)
-        .await
-        .unwrap();
-    record_result(&mut other, &key, &other_result).await;
+        .await?;
+    record_result(&mut other, &key, &other_result).await?;
 
     let this_run = app.post("/v1/products", &op.access, &req, Some("overlap"));
     let other_commits = async {
@@ -435,9 +435,11 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(waiting, 1, "this run waits on the other run's SKU");
-        other.commit().await.unwrap();
+        other.commit().await?;
+        Ok::<(), sqlx::Error>(())
     };
-    let (this_run, ()) = tokio::join!(this_run, other_commits);
+    let (this_run, committed) = tokio::join!(this_run, other_commits);
+    committed?;
     // The duplicate SKU this run ran into is the other run's product: its result is the key's.
     assert_eq!(this_run.status(), 201);
     assert_eq!(this_run.headers()["idempotent-replayed"], "true");
@@ -448,12 +450,13 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     assert_eq!(retry.status(), 201);
     assert_eq!(body(retry).await, other_result);
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    Ok(())
 }
 
 /// A stored result (here an API key's, which holds the key in clear) is replayed only to a
 /// token whose session lasts: the session is checked before the idempotency layer runs.
 #[tokio::test]
-async fn a_token_whose_session_ended_gets_no_replay() {
+async fn a_token_whose_session_ended_gets_no_replay() -> TestResult {
     let app = spawn_app().await;
     let admin = app.signed_in(Role::Admin).await;
     let req = json!({"name": "scanner"});
@@ -461,12 +464,13 @@ async fn a_token_whose_session_ended_gets_no_replay() {
         .post("/v1/api-keys", &admin.access, &req, Some("new-key"))
         .await;
     assert_eq!(first.status(), 201);
-    app.logout(&admin).await;
+    app.logout(&admin).await?;
     let replay = app
         .post("/v1/api-keys", &admin.access, &req, Some("new-key"))
         .await;
     assert!(replay.headers().get("idempotent-replayed").is_none());
     assert_error(replay, 401, "session_ended").await;
+    Ok(())
 }
 
 #[tokio::test]
@@ -498,7 +502,8 @@ async fn a_role_refusal_is_not_stored() {
 /// operator gets 403 for the key of an API key it created, not the key's secret again. The
 /// result is kept: promoted back, the same request replays it.
 #[tokio::test]
-async fn a_stored_result_is_not_replayed_to_a_role_that_may_no_longer_make_the_request() {
+async fn a_stored_result_is_not_replayed_to_a_role_that_may_no_longer_make_the_request()
+-> TestResult {
     let app = spawn_app().await;
     let email = app.user(Role::Admin).await;
     let admin = app.login(&email).await;
@@ -510,7 +515,7 @@ async fn a_stored_result_is_not_replayed_to_a_role_that_may_no_longer_make_the_r
                 .bind(email)
                 .execute(&pool)
                 .await
-                .unwrap()
+                .map(|_| ())
         }
     };
     let req = json!({"name": "scanner"});
@@ -519,18 +524,19 @@ async fn a_stored_result_is_not_replayed_to_a_role_that_may_no_longer_make_the_r
         .await;
     assert_eq!(first.status(), 201);
     let first = body(first).await;
-    set_role("operator").await;
+    set_role("operator").await?;
     let replay = app
         .post("/v1/api-keys", &admin.access, &req, Some("demoted"))
         .await;
     assert!(replay.headers().get("idempotent-replayed").is_none());
     assert_error(replay, 403, "forbidden").await;
-    set_role("admin").await;
+    set_role("admin").await?;
     let replay = app
         .post("/v1/api-keys", &admin.access, &req, Some("demoted"))
         .await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(body(replay).await, first);
+    Ok(())
 }
 
 #[tokio::test]
@@ -622,21 +628,20 @@ async fn key_as_the_layer_derives_it(
     path: &str,
     req: &serde_json::Value,
     raw: &str,
-) -> IdempotencyKey {
+) -> Result<IdempotencyKey, Box<dyn std::error::Error>> {
     let user_id: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
         .bind(email)
         .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+        .await?;
     let mut fingerprint = Sha256::new();
     fingerprint.update(format!("POST\n{path}\n").as_bytes());
-    fingerprint.update(serde_json::to_vec(req).unwrap());
-    IdempotencyKey {
+    fingerprint.update(serde_json::to_vec(req)?);
+    Ok(IdempotencyKey {
         user_id,
         key_hash: Sha256::digest(raw.as_bytes()).into(),
         fingerprint: fingerprint.finalize().into(),
-        seal: SealKey::derive(raw.as_bytes(), user_id).unwrap(),
-    }
+        seal: SealKey::derive(raw.as_bytes(), user_id).map_err(|e| format!("{e:?}"))?,
+    })
 }
 
 /// Records `result` (201) for `key` on `conn`, as another run of the key would.
@@ -644,12 +649,13 @@ async fn record_result(
     conn: &mut sqlx::PgConnection,
     key: &IdempotencyKey,
     result: &serde_json::Value,
-) {
-    let sealed = key.seal_body(&serde_json::to_vec(result).unwrap()).unwrap();
-    let saved = record::save(conn, key, Duration::from_secs(86_400), 201, &sealed)
-        .await
-        .unwrap();
+) -> Result<(), Box<dyn std::error::Error>> {
+    let sealed = key
+        .seal_body(&serde_json::to_vec(result)?)
+        .map_err(|e| format!("{e:?}"))?;
+    let saved = record::save(conn, key, Duration::from_secs(86_400), 201, &sealed).await?;
     assert!(saved, "the record was saved");
+    Ok(())
 }
 
 /// Creates a product with Idempotency-Key `key` (201) and returns its body and the one

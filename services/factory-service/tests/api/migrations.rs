@@ -3,6 +3,8 @@
 use common::testing::admin_url;
 use sqlx::{Connection, PgConnection, PgPool};
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 async fn empty_database() -> PgPool {
     let admin = admin_url();
     let name = format!("voketag_t_{}", uuid::Uuid::new_v4().simple());
@@ -90,13 +92,11 @@ async fn migrations_revert_and_reapply() {
 /// it is applied, as if disabled after it (else enabling them again would bring the sessions
 /// back, which the migration is there to prevent).
 #[tokio::test]
-async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_applied() {
+async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_applied() -> TestResult
+{
     let pool = empty_database().await;
-    factory_service::db::migrate(&pool).await.expect("apply");
-    common::db::MIGRATOR
-        .undo(&pool, 20261201000002)
-        .await
-        .expect("revert to before the trigger");
+    factory_service::db::migrate(&pool).await?;
+    common::db::MIGRATOR.undo(&pool, 20261201000002).await?;
     let (user, family) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     sqlx::query(
         "INSERT INTO users (id, email, password_hash, role, disabled_at) \
@@ -104,8 +104,7 @@ async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_ap
     )
     .bind(user)
     .execute(&pool)
-    .await
-    .expect("a disabled user");
+    .await?;
     sqlx::query(
         "INSERT INTO refresh_families (id, user_id, device_id) VALUES ($1, $2, 'a-device-id-0123456')",
     )
@@ -113,15 +112,13 @@ async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_ap
     .bind(user)
     .execute(&pool)
     .await
-    .expect("a session of theirs");
-    factory_service::db::migrate(&pool)
-        .await
-        .expect("apply again");
+    ?;
+    factory_service::db::migrate(&pool).await?;
     let reason: Option<String> =
         sqlx::query_scalar("SELECT revoked_reason FROM refresh_families WHERE id = $1")
             .bind(family)
             .fetch_one(&pool)
-            .await
-            .expect("the session");
+            .await?;
     assert_eq!(reason.as_deref(), Some("user_disabled"));
+    Ok(())
 }

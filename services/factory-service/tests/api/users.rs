@@ -9,6 +9,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::helpers::{PASSWORD, spawn_app_with};
 
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 #[tokio::test]
 async fn the_bootstrap_admin_is_created_once_when_no_user_exists() {
     let app = spawn_app_with(|env| {
@@ -93,13 +95,12 @@ async fn password_matches(db: &TestDb, email: &str, password: &str) -> bool {
 }
 
 #[tokio::test]
-async fn user_create_reads_the_password_from_the_environment_or_stdin() {
+async fn user_create_reads_the_password_from_the_environment_or_stdin() -> TestResult {
     let db = TestDb::new().await;
 
     let out = user_create(&db, "ops@example.com", "operator")
         .env("FACTORY_USER_PASSWORD", "from the environment")
-        .output()
-        .unwrap();
+        .output()?;
     assert!(
         out.status.success(),
         "{}",
@@ -109,15 +110,13 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
 
     let mut child = user_create(&db, "viewer@example.com", "viewer")
         .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn()?;
     child
         .stdin
         .take()
-        .unwrap()
-        .write_all(b"typed on standard input\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .ok_or("piped stdin")?
+        .write_all(b"typed on standard input\n")?;
+    let out = child.wait_with_output()?;
     assert!(
         out.status.success(),
         "{}",
@@ -127,30 +126,26 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
 
     let roles: Vec<String> = sqlx::query_scalar("SELECT role FROM users ORDER BY email")
         .fetch_all(&db.pool)
-        .await
-        .unwrap();
+        .await?;
     assert_eq!(roles, ["operator", "viewer"]);
 
     // A password is never an argument; a taken email and a bad role are refused.
     let out = user_create(&db, "x@example.com", "admin")
         .arg("--password")
         .arg("nope")
-        .output()
-        .unwrap();
+        .output()?;
     assert!(!out.status.success());
     let out = user_create(&db, "ops@example.com", "admin")
         .env("FACTORY_USER_PASSWORD", "another password")
-        .output()
-        .unwrap();
+        .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
-    let out = user_create(&db, "y@example.com", "root").output().unwrap();
+    let out = user_create(&db, "y@example.com", "root").output()?;
     assert!(!out.status.success());
     // An email that could never be used is refused before a password is asked for.
     let out = user_create(&db, "not-an-email", "admin")
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not an email address"), "{stderr}");
@@ -158,11 +153,11 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() {
     // Nothing on standard input is "no password given", not "too short".
     let out = user_create(&db, "z@example.com", "admin")
         .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no password given"), "{stderr}");
+    Ok(())
 }
 
 /// `migrate` and `user create` with nothing listening where `DATABASE_URL` points: one line
