@@ -2,8 +2,6 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::users::Role;
-
 /// VokeTag factory service: the admin API and its operator tools.
 #[derive(Debug, Parser)]
 #[command(name = "factory-service", version)]
@@ -34,23 +32,8 @@ pub enum Command {
     Dlq(crate::events::commands::DlqCommand),
     /// Manage admin users.
     #[command(subcommand)]
-    User(UserCommand),
+    User(crate::users::command::UserCommand),
     /// Audit log tools (`audit verify`).
     #[command(subcommand)]
     Audit(crate::audit::command::AuditCommand),
-}
-
-/// `factory-service user ...`.
-#[derive(Debug, Subcommand)]
-pub enum UserCommand {
-    /// Create a user. The password is read from FACTORY_USER_PASSWORD if set, else from the
-    /// first line of standard input; it is never an argument (arguments show in `ps`).
-    Create {
-        /// The user's email address.
-        #[arg(long)]
-        email: String,
-        /// admin, operator or viewer.
-        #[arg(long)]
-        role: Role,
-    },
 }

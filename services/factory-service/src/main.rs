@@ -1,4 +1,3 @@
-use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -6,11 +5,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use common::Env;
 use common::report::Chain;
-use factory_service::audit::{Actor, AuditLog};
-use factory_service::cli::{Cli, Command, UserCommand};
+use factory_service::cli::{Cli, Command};
 use factory_service::events::commands as events;
 use factory_service::{Application, FactoryConfig};
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc malloc: under load the scan path spent a sixth of its CPU in
@@ -62,8 +59,8 @@ async fn main() -> ExitCode {
         Command::Worker { metrics_addr } => worker(config, metrics_addr).await,
         Command::Pubsub(command) => events::pubsub(&config, &command).await,
         Command::Dlq(command) => events::dlq(&config, &command).await,
-        Command::User(UserCommand::Create { email, role }) => {
-            create_user(config, &env, &email, role).await
+        Command::User(command) => {
+            factory_service::users::command::run(command, &config, &env).await
         }
     };
     match result {
@@ -131,55 +128,5 @@ async fn migrate(config: FactoryConfig) -> anyhow::Result<()> {
         .await
         .context("applying migrations")?;
     tracing::info!("migrations applied");
-    Ok(())
-}
-
-async fn create_user(
-    config: FactoryConfig,
-    env: &Env,
-    email: &str,
-    role: factory_service::users::Role,
-) -> anyhow::Result<()> {
-    // Before asking for a password that could not be used.
-    factory_service::users::normalize_email(email)
-        .map_err(|problem| anyhow::anyhow!("--email {email:?}: {problem}"))?;
-    common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
-    let given = env.password("FACTORY_USER_PASSWORD");
-    env.refuse_unreadable()?;
-    let password = match given {
-        Some(p) => p,
-        None => {
-            eprintln!("password (one line on standard input):");
-            let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .context("reading the password from standard input")?;
-            let line = line.trim_end_matches(['\r', '\n']);
-            // Nothing came (stdin closed or empty): say so, rather than "too short".
-            anyhow::ensure!(
-                !line.is_empty(),
-                "no password given (one line on standard input, or FACTORY_USER_PASSWORD)"
-            );
-            SecretString::from(line.to_owned())
-        }
-    };
-    let pool = common::db::pg_pool(
-        &config.common.database_url,
-        2,
-        config.common.database_idle_tx_timeout,
-    )?;
-    let user = factory_service::users::create_user(
-        &pool,
-        // The configured key, so a user created here is signed like one created by the API.
-        &AuditLog::from_config(&config.audit),
-        email,
-        &password,
-        role,
-        Actor::System,
-    )
-    .await
-    .context("creating the user")?;
-    println!("created {} user {} ({})", user.role, user.email, user.id);
     Ok(())
 }

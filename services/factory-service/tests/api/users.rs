@@ -1,4 +1,5 @@
-//! Users: the bootstrap admin at start-up, and `factory-service user create`.
+//! Users: the bootstrap admin at start-up, and `factory-service user ...` (create, list,
+//! disable, enable, set-role, set-password, end-sessions).
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -7,7 +8,9 @@ use common::testing::{TestDb, env_for};
 use factory_service::{Application, FactoryConfig};
 use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::helpers::{PASSWORD, spawn_app_with};
+use crate::helpers::{DEVICE, PASSWORD, TestApp, assert_error, spawn_app, spawn_app_with};
+use factory_service::users::Role;
+use serde_json::{Value, json};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -72,8 +75,14 @@ async fn an_address_in_use_stops_start_up_before_the_bootstrap_admin_is_created(
 }
 
 fn user_create(db: &TestDb, email: &str, role: &str) -> Command {
+    user_command(db, &["create", "--email", email, "--role", role])
+}
+
+/// `factory-service user <args>` against `db`, the password not set in the environment.
+fn user_command(db: &TestDb, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_factory-service"));
-    cmd.args(["user", "create", "--email", email, "--role", role])
+    cmd.arg("user")
+        .args(args)
         .env("DATABASE_URL", db.url.expose_secret())
         .env("RUST_LOG", "warn")
         .env_remove("FACTORY_USER_PASSWORD")
@@ -215,4 +224,227 @@ fn commands_with_postgres_away_name_the_place_and_the_cause() {
             "{args:?}"
         );
     }
+}
+
+/// Runs `factory-service user <args>` against the app's database; an error unless it succeeds.
+/// Returns its stdout and stderr.
+fn run_user(app: &TestApp, args: &[&str]) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let out = user_command(&app.db, args).stdin(Stdio::null()).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!("user {args:?} failed: {stderr}").into());
+    }
+    Ok((stdout, stderr))
+}
+
+/// The details of the audit events with `action`, in order.
+async fn audit_details(app: &TestApp, action: &str) -> Result<Vec<Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT details FROM audit_events WHERE action = $1 ORDER BY seq")
+        .bind(action)
+        .fetch_all(&app.db.pool)
+        .await
+}
+
+#[tokio::test]
+async fn user_disable_ends_every_session_at_once_and_enable_lets_the_user_sign_in_again()
+-> TestResult {
+    let app = spawn_app().await;
+    let email = app.user(Role::Operator).await;
+    let s = app.login(&email).await;
+    let product = format!("/v1/products/{}", app.product(&s.access).await);
+
+    let (stdout, _) = run_user(&app, &["disable", "--email", &email])?;
+    assert!(stdout.contains("1 live session(s) ended"), "{stdout}");
+    // The token and the refresh cookie stop working now, and the password too.
+    assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+    assert_eq!(
+        app.refresh(&s.cookie(), Some(&s.csrf), DEVICE)
+            .await
+            .status(),
+        401
+    );
+    assert_error(
+        app.login_raw(&email, PASSWORD, DEVICE).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let user_id: String = sqlx::query_scalar("SELECT id::text FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_one(&app.db.pool)
+        .await?;
+    let target: Option<String> =
+        sqlx::query_scalar("SELECT target_id FROM audit_events WHERE action = 'user.disabled'")
+            .fetch_one(&app.db.pool)
+            .await?;
+    assert_eq!(target.as_deref(), Some(user_id.as_str()));
+    assert_eq!(
+        audit_details(&app, "user.disabled").await?,
+        [json!({"email": email, "sessions_ended": 1})]
+    );
+
+    // Again: nothing to do, and nothing audited.
+    let (stdout, _) = run_user(&app, &["disable", "--email", &email])?;
+    assert!(stdout.contains("already disabled"), "{stdout}");
+    assert_eq!(app.audit_count("user.disabled").await, 1);
+
+    // Enabled, the user signs in anew; the old session stays ended.
+    let (stdout, _) = run_user(&app, &["enable", "--email", &email.to_uppercase()])?;
+    assert!(stdout.contains("enabled"), "{stdout}");
+    assert_eq!(app.audit_count("user.enabled").await, 1);
+    let again = app.login(&email).await;
+    assert_eq!(app.get(&product, &again.access).await.status(), 200);
+    assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+    let (stdout, _) = run_user(&app, &["enable", "--email", &email])?;
+    assert!(stdout.contains("was not disabled"), "{stdout}");
+    assert_eq!(app.audit_count("user.enabled").await, 1);
+
+    // An email no user has is an error that names it, and changes nothing.
+    let out = user_command(&app.db, &["disable", "--email", "nobody@example.com"]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no user has the email nobody@example.com"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn user_set_role_applies_to_tokens_already_issued_and_is_audited() -> TestResult {
+    let app = spawn_app().await;
+    let email = app.user(Role::Admin).await;
+    let s = app.login(&email).await;
+    assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 200);
+
+    let (stdout, stderr) = run_user(&app, &["set-role", "--email", &email, "--role", "viewer"])?;
+    assert!(stdout.contains("is now viewer (was admin)"), "{stdout}");
+    // The only admin is gone: the operator is told.
+    assert!(stderr.contains("no active admin is left"), "{stderr}");
+    assert_error(app.get("/v1/api-keys", &s.access).await, 403, "forbidden").await;
+    assert_eq!(
+        audit_details(&app, "user.role_changed").await?,
+        [json!({"email": email, "from": "admin", "to": "viewer"})]
+    );
+
+    let (stdout, _) = run_user(&app, &["set-role", "--email", &email, "--role", "viewer"])?;
+    assert!(stdout.contains("already viewer"), "{stdout}");
+    let (_, stderr) = run_user(&app, &["set-role", "--email", &email, "--role", "admin"])?;
+    assert!(!stderr.contains("no active admin"), "{stderr}");
+    assert_eq!(app.get("/v1/api-keys", &s.access).await.status(), 200);
+    assert_eq!(app.audit_count("user.role_changed").await, 2);
+    let out = user_command(&app.db, &["set-role", "--email", &email, "--role", "root"]).output()?;
+    assert!(!out.status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn user_set_password_replaces_the_password_and_ends_every_session() -> TestResult {
+    let app = spawn_app().await;
+    let email = app.user(Role::Viewer).await;
+    let s = app.login(&email).await;
+    assert_error(app.get("/v1/api-keys", &s.access).await, 403, "forbidden").await;
+    let new_password = "a new password of some length";
+
+    // A password that breaks the rules changes nothing.
+    let out = user_command(&app.db, &["set-password", "--email", &email])
+        .env("FACTORY_USER_PASSWORD", "short")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("shorter than 12 characters"), "{stderr}");
+    assert_eq!(app.login_raw(&email, PASSWORD, DEVICE).await.status(), 200);
+
+    let mut child = user_command(&app.db, &["set-password", "--email", &email])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("piped stdin")?
+        .write_all(format!("{new_password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both sessions: the one above and the check's login.
+    assert!(stdout.contains("2 live session(s) ended"), "{stdout}");
+
+    assert_error(
+        app.login_raw(&email, PASSWORD, DEVICE).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    assert_eq!(
+        app.login_raw(&email, new_password, DEVICE).await.status(),
+        200
+    );
+    // A viewer's token was refused this route as forbidden; its session has ended now.
+    assert_error(
+        app.get("/v1/api-keys", &s.access).await,
+        401,
+        "session_ended",
+    )
+    .await;
+    // The event says whose password changed, never the password or its hash.
+    assert_eq!(
+        audit_details(&app, "user.password_changed").await?,
+        [json!({"email": email, "sessions_ended": 2})]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn user_end_sessions_signs_a_user_out_everywhere_and_user_list_shows_it() -> TestResult {
+    let app = spawn_app().await;
+    let email = app.user(Role::Operator).await;
+    let other = app.user(Role::Viewer).await;
+    let first = app.login(&email).await;
+    let second = app.login(&email).await;
+    let others = app.login(&other).await;
+    let product = format!("/v1/products/{}", app.product(&first.access).await);
+
+    let (stdout, _) = run_user(&app, &["list"])?;
+    let line = |stdout: &str, email: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{email}\t")))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        line(&stdout, &email).starts_with(&format!("{email}\toperator\tactive\t2\t")),
+        "{stdout}"
+    );
+
+    let (stdout, _) = run_user(&app, &["end-sessions", "--email", &email])?;
+    assert!(stdout.contains("2 live session(s)"), "{stdout}");
+    for s in [&first, &second] {
+        assert_error(app.get(&product, &s.access).await, 401, "session_ended").await;
+    }
+    // Another user's session is left alone, and the user signs in again.
+    assert_eq!(app.get(&product, &others.access).await.status(), 200);
+    app.login(&email).await;
+    assert_eq!(
+        audit_details(&app, "user.sessions_ended").await?,
+        [json!({"email": email, "sessions_ended": 2})]
+    );
+
+    run_user(&app, &["disable", "--email", &other])?;
+    let (stdout, _) = run_user(&app, &["list"])?;
+    assert!(
+        line(&stdout, &email).starts_with(&format!("{email}\toperator\tactive\t1\t")),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, &other).starts_with(&format!("{other}\tviewer\tdisabled since ")),
+        "{stdout}"
+    );
+    assert!(line(&stdout, &other).contains("\t0\t"), "{stdout}");
+    Ok(())
 }

@@ -1,4 +1,8 @@
-//! Admin users: roles, email and password rules, creation (CLI, bootstrap, tests).
+//! Admin users: roles, email and password rules, creation (CLI, bootstrap, tests), and the
+//! operator's changes to them (`manage`, run by `factory-service user ...`).
+
+pub mod command;
+pub mod manage;
 
 use std::fmt;
 use std::str::FromStr;
