@@ -31,7 +31,7 @@ const FIND_TAGS: &str = concat!(
 const REFRESH_BATCH: usize = 1000;
 
 /// Whether a tag is still good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TagStatus {
     /// Issued and not revoked.
@@ -41,7 +41,7 @@ pub enum TagStatus {
 }
 
 /// The product a tag belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     /// Product id.
     pub id: Uuid,
@@ -52,7 +52,7 @@ pub struct Product {
 }
 
 /// A known tag, as the scan route reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tag {
     /// The tag id.
     pub tag_id: String,
@@ -64,8 +64,15 @@ pub struct Tag {
     pub batch_id: Uuid,
     /// Scans recorded by the factory's event consumer (eventually consistent).
     pub scan_count: i64,
-    /// First recorded scan (the `scanned_at` of its event, in the same form).
+    /// First recorded scan (the `scanned_at` of its event, in the same form: RFC 3339 UTC with
+    /// milliseconds); null before the first.
     #[serde(default, with = "common::timestamp::millis_opt")]
+    #[schema(
+        value_type = Option<String>,
+        format = DateTime,
+        required = true,
+        example = "2026-11-01T10:00:00.000Z"
+    )]
     pub first_scanned_at: Option<DateTime<Utc>>,
     /// The tag's JSON, rendered once (see [`Tag::json`]).
     #[serde(skip)]

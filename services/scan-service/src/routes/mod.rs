@@ -1,5 +1,6 @@
 //! The scan service's routes.
 
+pub mod openapi;
 pub mod scan;
 
 use std::sync::Arc;
@@ -18,7 +19,10 @@ pub struct AppState {
     pub requests: Arc<scan::RequestCounters>,
 }
 
-/// The API routes (health routes are merged in by `startup`).
+/// The API routes and their OpenAPI document (health routes are merged in by `startup`).
 pub fn router(state: AppState, timing: TimingLayer) -> Router {
-    Router::new().merge(scan::router(timing)).with_state(state)
+    Router::new()
+        .merge(scan::router(timing))
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .with_state(state)
 }

@@ -12,8 +12,10 @@ use common::metric_handles::HandleCache;
 use metrics::Counter;
 
 use super::AppState;
+use super::openapi::{ApiError, RateLimitedError};
 use crate::ratelimit::Verdict;
 use crate::scan::{Found, ScanRequest};
+use crate::tags::Tag;
 use crate::timing::TimingLayer;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -42,7 +44,33 @@ pub fn router(timing: TimingLayer) -> Router<AppState> {
         .route("/v1/scan/{tag_id}/{*more}", scan)
 }
 
-async fn scan(
+/// Is this tag authentic?
+///
+/// The tag's status and product, or `unknown` for an id the brand never made.
+// CONTRACT 2.1. The headers every answer carries are added to the document by `super::openapi`.
+#[utoipa::path(
+    get, path = "/v1/scan/{tag_id}", tag = "scan",
+    params(
+        ("tag_id" = String, Path, pattern = "^[A-Za-z0-9_-]{16,64}$",
+         description = "The tag's id, as printed on it (matched after percent-decoding)"),
+        ("X-API-Key" = Option<String>, Header,
+         description = "A retailer's API key. Its requests are limited per key (the key's own \
+             rate if it has one) instead of per client address"),
+        ("X-Request-ID" = Option<String>, Header,
+         description = "Echoed when it is one value of 1 to 128 characters of A-Z, a-z, \
+             0-9 and - _ . :; otherwise a new UUID is answered"),
+    ),
+    responses(
+        (status = 200, description = "A known tag: `authentic`, or `revoked` by the brand", body = Tag),
+        (status = 400, description = "`invalid_tag_id`: not 16 to 64 characters of A-Z, a-z, 0-9, _ and -", body = ApiError),
+        (status = 401, description = "`invalid_api_key`: the X-API-Key is unknown or revoked", body = ApiError),
+        (status = 404, description = "An unknown tag: not made by the brand (a possible counterfeit)", body = UnknownTag),
+        (status = 429, description = "`rate_limited`: over the bucket's limit; not delayed", body = RateLimitedError),
+        (status = 503, description = "`service_unavailable`: a dependency is down (rate limiting \
+             failing closed, or the database); not delayed", body = ApiError),
+    )
+)]
+pub(super) async fn scan(
     State(state): State<AppState>,
     ClientIp(client_ip): ClientIp,
     tag_id: Result<Path<String>, PathRejection>,
@@ -118,10 +146,14 @@ async fn scan(
     response
 }
 
-/// CONTRACT 2.1's unknown-tag body, its keys in the contract's order.
-#[derive(serde::Serialize)]
-struct UnknownTag {
+/// The answer for a tag id the brand never made.
+// CONTRACT 2.1's unknown-tag body, its keys in the contract's order.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct UnknownTag {
+    /// The tag id asked for.
     tag_id: String,
+    /// Always `unknown`.
+    #[schema(value_type = String, example = "unknown")]
     status: &'static str,
 }
 

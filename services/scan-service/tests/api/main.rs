@@ -4,6 +4,7 @@
 mod command_line;
 mod events;
 mod helpers;
+mod openapi;
 mod rate_limit;
 mod redis_failures;
 mod scan;
