@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Some(signer.clone()),
         defaults.checkpoint_every,
         defaults.checkpoint_interval,
+        job::Findings::default(),
         stop.clone(),
     ));
     let rate = appends(&db.pool, &AuditLog::new(), WRITERS, APPEND_RUN).await?;

@@ -868,7 +868,7 @@ async fn checkpoints_follow_the_cadence_and_verify() {
     let audit = AuditLog::with_signer(Some(k1.clone()), false);
     let every = |since: i64, _| since >= 5;
     assert!(
-        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), every)
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, every)
             .await
             .unwrap()
             .is_none(),
@@ -876,13 +876,13 @@ async fn checkpoints_follow_the_cadence_and_verify() {
     );
     append_n(&db.pool, &audit, 4).await;
     assert!(
-        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), every)
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, every)
             .await
             .unwrap()
             .is_none()
     );
     append_n(&db.pool, &audit, 1).await;
-    let cp = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), every)
+    let cp = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, every)
         .await
         .unwrap()
         .unwrap();
@@ -1520,4 +1520,93 @@ async fn stripped_signatures_are_caught_when_signatures_are_required() {
         4,
         BreakReason::BadSignature,
     );
+}
+
+/// The (first bad seq, reason) of a checkpointer's refusal.
+fn refusal<T: std::fmt::Debug>(
+    result: Result<T, factory_service::audit::AuditError>,
+) -> Result<(i64, &'static str), String> {
+    match result {
+        Err(factory_service::audit::AuditError::Unverifiable { seq, reason, .. }) => {
+            Ok((seq, reason))
+        }
+        other => Err(format!("expected a refusal, got {other:?}")),
+    }
+}
+
+/// The tail cut, or history forked, with the stored checkpoints deleted to match, while the
+/// service runs: the checkpointer does not sign over it, because the head this process's
+/// verifier found intact (in memory) is not part of the chain any more. Before, it signed the
+/// cut head a second later, and then the fork.
+#[tokio::test]
+async fn the_checkpointer_refuses_a_head_that_does_not_extend_what_the_verifier_saw() -> TestResult
+{
+    let db = TestDb::new().await;
+    let k1 = signer(K1_PEM, "k1");
+    let audit = AuditLog::with_signer(Some(k1.clone()), true);
+    append_n(&db.pool, &audit, 10).await;
+    let mut job =
+        IncrementalVerifier::new(factory_service::audit::job::service_key_ring(Some(&k1)));
+    let findings = job.findings();
+    assert!(job.run_once(&db.pool).await?.broken.is_none());
+    let verified = findings.get().verified.ok_or("a verified head")?;
+    assert_eq!(verified.seq, 10);
+    let always = |_: i64, _| true;
+
+    tamper(
+        &db.pool,
+        "DELETE FROM audit_events WHERE seq > 8; DELETE FROM audit_checkpoints; \
+         UPDATE audit_chain_head SET seq = 8, hash = (SELECT hash FROM audit_events WHERE seq = 8);",
+    )
+    .await;
+    let cut = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), Some(&verified), always).await;
+    assert_eq!(refusal(cut)?, (9, "tail_truncated"));
+    // The chain goes on from the cut: seq 9 and 10 again, with other events.
+    append_n(&db.pool, &audit, 3).await;
+    let fork = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), Some(&verified), always).await;
+    assert_eq!(refusal(fork)?, (10, "checkpoint_mismatch"));
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_checkpoints")
+            .fetch_one(&db.pool)
+            .await?,
+        0,
+        "nothing signed"
+    );
+    // The database alone looks intact: only the memory of the verified head tells.
+    assert!(
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, always)
+            .await?
+            .is_some()
+    );
+
+    // The verifier's next run reports the break, and its findings say so to the checkpointer.
+    let v = job.run_once(&db.pool).await?;
+    let b = v.broken.as_ref().ok_or("the verifier notices")?;
+    assert_eq!(findings.get().broken.map(|(seq, _, _)| seq), Some(b.seq));
+    assert_eq!(findings.get().verified.map(|cp| cp.seq), Some(10));
+    Ok(())
+}
+
+/// A `details` number beyond a double's range (which jsonb accepts and the service never
+/// writes) is a break at its event, not a verification that cannot run: before, the whole
+/// verification failed, and with it every alarm about any other change.
+#[tokio::test]
+async fn an_event_that_cannot_be_read_is_a_break_not_a_failure_to_verify() -> TestResult {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    append_n(&db.pool, &audit, 5).await;
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET details = '{\"reason\": 1e400}' WHERE seq = 3",
+    )
+    .await;
+    assert_broken(&verify_hashes(&db.pool).await, 3, BreakReason::HashMismatch);
+    let mut job = IncrementalVerifier::new(KeyRing::new(UnknownKeys::Skip));
+    let findings = job.findings();
+    assert_broken(&job.run_once(&db.pool).await?, 3, BreakReason::HashMismatch);
+    assert_eq!(
+        findings.get().broken.map(|(seq, reason, _)| (seq, reason)),
+        Some((3, "hash_mismatch"))
+    );
+    Ok(())
 }

@@ -201,9 +201,15 @@ pub async fn all(conn: &mut PgConnection) -> Result<Vec<Checkpoint>, AuditError>
 /// so (given the number of events since that checkpoint and its time). Returns the new
 /// checkpoint, already committed and logged; `None` when nothing was due or another instance
 /// is writing one right now.
+///
+/// `verified` is the head this process's background verifier last found intact, a checkpoint
+/// held in memory, out of reach of whoever can write to the database: a head that does not
+/// extend it (the tail cut, or history rewritten, with the stored checkpoints deleted to match)
+/// is refused too.
 pub async fn checkpoint_if_due(
     pool: &PgPool,
     signer: Option<&Signer>,
+    verified: Option<&Checkpoint>,
     due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let mut tx = pool.begin().await?;
@@ -246,6 +252,33 @@ pub async fn checkpoint_if_due(
     let since = head.seq - last.as_ref().map_or(0, |cp| cp.seq);
     if since <= 0 || !due(since, last.as_ref().map(|cp| cp.signed_at)) {
         return Ok(None);
+    }
+    if let Some(verified) = verified {
+        if head.seq < verified.seq {
+            return Err(refuse(
+                head.seq + 1,
+                BreakReason::TailTruncated,
+                format!(
+                    "the recorded chain head is seq {} but this process verified the chain up to seq {}",
+                    head.seq, verified.seq
+                ),
+            ));
+        }
+        let hash: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
+                .bind(verified.seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if hash.flatten().as_deref() != Some(verified.hash.as_slice()) {
+            return Err(refuse(
+                verified.seq,
+                BreakReason::CheckpointMismatch,
+                format!(
+                    "the event at seq {} is not the one this process verified",
+                    verified.seq
+                ),
+            ));
+        }
     }
     // Only a head that extends the last checkpoint (or, before the first, the whole chain)
     // gets signed; the events' and that checkpoint's signatures by this service's key are
@@ -302,5 +335,5 @@ pub async fn checkpoint_now(
     pool: &PgPool,
     signer: Option<&Signer>,
 ) -> Result<Option<Checkpoint>, AuditError> {
-    checkpoint_if_due(pool, signer, |_, _| true).await
+    checkpoint_if_due(pool, signer, None, |_, _| true).await
 }

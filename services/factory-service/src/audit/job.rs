@@ -2,7 +2,7 @@
 //! cadence) and the verifier (incremental verification every few minutes, a full pass now and
 //! then, `audit_chain_breaks_total` on a break).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -50,25 +50,56 @@ pub fn spawn(
             "AUDIT_SIGNING_KEY_FILE is not set: the audit chain is hashed but neither checkpoints nor events are signed"
         );
     }
+    let verifier = IncrementalVerifier::new(service_key_ring(config.signer.as_deref()));
     let checkpointer = tokio::spawn(run_checkpointer(
         pool.clone(),
         config.signer.clone(),
         config.checkpoint_every,
         config.checkpoint_interval,
+        verifier.findings(),
         shutdown.clone(),
     ));
-    let verifier = IncrementalVerifier::new(service_key_ring(config.signer.as_deref()));
     let verifier = tokio::spawn(verifier.run(pool, config.verify_interval, shutdown));
     vec![checkpointer, verifier]
 }
 
+/// What this process's background verifier last found, shared with its checkpointer: the head
+/// it verified (held in memory, out of reach of the database) and the break it reports, if any.
+#[derive(Debug, Clone, Default)]
+pub struct Findings(Arc<Mutex<Found>>);
+
+/// See [`Findings`].
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// The head of the chain as the last good run verified it.
+    pub verified: Option<Checkpoint>,
+    /// The break the last run found: first bad seq, reason code, detail.
+    pub broken: Option<(i64, &'static str, String)>,
+}
+
+impl Findings {
+    /// The latest findings.
+    pub fn get(&self) -> Found {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, found: Found) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = found;
+    }
+}
+
 /// Writes a checkpoint whenever `every` events were appended since the last one, or `interval`
-/// passed and at least one was.
+/// passed and at least one was. It never signs while `findings` report a break, nor a head that
+/// does not extend the one they hold as verified.
 pub async fn run_checkpointer(
     pool: PgPool,
     signer: Option<Arc<Signer>>,
     every: i64,
     interval: Duration,
+    findings: Findings,
     shutdown: CancellationToken,
 ) {
     let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::seconds(60));
@@ -83,7 +114,24 @@ pub async fn run_checkpointer(
         let due = |since: i64, last_at: Option<chrono::DateTime<chrono::Utc>>| {
             since >= every || last_at.is_none_or(|at| chrono::Utc::now() - at >= interval)
         };
-        match checkpoint::checkpoint_if_due(&pool, signer.as_deref(), due).await {
+        let found = findings.get();
+        let result = match found.broken {
+            Some((seq, reason, detail)) => Err(AuditError::Unverifiable {
+                seq,
+                reason,
+                detail: format!("the background verifier reports the chain broken: {detail}"),
+            }),
+            None => {
+                checkpoint::checkpoint_if_due(
+                    &pool,
+                    signer.as_deref(),
+                    found.verified.as_ref(),
+                    due,
+                )
+                .await
+            }
+        };
+        match result {
             // Another instance holding the lock (`Ok(None)`) says nothing about the break.
             Ok(Some(_)) => refused = None,
             Ok(None) => {}
@@ -117,6 +165,8 @@ pub struct IncrementalVerifier {
     runs: u64,
     /// The last break reported, so a persisting break is counted once.
     reported: Option<(i64, &'static str)>,
+    /// What the runs found, for the checkpointer.
+    findings: Findings,
 }
 
 impl IncrementalVerifier {
@@ -128,7 +178,13 @@ impl IncrementalVerifier {
             verified_at: chrono::Utc::now(),
             runs: 0,
             reported: None,
+            findings: Findings::default(),
         }
+    }
+
+    /// What this verifier's runs find, kept up to date as it runs.
+    pub fn findings(&self) -> Findings {
+        self.findings.clone()
     }
 
     /// One run: new events since the last good run (every [`FULL_PASS_EVERY`]th run, and after
@@ -148,6 +204,10 @@ impl IncrementalVerifier {
                 self.verified_at = chrono::Utc::now();
                 self.reported = None;
                 metrics::gauge!("audit_chain_verified_seq").set(self.state.last_seq as f64);
+                self.findings.set(Found {
+                    verified: self.verified_head(),
+                    broken: None,
+                });
             }
             Some(b) => {
                 tracing::error!(
@@ -161,6 +221,10 @@ impl IncrementalVerifier {
                     metrics::counter!("audit_chain_breaks_total").increment(1);
                     self.reported = Some(key);
                 }
+                self.findings.set(Found {
+                    verified: self.verified_head(),
+                    broken: Some((b.seq, b.reason.code(), b.detail.clone())),
+                });
             }
         }
         Ok(result)

@@ -365,12 +365,32 @@ async fn check_rows(
         .bind(checker.state.last_seq)
         .bind(to)
         .fetch(&mut *conn);
-    while let Some(row) = rows.try_next().await? {
+    loop {
+        let row = match rows.try_next().await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            // A value the service never writes (a `details` number beyond a double's range,
+            // say) makes the row unreadable. That is a changed event, reported where it sits
+            // (rows come in seq order, so it is the one after the last checked), not a
+            // verification that cannot run: the latter would silence the alarm on any edit
+            // that came with such a value.
+            Err(sqlx::Error::ColumnDecode { index, source }) => {
+                return Ok(Some(Break {
+                    seq: checker.state.last_seq + 1,
+                    reason: BreakReason::HashMismatch,
+                    detail: format!(
+                        "the event after seq {} cannot be read ({index}: {source}); the service \
+                         never writes such a value",
+                        checker.state.last_seq
+                    ),
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Err(b) = checker.check(&row) {
             return Ok(Some(b));
         }
     }
-    Ok(None)
 }
 
 /// Compares the end of an intact chain with the recorded head.
