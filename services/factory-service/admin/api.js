@@ -13,9 +13,13 @@ export async function request(method, path, { body, idempotencyKey, blob = false
   if ((method === 'POST' || method === 'DELETE') && !idempotencyKey) {
     throw new Error(`${method} ${path} needs an Idempotency-Key`);
   }
+  // Who this request is for: a refresh on the way may bring another user's session (signed in
+  // from another tab), and then it is not sent on their behalf.
+  const actingFor = session.subject();
   for (let attempt = 0; ; attempt++) {
     const bearer = await session.accessToken();
     if (!bearer) throw new ApiError(401, 'signed_out', 'Your session has ended. Sign in again.');
+    if (actingFor !== null && session.subject() !== actingFor) throw ApiError.sessionChanged();
     const headers = { Authorization: `Bearer ${bearer}` };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     if (idempotencyKey) headers['Idempotency-Key'] = idempotencyKey;

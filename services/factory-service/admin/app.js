@@ -63,28 +63,41 @@ async function show() {
 addEventListener('hashchange', () => {
   if (location.hash.startsWith('#/')) show();
 });
-session.onChange(() => show());
+session.onChange(async (signedIn, how) => {
+  // What the previous user's pages kept in memory is not the next user's to see.
+  if (!signedIn || how === 'user') catalog.forget();
+  await show();
+  const user = session.user();
+  if (how === 'user') {
+    notice(`This browser is now signed in as ${user.email} (${user.role}) from another tab; this tab acts for that user from now on.`);
+  } else if (how === 'role') {
+    notice(`Your role is now ${user.role}.`);
+  }
+});
 
 document.getElementById('signout').addEventListener('click', async () => {
   try {
     await session.signOut();
     notice('Signed out.');
   } catch (err) {
-    notice(`Signed out here, but the server did not confirm: ${describe(err)}`);
+    notice(`Signed out of this browser, but the server could not end the session (${describe(err)}): it stays valid on the server until it expires.`);
   }
 });
 
 async function boot() {
   // A reload loses the in-memory access token; the refresh cookie brings the session back.
+  let problem = null;
   if (session.mayResume()) {
     try {
       await session.refresh();
     } catch (err) {
-      notice(describe(err));
+      problem = err; // 429, 5xx or no network: the session may well be fine
     }
   }
-  if (!session.user()) show();
+  if (!session.user()) await show();
   // else: onChange already rendered the page
+  // After the page: showing it clears the notice.
+  if (problem) notice(`Your session could not be resumed just now. ${describe(problem)} Reload the page to try again.`);
 }
 
 boot();

@@ -28,6 +28,11 @@ export class ApiError extends Error {
     );
   }
 
+  /** The browser's session now belongs to another user: a request begun for the previous one is not sent. */
+  static sessionChanged() {
+    return new ApiError(401, 'session_changed', 'This browser was signed in as another user from another tab; the request was not sent.');
+  }
+
   static network(cause) {
     const e = new ApiError(0, 'network_error', 'The server could not be reached. Check the connection and try again.');
     e.cause = cause;

@@ -53,9 +53,18 @@ export function mayResume() {
   return csrfToken() !== null;
 }
 
-/** Calls `fn(signedIn)` whenever the session starts or ends. */
+/**
+ * Calls `fn(signedIn, how)` whenever the session starts or ends, and when a refresh brings a
+ * different session: `how` is 'user' when the browser's refresh cookie now belongs to another
+ * user (signed in from another tab of this browser), 'role' when the user's role changed.
+ */
 export function onChange(fn) {
   listeners.add(fn);
+}
+
+/** The id of the user the current access token acts for, or null. */
+export function subject() {
+  return token?.claims.sub ?? null;
 }
 
 /** The signed-in user's email and role, from the token's payload (display only). */
@@ -77,11 +86,17 @@ function claimsOf(jwt) {
 
 function adopt(body) {
   const ttl = body.expires_in * 1000;
-  const wasSignedIn = token !== null;
+  const before = token?.claims;
   token = { value: body.access_token, expiresAt: Date.now() + ttl, ttl, issuedAt: Date.now(), claims: claimsOf(body.access_token) };
   clearTimeout(timer);
   timer = setTimeout(proactive, Math.max(0, ttl - margin(ttl)));
-  if (!wasSignedIn) listeners.forEach((fn) => fn(true));
+  // Tabs share the refresh cookie: one that signs in as someone else takes every tab's session
+  // with it, and the page on show must say who it now acts for.
+  let how = null;
+  if (!before) how = 'signed-in';
+  else if (before.sub !== token.claims.sub) how = 'user';
+  else if (before.role !== token.claims.role) how = 'role';
+  if (how) listeners.forEach((fn) => fn(true, how === 'signed-in' ? undefined : how));
 }
 
 function drop(broadcast) {
@@ -191,6 +206,10 @@ export async function signOut() {
       if (!response.ok && response.status !== 401) throw await ApiError.from(response);
     });
   } catch (e) {
+    // The server did not end the session. Forget the readable CSRF cookie at least: without
+    // it nothing in this browser can refresh (or resume on reload) with the refresh cookie,
+    // which scripts cannot delete; the server keeps the session until it expires.
+    document.cookie = `${CSRF_COOKIE}=; Max-Age=0; Path=/; Secure; SameSite=Strict`;
     throw e instanceof ApiError ? e : ApiError.network(e);
   } finally {
     drop(true);

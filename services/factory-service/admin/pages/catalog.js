@@ -8,6 +8,12 @@ import { h, field, form, section, errorBox, notice, when, table } from '../dom.j
 const products = new Map(); // id -> product, kept across page switches in this tab
 const batches = [];
 
+/** Forgets what this tab kept (on sign-out, or when another user's session takes over). */
+export function forget() {
+  products.clear();
+  batches.length = 0;
+}
+
 export async function render(root) {
   const productSlot = h('div');
   const batchSlot = h('div');

@@ -40,7 +40,10 @@ export async function render(root) {
       revokes.delete(key.id);
       notice(`Key “${key.name}” revoked.`);
     } catch (err) {
+      // Shown after the list reloads (which clears the box), so a failed revoke is not lost.
+      await load();
       listErrors.show(err);
+      return;
     }
     await load();
   }
