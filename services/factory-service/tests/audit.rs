@@ -1610,3 +1610,77 @@ async fn an_event_that_cannot_be_read_is_a_break_not_a_failure_to_verify() -> Te
     );
     Ok(())
 }
+
+/// Re-signs every event with `forger` under its own key id, hashes unchanged: what someone who
+/// can write to the database and holds a key of their own does after changing rows and
+/// recomputing their hashes (the hash chain alone cannot tell).
+async fn resign_events(pool: &PgPool, forger: &Signer) -> TestResult {
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_events WHERE hash IS NOT NULL ORDER BY seq")
+            .fetch_all(pool)
+            .await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await?;
+    for (seq, hash) in rows {
+        sqlx::query("UPDATE audit_events SET signature = $2, key_id = $3 WHERE seq = $1")
+            .bind(seq)
+            .bind(forger.sign(&hash)?)
+            .bind(forger.key_id())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The service knows only its own key. Without AUDIT_PREVIOUS_PUBLIC_KEYS, signatures by other
+/// key ids pass unchecked (a rotation looks the same as a forger's re-signing), but they are
+/// counted and named in the report; with it, any key id other than its own and the listed
+/// ones is a break, the checkpointer included, while a listed earlier key verifies.
+#[tokio::test]
+async fn signatures_by_a_key_the_service_does_not_know_are_reported_or_with_previous_keys_a_break()
+-> TestResult {
+    let db = TestDb::new().await;
+    let k1 = Signer::from_pem(K1_PEM, Some("k1"))?;
+    let audit = AuditLog::with_signer(Some(Arc::new(k1)), true);
+    append_n(&db.pool, &audit, 4).await;
+    resign_events(&db.pool, &Signer::from_pem(K2_PEM, Some("forger"))?).await?;
+
+    // Lenient (the default): no break, but nothing quiet about it.
+    let mut lenient = factory_service::audit::job::service_key_ring(audit.signer());
+    let v = verify_with(&db.pool, &mut lenient, &[]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    let report = v.report();
+    assert_eq!(
+        (report.signatures_checked, report.signatures_unchecked),
+        (0, 4)
+    );
+    assert_eq!(report.unchecked_key_ids, ["forger"]);
+
+    // Strict: the service's key knows which keys came before it.
+    let strict = Arc::new(Signer::from_pem(K1_PEM, Some("k1"))?.with_previous_keys(Vec::new()));
+    let mut keys = factory_service::audit::job::service_key_ring(Some(&strict));
+    assert_broken(
+        &verify_with(&db.pool, &mut keys, &[]).await,
+        1,
+        BreakReason::UnknownKey,
+    );
+    let refused = checkpoint::checkpoint_if_due(&db.pool, Some(&strict), None, |_, _| true).await;
+    assert_eq!(refusal(refused)?, (1, "unknown_key"));
+
+    // A rotation, strict: the new key lists the old one, and both verify.
+    let rotated = TestDb::new().await;
+    let old = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    append_n(&rotated.pool, &old, 2).await;
+    let k2 = Signer::from_pem(K2_PEM, Some("k2"))?
+        .with_previous_keys(vec![("k1".into(), public(K1_PUB))]);
+    let new = AuditLog::with_signer(Some(Arc::new(k2)), true);
+    append_n(&rotated.pool, &new, 2).await;
+    let mut keys = factory_service::audit::job::service_key_ring(new.signer());
+    let v = verify_with(&rotated.pool, &mut keys, &[]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    assert_eq!(v.state.signatures_checked, 4);
+    Ok(())
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::config::{ConfigError, Env};
 
-use super::signing::{self, Signer};
+use super::signing::{self, PublicKey, Signer};
 
 /// Audit settings.
 #[derive(Debug, Clone)]
@@ -62,18 +62,27 @@ impl AuditConfig {
                 }
                 None
             }
-            Some(path) => Some(Arc::new(
-                Signer::from_file(Path::new(path), key_id).map_err(|e| {
-                    ConfigError::new(
-                        "AUDIT_SIGNING_KEY_FILE",
-                        path,
-                        false,
-                        e,
-                        "a readable PKCS#8 PEM RSA private key of 2048 to 4096 bits",
-                    )
-                })?,
-            )),
+            Some(path) => Some(Signer::from_file(Path::new(path), key_id).map_err(|e| {
+                ConfigError::new(
+                    "AUDIT_SIGNING_KEY_FILE",
+                    path,
+                    false,
+                    e,
+                    "a readable PKCS#8 PEM RSA private key of 2048 to 4096 bits",
+                )
+            })?),
         };
+        let signer = match (signer, previous_public_keys(env)?) {
+            (Some(signer), Some(previous)) => Some(signer.with_previous_keys(previous)),
+            (None, Some(_)) => {
+                return Err(ConfigError::missing(
+                    "AUDIT_SIGNING_KEY_FILE",
+                    "the current signing key when AUDIT_PREVIOUS_PUBLIC_KEYS lists earlier ones",
+                ));
+            }
+            (signer, None) => signer,
+        };
+        let signer = signer.map(Arc::new);
         let sign_events = env.bool("AUDIT_SIGN_EVENTS", false)?;
         if sign_events && signer.is_none() {
             return Err(ConfigError::missing(
@@ -98,5 +107,89 @@ impl AuditConfig {
                 86_400,
             )?),
         })
+    }
+}
+
+/// `AUDIT_PREVIOUS_PUBLIC_KEYS`: `KEY_ID=FILE` pairs, comma-separated, of the keys the signing
+/// key succeeded, or `none`; `None` when unset.
+fn previous_public_keys(env: &Env) -> Result<Option<Vec<(String, PublicKey)>>, ConfigError> {
+    const VAR: &str = "AUDIT_PREVIOUS_PUBLIC_KEYS";
+    const EXPECTED: &str = "comma-separated KEY_ID=FILE pairs, each FILE a PEM RSA public key \
+        (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY), e.g. audit-2026-01=/keys/old.pub.pem, or none";
+    let Some(raw) = env.raw(VAR) else {
+        return Ok(None);
+    };
+    // Strict, with no earlier key: any key id but the current one is a break.
+    if raw == "none" {
+        return Ok(Some(Vec::new()));
+    }
+    let mut keys = Vec::new();
+    for entry in env.list(VAR) {
+        let bad = |problem: String| ConfigError::new(VAR, raw, false, problem, EXPECTED);
+        let (id, path) = entry
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{entry:?} is not KEY_ID=FILE")))?;
+        let (id, path) = (id.trim(), path.trim());
+        if !signing::valid_key_id(id) {
+            return Err(bad(format!(
+                "{id:?} is not a key id (1 to 64 of A-Z a-z 0-9 . _ -)"
+            )));
+        }
+        let pem =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
+        let key = PublicKey::from_pem(&pem).map_err(|e| bad(format!("{path}: {e}")))?;
+        keys.push((id.to_owned(), key));
+    }
+    Ok(Some(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn config(previous: &str, with_key: bool) -> Result<AuditConfig, String> {
+        let mut pairs = vec![("AUDIT_PREVIOUS_PUBLIC_KEYS".to_owned(), previous.to_owned())];
+        if with_key {
+            pairs.push(("AUDIT_SIGNING_KEY_FILE".into(), fixture("audit_k2.pem")));
+            pairs.push(("AUDIT_SIGNING_KEY_ID".into(), "k2".into()));
+        }
+        AuditConfig::from_env(&Env::from_pairs(pairs)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn previous_public_keys_are_loaded_or_refused_naming_the_variable() {
+        let previous = |c: &AuditConfig| {
+            c.signer.as_ref().and_then(|s| {
+                s.previous_keys()
+                    .map(|k| k.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
+            })
+        };
+        let pair = format!("k1={}", fixture("audit_k1.pub.pem"));
+        assert_eq!(
+            config(&pair, true).map(|c| previous(&c)),
+            Ok(Some(vec!["k1".to_owned()]))
+        );
+        assert_eq!(config("none", true).map(|c| previous(&c)), Ok(Some(vec![])));
+        assert_eq!(config("", true).map(|c| previous(&c)), Ok(None));
+        for (value, problem) in [
+            ("k1", "\"k1\" is not KEY_ID=FILE"),
+            ("bad id=/x", "\"bad id\" is not a key id"),
+            ("k1=/nonexistent.pem", "cannot read /nonexistent.pem"),
+        ] {
+            let e = config(value, true).err().unwrap_or_default();
+            assert!(
+                e.contains("AUDIT_PREVIOUS_PUBLIC_KEYS") && e.contains(problem),
+                "{value}: {e}"
+            );
+        }
+        // A private key where the public one belongs is refused, not used.
+        let private = format!("k1={}", fixture("audit_k1.pem"));
+        assert!(config(&private, true).is_err());
+        let e = config(&pair, false).err().unwrap_or_default();
+        assert!(e.contains("AUDIT_SIGNING_KEY_FILE"), "{e}");
     }
 }

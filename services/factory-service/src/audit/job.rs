@@ -22,16 +22,26 @@ const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
 /// reads new events, so it cannot notice an old one being changed.
 const FULL_PASS_EVERY: u64 = 12;
 
-/// The key ring the service verifies with: its own public key; other key ids (older keys after
-/// a rotation) get their hashes checked but not their signatures. The offline verifier, given
-/// every public key, is the authoritative check.
+/// The key ring the service verifies with: its own public key, and the keys it succeeded when
+/// `AUDIT_PREVIOUS_PUBLIC_KEYS` gives them; then any other key id is a break (`unknown_key`).
+/// Without that setting, other key ids (older keys after a rotation, or a forger's) get their
+/// hashes checked but not their signatures, and are counted and reported as unchecked. The
+/// offline verifier, given every public key, is the authoritative check.
 pub fn service_key_ring(signer: Option<&Signer>) -> KeyRing {
-    let mut keys = KeyRing::new(UnknownKeys::Skip);
+    let previous = signer.and_then(Signer::previous_keys);
+    let mut keys = KeyRing::new(if previous.is_some() {
+        UnknownKeys::Fail
+    } else {
+        UnknownKeys::Skip
+    });
     if let Some(signer) = signer {
         keys.add(
             Some(signer.key_id().to_owned()),
             signer.public_key().clone(),
         );
+    }
+    for (id, key) in previous.unwrap_or_default() {
+        keys.add(Some(id.clone()), key.clone());
     }
     keys
 }
@@ -167,6 +177,9 @@ pub struct IncrementalVerifier {
     reported: Option<(i64, &'static str)>,
     /// What the runs found, for the checkpointer.
     findings: Findings,
+    /// The key ids of unchecked signatures last warned about, so the warning is not repeated
+    /// every run.
+    warned_unchecked: std::collections::BTreeSet<String>,
 }
 
 impl IncrementalVerifier {
@@ -179,6 +192,7 @@ impl IncrementalVerifier {
             runs: 0,
             reported: None,
             findings: Findings::default(),
+            warned_unchecked: std::collections::BTreeSet::new(),
         }
     }
 
@@ -204,6 +218,7 @@ impl IncrementalVerifier {
                 self.verified_at = chrono::Utc::now();
                 self.reported = None;
                 metrics::gauge!("audit_chain_verified_seq").set(self.state.last_seq as f64);
+                self.report_unchecked();
                 self.findings.set(Found {
                     verified: self.verified_head(),
                     broken: None,
@@ -228,6 +243,26 @@ impl IncrementalVerifier {
             }
         }
         Ok(result)
+    }
+
+    /// Signatures by key ids the service has no key for pass unchecked (a rotation, or a forger
+    /// who re-signed rows with a key of their own): exported as `audit_signatures_unchecked`
+    /// and warned about when the set of such key ids changes.
+    fn report_unchecked(&mut self) {
+        let state = &self.state;
+        metrics::gauge!("audit_signatures_unchecked").set(state.signatures_unchecked as f64);
+        if state.unchecked_key_ids.is_empty() || state.unchecked_key_ids == self.warned_unchecked {
+            return;
+        }
+        tracing::warn!(
+            signatures = state.signatures_unchecked,
+            key_ids = ?state.unchecked_key_ids,
+            "audit events signed by key ids this service has no key for: their signatures are not \
+             checked. If they are earlier keys of yours, list their public keys in \
+             AUDIT_PREVIOUS_PUBLIC_KEYS (then any other key id is a break); if not, someone \
+             re-signed the log: run `factory-service audit verify --public-key ...`"
+        );
+        self.warned_unchecked = state.unchecked_key_ids.clone();
     }
 
     /// The head an earlier run verified, as a checkpoint held in this process's memory, out

@@ -44,6 +44,9 @@ pub struct Signer {
     key_pair: RsaKeyPair,
     public: PublicKey,
     rng: SystemRandom,
+    /// The keys this one succeeded (`AUDIT_PREVIOUS_PUBLIC_KEYS`), by key id; `Some` makes
+    /// the service's own verification strict: any other key id is a break.
+    previous: Option<Vec<(String, PublicKey)>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -85,7 +88,20 @@ impl Signer {
             key_pair,
             public,
             rng: SystemRandom::new(),
+            previous: None,
         })
+    }
+
+    /// This key, knowing the public keys of the ones it succeeded: the service then verifies
+    /// their signatures too, and takes any other key id for a break (`unknown_key`).
+    pub fn with_previous_keys(mut self, keys: Vec<(String, PublicKey)>) -> Self {
+        self.previous = Some(keys);
+        self
+    }
+
+    /// The keys this one succeeded, when they were given.
+    pub fn previous_keys(&self) -> Option<&[(String, PublicKey)]> {
+        self.previous.as_deref()
     }
 
     /// Reads [`Signer::from_pem`] from a file.

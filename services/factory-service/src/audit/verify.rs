@@ -3,7 +3,7 @@
 //! (`factory-service audit verify`), by `GET /v1/audit/verify`, and incrementally by the
 //! background job.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use futures::TryStreamExt as _;
 use serde::Serialize;
@@ -77,6 +77,11 @@ pub struct ChainState {
     pub legacy_events: u64,
     /// Event signatures verified.
     pub signatures_checked: u64,
+    /// Event signatures by key ids the verifier has no key for and was told to skip (the
+    /// service without `AUDIT_PREVIOUS_PUBLIC_KEYS`).
+    pub signatures_unchecked: u64,
+    /// Those key ids.
+    pub unchecked_key_ids: BTreeSet<String>,
 }
 
 /// The verifier's answer, as served by `GET /v1/audit/verify`.
@@ -90,6 +95,11 @@ pub struct VerifyReport {
     pub legacy_events: u64,
     /// Event signatures checked (0 when no public key was given).
     pub signatures_checked: u64,
+    /// Event signatures by key ids the service has no key for, not checked (their hashes
+    /// were); see `AUDIT_PREVIOUS_PUBLIC_KEYS`.
+    pub signatures_unchecked: u64,
+    /// Those key ids.
+    pub unchecked_key_ids: Vec<String>,
     /// The last verified event.
     pub head: HeadView,
     /// The first bad seq, if broken.
@@ -128,6 +138,8 @@ impl Verification {
             events_checked: self.state.events_checked,
             legacy_events: self.state.legacy_events,
             signatures_checked: self.state.signatures_checked,
+            signatures_unchecked: self.state.signatures_unchecked,
+            unchecked_key_ids: self.state.unchecked_key_ids.iter().cloned().collect(),
             head: HeadView {
                 seq: self.state.last_seq,
                 hash: self.state.last_hash.map(hex::encode),
@@ -248,7 +260,12 @@ impl RowChecker<'_> {
             let key_id = row.key_id.as_deref().unwrap_or_default();
             match self.keys.check(key_id, &computed, signature) {
                 SignatureCheck::Valid => self.state.signatures_checked += 1,
-                SignatureCheck::Skipped => {}
+                SignatureCheck::Skipped => {
+                    self.state.signatures_unchecked += 1;
+                    if !self.state.unchecked_key_ids.contains(key_id) {
+                        self.state.unchecked_key_ids.insert(key_id.to_owned());
+                    }
+                }
                 SignatureCheck::Invalid => {
                     return Self::broken(
                         seq,
