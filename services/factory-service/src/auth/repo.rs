@@ -30,6 +30,23 @@ pub async fn user_by_email(
         .await
 }
 
+/// Locks the user's row (`FOR SHARE`, until the transaction ends) if they are still enabled
+/// with this password hash; false when the account changed since it was read.
+pub async fn lock_unchanged_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    password_hash: &str,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 AND disabled_at IS NULL FOR SHARE",
+    )
+    .bind(user_id)
+    .bind(password_hash)
+    .fetch_optional(conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// Starts a family bound to `device_id`, at `created_at` (the login; its session's lifetime
 /// counts from it).
 pub async fn insert_family(

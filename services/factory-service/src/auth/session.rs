@@ -212,6 +212,13 @@ pub async fn login(
     let now = Utc::now();
     let expires_at = state.refresh.token_expiry(now, now);
     let mut tx = state.pool.begin().await?;
+    // The account as verified above must still be the account now, and stay so until this
+    // commits: an operator's `user set-password`, `end-sessions` or `disable` running meanwhile
+    // (they hold the row) would otherwise miss the session this inserts.
+    if !repo::lock_unchanged_user(&mut tx, user.id, &user.password_hash).await? {
+        metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);
+        return Err(invalid_credentials());
+    }
     repo::insert_family(&mut tx, family_id, user.id, device_id, now).await?;
     repo::insert_token(
         &mut tx,

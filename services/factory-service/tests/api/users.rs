@@ -448,3 +448,61 @@ async fn user_end_sessions_signs_a_user_out_everywhere_and_user_list_shows_it() 
     assert!(line(&stdout, &other).contains("\t0\t"), "{stdout}");
     Ok(())
 }
+
+/// A login that read the account just before an operator's change to it (here a new password
+/// and its sessions ended, as `user set-password` does in one transaction) does not get a
+/// session past the change: it waits for the change, sees that the account it verified is no
+/// longer the account, and is refused. Before, its session was inserted after the change's
+/// revocations and survived it.
+#[tokio::test]
+async fn a_login_racing_an_operators_change_to_the_account_does_not_survive_it() -> TestResult {
+    let app = spawn_app().await;
+    let email = app.user(Role::Operator).await;
+    let new_hash =
+        factory_service::auth::password::hash(SecretString::from("the operator's new password"))
+            .await?;
+    // The operator's change holds the user's row, as `lock_user` does.
+    let mut change = app.db.pool.begin().await?;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1 FOR UPDATE")
+        .bind(&email)
+        .fetch_one(&mut *change)
+        .await?;
+    // The login reads the account (no lock) and checks the old password meanwhile.
+    let login = {
+        let client = app.client.clone();
+        let url = format!("{}/v1/auth/login", app.base);
+        let email = email.clone();
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("X-Device-ID", DEVICE)
+                .json(&json!({"email": email, "password": PASSWORD}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(&new_hash)
+        .execute(&mut *change)
+        .await?;
+    sqlx::query(
+        "UPDATE refresh_families SET revoked_at = now(), revoked_reason = 'password_changed' \
+         WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *change)
+    .await?;
+    change.commit().await?;
+    assert_error(login.await??, 401, "invalid_credentials").await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM refresh_families WHERE user_id = '{id}' AND revoked_at IS NULL"
+        ))
+        .await,
+        0,
+        "no live session"
+    );
+    Ok(())
+}
