@@ -63,6 +63,35 @@ describe('failures around a session', () => {
     await context.close();
   });
 
+  it('a confirmation open when another user\'s session arrives is cancelled, not sent as them', async () => {
+    const context = await newContext(browser);
+    const second = await openPage(context);
+    await second.goto(CONSOLE);
+    await second.getByLabel('Email').waitFor();
+    const first = await openPage(context);
+    await signInAs(first, ADMIN_EMAIL, ADMIN_PASSWORD);
+    const name = `e2e dialog ${Date.now()}`;
+    await first.getByLabel('Name').fill(name);
+    await first.getByRole('button', { name: 'Create key' }).click();
+    await first.getByRole('button', { name: 'Done, I have stored it' }).click();
+    await first.getByRole('button', { name: `Revoke key ${name}` }).click();
+    await first.getByRole('dialog').waitFor();
+    const deletes = [];
+    first.on('request', (r) => { if (r.method() === 'DELETE') deletes.push(r.url()); });
+    // The viewer signs in from the other tab; the first tab's proactive refresh (it was used)
+    // brings the viewer's session while the dialog is still open.
+    await second.getByLabel('Email').fill(VIEWER_EMAIL);
+    await second.getByLabel('Password').fill(VIEWER_PASSWORD);
+    await second.getByRole('button', { name: 'Sign in' }).click();
+    await first.getByRole('status').filter({ hasText: `now signed in as ${VIEWER_EMAIL}` })
+      .waitFor({ timeout: (ACCESS_TTL_SEC + 5) * 1000 });
+    assert.equal(await first.locator('dialog[open]').count(), 0, 'the confirmation is gone');
+    await sleep(300);
+    assert.deepEqual(deletes, []);
+    assert.deepEqual([...first.problems, ...second.problems], []);
+    await context.close();
+  });
+
   it('a revoke that fails shows its error after the list reloads', async () => {
     const context = await newContext(browser);
     const page = await openPage(context);

@@ -3,7 +3,7 @@
 
 import * as session from './session.js';
 import { describe } from './errors.js';
-import { notice } from './dom.js';
+import { cancelDialogs, notice } from './dom.js';
 import * as signin from './pages/signin.js';
 import * as keys from './pages/keys.js';
 import * as catalog from './pages/catalog.js';
@@ -64,10 +64,15 @@ addEventListener('hashchange', () => {
   if (location.hash.startsWith('#/')) show();
 });
 session.onChange(async (signedIn, how) => {
-  // What the previous user's pages kept in memory is not the next user's to see.
-  if (!signedIn || how === 'user') catalog.forget();
+  // What the previous user's pages kept in memory is not the next user's to see, and a
+  // confirmation the previous user opened must not be answered as the next one.
+  if (!signedIn || how === 'user') {
+    catalog.forget();
+    cancelDialogs();
+  }
   await show();
   const user = session.user();
+  if (!user) return;
   if (how === 'user') {
     notice(`This browser is now signed in as ${user.email} (${user.role}) from another tab; this tab acts for that user from now on.`);
   } else if (how === 'role') {

@@ -108,6 +108,11 @@ export function confirm(title, text, confirmLabel) {
   });
 }
 
+/** Answers every open confirmation "no" (the page it belonged to is gone). */
+export function cancelDialogs() {
+  for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close('no');
+}
+
 /** A timestamp in the user's locale, or an em dash. */
 export function when(iso) {
   return iso ? new Date(iso).toLocaleString() : '—';

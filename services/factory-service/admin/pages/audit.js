@@ -99,6 +99,10 @@ export async function render(root) {
           h('dt', { text: 'Events checked' }), h('dd', { text: String(r.events_checked) }),
           h('dt', { text: 'Legacy events' }), h('dd', { text: String(r.legacy_events ?? 0) }),
           r.signatures_checked !== undefined && [h('dt', { text: 'Signatures checked' }), h('dd', { text: String(r.signatures_checked) })],
+          r.signatures_unchecked > 0 && [
+            h('dt', { text: 'Signatures NOT checked' }),
+            h('dd', { class: 'warn', text: `${r.signatures_unchecked}, by key ids the service has no key for: ${(r.unchecked_key_ids ?? []).join(', ')} (an earlier key of yours, or a forger's; see AUDIT_PREVIOUS_PUBLIC_KEYS)` }),
+          ],
           h('dt', { text: 'Head' }), h('dd', {}, `seq ${r.head?.seq ?? '—'} `, h('code', { class: 'hash', text: r.head?.hash ?? '' })),
           !r.ok && [
             h('dt', { text: 'First bad seq' }), h('dd', { text: String(r.first_bad_seq) }),
