@@ -1684,3 +1684,44 @@ async fn signatures_by_a_key_the_service_does_not_know_are_reported_or_with_prev
     assert_eq!(v.state.signatures_checked, 4);
     Ok(())
 }
+
+/// The service's two jobs share what the verifier finds: an old event changed (before the last
+/// checkpoint, where the checkpointer's own check of the new events does not look) stops the
+/// checkpointer as soon as the verifier's full pass reports it. Before, the checkpointer went
+/// on signing new heads over the changed history.
+#[tokio::test]
+async fn the_checkpointer_of_the_running_service_stops_when_its_verifier_reports_a_break()
+-> TestResult {
+    let db = TestDb::new().await;
+    let k1 = signer(K1_PEM, "k1");
+    let audit = AuditLog::with_signer(Some(k1.clone()), false);
+    append_n(&db.pool, &audit, 5).await;
+    checkpoint::checkpoint_now(&db.pool, Some(&k1))
+        .await?
+        .ok_or("a checkpoint of seq 5")?;
+    tamper(
+        &db.pool,
+        "UPDATE audit_events SET client_ip = '198.51.100.9' WHERE seq = 2",
+    )
+    .await;
+    append_n(&db.pool, &audit, 3).await;
+    let config = factory_service::audit::AuditConfig {
+        signer: Some(k1),
+        checkpoint_every: 1,
+        checkpoint_interval: std::time::Duration::from_secs(1),
+        ..factory_service::audit::AuditConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let jobs = factory_service::audit::job::spawn(db.pool.clone(), &config, stop.clone());
+    // The checkpointer looks every second; the verifier's first (full) pass runs at once.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    stop.cancel();
+    for job in jobs {
+        job.await?;
+    }
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(newest, Some(5), "nothing signed over the changed history");
+    Ok(())
+}

@@ -73,7 +73,19 @@ impl AuditConfig {
             })?),
         };
         let signer = match (signer, previous_public_keys(env)?) {
-            (Some(signer), Some(previous)) => Some(signer.with_previous_keys(previous)),
+            (Some(signer), Some(previous)) => {
+                // The current key must stay the one its id verifies with.
+                if previous.iter().any(|(id, _)| id == signer.key_id()) {
+                    return Err(ConfigError::new(
+                        "AUDIT_PREVIOUS_PUBLIC_KEYS",
+                        env.raw("AUDIT_PREVIOUS_PUBLIC_KEYS").unwrap_or_default(),
+                        false,
+                        format!("lists the current key id {:?}", signer.key_id()),
+                        "only the ids of earlier keys, none of them AUDIT_SIGNING_KEY_ID",
+                    ));
+                }
+                Some(signer.with_previous_keys(previous))
+            }
             (None, Some(_)) => {
                 return Err(ConfigError::missing(
                     "AUDIT_SIGNING_KEY_FILE",
@@ -138,6 +150,9 @@ fn previous_public_keys(env: &Env) -> Result<Option<Vec<(String, PublicKey)>>, C
         let pem =
             std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
         let key = PublicKey::from_pem(&pem).map_err(|e| bad(format!("{path}: {e}")))?;
+        if keys.iter().any(|(known, _)| known == id) {
+            return Err(bad(format!("{id:?} is listed twice")));
+        }
         keys.push((id.to_owned(), key));
     }
     Ok(Some(keys))
@@ -179,6 +194,14 @@ mod tests {
             ("k1", "\"k1\" is not KEY_ID=FILE"),
             ("bad id=/x", "\"bad id\" is not a key id"),
             ("k1=/nonexistent.pem", "cannot read /nonexistent.pem"),
+            (
+                &format!("k1={0},k1={0}", fixture("audit_k1.pub.pem")),
+                "\"k1\" is listed twice",
+            ),
+            (
+                &format!("k2={}", fixture("audit_k1.pub.pem")),
+                "lists the current key id \"k2\"",
+            ),
         ] {
             let e = config(value, true).err().unwrap_or_default();
             assert!(
