@@ -1,6 +1,8 @@
 # Operator commands as Cloud Run jobs in the writer's region, on the VPC, with the factory image:
 #   gcloud run jobs execute voketag-migrate --region <writer region> --wait
 #   gcloud run jobs execute voketag-audit-verify --region <writer region> --wait
+#   gcloud run jobs execute voketag-user --region <writer region> --wait \
+#     --args=user,end-sessions,--email,ops@example.com      (default args: user list)
 # `migrate` is the only way the schema changes (never at service start-up); `audit verify` exits
 # non-zero on a broken chain, so a failed execution is the alert.
 
@@ -9,6 +11,7 @@ locals {
 
   jobs = {
     migrate      = ["migrate"]
+    user         = ["user", "list"]
     audit-verify = concat(["audit", "verify"], var.audit_public_key_pem == "" ? [] : ["--public-key", var.audit_public_key_pem])
   }
 }

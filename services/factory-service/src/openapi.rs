@@ -82,8 +82,9 @@ impl Modify for AuditPaths {
             .summary(Some("Verify the hash chain and signatures (admin)"))
             .description(Some(
                 "`{\"ok\",\"events_checked\",\"legacy_events\",\"head\":{\"seq\",\"hash\"},\"first_bad_seq\",\"reason\"}`, \
-                 plus `signatures_checked` and a human-readable `detail`; the format is in \
-                 docs/AUDIT_FORMAT.md.",
+                 plus `signatures_checked`, `signatures_unchecked` and `unchecked_key_ids` \
+                 (event signatures by key ids the service has no key for, not checked) and a \
+                 human-readable `detail`; the format is in docs/AUDIT_FORMAT.md.",
             ))
             .response("200", ok("The verification report"))
             .response("401", error("Not signed in"))

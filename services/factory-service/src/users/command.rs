@@ -98,11 +98,16 @@ pub async fn run(command: UserCommand, config: &FactoryConfig, env: &Env) -> any
         }
         UserCommand::SetPassword { email } => {
             let password = read_password(env)?;
-            let ended = manage::set_password(&pool, &audit, &email, &password).await?;
+            let ended = manage::set_password(&pool, &audit, &email, &password)
+                .await
+                .context("setting the password")?;
             println!("password of {email} set; {ended} live session(s) ended");
         }
         UserCommand::List => list(&pool).await?,
-        UserCommand::Disable { email } => match manage::disable(&pool, &audit, &email).await? {
+        UserCommand::Disable { email } => match manage::disable(&pool, &audit, &email)
+            .await
+            .context("disabling the user")?
+        {
             Disabled::Now {
                 sessions_ended,
                 active_admins_left,
@@ -113,19 +118,25 @@ pub async fn run(command: UserCommand, config: &FactoryConfig, env: &Env) -> any
             Disabled::Already(since) => {
                 println!(
                     "{email} was already disabled (since {}); nothing changed",
-                    since.format("%Y-%m-%dT%H:%M:%SZ")
+                    utc(since)
                 );
             }
         },
         UserCommand::Enable { email } => {
-            if manage::enable(&pool, &audit, &email).await? {
+            if manage::enable(&pool, &audit, &email)
+                .await
+                .context("enabling the user")?
+            {
                 println!("{email} enabled; they sign in again");
             } else {
                 println!("{email} was not disabled; nothing changed");
             }
         }
         UserCommand::SetRole { email, role } => {
-            match manage::set_role(&pool, &audit, &email, role).await? {
+            match manage::set_role(&pool, &audit, &email, role)
+                .await
+                .context("changing the role")?
+            {
                 RoleChange::Changed {
                     from,
                     active_admins_left,
@@ -137,7 +148,9 @@ pub async fn run(command: UserCommand, config: &FactoryConfig, env: &Env) -> any
             }
         }
         UserCommand::EndSessions { email } => {
-            let ended = manage::end_sessions(&pool, &audit, &email).await?;
+            let ended = manage::end_sessions(&pool, &audit, &email)
+                .await
+                .context("ending the sessions")?;
             println!("{ended} live session(s) of {email} ended");
         }
     }
@@ -171,7 +184,7 @@ async fn list(pool: &PgPool) -> anyhow::Result<()> {
     println!("email\trole\tstatus\tlive_sessions\tcreated_at\tid");
     for u in users {
         let status = match u.disabled_at {
-            Some(at) => format!("disabled since {}", at.format("%Y-%m-%dT%H:%M:%SZ")),
+            Some(at) => format!("disabled since {}", utc(at)),
             None => "active".to_owned(),
         };
         println!(
@@ -180,11 +193,16 @@ async fn list(pool: &PgPool) -> anyhow::Result<()> {
             u.role,
             status,
             u.live_sessions,
-            u.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            utc(u.created_at),
             u.id
         );
     }
     Ok(())
+}
+
+/// A time as `user` commands print it: UTC, to the second.
+fn utc(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn warn_if_no_admin(active_admins_left: i64) {

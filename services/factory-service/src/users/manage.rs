@@ -1,6 +1,8 @@
 //! Changing users after they were created: disable and enable, role, password, ending their
 //! sessions, and listing them. Each change commits with its audit event, in one transaction
-//! that holds the user's row; a change that would change nothing writes no event.
+//! that holds the user's row. Disabling, enabling or setting a role that would change nothing
+//! writes no event; setting a password and ending sessions always do (the operator's act is
+//! recorded, with the sessions it ended).
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -50,18 +52,9 @@ pub struct UserSummary {
 
 /// Every user, by email.
 pub async fn list(pool: &PgPool) -> Result<Vec<UserSummary>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT u.id, u.email, u.role, u.created_at, u.disabled_at,
-                (SELECT count(*) FROM refresh_families f
-                  WHERE f.user_id = u.id AND f.revoked_at IS NULL
-                    AND EXISTS (SELECT 1 FROM refresh_tokens t
-                                 WHERE t.family_id = f.id AND t.rotated_at IS NULL
-                                   AND t.expires_at > now())) AS live_sessions
-           FROM users u
-          ORDER BY u.email",
-    )
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(include_str!("sql/list.sql"))
+        .fetch_all(pool)
+        .await
 }
 
 /// What disabling did.
@@ -255,20 +248,11 @@ async fn end_sessions_of(
     user_id: Uuid,
     reason: &str,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH ended AS (
-            UPDATE refresh_families SET revoked_at = now(), revoked_reason = $2
-             WHERE user_id = $1 AND revoked_at IS NULL
-         RETURNING id)
-         SELECT count(*) FROM ended e
-          WHERE EXISTS (SELECT 1 FROM refresh_tokens t
-                         WHERE t.family_id = e.id AND t.rotated_at IS NULL
-                           AND t.expires_at > now())",
-    )
-    .bind(user_id)
-    .bind(reason)
-    .fetch_one(conn)
-    .await
+    sqlx::query_scalar(include_str!("sql/end_sessions.sql"))
+        .bind(user_id)
+        .bind(reason)
+        .fetch_one(conn)
+        .await
 }
 
 /// Admins who can still sign in.

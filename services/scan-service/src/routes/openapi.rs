@@ -3,7 +3,10 @@
 
 use std::sync::LazyLock;
 
-use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use common::http::error_response;
 use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::{ObjectBuilder, RefOr, Type};
@@ -103,9 +106,9 @@ impl Modify for AnswerHeaders {
         description = "Is this tag authentic? Public, no sign-in. Every answer is rate limited \
             per client address, or per API key when a valid X-API-Key is given, and carries \
             X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset. Answers 200, 400, \
-            401 and 404 are released no sooner than a fixed time after the request arrived \
-            (80 ms by default, with random jitter), so known and unknown tags cannot be told \
-            apart by timing; 429 and 503 are immediate. Errors are JSON \
+            401 and 404 are released a fixed time after the request arrived plus or minus a \
+            random jitter (80 ms ± 10 ms by default; later if the work took longer), so known \
+            and unknown tags cannot be told apart by timing; 429 and 503 are immediate. Errors are JSON \
             `{\"error\",\"detail\"}`. Also served: /healthz, /readyz and /metrics (not rate \
             limited)."
     ),
@@ -116,9 +119,24 @@ impl Modify for AnswerHeaders {
 )]
 pub struct ApiDoc;
 
-static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+/// The document as served, serialized once.
+static DOCUMENT: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
+    serde_json::to_vec(&ApiDoc::openapi())
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+});
 
 /// `GET /openapi.json`.
-pub async fn serve() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(&DOCUMENT)
+pub async fn serve() -> Response {
+    match &*DOCUMENT {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "OpenAPI document not serializable");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Something went wrong on our side.",
+            )
+        }
+    }
 }
