@@ -12,12 +12,30 @@ import {
   countRequests, launch, newContext, openPage, screenshot, sleep,
 } from './helpers.js';
 
-async function signInAs(page, email, password) {
-  await page.goto(CONSOLE);
+/** Fills the sign-in form already shown on `page` and waits for the console's header. */
+async function signInThroughForm(page, email, password) {
   await page.getByLabel('Email').fill(email);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('button', { name: 'Sign out' }).waitFor();
+}
+
+async function signInAs(page, email, password) {
+  await page.goto(CONSOLE);
+  await signInThroughForm(page, email, password);
+}
+
+/**
+ * Two tabs of one browser profile: `second` shows the sign-in form (opened before anyone signed
+ * in, so it has nothing to resume), then `first` signs in as the admin.
+ */
+async function adminBesideASignInForm(context) {
+  const second = await openPage(context);
+  await second.goto(CONSOLE);
+  await second.getByLabel('Email').waitFor();
+  const first = await openPage(context);
+  await signInAs(first, ADMIN_EMAIL, ADMIN_PASSWORD);
+  return { first, second };
 }
 
 const UNAVAILABLE = {
@@ -34,18 +52,10 @@ describe('failures around a session', () => {
 
   it('a tab whose browser session another user took over says so and sends nothing for the previous user', async () => {
     const context = await newContext(browser);
-    // A second tab already shows the sign-in form when the first signs in.
-    const second = await openPage(context);
-    await second.goto(CONSOLE);
-    await second.getByLabel('Email').waitFor();
-    const first = await openPage(context);
-    await signInAs(first, ADMIN_EMAIL, ADMIN_PASSWORD);
+    const { first, second } = await adminBesideASignInForm(context);
     await first.getByRole('heading', { name: 'API keys', level: 1 }).waitFor();
     // The second tab signs in as the viewer: the browser's refresh cookie is theirs now.
-    await second.getByLabel('Email').fill(VIEWER_EMAIL);
-    await second.getByLabel('Password').fill(VIEWER_PASSWORD);
-    await second.getByRole('button', { name: 'Sign in' }).click();
-    await second.getByRole('button', { name: 'Sign out' }).waitFor();
+    await signInThroughForm(second, VIEWER_EMAIL, VIEWER_PASSWORD);
     // The first tab's token lapses; its next action refreshes and gets the viewer's session.
     await sleep((ACCESS_TTL_SEC + 0.5) * 1000);
     const creates = [];
@@ -65,11 +75,7 @@ describe('failures around a session', () => {
 
   it('a confirmation open when another user\'s session arrives is cancelled, not sent as them', async () => {
     const context = await newContext(browser);
-    const second = await openPage(context);
-    await second.goto(CONSOLE);
-    await second.getByLabel('Email').waitFor();
-    const first = await openPage(context);
-    await signInAs(first, ADMIN_EMAIL, ADMIN_PASSWORD);
+    const { first, second } = await adminBesideASignInForm(context);
     const name = `e2e dialog ${Date.now()}`;
     await first.getByLabel('Name').fill(name);
     await first.getByRole('button', { name: 'Create key' }).click();
@@ -80,9 +86,7 @@ describe('failures around a session', () => {
     first.on('request', (r) => { if (r.method() === 'DELETE') deletes.push(r.url()); });
     // The viewer signs in from the other tab; the first tab's proactive refresh (it was used)
     // brings the viewer's session while the dialog is still open.
-    await second.getByLabel('Email').fill(VIEWER_EMAIL);
-    await second.getByLabel('Password').fill(VIEWER_PASSWORD);
-    await second.getByRole('button', { name: 'Sign in' }).click();
+    await signInThroughForm(second, VIEWER_EMAIL, VIEWER_PASSWORD);
     await first.getByRole('status').filter({ hasText: `now signed in as ${VIEWER_EMAIL}` })
       .waitFor({ timeout: (ACCESS_TTL_SEC + 5) * 1000 });
     assert.equal(await first.locator('dialog[open]').count(), 0, 'the confirmation is gone');
