@@ -5,6 +5,7 @@
 // route, an unreachable server for one request) are staged at the network with page.route.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 
 import {
@@ -94,6 +95,30 @@ describe('failures around a session', () => {
     assert.deepEqual(deletes, []);
     assert.deepEqual([...first.problems, ...second.problems], []);
     await context.close();
+  });
+
+  it('a role changed by an operator redraws the pages at the next refresh, with a notice', async () => {
+    // As `factory-service user set-role` would, straight in the test's database
+    // (scripts/e2e.sh exports DATABASE_URL).
+    const setRole = (role) => execFileSync('psql', [process.env.DATABASE_URL, '-qtA', '-v', 'ON_ERROR_STOP=1',
+      '-c', `UPDATE users SET role = '${role}' WHERE email = '${VIEWER_EMAIL}'`]);
+    const context = await newContext(browser);
+    const page = await openPage(context);
+    try {
+      await signInAs(page, VIEWER_EMAIL, VIEWER_PASSWORD);
+      await page.getByRole('heading', { name: 'Tags', level: 1 }).waitFor();
+      setRole('operator');
+      await page.keyboard.press('Shift'); // activity, so the tab refreshes before expiry
+      await page.getByRole('status').filter({ hasText: 'Your role is now operator' })
+        .waitFor({ timeout: (ACCESS_TTL_SEC + 5) * 1000 });
+      assert.match(await page.locator('#whoami').textContent(), /\(operator\)/);
+      const nav = page.getByRole('navigation', { name: 'Sections' });
+      assert.deepEqual(await nav.getByRole('link').allTextContents(), ['Products and batches', 'Tags']);
+      assert.deepEqual(page.problems, []);
+    } finally {
+      setRole('viewer');
+      await context.close();
+    }
   });
 
   it('a revoke that fails shows its error after the list reloads', async () => {
