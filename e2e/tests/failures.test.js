@@ -121,6 +121,29 @@ describe('failures around a session', () => {
     }
   });
 
+  it('a session ended by an operator says so at the next action; a pasted id with spaces is looked up', async () => {
+    const context = await newContext(browser);
+    const page = await openPage(context);
+    await signInAs(page, VIEWER_EMAIL, VIEWER_PASSWORD);
+    await page.getByRole('heading', { name: 'Tags', level: 1 }).waitFor();
+    // Pasted with spaces around it: looked up (and unknown), not blocked by the form's pattern.
+    const lookups = countRequests(page, '/v1/tags/NoSuchTag_0123456789');
+    await page.getByLabel('Tag id').fill('  NoSuchTag_0123456789 ');
+    await page.getByRole('button', { name: 'Look up' }).click();
+    await page.getByRole('alert').filter({ hasText: 'not_found' }).waitFor();
+    assert.equal(lookups.count, 1);
+    // As `factory-service user end-sessions` does, straight in the test's database.
+    execFileSync('psql', [process.env.DATABASE_URL, '-qtA', '-v', 'ON_ERROR_STOP=1', '-c',
+      `UPDATE refresh_families SET revoked_at = now(), revoked_reason = 'ended_by_operator'
+        WHERE revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE email = '${VIEWER_EMAIL}')`]);
+    await page.getByRole('button', { name: 'Look up' }).click();
+    await page.getByLabel('Email').waitFor();
+    await page.getByRole('status').filter({ hasText: 'Your session has ended' }).waitFor();
+    await screenshot(page, '21-session-ended');
+    assert.deepEqual(page.problems, []);
+    await context.close();
+  });
+
   it('a revoke that fails shows its error after the list reloads', async () => {
     const context = await newContext(browser);
     const page = await openPage(context);

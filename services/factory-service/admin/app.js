@@ -71,6 +71,12 @@ session.onChange(async (signedIn, how) => {
     cancelDialogs();
   }
   await show();
+  if (!signedIn) {
+    // After show(), which clears the notice.
+    if (how === 'ended') notice('Your session has ended: it expired, or was ended by a sign-out elsewhere or by an admin. Sign in again.');
+    if (how === 'elsewhere') notice('Signed out in another tab.');
+    return;
+  }
   const user = session.user();
   if (!user) return;
   if (how === 'user') {

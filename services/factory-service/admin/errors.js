@@ -55,6 +55,9 @@ export function describe(err) {
     return `Too many requests. Try again in ${secs} second${secs === 1 ? '' : 's'} (at ${at}).`;
   }
   if (err.code === 'forbidden') return 'Your role does not allow this. Ask an admin.';
+  if (err.code === 'idempotency_key_in_use') {
+    return 'This action is still being carried out. Wait a moment, then press the button again to see its result.';
+  }
   const detail = err.detail || 'The request failed.';
   return err.status ? `${detail} (${err.code}, HTTP ${err.status})` : detail;
 }

@@ -18,7 +18,7 @@ const listeners = new Set();
 // Tells other tabs of this console about sign-in and sign-out; never carries a token.
 const channel = 'BroadcastChannel' in globalThis ? new BroadcastChannel('vt-session') : null;
 channel?.addEventListener('message', (e) => {
-  if (e.data === 'signed-out') drop(false);
+  if (e.data === 'signed-out') drop(false, 'elsewhere');
 });
 
 // Only real user input counts as activity: an idle tab lets its access token lapse instead of
@@ -56,7 +56,8 @@ export function mayResume() {
 /**
  * Calls `fn(signedIn, how)` whenever the session starts or ends, and when a refresh brings a
  * different session: `how` is 'user' when the browser's refresh cookie now belongs to another
- * user (signed in from another tab of this browser), 'role' when the user's role changed.
+ * user (signed in from another tab of this browser), 'role' when the user's role changed, and
+ * on an end 'ended' or 'elsewhere' (see `drop`).
  */
 export function onChange(fn) {
   listeners.add(fn);
@@ -99,12 +100,16 @@ function adopt(body) {
   if (how) listeners.forEach((fn) => fn(true, how === 'signed-in' ? undefined : how));
 }
 
-function drop(broadcast) {
+/**
+ * Forgets the session. `how` tells listeners why: 'ended' when the server refused to refresh
+ * it (expired, revoked, the user disabled), 'elsewhere' when another tab signed out.
+ */
+function drop(broadcast, how) {
   const wasSignedIn = token !== null;
   token = null;
   clearTimeout(timer);
   if (broadcast) channel?.postMessage('signed-out');
-  if (wasSignedIn) listeners.forEach((fn) => fn(false));
+  if (wasSignedIn) listeners.forEach((fn) => fn(false, how));
 }
 
 // Shortly before expiry, refresh only if someone used this tab since the token was issued.
@@ -165,7 +170,7 @@ async function exchange() {
   if (response.status === 401 || response.status === 403) {
     // Expired, revoked or reused: this tab's session is over. Other tabs are not told: each
     // finds out at its own next refresh, so one odd failure cannot sign every tab out.
-    drop(false);
+    drop(false, 'ended');
     return false;
   }
   throw await ApiError.from(response); // 429 or 5xx: the session may still be fine

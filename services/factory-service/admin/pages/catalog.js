@@ -5,6 +5,9 @@ import { Action } from '../action.js';
 import { get } from '../api.js';
 import { h, field, form, section, errorBox, notice, when, table } from '../dom.js';
 
+// A product id (a UUID); surrounding spaces (a pasted id) are allowed and trimmed before use.
+const UUID_PATTERN = '\\s*[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\s*';
+
 const products = new Map(); // id -> product, kept across page switches in this tab
 const batches = [];
 
@@ -68,7 +71,7 @@ export async function render(root) {
   });
 
   const lookupForm = form({ class: 'inline' }, [
-    field('Id of an existing product', { name: 'id', required: true, pattern: '[0-9a-fA-F\\-]{36}', spellcheck: 'false' }),
+    field('Id of an existing product', { name: 'id', required: true, pattern: UUID_PATTERN, spellcheck: 'false' }),
   ], 'Look up', async ({ id }, el) => {
     const product = await get(`/v1/products/${encodeURIComponent(id.trim())}`);
     products.set(product.id, product);
@@ -77,7 +80,7 @@ export async function render(root) {
   });
 
   const batchForm = form({ class: 'inline' }, [
-    field('Product id', { name: 'product_id', required: true, list: 'product-choices', spellcheck: 'false', autocomplete: 'off' }, 'Pick a product above or paste its id.'),
+    field('Product id', { name: 'product_id', required: true, pattern: UUID_PATTERN, list: 'product-choices', spellcheck: 'false', autocomplete: 'off' }, 'Pick a product above or paste its id.'),
     field('Quantity', { name: 'quantity', type: 'number', required: true, min: 1, max: 100000, value: 100 }),
   ], 'Create batch', async ({ product_id: productId, quantity }) => {
     const batch = await createBatch.send('POST', '/v1/batches', { product_id: productId.trim(), quantity: Number(quantity) });

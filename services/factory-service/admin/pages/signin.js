@@ -6,7 +6,7 @@ import { signIn } from '../session.js';
 
 export function render(root) {
   const signin = form({ class: 'signin', 'aria-labelledby': 'signin-title' }, [
-    field('Email', { name: 'email', type: 'email', autocomplete: 'username', required: true, autofocus: true }),
+    field('Email', { name: 'email', type: 'email', autocomplete: 'username', required: true }),
     field('Password', { name: 'password', type: 'password', autocomplete: 'current-password', required: true }),
   ], 'Sign in', async ({ email, password }) => {
     await signIn(email.trim(), password);

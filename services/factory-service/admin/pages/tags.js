@@ -5,7 +5,8 @@ import { get } from '../api.js';
 import { h, field, form, section, errorBox, notice, confirm, when } from '../dom.js';
 import { user } from '../session.js';
 
-const TAG_PATTERN = '[A-Za-z0-9_\\-]{16,64}';
+// Surrounding spaces (a pasted id) are allowed here and trimmed before use.
+const TAG_PATTERN = '\\s*[A-Za-z0-9_\\-]{16,64}\\s*';
 
 export async function render(root) {
   const resultSlot = h('div');
@@ -15,7 +16,6 @@ export async function render(root) {
     const revoke = new Action();
     const details = h('dl', { class: 'facts' },
       ...[
-        ['Tag', h('code', { text: tag.tag_id })],
         ['Status', h('span', { class: `badge ${tag.status === 'authentic' ? 'ok' : 'revoked'}`, text: tag.status })],
         ['Product', `${tag.product.name} (${tag.product.sku})`],
         ['Batch', h('code', { class: 'id', text: tag.batch_id })],
@@ -34,7 +34,7 @@ export async function render(root) {
       notice('Tag revoked.');
       show(await get(`/v1/tags/${encodeURIComponent(tag.tag_id)}`));
     });
-    resultSlot.replaceChildren(section('Tag', details, errors.el, revokeForm && h('h3', { text: 'Revoke' }), revokeForm));
+    resultSlot.replaceChildren(section(`Tag ${tag.tag_id}`, details, errors.el, revokeForm && h('h3', { text: 'Revoke' }), revokeForm));
   }
 
   const lookup = form({ class: 'inline' }, [
