@@ -176,6 +176,31 @@ impl Scanner {
         }))
     }
 
+    /// Charges one token to the client address for a request the scan route does not serve
+    /// (another method than GET), so that such requests are limited like scans and their
+    /// answers carry the same rate-limit figures. `Ok` when the token was there.
+    pub async fn charge_address(&self, client_ip: IpAddr) -> (Verdict, Result<(), ScanError>) {
+        match self
+            .limiter
+            .check(Identity::Ip(client_ip), self.limiter.ip_limits())
+            .await
+        {
+            Ok(verdict) if verdict.allowed => (verdict, Ok(())),
+            Ok(verdict) => (
+                verdict,
+                Err(ScanError::RateLimited {
+                    retry_after_secs: verdict.retry_after_secs.max(1),
+                }),
+            ),
+            Err(unavailable) => (
+                unavailable.verdict(),
+                Err(ScanError::RateLimiterUnavailable {
+                    retry_after_secs: unavailable.retry_after_secs,
+                }),
+            ),
+        }
+    }
+
     fn record(
         &self,
         tag_id: &str,

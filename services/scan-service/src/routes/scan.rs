@@ -7,7 +7,7 @@ use axum::handler::Handler as _;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::http::{ClientIp, error_response};
+use common::http::{ClientIp, default_error, error_response};
 use common::metric_handles::HandleCache;
 use metrics::Counter;
 
@@ -35,7 +35,7 @@ pub fn router(timing: TimingLayer) -> Router<AppState> {
     // The layer wraps the handler itself (`Handler::layer`). On the method router
     // (`get(scan).layer(..)`) it nested a second boxed route around the handler's, and each
     // request cloned both boxes and boxed both futures.
-    let scan = get(scan.layer(timing));
+    let scan = get(scan.layer(timing)).fallback(other_method);
     Router::new()
         .route("/v1/scan/{tag_id}", scan.clone())
         .route("/v1/scan/", scan.clone())
@@ -142,6 +142,27 @@ pub(super) async fn scan(
     if let Some(verdict) = outcome.verdict {
         rate_limit_headers(response.headers_mut(), &verdict);
     }
+    state.requests.get(response.status()).increment(1);
+    response
+}
+
+/// Any method but GET (and HEAD) on a scan path: 405 with `Allow`, charged to the client
+/// address like a scan (429 once its bucket is empty) and carrying the rate-limit headers, as
+/// every scan response does. Not delayed: only 200, 400, 401 and 404 are normalized.
+async fn other_method(State(state): State<AppState>, ClientIp(client_ip): ClientIp) -> Response {
+    let (verdict, charged) = state.scanner.charge_address(client_ip).await;
+    let mut response = match charged {
+        Ok(()) => {
+            let (code, detail) = default_error(StatusCode::METHOD_NOT_ALLOWED);
+            let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, code, detail);
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+            response
+        }
+        Err(e) => e.into_response(),
+    };
+    rate_limit_headers(response.headers_mut(), &verdict);
     state.requests.get(response.status()).increment(1);
     response
 }

@@ -306,3 +306,44 @@ async fn each_client_behind_a_trusted_proxy_has_its_own_bucket() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// Other methods on the scan route are charged to the client address like scans: their 405s
+/// carry the bucket's figures, and once it is empty the answer is the contract's 429.
+#[tokio::test]
+async fn other_methods_on_the_scan_route_are_charged_and_limited_like_scans()
+-> Result<(), Box<dyn std::error::Error>> {
+    let env = TestEnv::new().await;
+    let app = env
+        .spawn(&[
+            // One token a minute: none comes back during the test.
+            ("RATE_LIMIT_IP_PER_MINUTE", "1"),
+            ("RATE_LIMIT_IP_BURST", "3"),
+            ("REDIS_TIMEOUT_MS", "5000"),
+        ])
+        .await;
+    let url = app.url("/v1/scan/aaaaaaaaaaaaaaaaaaaa");
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let r = app.client.post(&url).send().await?;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(header(&r, "x-ratelimit-limit"), Some("1"));
+        remaining.push(header(&r, "x-ratelimit-remaining").map(str::to_owned));
+    }
+    assert_eq!(
+        remaining,
+        [
+            Some("2".to_owned()),
+            Some("1".to_owned()),
+            Some("0".to_owned())
+        ]
+    );
+    let r = app.client.delete(&url).send().await?;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(header(&r, "retry-after").is_some());
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"], "rate_limited");
+    // The same bucket as the address's scans.
+    let r = app.scan("aaaaaaaaaaaaaaaaaaaa").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    Ok(())
+}

@@ -320,6 +320,12 @@ async fn odd_paths_methods_and_headers_are_clear_4xx() {
         .send()
         .await
         .unwrap();
+    // Charged like a scan, so it carries the rate-limit headers too.
+    assert!(
+        header(&r, "x-ratelimit-remaining").is_some(),
+        "POST: no rate-limit headers"
+    );
+    assert_eq!(header(&r, "allow"), Some("GET,HEAD"));
     assert_json_4xx(
         r,
         StatusCode::METHOD_NOT_ALLOWED,
