@@ -1561,6 +1561,16 @@ async fn the_checkpointer_refuses_a_head_that_does_not_extend_what_the_verifier_
     .await;
     let cut = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), Some(&verified), always).await;
     assert_eq!(refusal(cut)?, (9, "tail_truncated"));
+    // The refused attempt's transaction, and with it the checkpoint lock, ended with it: left to
+    // the pool's lazy rollback, the lock made the next attempt on another connection see
+    // "another instance is checkpointing" and skip.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(held, 0, "checkpoint lock released");
     // The chain goes on from the cut: seq 9 and 10 again, with other events.
     append_n(&db.pool, &audit, 3).await;
     let fork = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), Some(&verified), always).await;

@@ -213,6 +213,36 @@ pub async fn checkpoint_if_due(
     due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let mut tx = pool.begin().await?;
+    let written = write_if_due(&mut tx, signer, verified, due).await;
+    let checkpoint = match written {
+        Ok(Some(checkpoint)) => checkpoint,
+        other => {
+            // Ended now rather than when the pool next uses the connection: until then its
+            // advisory lock would make the next attempt, on another connection, take this one
+            // for another instance's checkpoint in progress.
+            if let Err(e) = tx.rollback().await {
+                tracing::debug!(error = %e, "rolling back a checkpoint attempt failed");
+            }
+            return other;
+        }
+    };
+    tx.commit().await?;
+    // Logged only after the commit: a logged checkpoint must exist in the chain.
+    match serde_json::to_string(&checkpoint.to_json()) {
+        Ok(json) => tracing::info!(checkpoint = %json, seq = checkpoint.seq, "audit checkpoint"),
+        Err(e) => tracing::error!(error = %e, "cannot serialize audit checkpoint for the log"),
+    }
+    Ok(Some(checkpoint))
+}
+
+/// [`checkpoint_if_due`] in `tx`: the checkpoint written (not yet committed), `None` when
+/// nothing was due or the lock is taken, or the refusal.
+async fn write_if_due(
+    tx: &mut PgConnection,
+    signer: Option<&Signer>,
+    verified: Option<&Checkpoint>,
+    due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
+) -> Result<Option<Checkpoint>, AuditError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(CHECKPOINT_LOCK_KEY)
         .fetch_one(&mut *tx)
@@ -220,7 +250,7 @@ pub async fn checkpoint_if_due(
     if !locked {
         return Ok(None);
     }
-    let head = chain::read_head(&mut tx).await?;
+    let head = chain::read_head(tx).await?;
     if head.hash == GENESIS_HASH {
         // Legacy events only: there is no chain to checkpoint yet.
         return Ok(None);
@@ -297,7 +327,7 @@ pub async fn checkpoint_if_due(
         }
         None => ChainState::default(),
     };
-    if let Some(b) = verify::check_extension(&mut tx, &mut keys, from, &head).await? {
+    if let Some(b) = verify::check_extension(tx, &mut keys, from, &head).await? {
         return Err(refuse(b.seq, b.reason, b.detail));
     }
     let mut checkpoint = Checkpoint {
@@ -321,12 +351,6 @@ pub async fn checkpoint_if_due(
     .bind(&checkpoint.signature)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    // Logged only after the commit: a logged checkpoint must exist in the chain.
-    match serde_json::to_string(&checkpoint.to_json()) {
-        Ok(json) => tracing::info!(checkpoint = %json, seq = checkpoint.seq, "audit checkpoint"),
-        Err(e) => tracing::error!(error = %e, "cannot serialize audit checkpoint for the log"),
-    }
     Ok(Some(checkpoint))
 }
 
