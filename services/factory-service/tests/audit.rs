@@ -1735,3 +1735,36 @@ async fn the_checkpointer_of_the_running_service_stops_when_its_verifier_reports
     assert_eq!(newest, Some(5), "nothing signed over the changed history");
     Ok(())
 }
+
+/// `GET /v1/audit/events` serves a page holding an event whose details cannot be read: that
+/// event with `details` null and its stored text in `details_unreadable`, the others as usual.
+/// Before, the whole page was a 500, so an admin could not page past it.
+#[tokio::test]
+async fn the_events_route_serves_a_page_holding_an_unreadable_event() -> TestResult {
+    let app = spawn_app().await;
+    let admin = app.token(factory_service::users::Role::Admin).await;
+    tamper(
+        &app.db.pool,
+        "UPDATE audit_events SET details = '{\"reason\": 1e400}' WHERE seq = 1",
+    )
+    .await;
+    let (status, body) = app.get("/v1/audit/events", Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let items = body["items"].as_array().ok_or("items")?;
+    assert!(items.len() >= 2, "{body}");
+    assert_eq!(items[0]["seq"], 1);
+    assert!(items[0]["details"].is_null());
+    // As PostgreSQL stores it: 1e400 written out in full.
+    let stored = items[0]["details_unreadable"]
+        .as_str()
+        .ok_or("details_unreadable")?;
+    assert!(stored.starts_with("{\"reason\": 1000000"), "{stored}");
+    assert_eq!(stored.len(), "{\"reason\": }".len() + 401, "{stored}");
+    assert!(items[1].get("details_unreadable").is_none(), "{}", items[1]);
+    assert!(items[1]["details"].is_object(), "{}", items[1]);
+    // And the route's verification reports the event.
+    let (_, report) = app.get("/v1/audit/verify", Some(&admin)).await;
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_bad_seq"], 1);
+    Ok(())
+}

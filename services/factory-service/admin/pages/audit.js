@@ -50,7 +50,8 @@ export async function render(root) {
           h('code', { class: 'action', text: e.action }),
           e.target_type ? `${e.target_type} ${e.target_id ?? ''}` : '—',
           e.client_ip ?? '—',
-          h('details', {}, h('summary', { text: 'Show' }), h('pre', { text: JSON.stringify(e.details, null, 2) }),
+          h('details', {}, h('summary', { text: e.details_unreadable ? 'Unreadable' : 'Show' }),
+            h('pre', { text: e.details_unreadable ? `not readable as written by the service (a sign of tampering; verify the chain):\n${e.details_unreadable}` : JSON.stringify(e.details, null, 2) }),
             h('p', { class: 'hash', text: `hash ${e.hash ?? '—'}` })),
         ])));
     } catch (err) {

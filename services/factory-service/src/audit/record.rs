@@ -87,6 +87,11 @@ pub struct EventView {
     pub signature: Option<String>,
     /// See [`AuditRecord::key_id`].
     pub key_id: Option<String>,
+    /// Only for an event whose stored `details` cannot be read as JSON numbers the service
+    /// writes (a value beyond a double's range, which the service never writes): the stored
+    /// text, with `details` null. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details_unreadable: Option<String>,
 }
 
 impl From<AuditRecord> for EventView {
@@ -108,6 +113,7 @@ impl From<AuditRecord> for EventView {
             hash: r.hash.map(hex::encode),
             signature: r.signature.map(|s| BASE64.encode(s)),
             key_id: r.key_id,
+            details_unreadable: None,
         }
     }
 }
