@@ -393,13 +393,12 @@ pub async fn logout(
             ("logout", "auth.logout")
         };
         revoke_and_audit(state, &mut tx, &found, reason, action, client).await?;
-        tx.commit().await?;
-        if found.rotated {
-            metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
-        }
-        return Ok(());
     }
     tx.commit().await?;
+    // Counted once committed, as the audit event is.
+    if !found.family_revoked && found.rotated {
+        metrics::counter!("auth_refreshes_total", "result" => "reused").increment(1);
+    }
     Ok(())
 }
 
