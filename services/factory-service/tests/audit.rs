@@ -1592,7 +1592,7 @@ async fn the_checkpointer_refuses_a_head_that_does_not_extend_what_the_verifier_
     // The verifier's next run reports the break, and its findings say so to the checkpointer.
     let v = job.run_once(&db.pool).await?;
     let b = v.broken.as_ref().ok_or("the verifier notices")?;
-    assert_eq!(findings.get().broken.map(|(seq, _, _)| seq), Some(b.seq));
+    assert_eq!(findings.get().broken.map(|b| b.seq), Some(b.seq));
     assert_eq!(findings.get().verified.map(|cp| cp.seq), Some(10));
     Ok(())
 }
@@ -1615,7 +1615,7 @@ async fn an_event_that_cannot_be_read_is_a_break_not_a_failure_to_verify() -> Te
     let findings = job.findings();
     assert_broken(&job.run_once(&db.pool).await?, 3, BreakReason::HashMismatch);
     assert_eq!(
-        findings.get().broken.map(|(seq, reason, _)| (seq, reason)),
+        findings.get().broken.map(|b| (b.seq, b.reason.code())),
         Some((3, "hash_mismatch"))
     );
     Ok(())

@@ -13,7 +13,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::config::AuditConfig;
 use super::error::AuditError;
 use super::signing::{KeyRing, Signer, UnknownKeys};
-use super::verify::{self, ChainState, Verification};
+use super::verify::{self, Break, ChainState, Verification};
 
 /// How often the checkpointer looks at the chain head (one indexed one-row read).
 const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
@@ -83,8 +83,8 @@ pub struct Findings(Arc<Mutex<Found>>);
 pub struct Found {
     /// The head of the chain as the last good run verified it.
     pub verified: Option<Checkpoint>,
-    /// The break the last run found: first bad seq, reason code, detail.
-    pub broken: Option<(i64, &'static str, String)>,
+    /// The break the last run found.
+    pub broken: Option<Break>,
 }
 
 impl Findings {
@@ -126,10 +126,13 @@ pub async fn run_checkpointer(
         };
         let found = findings.get();
         let result = match found.broken {
-            Some((seq, reason, detail)) => Err(AuditError::Unverifiable {
-                seq,
-                reason,
-                detail: format!("the background verifier reports the chain broken: {detail}"),
+            Some(b) => Err(AuditError::Unverifiable {
+                seq: b.seq,
+                reason: b.reason.code(),
+                detail: format!(
+                    "the background verifier reports the chain broken: {}",
+                    b.detail
+                ),
             }),
             None => {
                 checkpoint::checkpoint_if_due(
@@ -238,7 +241,7 @@ impl IncrementalVerifier {
                 }
                 self.findings.set(Found {
                     verified: self.verified_head(),
-                    broken: Some((b.seq, b.reason.code(), b.detail.clone())),
+                    broken: Some(b.clone()),
                 });
             }
         }

@@ -51,6 +51,12 @@ pub struct AuditRecord {
 pub const COLUMNS: &str = "seq, version, event_id, occurred_at, actor_id, actor_email, action, \
      target_type, target_id, client_ip, user_agent, details, prev_hash, hash, signature, key_id";
 
+/// Whether `e` is a row whose `details` could not be read: a value the service never writes (a
+/// number beyond a double's range, which jsonb accepts), so a changed event.
+pub fn unreadable_details(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::ColumnDecode { index, .. } if index.contains("details"))
+}
+
 /// An event as served by `GET /v1/audit/events`: hashes in lower-case hex, signatures in
 /// standard base64, timestamps exactly as hashed.
 #[derive(Debug, Clone, Serialize)]

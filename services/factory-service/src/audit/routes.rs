@@ -96,7 +96,7 @@ async fn events<Admin>(
         Ok(rows) => rows.into_iter().map(EventView::from).collect(),
         // A page holding an event whose details cannot be read (see `verify`, which reports
         // it as a break) is still served, that event with its stored text.
-        Err(sqlx::Error::ColumnDecode { index, .. }) if index.contains("details") => {
+        Err(e) if super::record::unreadable_details(&e) => {
             page_with_unreadable_details(&state.pool, after_seq, limit)
                 .await
                 .map_err(|e| failure(e.into()))?

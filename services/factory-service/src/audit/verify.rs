@@ -391,13 +391,13 @@ async fn check_rows(
             // (rows come in seq order, so it is the one after the last checked), not a
             // verification that cannot run: the latter would silence the alarm on any edit
             // that came with such a value.
-            Err(sqlx::Error::ColumnDecode { index, source }) if index.contains("details") => {
+            Err(e) if super::record::unreadable_details(&e) => {
                 return Ok(Some(Break {
                     seq: checker.state.last_seq + 1,
                     reason: BreakReason::HashMismatch,
                     detail: format!(
-                        "the event after seq {} cannot be read (details: {source}); the service \
-                         never writes such a value",
+                        "the event after seq {} cannot be read ({e}); the service never writes \
+                         such a value",
                         checker.state.last_seq
                     ),
                 }));
