@@ -4,24 +4,17 @@
 use std::sync::LazyLock;
 
 use axum::Json;
-use serde::Serialize;
 use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::{api_keys, auth, catalog};
 
-/// The contract's error body: `{"error":"<snake_case code>","detail":"<sentence>"}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ApiError {
-    /// Machine-readable code, e.g. `forbidden`, `validation_failed`, `rate_limited`.
-    pub error: String,
-    /// A sentence for humans.
-    pub detail: String,
-}
+/// The contract's error body, as both services answer it.
+pub use common::http::ErrorBody as ApiError;
 
 struct BearerAuth;
 

@@ -11,12 +11,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-/// `{"error":"<snake_case code>","detail":"<human sentence>"}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// The contract's error body: `{"error":"<snake_case code>","detail":"<human sentence>"}`
+/// (`ApiError` in both services' OpenAPI documents).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = ApiError)]
 pub struct ErrorBody {
-    /// Machine-readable code.
+    /// Machine-readable code, e.g. `invalid_tag_id`, `forbidden`, `validation_failed`.
     pub error: String,
-    /// Human-readable sentence.
+    /// A sentence for humans.
     pub detail: String,
 }
 
@@ -32,11 +34,18 @@ pub fn error_response(status: StatusCode, code: &str, detail: impl Into<String>)
         .into_response()
 }
 
-/// CONTRACT 2.2's 429 body, its keys in the contract's order.
-#[derive(Serialize)]
-struct RateLimitedBody {
+/// CONTRACT 2.2's 429 body, its keys in the contract's order (`RateLimitedError` in the
+/// OpenAPI documents).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = RateLimitedError)]
+pub struct RateLimitedBody {
+    /// Always `rate_limited`.
+    #[schema(value_type = String, example = "rate_limited")]
     error: &'static str,
+    /// `Rate limit exceeded. Try again in N seconds`.
     detail: String,
+    /// N, the whole seconds to wait (at least 1), as in `Retry-After`.
+    #[schema(minimum = 1)]
     retry_after: u64,
 }
 

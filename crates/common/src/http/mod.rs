@@ -22,7 +22,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use client_ip::{ClientIp, TrustedProxies};
-pub use error::{ErrorBody, default_error, error_response, rate_limited_response};
+pub use error::{ErrorBody, RateLimitedBody, default_error, error_response, rate_limited_response};
 pub use json::Json;
 
 use crate::config::HttpConfig;

@@ -7,34 +7,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use common::http::error_response;
-use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::{ObjectBuilder, RefOr, Type};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::tags::{Product, Tag, TagStatus};
 
-/// The contract's error body: `{"error":"<snake_case code>","detail":"<sentence>"}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ApiError {
-    /// Machine-readable code: `invalid_tag_id`, `invalid_api_key`, `service_unavailable`, ...
-    pub error: String,
-    /// A sentence for humans.
-    pub detail: String,
-}
-
-/// The contract's 429 body.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RateLimitedError {
-    /// Always `rate_limited`.
-    #[schema(example = "rate_limited")]
-    pub error: String,
-    /// `Rate limit exceeded. Try again in N seconds`.
-    pub detail: String,
-    /// N, the whole seconds to wait (at least 1), as in `Retry-After`.
-    #[schema(minimum = 1)]
-    pub retry_after: u64,
-}
+/// The contract's error bodies, as both services answer them.
+pub use common::http::{ErrorBody as ApiError, RateLimitedBody as RateLimitedError};
 
 /// The headers on every answer of every route in the document, and `Retry-After` on 429 and
 /// 503: written once here rather than on each response.
