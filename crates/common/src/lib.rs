@@ -7,6 +7,7 @@ pub mod db;
 pub mod health;
 pub mod http;
 pub mod metric_handles;
+pub mod outage;
 pub mod pubsub;
 pub mod report;
 pub mod server;

@@ -1,26 +1,35 @@
 //! Logs (JSON or pretty, on stdout or a given sink), OpenTelemetry traces over OTLP, W3C trace
 //! context propagation, and the Prometheus recorder.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
+use crate::outage::{OutageLog, Report};
 
 /// Keeps the trace pipeline alive; dropping it flushes queued spans.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Exports the spans queued so far and waits for it (blocking: call it off async threads).
+    pub fn flush(&self) -> OTelSdkResult {
+        self.provider.force_flush()
+    }
 }
 
 impl Drop for TelemetryGuard {
@@ -56,7 +65,7 @@ where
             .with_endpoint(endpoint)
             .build()
             .context("building the OTLP span exporter")?;
-        builder = builder.with_batch_exporter(exporter);
+        builder = builder.with_batch_exporter(WatchedExporter::new(exporter));
     }
     let provider = builder.build();
     let tracer = provider.tracer(service);
@@ -87,6 +96,66 @@ where
         .try_init()
         .context("a global tracing subscriber is already installed")?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The OTLP exporter, watched. The exporter retries within its timeout and then drops the
+/// batch without a word (the SDK's own report of it is compiled out here), so an unreachable or
+/// refusing collector would lose every trace silently. Each failed export is counted in
+/// `otlp_export_failures_total`; the first is logged as a warning, again every
+/// [`crate::outage::WARN_AGAIN_EVERY`] while exports keep failing, and a line says when they
+/// succeed again. The endpoint is not logged: it may carry credentials.
+#[derive(Debug)]
+struct WatchedExporter<E> {
+    inner: E,
+    outages: Mutex<OutageLog>,
+}
+
+impl<E> WatchedExporter<E> {
+    fn new(inner: E) -> Self {
+        Self {
+            inner,
+            outages: Mutex::new(OutageLog::default()),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for WatchedExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            metrics::counter!("otlp_export_failures_total").increment(1);
+        }
+        let report = match self.outages.lock() {
+            Ok(mut outages) => outages.observe(result.is_ok(), Instant::now()),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .observe(result.is_ok(), Instant::now()),
+        };
+        match (report, &result) {
+            (Report::Warn, Err(error)) => tracing::warn!(
+                %error,
+                spans,
+                "traces are not reaching the OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT); \
+                 spans that cannot be exported are dropped"
+            ),
+            (Report::Back, _) => tracing::info!("traces reach the OTLP endpoint again"),
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// Histogram buckets, in seconds: fine below a millisecond (rate-limit decisions), coarse above.
