@@ -259,7 +259,8 @@ impl Env {
 /// credentials (`user:password@` or a token in the query).
 fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
     const VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-    const EXPECTED: &str = "an http:// or https:// URL such as http://127.0.0.1:4318";
+    const EXPECTED: &str =
+        "an http:// or https:// URL such as http://127.0.0.1:4318, without user, password or query";
     let Some(raw) = env.raw(VAR) else {
         return Ok(None);
     };
@@ -268,12 +269,23 @@ fn otlp_endpoint(env: &Env) -> Result<Option<String>, ConfigError> {
         .map_err(|e| ConfigError::new(VAR, raw, true, e, EXPECTED))?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
-    if !scheme_ok || !host_ok {
-        let problem = if scheme_ok {
-            "no host"
-        } else {
-            "not an http or https URL"
-        };
+    // The exporter sends neither `user:password@` nor a query (`/v1/traces` is appended to the
+    // path), and the HTTP client logs the authority at trace level: refused, not leaked.
+    let has_credentials = uri.authority().is_some_and(|a| a.as_str().contains('@'));
+    let problem = if !scheme_ok {
+        Some("not an http or https URL")
+    } else if !host_ok {
+        Some("no host")
+    } else if has_credentials {
+        Some(
+            "credentials in the URL are not sent by the exporter (put the collector on a private network, or behind an authenticating proxy)",
+        )
+    } else if uri.query().is_some() {
+        Some("a query is not supported (traces go to the URL's path + /v1/traces)")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
         return Err(ConfigError::new(VAR, raw, true, problem, EXPECTED));
     }
     Ok(Some(raw.to_owned()))
@@ -314,24 +326,31 @@ fn load_dotenv() -> Option<ConfigError> {
 }
 
 /// What is wrong with the `.env` file at `path` that `dotenvy` tried to load, unless there is
-/// none. The line that could not be parsed is not shown (it may hold a secret), only the name
-/// it begins with.
+/// none. No text of the file is shown, since any of it may be a secret: `dotenvy` reports the
+/// part it could not parse, which is often the value itself (a space or a bad escape in it).
+/// The line is named by its number and, when it begins `NAME=`, by its variable.
 fn dotenv_problem(path: &std::path::Path, error: Option<dotenvy::Error>) -> Option<ConfigError> {
     let error = error.filter(|e| !e.not_found())?;
     let problem = match &error {
-        dotenvy::Error::LineParse(line, at) => {
-            let name: String = line
-                .trim_start()
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
-                .take(64)
-                .collect();
-            format!(
-                "the line beginning {name:?} cannot be parsed (at character {at}); it and \
-                 every line after it were not read"
-            )
+        dotenvy::Error::LineParse(fragment, _) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let line = (!fragment.trim().is_empty())
+                .then(|| {
+                    text.lines()
+                        .enumerate()
+                        .find(|(_, line)| line.contains(fragment.as_str()))
+                })
+                .flatten();
+            let which = match line {
+                Some((index, line)) => match dotenv_variable(line) {
+                    Some(name) => format!("line {} (setting {name})", index + 1),
+                    None => format!("line {}", index + 1),
+                },
+                None => "a line".to_owned(),
+            };
+            format!("{which} cannot be parsed; it and every line after it were not read")
         }
-        other => format!("cannot be read: {other}"),
+        other => format!("cannot be read: {}", dotenv_read_problem(other)),
     };
     Some(ConfigError {
         var: path.display().to_string(),
@@ -339,6 +358,26 @@ fn dotenv_problem(path: &std::path::Path, error: Option<dotenvy::Error>) -> Opti
         problem,
         expected: "a readable file of NAME=value lines, values with spaces quoted".to_owned(),
     })
+}
+
+/// The variable a `.env` line sets, if it begins `NAME=` (or `export NAME=`).
+fn dotenv_variable(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+    let end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.')))
+        .unwrap_or(line.len());
+    let (name, rest) = line.split_at(end);
+    (!name.is_empty() && name.len() <= 64 && rest.trim_start().starts_with('=')).then_some(name)
+}
+
+/// Why `.env` could not be read, for errors other than a line that does not parse. Only an
+/// I/O error's own text is shown (it holds none of the file); anything else could quote it.
+fn dotenv_read_problem(error: &dotenvy::Error) -> String {
+    match error {
+        dotenvy::Error::Io(e) => e.to_string(),
+        _ => "not a valid .env file".to_owned(),
+    }
 }
 
 /// Whether `.env` is read, given the process's own `APP_ENV`: unset (empty counts as unset, as
@@ -766,6 +805,47 @@ mod tests {
     }
 
     #[test]
+    /// dotenvy reports the text it could not parse, which for a bad value is the value (a
+    /// space or a bad escape in a secret): none of it is shown, only the line and its variable.
+    #[test]
+    fn a_dotenv_line_that_does_not_parse_is_named_without_its_text() -> Result<(), String> {
+        let dir = std::env::temp_dir().join(format!("voketag-dotenv-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let cases = [
+            (
+                "A=1\nBOOTSTRAP_ADMIN_PASSWORD=correcthorse battery staple\n",
+                "line 2 (setting BOOTSTRAP_ADMIN_PASSWORD)",
+                "correcthorse",
+            ),
+            (
+                "export JWT_SECRET=Ex0123456789abcdef\\x\n",
+                "line 1 (setting JWT_SECRET)",
+                "Ex0123456789",
+            ),
+            (
+                "A=1\n\nonly-a-password-here\n",
+                "line 3 cannot",
+                "only-a-password",
+            ),
+        ];
+        for (i, (file, said, secret)) in cases.iter().enumerate() {
+            let path = dir.join(format!("case{i}.env"));
+            std::fs::write(&path, file).map_err(|e| e.to_string())?;
+            let error = dotenvy::from_path_iter(&path)
+                .map_err(|e| e.to_string())?
+                .find_map(Result::err);
+            let message = dotenv_problem(&path, error)
+                .map(|e| e.to_string())
+                .ok_or(format!("case {i}: no error"))?;
+            if !message.contains(said) || message.contains(secret) {
+                return Err(format!("case {i}: {message}"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
     fn dotenv_is_read_only_outside_deployments() {
         use std::ffi::OsStr;
         assert!(reads_dotenv(None));
@@ -1071,10 +1151,14 @@ mod tests {
             assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT", "{bad}");
             assert!(e.to_string().contains("http://"), "{bad}: {e}");
         }
-        // Credentials in a bad endpoint are not repeated in the error.
+        // Credentials in a bad endpoint are not repeated in the error. In a good-looking one
+        // they are refused: the exporter does not send them, and its HTTP client logs the
+        // authority at trace level.
         for bad in [
             "ftp://otel:hunter2@otel.example",
             "otel.example:4318?token=hunter2",
+            "http://otel:hunter2@otel.example:4318",
+            "https://otel.example:4318/?token=hunter2",
         ] {
             let e = parse(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)]).unwrap_err();
             assert!(!e.to_string().contains("hunter2"), "{e}");
