@@ -1,7 +1,7 @@
 //! `factory-service user ...`: the operator's user management. There is no user API: users are
 //! managed here, each change audited (actor `system`) in the transaction that makes it.
 
-use std::io::BufRead as _;
+use std::io::{BufRead as _, IsTerminal as _};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -157,26 +157,34 @@ pub async fn run(command: UserCommand, config: &FactoryConfig, env: &Env) -> any
     Ok(())
 }
 
-/// The password from FACTORY_USER_PASSWORD, else the first line of standard input.
+/// The password from FACTORY_USER_PASSWORD, else the first line of standard input: typed at a
+/// terminal without echo (rpassword), or read from a pipe as it comes.
 fn read_password(env: &Env) -> anyhow::Result<SecretString> {
     let given = env.password("FACTORY_USER_PASSWORD");
     env.refuse_unreadable()?;
     if let Some(p) = given {
         return Ok(p);
     }
-    eprintln!("password (one line on standard input):");
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
-    let line = line.trim_end_matches(['\r', '\n']);
+    let mut line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("password (not shown as you type): ")
+            .context("reading the password from the terminal")?
+    } else {
+        eprintln!("password (one line on standard input):");
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line
+    };
+    let len = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(len);
     // Nothing came (stdin closed or empty): say so, rather than "too short".
     anyhow::ensure!(
         !line.is_empty(),
         "no password given (one line on standard input, or FACTORY_USER_PASSWORD)"
     );
-    Ok(SecretString::from(line.to_owned()))
+    Ok(SecretString::from(line))
 }
 
 async fn list(pool: &PgPool) -> anyhow::Result<()> {

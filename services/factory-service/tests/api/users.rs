@@ -169,6 +169,64 @@ async fn user_create_reads_the_password_from_the_environment_or_stdin() -> TestR
     Ok(())
 }
 
+/// At a terminal, the password is read without echo: it was shown as typed, so it stayed on
+/// screen and in scrollback. `script` (util-linux) runs the command on a real pseudo-terminal
+/// whose line discipline echoes input unless the program turns echo off.
+#[tokio::test]
+async fn a_password_typed_at_a_terminal_is_not_shown() -> TestResult {
+    let db = TestDb::new().await;
+    let password = "typed-at-a-tty-Zq81";
+    let command = format!(
+        "{} user create --email tty@example.com --role viewer",
+        env!("CARGO_BIN_EXE_factory-service")
+    );
+    let mut child = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("DATABASE_URL", db.url.expose_secret())
+        .env("RUST_LOG", "warn")
+        .env_remove("FACTORY_USER_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().ok_or("piped stdout")?;
+    let (sender, seen) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+            if sender.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Type only once the prompt is up (and echo is off), as a person would.
+    let mut screen = Vec::new();
+    while !String::from_utf8_lossy(&screen).contains("password") {
+        screen.extend(seen.recv_timeout(std::time::Duration::from_secs(30))?);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut stdin = child.stdin.take().ok_or("piped stdin")?;
+    stdin.write_all(format!("{password}\r").as_bytes())?;
+    while let Ok(chunk) = seen.recv_timeout(std::time::Duration::from_secs(30)) {
+        screen.extend(chunk);
+    }
+    drop(stdin);
+    let status = child.wait()?;
+    let _ = reader.join();
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(status.success(), "{screen}");
+    assert!(
+        screen.contains("created viewer user tty@example.com"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains(password),
+        "the password was shown: {screen}"
+    );
+    assert!(password_matches(&db, "tty@example.com", password).await);
+    Ok(())
+}
+
 /// `migrate` and `user create` with nothing listening where `DATABASE_URL` points: one line
 /// naming the place and the cause (not the pool's "timed out"), no password asked for, and the
 /// URL's password nowhere. `user create`, run by hand, says it once (on stderr only); `migrate`,
