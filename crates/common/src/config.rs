@@ -804,7 +804,6 @@ mod tests {
         CommonConfig::from_env(&Env::from_pairs(pairs.iter().copied()), "127.0.0.1:8080")
     }
 
-    #[test]
     /// dotenvy reports the text it could not parse, which for a bad value is the value (a
     /// space or a bad escape in a secret): none of it is shown, only the line and its variable.
     #[test]
