@@ -38,16 +38,36 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber writing to stdout. Call once, at start-up.
+/// Installs the global subscriber writing to stdout. Call once, at start-up. Pretty logs are
+/// coloured only when stdout is a terminal: in a file or a pipe the escape codes are noise.
 pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
-    init_with_writer(service, config, std::io::stdout)
+    use std::io::IsTerminal as _;
+    install(
+        service,
+        config,
+        std::io::stdout,
+        std::io::stdout().is_terminal(),
+    )
 }
 
-/// Installs the global subscriber writing to `writer` (tests pass a buffer or a sink).
+/// Installs the global subscriber writing to `writer` (tests pass a buffer or a sink), without
+/// colour.
 pub fn init_with_writer<W>(
     service: &'static str,
     config: &TelemetryConfig,
     writer: W,
+) -> anyhow::Result<TelemetryGuard>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    install(service, config, writer, false)
+}
+
+fn install<W>(
+    service: &'static str,
+    config: &TelemetryConfig,
+    writer: W,
+    ansi: bool,
 ) -> anyhow::Result<TelemetryGuard>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -87,7 +107,10 @@ where
             .with_target(true)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)

@@ -37,3 +37,25 @@ fn a_dotenv_line_that_cannot_be_parsed_stops_start_up_naming_the_file() -> TestR
     assert!(!stderr.contains("a-secret-value"), "{stderr}");
     Ok(())
 }
+
+/// `LOG_FORMAT=pretty` is for people, but its colour escape codes went into files and pipes
+/// too (a log collector or `grep` saw `\x1b[2m`). Colour is for a terminal only; the test reads
+/// the logs of `migrate` (PostgreSQL away, so it logs an error) through a pipe.
+#[test]
+fn pretty_logs_written_to_a_pipe_carry_no_colour_codes() -> TestResult {
+    let port = common::testing::closed_port()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/voketag"),
+        )
+        .env("LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ERROR"), "a log line: {stdout}");
+    assert!(!stdout.contains('\x1b'), "no escape codes: {stdout:?}");
+    Ok(())
+}
