@@ -1768,3 +1768,116 @@ async fn the_events_route_serves_a_page_holding_an_unreadable_event() -> TestRes
     assert_eq!(report["first_bad_seq"], 1);
     Ok(())
 }
+
+/// With its database away (here: not created yet), the audit jobs said so at every attempt:
+/// the checkpointer once a second, the verifier every interval, for as long as it lasted. Each
+/// now warns once (then every 5 minutes) and says when it works again. The service runs as a
+/// process against a database name that does not exist, which is then created and migrated.
+#[tokio::test]
+async fn the_audit_jobs_warn_once_while_the_database_is_away_and_say_when_it_is_back() -> TestResult
+{
+    use sqlx::Connection as _;
+    use std::io::BufRead as _;
+    use std::time::{Duration, Instant};
+
+    let admin = common::testing::admin_url();
+    let name = format!("voketag_t_{}", Uuid::new_v4().simple());
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .arg("serve")
+        .env_clear()
+        .env("APP_ENV", "development")
+        .env("BIND_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", &url)
+        .env("REDIS_KEY_PREFIX", format!("t{}", Uuid::new_v4().simple()))
+        .env(
+            "PUBSUB_EMULATOR_HOST",
+            format!("127.0.0.1:{}", common::testing::closed_port()?),
+        )
+        .env("AUDIT_VERIFY_INTERVAL_SEC", "10")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("piped stdout")?;
+    let _child = common::testing::ChildGuard(child);
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    /// Every line that comes within `limit` into `seen`, or until one holds `until`; whether
+    /// it came.
+    fn read(
+        lines: &std::sync::mpsc::Receiver<String>,
+        seen: &mut Vec<String>,
+        limit: Duration,
+        until: Option<&str>,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = lines.recv_timeout(left) else {
+                break;
+            };
+            let done = until.is_some_and(|u| line.contains(u));
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    }
+    let mut seen = Vec::new();
+    const CHECKPOINT_FAILED: &str = "audit checkpoint failed";
+    const VERIFY_FAILED: &str = "audit verification could not run";
+    assert!(read(
+        &lines,
+        &mut seen,
+        Duration::from_secs(30),
+        Some(CHECKPOINT_FAILED)
+    ));
+    // Over ten more seconds the checkpointer tries about ten times, the verifier once more.
+    read(&lines, &mut seen, Duration::from_secs(11), None);
+    let count = |what: &str| seen.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count(CHECKPOINT_FAILED), 1, "{seen:#?}");
+    assert_eq!(count(VERIFY_FAILED), 1, "{seen:#?}");
+
+    // The database comes: both say so.
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .arg("migrate")
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    assert!(migrated.status.success(), "{migrated:?}");
+    // (Blocking reads: nothing else runs on this test's runtime.)
+    assert!(
+        read(
+            &lines,
+            &mut seen,
+            Duration::from_secs(30),
+            Some("audit checkpoints can be written again")
+        ),
+        "the checkpointer did not say it works again"
+    );
+    assert!(
+        read(
+            &lines,
+            &mut seen,
+            Duration::from_secs(30),
+            Some("audit verification runs again")
+        ),
+        "the verifier did not say it works again"
+    );
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //! then, `audit_chain_breaks_total` on a break).
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use common::outage::{OutageLog, Report};
 
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -116,6 +118,8 @@ pub async fn run_checkpointer(
     // The break the checkpointer last refused to sign over, so a persisting one is logged and
     // counted once rather than every second.
     let mut refused: Option<(i64, &'static str)> = None;
+    // A database away or unmigrated fails every poll: said at once, then every few minutes.
+    let mut outages = OutageLog::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -144,6 +148,14 @@ pub async fn run_checkpointer(
                 .await
             }
         };
+        // A refusal is the chain's state, not an outage.
+        let report = match &result {
+            Err(AuditError::Unverifiable { .. }) => Report::Quiet,
+            other => outages.observe(other.is_ok(), Instant::now()),
+        };
+        if report == Report::Back {
+            tracing::info!("audit checkpoints can be written again");
+        }
         match result {
             // Another instance holding the lock (`Ok(None)`) says nothing about the break.
             Ok(Some(_)) => refused = None,
@@ -164,7 +176,12 @@ pub async fn run_checkpointer(
                     refused = Some((seq, reason));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; retrying"),
+            Err(e) if report == Report::Warn => tracing::warn!(
+                error = %e,
+                "audit checkpoint failed; retrying every second (said again every 5 minutes \
+                 while it fails)"
+            ),
+            Err(_) => {}
         }
     }
 }
@@ -286,9 +303,17 @@ impl IncrementalVerifier {
 
     /// Runs now and then every `interval` until `shutdown`.
     pub async fn run(mut self, pool: PgPool, interval: Duration, shutdown: CancellationToken) {
+        let mut outages = OutageLog::default();
         loop {
-            if let Err(e) = self.run_once(&pool).await {
-                tracing::warn!(error = %e, "audit verification could not run; retrying later");
+            let result = self.run_once(&pool).await;
+            match (outages.observe(result.is_ok(), Instant::now()), result) {
+                (Report::Warn, Err(e)) => tracing::warn!(
+                    error = %e,
+                    "audit verification could not run; retrying every {interval:?} (said again \
+                     every 5 minutes while it fails)"
+                ),
+                (Report::Back, _) => tracing::info!("audit verification runs again"),
+                _ => {}
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
