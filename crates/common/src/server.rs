@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Service as _;
 
-pub use socket::{LINGER, Socket};
+pub use socket::{HeaderError, LINGER, Socket};
 
 /// How long in-flight requests may take to finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,12 +44,40 @@ pub async fn serve(
     serve_with(listener, router, shutdown, HEADER_READ_TIMEOUT).await
 }
 
+/// [`serve`], with `header_errors`: headers whose malformed value (a control character, which
+/// hyper refuses before any route sees the request) has an error of its own.
+pub async fn serve_with_header_errors(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    header_errors: &'static [HeaderError],
+) -> std::io::Result<()> {
+    serve_connections(
+        listener,
+        router,
+        shutdown,
+        HEADER_READ_TIMEOUT,
+        header_errors,
+    )
+    .await
+}
+
 /// [`serve`] with another bound on reading a request's head (tests use a short one).
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     header_timeout: Duration,
+) -> std::io::Result<()> {
+    serve_connections(listener, router, shutdown, header_timeout, &[]).await
+}
+
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    header_timeout: Duration,
+    header_errors: &'static [HeaderError],
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -79,7 +107,8 @@ pub async fn serve_with(
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(request)
         });
-        let connection = http.serve_connection(TokioIo::new(Socket::new(stream)), service);
+        let socket = Socket::with_header_errors(stream, header_errors);
+        let connection = http.serve_connection(TokioIo::new(socket), service);
         let stop = shutdown.clone();
         let open = open_rx.clone();
         tokio::spawn(async move {

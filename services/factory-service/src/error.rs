@@ -165,8 +165,8 @@ impl IntoResponse for FactoryError {
             Self::Conflict { code, detail } => error_response(StatusCode::CONFLICT, code, detail),
             Self::InvalidIdempotencyKey => error_response(
                 StatusCode::BAD_REQUEST,
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+                crate::idempotency::INVALID_KEY.0,
+                crate::idempotency::INVALID_KEY.1,
             ),
             Self::IdempotencyKeyInUse => {
                 // The first request is running: a retry after a moment either replays its

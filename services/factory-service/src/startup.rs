@@ -127,9 +127,14 @@ impl Application {
         tokio::spawn(sweep_expired(self.state.clone(), shutdown.clone()));
         // Audit checkpointer and background chain verifier.
         crate::audit::job::spawn(self.state.pool.clone(), &self.audit, shutdown.clone());
-        common::server::serve(self.listener, self.router, shutdown)
-            .await
-            .context("serving HTTP")
+        common::server::serve_with_header_errors(
+            self.listener,
+            self.router,
+            shutdown,
+            crate::idempotency::HEADER_ERRORS,
+        )
+        .await
+        .context("serving HTTP")
     }
 }
 

@@ -37,6 +37,19 @@ use crate::http::security_headers;
 /// How long a client may go on sending after the server has closed its side of the connection.
 pub const LINGER: Duration = Duration::from_secs(2);
 
+/// A request header with an error of its own when its value holds a byte hyper refuses (a
+/// control character), such as `Idempotency-Key` and `invalid_idempotency_key`: the client
+/// gets that error rather than the generic `bad_request`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderError {
+    /// The header's name, lowercase.
+    pub name: &'static str,
+    /// The error code.
+    pub error: &'static str,
+    /// The human sentence.
+    pub detail: &'static str,
+}
+
 /// A connection's socket as the server uses it: hyper's own answer to a refused request head is
 /// replaced by the contract's, and the close lingers (see the module's documentation).
 pub struct Socket<S>
@@ -49,6 +62,10 @@ where
     replacing: Option<Replacement>,
     /// Whether the client has closed its side (a read found the end): no need to linger then.
     peer_closed: bool,
+    /// Headers with an error of their own (none: nothing below is looked at).
+    header_errors: &'static [HeaderError],
+    /// The last read, kept only when it held a byte no header may carry.
+    suspect: Option<Vec<u8>>,
 }
 
 struct Replacement {
@@ -64,10 +81,18 @@ where
 {
     /// Wraps a connection's socket.
     pub fn new(inner: S) -> Self {
+        Self::with_header_errors(inner, &[])
+    }
+
+    /// Wraps a connection's socket; a head refused for a control character in one of
+    /// `header_errors` gets that header's error.
+    pub fn with_header_errors(inner: S, header_errors: &'static [HeaderError]) -> Self {
         Self {
             inner: Some(inner),
             replacing: None,
             peer_closed: false,
+            header_errors,
+            suspect: None,
         }
     }
 
@@ -104,8 +129,14 @@ where
     fn recognise(&mut self, buf: &[u8]) -> bool {
         match refused_status(buf) {
             Some(status) => {
+                let (code, detail) = self
+                    .suspect
+                    .take()
+                    .filter(|_| status == StatusCode::BAD_REQUEST)
+                    .and_then(|read| header_error(&read, self.header_errors))
+                    .map_or_else(|| default_error(status), |e| (e.error, e.detail));
                 self.replacing = Some(Replacement {
-                    bytes: answer(status),
+                    bytes: answer(status, code, detail),
                     written: 0,
                     stands_for: buf.len(),
                 });
@@ -130,6 +161,15 @@ where
         let read = ready!(this.inner()?.poll_read(cx, buf));
         if read.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
             this.peer_closed = true;
+        }
+        if !this.header_errors.is_empty() && read.is_ok() {
+            // hyper refuses a head at the first bad byte, so the read that brought it is the
+            // one to look into. Kept only when it holds such a byte (rare): no copy otherwise.
+            let got = &buf.filled()[before..];
+            this.suspect = got
+                .iter()
+                .any(|&b| is_refused_byte(b))
+                .then(|| got.to_vec());
         }
         Poll::Ready(read)
     }
@@ -240,9 +280,30 @@ fn refused_status(buf: &[u8]) -> Option<StatusCode> {
     (!has_request_id).then_some(status)
 }
 
-/// The contract's answer for `status`, as bytes on the wire.
-fn answer(status: StatusCode) -> Vec<u8> {
-    let (code, detail) = default_error(status);
+/// A byte that no header value may hold (RFC 9110 5.5; httparse refuses it): a control
+/// character other than tab. CR and LF end lines, so they are not counted.
+fn is_refused_byte(b: u8) -> bool {
+    (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f
+}
+
+/// The error of the header whose line in `read` holds the first refused byte, if it is one of
+/// `header_errors`.
+fn header_error(read: &[u8], header_errors: &[HeaderError]) -> Option<HeaderError> {
+    let bad = read.iter().position(|&b| is_refused_byte(b))?;
+    let start = read[..bad]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = &read[start..bad];
+    let name = &line[..line.iter().position(|&b| b == b':')?];
+    header_errors
+        .iter()
+        .find(|e| name.eq_ignore_ascii_case(e.name.as_bytes()))
+        .copied()
+}
+
+/// The contract's answer for `status` with error `code` and `detail`, as bytes on the wire.
+fn answer(status: StatusCode, code: &str, detail: &str) -> Vec<u8> {
     let body = serde_json::to_vec(&ErrorBody {
         error: code.to_owned(),
         detail: detail.to_owned(),
@@ -311,14 +372,15 @@ mod tests {
         );
         assert_eq!(refused_status(long.as_bytes()), None);
         assert!(
-            String::from_utf8(answer(StatusCode::BAD_REQUEST))
+            String::from_utf8(answer(StatusCode::BAD_REQUEST, "bad_request", "x"))
                 .is_ok_and(|a| a.len() > LONGEST_REFUSAL)
         );
     }
 
     #[test]
     fn the_replacement_is_the_contracts_error() {
-        let bytes = answer(StatusCode::URI_TOO_LONG);
+        let (code, detail) = default_error(StatusCode::URI_TOO_LONG);
+        let bytes = answer(StatusCode::URI_TOO_LONG, code, detail);
         let text = String::from_utf8(bytes).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("a head");
         assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
@@ -332,5 +394,27 @@ mod tests {
         }
         let body: ErrorBody = serde_json::from_str(body).expect("the contract's body");
         assert_eq!(body.error, "uri_too_long");
+    }
+
+    #[test]
+    fn a_refused_byte_is_traced_to_its_header() {
+        const ERRORS: &[HeaderError] = &[HeaderError {
+            name: "idempotency-key",
+            error: "invalid_idempotency_key",
+            detail: "d",
+        }];
+        let found = |read: &[u8]| header_error(read, ERRORS).map(|e| e.error);
+        assert_eq!(
+            found(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nIdempotency-Key: ab\x7fc\r\n"),
+            Some("invalid_idempotency_key")
+        );
+        assert_eq!(
+            found(b"POST /v1/x HTTP/1.1\r\nIDEMPOTENCY-KEY:\x01\r\n\r\n"),
+            Some("invalid_idempotency_key")
+        );
+        // Another header, a bad byte in the request line, or none at all.
+        assert_eq!(found(b"GET / HTTP/1.1\r\nX-Request-ID: a\x01\r\n"), None);
+        assert_eq!(found(b"GET /a\x01b HTTP/1.1\r\n"), None);
+        assert_eq!(found(b"GET / HTTP/1.1\r\nIdempotency-Key: a\tb\r\n"), None);
     }
 }

@@ -42,6 +42,20 @@ pub use seal::SealKey;
 /// The response header marking a replayed result.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
+/// CONTRACT 3.4's answer to a key that is not 1 to 255 visible ASCII characters.
+pub const INVALID_KEY: (&str, &str) = (
+    "invalid_idempotency_key",
+    "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+);
+
+/// A key holding a control character never reaches [`layer`]: hyper refuses the whole request
+/// head. The server answers it with the key's own error all the same.
+pub const HEADER_ERRORS: &[common::server::HeaderError] = &[common::server::HeaderError {
+    name: "idempotency-key",
+    error: INVALID_KEY.0,
+    detail: INVALID_KEY.1,
+}];
+
 /// An idempotency key scoped to its caller, with the fingerprint of the request using it.
 /// Put in the request extensions by [`layer`].
 #[derive(Debug, Clone)]

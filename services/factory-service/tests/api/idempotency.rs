@@ -88,6 +88,58 @@ async fn the_same_key_for_a_different_request_is_422() {
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
 
+/// A key holding a control character (DEL, 0x01) is not a header value hyper takes: it
+/// refused the whole head with its generic 400 `bad_request`, before the idempotency layer saw
+/// the key. Clients such as Python's http.client send such a value as given. The answer is now
+/// CONTRACT 3.4's `invalid_idempotency_key`, with the contract's headers; a control character
+/// in another header stays `bad_request`. Raw requests, since reqwest refuses to send them.
+#[tokio::test]
+async fn a_key_with_a_control_character_is_invalid_idempotency_key() -> TestResult {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let send = |header: &'static [u8]| {
+        let (address, token) = (address.clone(), op.access.clone());
+        async move {
+            let body = br#"{"name":"A","sku":"CTL-1"}"#;
+            let mut request = format!(
+                "POST /v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(header);
+            request.extend_from_slice(b"\r\n\r\n");
+            request.extend_from_slice(body);
+            let mut stream = tokio::net::TcpStream::connect(&address).await?;
+            stream.write_all(&request).await?;
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await?;
+            Ok::<String, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+        }
+    };
+    for header in [
+        &b"Idempotency-Key: abc\x7fdef"[..],
+        b"idempotency-key: \x01abc",
+    ] {
+        let answer = send(header).await?;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            answer.contains(r#""error":"invalid_idempotency_key""#),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("x-content-type-options: nosniff"),
+            "{answer}"
+        );
+    }
+    let answer = send(b"X-Trace-Note: a\x01b").await?;
+    assert!(answer.contains(r#""error":"bad_request""#), "{answer}");
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn malformed_keys_are_400() {
     let app = spawn_app().await;
