@@ -58,6 +58,32 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// Why `pem` is not a PKCS#8 PEM RSA private key, in the operator's terms. The parser's own
+/// words name the RSA OID when the key is of another kind, and a "NUL byte" for a file with no
+/// PEM in it; the PEM label says what the file holds instead.
+fn not_a_key(pem: &str, error: &rsa::pkcs8::Error) -> String {
+    let label = pem
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .and_then(|l| l.strip_suffix("-----"));
+    let convert = "convert it with `openssl pkcs8 -topk8 -nocrypt -in key.pem -out key.pkcs8.pem`";
+    match label {
+        None => "no PEM block in the file (expected -----BEGIN PRIVATE KEY-----)".to_owned(),
+        Some("RSA PRIVATE KEY") => format!("an RSA key in PKCS#1 form; {convert}"),
+        Some("ENCRYPTED PRIVATE KEY") => {
+            "an encrypted key; the service needs it unencrypted (PKCS#8, -nocrypt)".to_owned()
+        }
+        Some("PRIVATE KEY") => match error {
+            // The parser names the OID it expected (RSA's), not the key's.
+            rsa::pkcs8::Error::PublicKey(_) => {
+                "a PKCS#8 key, but not an RSA one (EC, Ed25519, ...)".to_owned()
+            }
+            _ => format!("a PKCS#8 block that does not parse ({error})"),
+        },
+        Some(other) => format!("a PEM block of another kind ({other}), not an RSA private key"),
+    }
+}
+
 impl Signer {
     /// Parses a PKCS#8 PEM RSA private key (at least 2048 bits). Without `key_id`, the key's
     /// [`fingerprint`] is its id.
@@ -66,8 +92,8 @@ impl Signer {
             what: "private key".into(),
             reason,
         };
-        let private = RsaPrivateKey::from_pkcs8_pem(pem)
-            .map_err(|e| invalid(format!("not a PKCS#8 PEM RSA private key ({e})")))?;
+        let private =
+            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| invalid(not_a_key(pem, &e)))?;
         let der = private
             .to_pkcs8_der()
             .map_err(|e| invalid(format!("cannot re-encode ({e})")))?;
@@ -327,5 +353,47 @@ mod tests {
             "{e:?}"
         );
         assert!(PublicKey::from_pem(include_str!("../../tests/fixtures/audit_k1.pub.pem")).is_ok());
+    }
+
+    /// A key file of the wrong kind was explained in the parser's words: an EC key as an
+    /// "unsupported algorithm OID" naming RSA's own OID, a file without PEM as a "NUL byte".
+    /// The PEM label now says what the file holds, and how to convert a PKCS#1 key.
+    #[test]
+    fn a_private_key_of_the_wrong_kind_is_named_as_such() -> Result<(), String> {
+        use rsa::pkcs1::EncodeRsaPrivateKey as _;
+        // A throwaway P-256 key (openssl genpkey -algorithm EC), used for nothing else.
+        const EC: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgJsWUFQ1HnUXAdBxI
+kU+ZjJFFgFWWOgMK/g4bUNS76w+hRANCAARe35z15SgKf5krUcMmDjeYlICxOMsd
+XTvp7/eUTVvmkSTYPkjM6Qu+6vOtb2+8kl4U6R+EFqls8vGzqXkYfUxE
+-----END PRIVATE KEY-----
+";
+        let k1 = include_str!("../../tests/fixtures/audit_k1.pem");
+        let pkcs1 = RsaPrivateKey::from_pkcs8_pem(k1)
+            .and_then(|k| {
+                k.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+                    .map_err(rsa::pkcs8::Error::from)
+            })
+            .map_err(|e| e.to_string())?;
+        let refused = |pem: &str| match Signer::from_pem(pem, Some("k")) {
+            Ok(_) => "accepted".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        for (pem, said) in [
+            (EC, "a PKCS#8 key, but not an RSA one"),
+            (
+                pkcs1.as_str(),
+                "an RSA key in PKCS#1 form; convert it with `openssl pkcs8",
+            ),
+            ("just some text\n", "no PEM block in the file"),
+        ] {
+            let message = refused(pem);
+            if !message.contains(said) || message.contains("1.2.840.113549") {
+                return Err(message);
+            }
+        }
+        Signer::from_pem(k1, Some("k"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
