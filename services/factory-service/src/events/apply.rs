@@ -39,6 +39,13 @@ pub enum ApplyError {
     TimedOut(std::time::Duration),
 }
 
+impl ApplyError {
+    /// Whether a later attempt may succeed (the database away or slow, not the event's data).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::TimedOut(_))
+    }
+}
+
 impl From<sqlx::Error> for ApplyError {
     /// SQLSTATE classes 22 (data exception) and 23 (integrity violation) are about the events
     /// themselves; everything else (connections, timeouts, server trouble) may pass.

@@ -55,7 +55,7 @@ pub(super) async fn run(
             permit = next => {
                 let Some(permit) = permit else { break false };
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
-                tasks.spawn(apply(Arc::clone(&context), full, permit));
+                tasks.spawn(apply(Arc::clone(&context), full, permit, shutdown.clone()));
             }
         }
         while tasks.try_join_next().is_some() {}
@@ -116,28 +116,87 @@ async fn collect(
     true
 }
 
-/// Applies one batch, then acks, nacks or dead-letters each of its deliveries.
-async fn apply(context: Arc<Context>, batch: Vec<Valid>, permit: OwnedSemaphorePermit) {
+/// Applies one batch, then acks, nacks or dead-letters each of its deliveries. Events the
+/// database could not take (away, or timed out) are held and applied again after a pause, up
+/// to `hold` (see [`super::settings::ConsumerConfig::hold`]); the client keeps extending their
+/// leases meanwhile, and flow control keeps the rest of the backlog in Pub/Sub. Whatever still
+/// fails then, or at shutdown, is settled as before: nacked, or dead-lettered on its last
+/// attempt.
+async fn apply(
+    context: Arc<Context>,
+    batch: Vec<Valid>,
+    permit: OwnedSemaphorePermit,
+    shutdown: CancellationToken,
+) {
     metrics::batch_size(batch.len());
     let span = tracing::info_span!("scan_event_batch", size = batch.len());
     async {
-        let results = {
-            let events: Vec<&ScanEvent> = batch.iter().map(|v| &v.event).collect();
-            let limit = context.settings.apply_timeout;
-            match tokio::time::timeout(limit, apply::apply_isolating(&context.pool, &events)).await
+        let events: Vec<&ScanEvent> = batch.iter().map(|v| &v.event).collect();
+        let mut results = apply_bounded(&context, &events).await;
+        let held_since = Instant::now();
+        let mut pause = HOLD_FIRST_PAUSE;
+        let mut held = false;
+        loop {
+            let failed: Vec<usize> = (0..results.len())
+                .filter(|&i| results[i].as_ref().is_err_and(|e| e.is_retryable()))
+                .collect();
+            if failed.is_empty()
+                || shutdown.is_cancelled()
+                || held_since.elapsed() + pause > context.settings.consumer.hold
             {
-                Ok(results) => results,
-                // Parts of the batch may have committed before the part that hung: their
-                // redeliveries are recognised as duplicates.
-                Err(_) => {
-                    let e = Arc::new(ApplyError::TimedOut(limit));
-                    events.iter().map(|_| Err(Arc::clone(&e))).collect()
+                break;
+            }
+            if !held {
+                held = true;
+                if let Some(Err(e)) = results.get(failed[0]) {
+                    tracing::warn!(
+                        error = %e,
+                        events = failed.len(),
+                        "scan events not applied; holding them and trying again (up to {:?})",
+                        context.settings.consumer.hold
+                    );
                 }
             }
-        };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(HOLD_LONGEST_PAUSE);
+            for _ in &failed {
+                metrics::processed(metrics::Outcome::Retried);
+            }
+            let again: Vec<&ScanEvent> = failed.iter().map(|&i| events[i]).collect();
+            for (i, result) in failed.iter().zip(apply_bounded(&context, &again).await) {
+                results[*i] = result;
+            }
+        }
+        if held && results.iter().all(Result::is_ok) {
+            tracing::info!("held scan events applied");
+        }
+        drop(events);
         delivery::settle(&context, batch, results).await;
     }
     .instrument(span)
     .await;
     drop(permit);
+}
+
+/// The first pause before a held batch is tried again; it doubles up to [`HOLD_LONGEST_PAUSE`].
+const HOLD_FIRST_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest pause between two tries of a held batch.
+const HOLD_LONGEST_PAUSE: Duration = Duration::from_secs(30);
+
+/// Applies `events`, giving up after the settings' `apply_timeout`.
+async fn apply_bounded(context: &Context, events: &[&ScanEvent]) -> Vec<apply::EventResult> {
+    let limit = context.settings.apply_timeout;
+    match tokio::time::timeout(limit, apply::apply_isolating(&context.pool, events)).await {
+        Ok(results) => results,
+        // Parts of the batch may have committed before the part that hung: applying them again
+        // finds them duplicates.
+        Err(_) => {
+            let e = Arc::new(ApplyError::TimedOut(limit));
+            events.iter().map(|_| Err(Arc::clone(&e))).collect()
+        }
+    }
 }

@@ -47,6 +47,11 @@ pub struct ConsumerConfig {
     pub batch_wait: Duration,
     /// `SCAN_EVENTS_DB_CONNECTIONS`: the consumer's pool, and so the batches applied at once.
     pub db_connections: u32,
+    /// `SCAN_EVENTS_HOLD_SEC`: how long a batch whose events the database could not take (it
+    /// is away, or timed out) keeps its messages and tries again, before nacking them. A nack
+    /// spends one of `MAX_DELIVERY_ATTEMPTS`, so without holding, an outage of a couple of
+    /// minutes dead-lettered every event that came during it. `0`: nack at once.
+    pub hold: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -57,6 +62,7 @@ impl Default for ConsumerConfig {
             batch_size: 500,
             batch_wait: Duration::from_millis(5),
             db_connections: 3,
+            hold: Duration::from_secs(300),
         }
     }
 }
@@ -82,6 +88,13 @@ impl ConsumerConfig {
             batch_size: env.int_in("SCAN_EVENTS_BATCH_SIZE", d.batch_size, 1, 10_000)?,
             batch_wait: Duration::from_millis(wait_ms),
             db_connections: env.int_in("SCAN_EVENTS_DB_CONNECTIONS", d.db_connections, 1, 100)?,
+            // Below the client's 60-minute limit on extending a lease.
+            hold: Duration::from_secs(env.int_in(
+                "SCAN_EVENTS_HOLD_SEC",
+                d.hold.as_secs(),
+                0,
+                3_000,
+            )?),
         })
     }
 }
@@ -159,6 +172,7 @@ mod tests {
             ("SCAN_EVENTS_BATCH_SIZE", "50"),
             ("SCAN_EVENTS_BATCH_WAIT_MS", "0"),
             ("SCAN_EVENTS_DB_CONNECTIONS", "8"),
+            ("SCAN_EVENTS_HOLD_SEC", "0"),
         ]))
         .unwrap();
         assert_eq!(
@@ -169,6 +183,7 @@ mod tests {
                 batch_size: 50,
                 batch_wait: Duration::ZERO,
                 db_connections: 8,
+                hold: Duration::from_secs(300),
             }
         );
         let e =
