@@ -4,48 +4,17 @@
 //! through again. The endpoint is a real closed port, then a small collector started on it. Its
 //! own test binary, because the tracing subscriber is process-wide.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
 use common::config::{LogFormat, TelemetryConfig};
 use common::telemetry::TelemetryGuard;
+use support::LogBuffer;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Buffer {
-    fn text(&self) -> String {
-        let bytes = match self.0.lock() {
-            Ok(bytes) => bytes.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut bytes) => bytes.extend_from_slice(buf),
-            Err(poisoned) => poisoned.into_inner().extend_from_slice(buf),
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// Records a span and exports it now; whether the export went through.
 async fn export_a_span(guard: &Arc<TelemetryGuard>) -> Result<bool, tokio::task::JoinError> {
@@ -64,7 +33,7 @@ async fn an_unreachable_otlp_endpoint_is_warned_about_counted_and_its_return_not
         .local_addr()?
         .port();
     let endpoint = format!("127.0.0.1:{port}");
-    let logs = Buffer::default();
+    let logs = LogBuffer::default();
     let config = TelemetryConfig {
         log_format: LogFormat::Json,
         log_filter: "info".into(),

@@ -3,36 +3,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::routing::get;
 use common::config::{LogFormat, TelemetryConfig};
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use support::LogBuffer;
 
 #[tokio::test]
 async fn every_log_line_of_a_request_carries_its_request_id_and_trace_id() {
-    let logs = Buffer::default();
+    let logs = LogBuffer::default();
     let config = TelemetryConfig {
         log_format: LogFormat::Json,
         log_filter: "info".into(),
@@ -61,7 +39,7 @@ async fn every_log_line_of_a_request_carries_its_request_id_and_trace_id() {
     assert_eq!(resp.status(), 200);
     token.cancel();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
