@@ -334,11 +334,14 @@ fn dotenv_problem(path: &std::path::Path, error: Option<dotenvy::Error>) -> Opti
     let problem = match &error {
         dotenvy::Error::LineParse(fragment, _) => {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let line = (!fragment.trim().is_empty())
+            // dotenvy quotes from the bad line on (to the end of the file for an unclosed
+            // quote), or only the line's value: its first line is in the bad line.
+            let first = fragment.lines().next().unwrap_or_default().trim();
+            let line = (!first.is_empty())
                 .then(|| {
-                    text.lines()
-                        .enumerate()
-                        .find(|(_, line)| line.contains(fragment.as_str()))
+                    text.lines().enumerate().find(|(_, line)| {
+                        !line.trim_start().starts_with('#') && line.contains(first)
+                    })
                 })
                 .flatten();
             let which = match line {

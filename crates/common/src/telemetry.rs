@@ -39,14 +39,16 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber writing to stdout. Call once, at start-up. Pretty logs are
-/// coloured only when stdout is a terminal: in a file or a pipe the escape codes are noise.
+/// coloured only when stdout is a terminal (in a file or a pipe the escape codes are noise) and
+/// `NO_COLOR` is unset or empty (no-color.org).
 pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     use std::io::IsTerminal as _;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     install(
         service,
         config,
         std::io::stdout,
-        std::io::stdout().is_terminal(),
+        std::io::stdout().is_terminal() && !no_color,
     )
 }
 

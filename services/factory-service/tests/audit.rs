@@ -1813,13 +1813,17 @@ async fn the_audit_jobs_warn_once_while_the_database_is_away_and_say_when_it_is_
         }
     });
     /// Every line that comes within `limit` into `seen`, or until one holds `until`; whether
-    /// it came.
+    /// such a line came (now or before).
     fn read(
         lines: &std::sync::mpsc::Receiver<String>,
         seen: &mut Vec<String>,
         limit: Duration,
         until: Option<&str>,
     ) -> bool {
+        // A line read while waiting for another marker counts too.
+        if until.is_some_and(|u| seen.iter().any(|l| l.contains(u))) {
+            return true;
+        }
         let deadline = Instant::now() + limit;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             let Ok(line) = lines.recv_timeout(left) else {

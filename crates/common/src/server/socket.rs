@@ -64,8 +64,8 @@ where
     peer_closed: bool,
     /// Headers with an error of their own (none: nothing below is looked at).
     header_errors: &'static [HeaderError],
-    /// The last read, kept only when it held a byte no header may carry.
-    suspect: Option<Vec<u8>>,
+    /// The listed header whose value, in the last read, holds a byte no header may carry.
+    suspect: Option<HeaderError>,
 }
 
 struct Replacement {
@@ -133,7 +133,6 @@ where
                     .suspect
                     .take()
                     .filter(|_| status == StatusCode::BAD_REQUEST)
-                    .and_then(|read| header_error(&read, self.header_errors))
                     .map_or_else(|| default_error(status), |e| (e.error, e.detail));
                 self.replacing = Some(Replacement {
                     bytes: answer(status, code, detail),
@@ -164,12 +163,9 @@ where
         }
         if !this.header_errors.is_empty() && read.is_ok() {
             // hyper refuses a head at the first bad byte, so the read that brought it is the
-            // one to look into. Kept only when it holds such a byte (rare): no copy otherwise.
-            let got = &buf.filled()[before..];
-            this.suspect = got
-                .iter()
-                .any(|&b| is_refused_byte(b))
-                .then(|| got.to_vec());
+            // one to look into. A header name and its bad byte in two reads (rare) get the
+            // generic answer.
+            this.suspect = header_error(&buf.filled()[before..], this.header_errors);
         }
         Poll::Ready(read)
     }

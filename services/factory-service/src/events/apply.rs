@@ -40,9 +40,25 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// Whether a later attempt may succeed (the database away or slow, not the event's data).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transient(_) | Self::TimedOut(_))
+    /// Whether the database could not be reached or did not answer: the batch holds its events
+    /// and tries again rather than nacking them. A failure the database reported while it
+    /// worked (a deadlock, a lock or statement timeout, ...) is only transient: nacked at once.
+    pub fn is_database_away(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Transient(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed => true,
+                // Connection exceptions, the server shutting down or refusing new connections.
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+                }),
+                _ => false,
+            },
+            Self::Rejected(_) => false,
+        }
     }
 }
 

@@ -117,7 +117,7 @@ async fn collect(
 }
 
 /// Applies one batch, then acks, nacks or dead-letters each of its deliveries. Events the
-/// database could not take (away, or timed out) are held and applied again after a pause, up
+/// database could not take because it was unreachable or did not answer are held and applied again after a pause, up
 /// to `hold` (see [`super::settings::ConsumerConfig::hold`]); the client keeps extending their
 /// leases meanwhile, and flow control keeps the rest of the backlog in Pub/Sub. Whatever still
 /// fails then, or at shutdown, is settled as before: nacked, or dead-lettered on its last
@@ -138,7 +138,7 @@ async fn apply(
         let mut held = false;
         loop {
             let failed: Vec<usize> = (0..results.len())
-                .filter(|&i| results[i].as_ref().is_err_and(|e| e.is_retryable()))
+                .filter(|&i| results[i].as_ref().is_err_and(|e| e.is_database_away()))
                 .collect();
             if failed.is_empty()
                 || shutdown.is_cancelled()
@@ -170,6 +170,7 @@ async fn apply(
                 results[*i] = result;
             }
         }
+        // Otherwise `settle` says what it does with the rest (nack or dead letter).
         if held && results.iter().all(Result::is_ok) {
             tracing::info!("held scan events applied");
         }

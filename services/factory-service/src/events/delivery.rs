@@ -1,7 +1,8 @@
 //! What becomes of each delivery: poison goes to the DLQ at once and is acked; a valid event is
 //! acked once the transaction that applied it (or found it already applied) committed; a
-//! transient failure is nacked (Pub/Sub redelivers it after the subscription's back-off) until
-//! its last allowed attempt, when it goes to the DLQ with reason `max_attempts`.
+//! transient failure (after the batch's hold, for a database that cannot be reached: see
+//! [`super::batcher`]) is nacked (Pub/Sub redelivers it after the subscription's back-off)
+//! until its last allowed attempt, when it goes to the DLQ with reason `max_attempts`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -28,7 +28,8 @@ pub struct EventsSettings {
     /// The longest one batch's transactions may take. A database that stops answering in the
     /// middle of one (a partition: the connection stays open) would otherwise hold the batch,
     /// its messages and one of the consumer's few connections for as long as TCP keeps it;
-    /// past this the batch's messages are nacked like any database failure and come back.
+    /// past this the batch gives up like after any database failure (held and tried again, see
+    /// [`ConsumerConfig::hold`]).
     pub apply_timeout: Duration,
 }
 
@@ -48,7 +49,8 @@ pub struct ConsumerConfig {
     /// `SCAN_EVENTS_DB_CONNECTIONS`: the consumer's pool, and so the batches applied at once.
     pub db_connections: u32,
     /// `SCAN_EVENTS_HOLD_SEC`: how long a batch whose events the database could not take (it
-    /// is away, or timed out) keeps its messages and tries again, before nacking them. A nack
+    /// is unreachable, or did not answer in time) keeps its messages and tries again, before
+    /// nacking them. Other transient failures (a deadlock, a lock timeout) are nacked at once. A nack
     /// spends one of `MAX_DELIVERY_ATTEMPTS`, so without holding, an outage of a couple of
     /// minutes dead-lettered every event that came during it. `0`: nack at once.
     pub hold: Duration,
@@ -88,12 +90,13 @@ impl ConsumerConfig {
             batch_size: env.int_in("SCAN_EVENTS_BATCH_SIZE", d.batch_size, 1, 10_000)?,
             batch_wait: Duration::from_millis(wait_ms),
             db_connections: env.int_in("SCAN_EVENTS_DB_CONNECTIONS", d.db_connections, 1, 100)?,
-            // Below the client's 60-minute limit on extending a lease.
+            // Well below the client's 60-minute limit on extending a lease, which counts from
+            // a message's receipt (it may wait for a batch slot before its own hold starts).
             hold: Duration::from_secs(env.int_in(
                 "SCAN_EVENTS_HOLD_SEC",
                 d.hold.as_secs(),
                 0,
-                3_000,
+                1_500,
             )?),
         })
     }
@@ -172,7 +175,7 @@ mod tests {
             ("SCAN_EVENTS_BATCH_SIZE", "50"),
             ("SCAN_EVENTS_BATCH_WAIT_MS", "0"),
             ("SCAN_EVENTS_DB_CONNECTIONS", "8"),
-            ("SCAN_EVENTS_HOLD_SEC", "0"),
+            ("SCAN_EVENTS_HOLD_SEC", "120"),
         ]))
         .unwrap();
         assert_eq!(
@@ -183,7 +186,7 @@ mod tests {
                 batch_size: 50,
                 batch_wait: Duration::ZERO,
                 db_connections: 8,
-                hold: Duration::from_secs(300),
+                hold: Duration::from_secs(120),
             }
         );
         let e =

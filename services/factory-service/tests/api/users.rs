@@ -199,12 +199,13 @@ async fn a_password_typed_at_a_terminal_is_not_shown() -> TestResult {
             }
         }
     });
-    // Type only once the prompt is up (and echo is off), as a person would.
+    // Type only once the prompt is up and echo is off (rpassword turns it off right after the
+    // prompt), as a person would; the pause leaves a busy machine ample time for that.
     let mut screen = Vec::new();
     while !String::from_utf8_lossy(&screen).contains("password") {
         screen.extend(seen.recv_timeout(std::time::Duration::from_secs(30))?);
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let mut stdin = child.stdin.take().ok_or("piped stdin")?;
     stdin.write_all(format!("{password}\r").as_bytes())?;
     while let Ok(chunk) = seen.recv_timeout(std::time::Duration::from_secs(30)) {
