@@ -116,12 +116,8 @@ async fn collect(
     true
 }
 
-/// Applies one batch, then acks, nacks or dead-letters each of its deliveries. Events the
-/// database could not take because it was unreachable or did not answer are held and applied again after a pause, up
-/// to `hold` (see [`super::settings::ConsumerConfig::hold`]); the client keeps extending their
-/// leases meanwhile, and flow control keeps the rest of the backlog in Pub/Sub. Whatever still
-/// fails then, or at shutdown, is settled as before: nacked, or dead-lettered on its last
-/// attempt.
+/// Applies one batch, then acks, nacks or dead-letters each of its deliveries (after holding
+/// the events the database could not take, see [`hold`]).
 async fn apply(
     context: Arc<Context>,
     batch: Vec<Valid>,
@@ -133,53 +129,63 @@ async fn apply(
     async {
         let events: Vec<&ScanEvent> = batch.iter().map(|v| &v.event).collect();
         let mut results = apply_bounded(&context, &events).await;
-        let held_since = Instant::now();
-        let mut pause = HOLD_FIRST_PAUSE;
-        let mut held = false;
-        loop {
-            let failed: Vec<usize> = (0..results.len())
-                .filter(|&i| results[i].as_ref().is_err_and(|e| e.is_database_away()))
-                .collect();
-            if failed.is_empty()
-                || shutdown.is_cancelled()
-                || held_since.elapsed() + pause > context.settings.consumer.hold
-            {
-                break;
-            }
-            if !held {
-                held = true;
-                if let Some(Err(e)) = results.get(failed[0]) {
-                    tracing::warn!(
-                        error = %e,
-                        events = failed.len(),
-                        "scan events not applied; holding them and trying again (up to {:?})",
-                        context.settings.consumer.hold
-                    );
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(HOLD_LONGEST_PAUSE);
-            for _ in &failed {
-                metrics::processed(metrics::Outcome::Retried);
-            }
-            let again: Vec<&ScanEvent> = failed.iter().map(|&i| events[i]).collect();
-            for (i, result) in failed.iter().zip(apply_bounded(&context, &again).await) {
-                results[*i] = result;
-            }
-        }
-        // Otherwise `settle` says what it does with the rest (nack or dead letter).
-        if held && results.iter().all(Result::is_ok) {
-            tracing::info!("held scan events applied");
-        }
+        hold(&context, &events, &mut results, &shutdown).await;
         drop(events);
         delivery::settle(&context, batch, results).await;
     }
     .instrument(span)
     .await;
     drop(permit);
+}
+
+/// Events the database could not take because it was unreachable or did not answer are held
+/// and applied again after a pause, up to the consumer's `hold`
+/// ([`super::settings::ConsumerConfig::hold`]); the client keeps extending their leases
+/// meanwhile, and flow control keeps the rest of the backlog in Pub/Sub. Whatever still fails
+/// then, or at shutdown, is left in `results` for the caller to settle as before: nacked, or
+/// dead-lettered on its last attempt.
+async fn hold(
+    context: &Context,
+    events: &[&ScanEvent],
+    results: &mut [apply::EventResult],
+    shutdown: &CancellationToken,
+) {
+    let limit = context.settings.consumer.hold;
+    let held_since = Instant::now();
+    let mut pause = HOLD_FIRST_PAUSE;
+    let mut held = false;
+    loop {
+        let failed: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].as_ref().is_err_and(|e| e.is_database_away()))
+            .collect();
+        if failed.is_empty() || shutdown.is_cancelled() || held_since.elapsed() + pause > limit {
+            break;
+        }
+        if !held {
+            held = true;
+            if let Some(Err(e)) = results.get(failed[0]) {
+                tracing::warn!(
+                    error = %e,
+                    events = failed.len(),
+                    "scan events not applied; holding them and trying again (up to {limit:?})"
+                );
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(HOLD_LONGEST_PAUSE);
+        metrics::processed_many(metrics::Outcome::Retried, failed.len());
+        let again: Vec<&ScanEvent> = failed.iter().map(|&i| events[i]).collect();
+        for (i, result) in failed.iter().zip(apply_bounded(context, &again).await) {
+            results[*i] = result;
+        }
+    }
+    // Otherwise `settle` says what it does with the rest (nack or dead letter).
+    if held && results.iter().all(Result::is_ok) {
+        tracing::info!("held scan events applied");
+    }
 }
 
 /// The first pause before a held batch is tried again; it doubles up to [`HOLD_LONGEST_PAUSE`].

@@ -43,7 +43,12 @@ impl Outcome {
 
 /// Counts one delivery's outcome.
 pub fn processed(outcome: Outcome) {
-    metrics::counter!(PROCESSED, "outcome" => outcome.as_str()).increment(1);
+    processed_many(outcome, 1);
+}
+
+/// Counts the same outcome for `events` deliveries.
+pub fn processed_many(outcome: Outcome, events: usize) {
+    metrics::counter!(PROCESSED, "outcome" => outcome.as_str()).increment(events as u64);
 }
 
 /// Counts one message sent to the DLQ.
