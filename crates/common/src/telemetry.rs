@@ -1,7 +1,7 @@
 //! Logs (JSON or pretty, on stdout or a given sink), OpenTelemetry traces over OTLP, W3C trace
 //! context propagation, and the Prometheus recorder.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -151,12 +151,11 @@ impl<E: SpanExporter> SpanExporter for WatchedExporter<E> {
         if result.is_err() {
             metrics::counter!("otlp_export_failures_total").increment(1);
         }
-        let report = match self.outages.lock() {
-            Ok(mut outages) => outages.observe(result.is_ok(), Instant::now()),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .observe(result.is_ok(), Instant::now()),
-        };
+        let report = self
+            .outages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(result.is_ok(), Instant::now());
         match (report, &result) {
             (Report::Warn, Err(error)) => tracing::warn!(
                 %error,

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -15,20 +15,21 @@ pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
 impl LogBuffer {
     /// What was written so far.
     pub fn text(&self) -> String {
-        let bytes = match self.0.lock() {
-            Ok(bytes) => bytes.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
 impl Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut bytes) => bytes.extend_from_slice(buf),
-            Err(poisoned) => poisoned.into_inner().extend_from_slice(buf),
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
