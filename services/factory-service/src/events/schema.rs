@@ -208,10 +208,31 @@ fn result(value: &str) -> Result<ScanResult, Poison> {
     }
 }
 
+/// No scan is older than this (2024-01-01T00:00:00Z; the platform dates from 2026). A tag keeps
+/// the earliest `scanned_at` it is given as `first_scanned_at` for good, so one event dated
+/// 0001-01-01 (a scanner's clock never set, or a forgery) would show that date forever.
+const EARLIEST_SCAN_SECS: i64 = 1_704_067_200;
+
+/// How far ahead of this machine's clock a scanning instance's clock may be.
+const CLOCK_AHEAD: chrono::Duration = chrono::Duration::minutes(5);
+
 fn scanned_at(value: &str) -> Result<DateTime<Utc>, Poison> {
-    DateTime::parse_from_rfc3339(value)
+    let at = DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| invalid("scanned_at", "is not an RFC 3339 timestamp"))
+        .map_err(|_| invalid("scanned_at", "is not an RFC 3339 timestamp"))?;
+    if at.timestamp() < EARLIEST_SCAN_SECS {
+        return Err(invalid(
+            "scanned_at",
+            "is before 2024-01-01, earlier than any scan",
+        ));
+    }
+    if at > Utc::now() + CLOCK_AHEAD {
+        return Err(invalid(
+            "scanned_at",
+            "is more than 5 minutes in the future",
+        ));
+    }
+    Ok(at)
 }
 
 fn ip_hash(value: &str) -> Result<String, Poison> {

@@ -107,6 +107,10 @@ fn missing_and_invalid_fields_are_poison() {
         ("tag_id", json!("short")),
         ("result", json!("fake")),
         ("scanned_at", json!("yesterday")),
+        // Implausible dates would stay in `first_scanned_at` for good.
+        ("scanned_at", json!("0001-01-01T00:00:00.000Z")),
+        ("scanned_at", json!("2023-12-31T23:59:59.999Z")),
+        ("scanned_at", json!("9999-12-31T23:59:59.999Z")),
         ("client_ip_hash", json!("xyz")),
         ("api_key_id", json!(42)),
     ];
@@ -115,6 +119,21 @@ fn missing_and_invalid_fields_are_poison() {
         v[field] = value;
         assert_eq!(reason(v), PoisonReason::InvalidField, "{field}");
     }
+}
+
+#[test]
+fn scanned_at_may_be_a_little_ahead_of_this_clock_not_more() {
+    let at = |t: chrono::DateTime<Utc>| {
+        let mut v = body();
+        v["scanned_at"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        parse_value(&attrs(), &v).map(|e| e.scanned_at)
+    };
+    let now = Utc::now();
+    assert!(at(now + chrono::Duration::minutes(4)).is_ok());
+    assert_eq!(
+        at(now + chrono::Duration::minutes(6)).unwrap_err().reason,
+        PoisonReason::InvalidField
+    );
 }
 
 #[test]
