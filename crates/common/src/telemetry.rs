@@ -88,6 +88,9 @@ where
             .build()
             .context("building the OTLP span exporter")?;
         builder = builder.with_batch_exporter(WatchedExporter::new(exporter));
+        // Exported at 0 from the start, so that the first failure is an increase.
+        prometheus();
+        metrics::counter!("otlp_export_failures_total").absolute(0);
     }
     let provider = builder.build();
     let tracer = provider.tracer(service);

@@ -46,6 +46,13 @@ async fn an_unreachable_otlp_endpoint_is_warned_about_counted_and_its_return_not
         logs.clone(),
     )?);
 
+    // The counter is there before any failure, so that the first one is an increase.
+    let scraped = metrics.render();
+    assert!(
+        scraped.contains("otlp_export_failures_total 0"),
+        "{scraped}"
+    );
+
     // Nothing listens: the export fails, and says so once.
     assert!(!export_a_span(&guard).await?, "the export should fail");
     assert!(!export_a_span(&guard).await?, "the export should fail");
