@@ -427,7 +427,9 @@ async fn with_the_database_down_an_event_is_dead_lettered_after_max_attempts_the
     proxy.up().expect("proxy listening again");
     let selector = Selector::MessageId(original.clone());
     let replayed = eventually("the dead letter to be replayed", || async {
-        let replayed = dlq::replay(&s, &selector, QUICK).await.expect("replay");
+        let replayed = dlq::replay(&s, &selector, QUICK, |_| {})
+            .await
+            .expect("replay");
         (!replayed.is_empty()).then_some(replayed)
     })
     .await;
@@ -536,35 +538,47 @@ async fn a_database_that_stops_answering_mid_batch_costs_a_retry_not_a_hang() {
     assert_eq!(scan_state(&db.pool, &tag).await.0, 1, "counted once");
 }
 
+/// A dead letter as the consumer writes it, published straight to the DLQ topic.
+async fn publish_dead_letter(
+    dlq_publisher: &google_cloud_pubsub::client::Publisher,
+    tag: &str,
+    dead_lettered_at: DateTime<Utc>,
+) {
+    let mut original = Message::new()
+        .set_data(event(tag, Utc::now()).to_string())
+        .set_attributes(SCAN_ATTRIBUTES.iter().copied());
+    original.message_id = Uuid::new_v4().to_string();
+    let letter = dead_letter::DeadLetter {
+        reason: dead_letter::MAX_ATTEMPTS,
+        error: "database unavailable".into(),
+        delivery_attempt: Some(5),
+        subscription: "test",
+    };
+    dlq_publisher
+        .publish(dead_letter::to_dlq_message(
+            &original,
+            &letter,
+            dead_lettered_at,
+        ))
+        .await
+        .expect("publish dead letter");
+}
+
 #[tokio::test]
 async fn replay_all_republishes_every_dead_letter() {
     let db = TestDb::new().await;
     let s = set_up(5).await;
-    // Dead letters as the consumer writes them, published straight to the DLQ topic.
     let dlq_publisher = common::pubsub::publisher(&s.pubsub, &s.pubsub.dlq_topic)
         .await
         .expect("publisher");
     let tags = seed_tags(&db.pool, 2).await;
     for tag in &tags {
-        let mut original = Message::new()
-            .set_data(event(tag, Utc::now()).to_string())
-            .set_attributes(SCAN_ATTRIBUTES.iter().copied());
-        original.message_id = Uuid::new_v4().to_string();
-        let letter = dead_letter::DeadLetter {
-            reason: dead_letter::MAX_ATTEMPTS,
-            error: "database unavailable".into(),
-            delivery_attempt: Some(5),
-            subscription: "test",
-        };
-        dlq_publisher
-            .publish(dead_letter::to_dlq_message(&original, &letter, Utc::now()))
-            .await
-            .expect("publish dead letter");
+        publish_dead_letter(&dlq_publisher, tag, Utc::now()).await;
     }
     let mut replayed = Vec::new();
     while replayed.len() < 2 {
         let more = eventually("dead letters to replay", || async {
-            let more = dlq::replay(&s, &Selector::All, QUICK)
+            let more = dlq::replay(&s, &Selector::All, QUICK, |_| {})
                 .await
                 .expect("replay");
             (!more.is_empty()).then_some(more)
@@ -581,6 +595,85 @@ async fn replay_all_republishes_every_dead_letter() {
         .await;
     }
     consumer.stop().await;
+}
+
+/// `dlq replay --all` says what it replayed as it goes. It used to print nothing until the
+/// end, so a long replay looked stuck, and one stopped midway had not said what went through.
+/// Dead letters keep arriving (dated before the replay, so it takes them) until the command
+/// has printed its first line: the old command, printing at the end, never did while they came.
+#[tokio::test]
+async fn dlq_replay_all_prints_each_message_as_it_is_replayed() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    let dlq_publisher = common::pubsub::publisher(&s.pubsub, &s.pubsub.dlq_topic)
+        .await
+        .expect("publisher");
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let before = Utc::now() - chrono::TimeDelta::minutes(1);
+    publish_dead_letter(&dlq_publisher, &tag, before).await;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .args(["dlq", "replay", "--all"])
+        .env("APP_ENV", "test")
+        .env("RUST_LOG", "off")
+        .env("PUBSUB_EMULATOR_HOST", emulator())
+        .env("PUBSUB_PROJECT_ID", &s.pubsub.project_id)
+        .env("SCAN_EVENTS_TOPIC", &s.pubsub.topic)
+        .env("SCAN_EVENTS_SUBSCRIPTION", &s.pubsub.subscription)
+        .env("SCAN_EVENTS_DLQ_TOPIC", &s.pubsub.dlq_topic)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dlq replay");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // One more dead letter every half second, for at most 40 s, until the first line.
+    let mut published = 1;
+    let first = loop {
+        match tokio::time::timeout(Duration::from_millis(500), lines.recv()).await {
+            Ok(Some(line)) => break line,
+            Ok(None) => panic!("dlq replay ended before it printed anything"),
+            Err(_) => {
+                assert!(
+                    published < 80,
+                    "nothing printed while {published} dead letters were replayed"
+                );
+                publish_dead_letter(&dlq_publisher, &tag, before).await;
+                published += 1;
+            }
+        }
+    };
+    assert!(first.starts_with("replayed "), "{first}");
+    assert!(first.ends_with("(reason max_attempts)"), "{first}");
+
+    // No more arrive: it ends by itself, having named each message once, then the count.
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    reader.join().expect("reader");
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        rest.push(line);
+    }
+    assert!(status.success(), "{status:?} {rest:?}");
+    let summary = rest.pop().expect("a summary line");
+    let named = 1 + rest.len();
+    assert!(rest.iter().all(|l| l.starts_with("replayed ")), "{rest:?}");
+    assert_eq!(summary, format!("{named} message(s) replayed"));
+    assert!(named <= published, "{named} of {published}");
 }
 
 #[tokio::test]
@@ -966,7 +1059,7 @@ async fn dlq_list_and_replay_fail_when_pub_sub_is_unreachable_rather_than_showin
     settings.pubsub.emulator_host = Some(format!("127.0.0.1:{dead}"));
     let listed = dlq::list(&settings, 100, QUICK).await;
     assert!(listed.is_err(), "an unreachable broker listed {listed:?}");
-    let replayed = dlq::replay(&settings, &Selector::All, QUICK).await;
+    let replayed = dlq::replay(&settings, &Selector::All, QUICK, |_| {}).await;
     assert!(
         replayed.is_err(),
         "an unreachable broker replayed {replayed:?}"

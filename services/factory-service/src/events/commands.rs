@@ -162,13 +162,18 @@ pub async fn dlq(config: &FactoryConfig, command: &DlqCommand) -> anyhow::Result
                 Some(id) => Selector::MessageId(id.clone()),
                 None => Selector::All,
             };
-            let replayed = dlq::replay(&settings, &selector, window(*wait))
-                .await
-                .map_err(|e| with_reach_hint(e, &settings))
-                .context("replaying from the DLQ")?;
-            for entry in &replayed {
+            // Each line as soon as the main topic has the message: a long replay shows its
+            // progress, and one stopped or failing midway has said what went through.
+            let mut done = 0usize;
+            let replayed = dlq::replay(&settings, &selector, window(*wait), |entry| {
+                done += 1;
                 println!("replayed {} (reason {})", entry.message_id, entry.reason);
-            }
+            })
+            .await
+            .map_err(|e| with_reach_hint(e, &settings))
+            .with_context(|| {
+                format!("replaying from the DLQ ({done} message(s) replayed before the error)")
+            })?;
             if let Selector::MessageId(id) = &selector
                 && replayed.is_empty()
             {

@@ -79,10 +79,15 @@ pub async fn list(
 /// Republishes the selected dead letters to the main topic and acks each from the DLQ once the
 /// main topic has it. Messages dead-lettered after the replay began are left alone, so a
 /// message that fails again is not replayed in a loop. Returns what was replayed.
+///
+/// `on_replayed` is told of each message as soon as the main topic has it, so that a long
+/// replay shows its progress, and what went through before an error or an interruption is
+/// known.
 pub async fn replay(
     settings: &EventsSettings,
     selector: &Selector,
     window: ReadWindow,
+    mut on_replayed: impl FnMut(&DlqEntry),
 ) -> Result<Vec<DlqEntry>, EventsError> {
     let topic = &settings.pubsub.topic;
     let publisher = common::pubsub::publisher(&settings.pubsub, topic).await?;
@@ -105,6 +110,7 @@ pub async fn replay(
         match outcome {
             Ok(Ok(_)) => {
                 handler.ack();
+                on_replayed(&entry);
                 replayed.push(entry);
             }
             Ok(Err(source)) => {
