@@ -47,6 +47,14 @@ resource "google_secret_manager_secret_iam_member" "audit_key_factory" {
   member    = "serviceAccount:${google_service_account.svc["factory"].email}"
 }
 
+resource "google_secret_manager_secret_iam_member" "audit_previous_keys_factory" {
+  for_each = var.audit_previous_public_keys
+
+  secret_id = google_secret_manager_secret.audit_previous_public_key[each.key].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.svc["factory"].email}"
+}
+
 # Scan publishes events; the factory publishes too when an operator replays the DLQ.
 resource "google_pubsub_topic_iam_member" "scan_events_publishers" {
   for_each = toset(["scan", "factory"])

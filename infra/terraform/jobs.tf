@@ -10,9 +10,17 @@ locals {
   writer_region_key = var.database_writer
 
   jobs = {
-    migrate      = ["migrate"]
-    user         = ["user", "list"]
-    audit-verify = concat(["audit", "verify"], var.audit_public_key_pem == "" ? [] : ["--public-key", var.audit_public_key_pem])
+    migrate = ["migrate"]
+    user    = ["user", "list"]
+    # With the public key given, signatures are checked too: each key named by its id (`ID=PEM`),
+    # the current one and those it succeeded, so that a signature by any other id is a break.
+    audit-verify = concat(
+      ["audit", "verify"],
+      var.audit_public_key_pem == "" ? [] : concat(
+        ["--public-key", "${var.audit_signing_key_id}=${var.audit_public_key_pem}"],
+        flatten([for id, pem in var.audit_previous_public_keys : ["--public-key", "${id}=${pem}"]]),
+      ),
+    )
   }
 }
 

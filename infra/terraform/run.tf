@@ -16,6 +16,14 @@ locals {
   }
 
   audit_key_dir = "/secrets/audit"
+  # Each earlier audit public key gets a volume of its own, named by position (key ids need not
+  # be valid volume names): key id => index.
+  audit_previous = { for i, id in sort(keys(var.audit_previous_public_keys)) : id => i }
+  # AUDIT_PREVIOUS_PUBLIC_KEYS: `none` until the first rotation (then any key id but the current
+  # one is a break), afterwards the mounted files.
+  audit_previous_env = length(local.audit_previous) == 0 ? "none" : join(",", [
+    for id, i in local.audit_previous : "${id}=/secrets/audit-previous-${i}/key.pem"
+  ])
 
   common_env = {
     APP_ENV                     = "production"
@@ -60,6 +68,8 @@ locals {
       CORS_ORIGINS           = join(",", var.cors_origins)
       AUDIT_SIGNING_KEY_FILE = var.audit_signing_key_present ? "${local.audit_key_dir}/key.pem" : ""
       AUDIT_SIGNING_KEY_ID   = var.audit_signing_key_present ? var.audit_signing_key_id : ""
+      # Needs the signing key (the service refuses it otherwise), so only with one.
+      AUDIT_PREVIOUS_PUBLIC_KEYS = var.audit_signing_key_present ? local.audit_previous_env : ""
     }
     worker = {
       MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
@@ -179,6 +189,14 @@ resource "google_cloud_run_v2_service" "svc" {
         }
       }
 
+      dynamic "volume_mounts" {
+        for_each = each.value.app == "factory" && var.audit_signing_key_present ? local.audit_previous : {}
+        content {
+          name       = "audit-previous-${volume_mounts.value}"
+          mount_path = "/secrets/audit-previous-${volume_mounts.value}"
+        }
+      }
+
       startup_probe {
         initial_delay_seconds = 0
         period_seconds        = 2
@@ -215,6 +233,21 @@ resource "google_cloud_run_v2_service" "svc" {
         }
       }
     }
+
+    dynamic "volumes" {
+      for_each = each.value.app == "factory" && var.audit_signing_key_present ? local.audit_previous : {}
+      content {
+        name = "audit-previous-${volumes.value}"
+        secret {
+          secret = google_secret_manager_secret.audit_previous_public_key[volumes.key].secret_id
+          items {
+            version = google_secret_manager_secret_version.audit_previous_public_key[volumes.key].version
+            path    = "key.pem"
+            mode    = 292 # 0444
+          }
+        }
+      }
+    }
   }
 
   traffic {
@@ -225,5 +258,6 @@ resource "google_cloud_run_v2_service" "svc" {
   depends_on = [
     google_secret_manager_secret_iam_member.access,
     google_secret_manager_secret_iam_member.audit_key_factory,
+    google_secret_manager_secret_iam_member.audit_previous_keys_factory,
   ]
 }

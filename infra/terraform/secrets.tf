@@ -54,6 +54,28 @@ resource "google_secret_manager_secret_version" "generated" {
   secret_data = local.generated_secrets[each.key]
 }
 
+# The public keys the audit signing key succeeded (not secret; Secret Manager is how Cloud Run
+# mounts a file), one secret per key id.
+resource "google_secret_manager_secret" "audit_previous_public_key" {
+  for_each = var.audit_previous_public_keys
+
+  secret_id = "${var.name_prefix}-audit-previous-${each.key}"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_secret_manager_secret_version" "audit_previous_public_key" {
+  for_each = var.audit_previous_public_keys
+
+  secret      = google_secret_manager_secret.audit_previous_public_key[each.key].id
+  secret_data = each.value
+}
+
 resource "google_secret_manager_secret" "audit_signing_key" {
   secret_id = "${var.name_prefix}-audit-signing-key"
   labels    = local.labels

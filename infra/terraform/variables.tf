@@ -297,6 +297,25 @@ variable "audit_public_key_pem" {
   default     = ""
 }
 
+variable "audit_previous_public_keys" {
+  description = "Public keys (PEM) of the audit signing keys the current one succeeded, by key id. The factory mounts them and sets AUDIT_PREVIOUS_PUBLIC_KEYS, so its own verifier checks their signatures, and the audit-verify job gets them too; empty (before the first rotation), the factory is told `none`: a signature by any key id but audit_signing_key_id is a break. Add the old key here in the same apply that changes audit_signing_key_id (infra/docs/DISASTER_RECOVERY.md section 9)."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for id, pem in var.audit_previous_public_keys :
+      can(regex("^[A-Za-z0-9_-]{1,64}$", id)) && can(regex("-----BEGIN (RSA )?PUBLIC KEY-----", pem))
+    ])
+    error_message = "audit_previous_public_keys: each key id is 1 to 64 of A-Z a-z 0-9 _ - (a Secret Manager name holds it), each value a PEM RSA public key (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY)."
+  }
+
+  validation {
+    condition     = !contains(keys(var.audit_previous_public_keys), var.audit_signing_key_id)
+    error_message = "audit_previous_public_keys must not list the current audit_signing_key_id."
+  }
+}
+
 # ---- load balancer --------------------------------------------------------------------------
 
 variable "domains" {

@@ -1395,6 +1395,21 @@ async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
         ),
         "{out}"
     );
+    // The key's PEM text in place of a file, as the Terraform audit-verify job passes it.
+    let k1_inline = format!(
+        "k1={}",
+        std::fs::read_to_string(fixture("audit_k1.pub.pem")).unwrap()
+    );
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k1_inline,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("6 signatures verified"), "{out}");
     let (code, out) = cli(&["audit", "verify", "--database-url", &url]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("signatures were not checked"), "{out}");
