@@ -6,7 +6,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 
 use crate::state::AppState;
-use crate::{api_keys, auth, catalog, idempotency, openapi, ratelimit};
+use crate::{api_keys, auth, catalog, openapi, ratelimit};
 
 /// Every API route (health routes are added separately and are never limited).
 ///
@@ -17,22 +17,13 @@ use crate::{api_keys, auth, catalog, idempotency, openapi, ratelimit};
 /// outside `/v1/auth` the idempotency layer runs. Roles are enforced per handler by the
 /// `Authorized<Policy>` extractor.
 pub fn router(state: AppState) -> Router {
-    // Each group's idempotency layer knows who may write in it (the handlers' own policy for
-    // their POST and DELETE routes), so that a stored result is never replayed to a role that
-    // could not have made the request.
-    let idempotent = Router::new()
-        .merge(api_keys::routes::router().route_layer(from_fn_with_state(
-            state.clone(),
-            idempotency::layer::<auth::AdminOnly>,
-        )))
-        .merge(catalog::routes::router().route_layer(from_fn_with_state(
-            state.clone(),
-            idempotency::layer::<auth::CatalogWriter>,
-        )));
-
+    // Each resource puts the idempotency layer on its POST and DELETE routes with who may write
+    // there (the handlers' own policy), so that a stored result is never replayed to a role
+    // that could not have made the request (`idempotency::idempotent`).
     Router::new()
         .merge(auth::routes::router())
-        .merge(idempotent)
+        .merge(api_keys::routes::router(&state))
+        .merge(catalog::routes::router(&state))
         // /v1/audit/events and /v1/audit/verify for admins, /v1/audit/checkpoint for anyone.
         .merge(crate::audit::routes::router::<
             crate::auth::Authorized<crate::auth::AdminOnly>,

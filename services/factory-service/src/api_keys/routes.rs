@@ -13,15 +13,21 @@ use uuid::Uuid;
 use super::{ApiKeySummary, CreatedApiKey, NewApiKey, RevokedApiKey};
 use crate::auth::{AdminOnly, Authorized, ClientInfo};
 use crate::error::FactoryError;
-use crate::idempotency::Idempotency;
+use crate::idempotency::{Idempotency, idempotent};
 use crate::path::Path;
 use crate::state::AppState;
 
 /// The API key routes.
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/v1/api-keys", get(list).post(create))
-        .route("/v1/api-keys/{id}", delete(revoke))
+        .route(
+            "/v1/api-keys",
+            idempotent::<AdminOnly>(state, get(list).post(create)),
+        )
+        .route(
+            "/v1/api-keys/{id}",
+            idempotent::<AdminOnly>(state, delete(revoke)),
+        )
 }
 
 /// The list of keys.

@@ -16,7 +16,7 @@ use super::repo;
 use super::tags::{self, RevokeTag, RevokedTag, Tag};
 use crate::auth::{AnyRole, Authorized, CatalogWriter, ClientInfo};
 use crate::error::FactoryError;
-use crate::idempotency::Idempotency;
+use crate::idempotency::{Idempotency, idempotent};
 use crate::path::Path;
 use crate::state::AppState;
 
@@ -25,14 +25,15 @@ use crate::state::AppState;
 const CSV_ROWS_PER_CHUNK: usize = 1000;
 
 /// The catalog routes.
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
+    let writes = |route| idempotent::<CatalogWriter>(state, route);
     Router::new()
-        .route("/v1/products", post(create_product))
+        .route("/v1/products", writes(post(create_product)))
         .route("/v1/products/{id}", get(get_product))
-        .route("/v1/batches", post(create_batch))
+        .route("/v1/batches", writes(post(create_batch)))
         .route("/v1/batches/{id}/tags", get(batch_tags_csv))
         .route("/v1/tags/{tag_id}", get(get_tag))
-        .route("/v1/tags/{tag_id}/revoke", post(revoke_tag))
+        .route("/v1/tags/{tag_id}/revoke", writes(post(revoke_tag)))
 }
 
 /// Creates a product.

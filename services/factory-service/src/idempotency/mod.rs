@@ -34,10 +34,27 @@ use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
+use axum::routing::MethodRouter;
+
+use crate::auth::Policy;
 use crate::error::FactoryError;
+use crate::state::AppState;
 
 pub use layer::layer;
 pub use seal::SealKey;
+
+/// `route` with the idempotency [`layer`] for write policy `P`, on the methods `route` has
+/// only. A request with another method gets the route's 405 without the layer: through it, a
+/// 405 was judged by its key (400 for a bad one), stored and replayed, and used the key up.
+pub fn idempotent<P: Policy + 'static>(
+    state: &AppState,
+    route: MethodRouter<AppState>,
+) -> MethodRouter<AppState> {
+    route.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        layer::<P>,
+    ))
+}
 
 /// The response header marking a replayed result.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";

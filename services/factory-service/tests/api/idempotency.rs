@@ -672,6 +672,53 @@ async fn a_wrong_content_type_is_not_stored() {
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
 
+/// A method a route does not have is 405 whatever the key says, and the key stays unused: the
+/// layer wrapped the route's 405 too, so it judged the key first (400 for an empty one), then
+/// stored the 405, replayed it, and refused the key's real request as a different one (422).
+#[tokio::test]
+async fn a_wrong_method_is_405_and_does_not_use_the_key() -> TestResult {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    for (method, path) in [
+        (Method::DELETE, "/v1/products"),
+        (Method::PUT, "/v1/api-keys"),
+        (
+            Method::POST,
+            "/v1/api-keys/00000000-0000-0000-0000-000000000000",
+        ),
+        (Method::DELETE, "/v1/batches"),
+        (Method::PATCH, "/v1/tags/AAAAAAAAAAAAAAAAAAAA/revoke"),
+    ] {
+        for key in ["", "wrong-method"] {
+            let r = app
+                .req(method.clone(), path, Some(&admin.access))
+                .header("Idempotency-Key", key)
+                .send()
+                .await?;
+            assert_eq!(
+                r.headers().get("idempotent-replayed"),
+                None,
+                "{method} {path}"
+            );
+            assert!(r.headers().contains_key("allow"), "{method} {path}");
+            assert_error(r, 405, "method_not_allowed").await;
+        }
+    }
+    assert!(idempotency_entries(&app).await.is_empty());
+    // The key's real request runs.
+    let r = app
+        .post(
+            "/v1/products",
+            &admin.access,
+            &json!({"name": "M", "sku": "M-1"}),
+            Some("wrong-method"),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("idempotent-replayed").is_none());
+    Ok(())
+}
+
 /// The key exactly as the layer derives it for `POST path` with body `req` and Idempotency-Key
 /// `raw`, sent by the user `email`.
 async fn key_as_the_layer_derives_it(
