@@ -228,17 +228,27 @@ fn normalize(email: &str) -> Result<String, UserChangeError> {
 }
 
 /// The user of `email`, their row locked until the transaction ends, so concurrent changes to
-/// them (and logins' and refreshes' checks of them) go one at a time.
+/// them (and logins' and refreshes' checks of them, `FOR SHARE`) go one at a time.
+///
+/// `FOR NO KEY UPDATE`, the lock an `UPDATE` of the columns changed here takes, not `FOR
+/// UPDATE`: the user's own writes reference the row (`api_keys.created_by`,
+/// `idempotency_keys.user_id`), and each such insert takes `FOR KEY SHARE` on it, which only
+/// `FOR UPDATE` conflicts with. With `FOR UPDATE`, a change waited behind a stream of those
+/// writes (minutes, while the account it was to stop kept writing), and deadlocked with a keyed
+/// write, which holds the audit chain's head before it records its key, while the change holds
+/// the user before it appends its own audit event.
 async fn lock_user(
     tx: &mut Transaction<'_, Postgres>,
     email: &str,
 ) -> Result<LockedUser, UserChangeError> {
     let email = normalize(email)?;
-    sqlx::query_as("SELECT id, email, role, disabled_at FROM users WHERE email = $1 FOR UPDATE")
-        .bind(&email)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or(UserChangeError::NoSuchUser(email))
+    sqlx::query_as(
+        "SELECT id, email, role, disabled_at FROM users WHERE email = $1 FOR NO KEY UPDATE",
+    )
+    .bind(&email)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(UserChangeError::NoSuchUser(email))
 }
 
 /// Revokes every session of the user still open, for `reason`; returns how many of them were

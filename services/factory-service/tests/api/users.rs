@@ -522,10 +522,11 @@ async fn a_login_racing_an_operators_change_to_the_account_does_not_survive_it()
             .await?;
     // The operator's change holds the user's row, as `lock_user` does.
     let mut change = app.db.pool.begin().await?;
-    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1 FOR UPDATE")
-        .bind(&email)
-        .fetch_one(&mut *change)
-        .await?;
+    let id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM users WHERE email = $1 FOR NO KEY UPDATE")
+            .bind(&email)
+            .fetch_one(&mut *change)
+            .await?;
     // The login reads the account (no lock) and checks the old password meanwhile.
     let login = {
         let client = app.client.clone();
@@ -563,5 +564,92 @@ async fn a_login_racing_an_operators_change_to_the_account_does_not_survive_it()
         0,
         "no live session"
     );
+    Ok(())
+}
+
+/// An operator's change to an account goes through while that account's own writes run. Each
+/// write referencing the user (a new API key, an idempotency record) holds a key-share lock on
+/// its row until it commits; played here by the test's transactions. The change locked the user
+/// `FOR UPDATE`, which waits for every such lock: a stream of writes made it wait for minutes.
+/// And a keyed write holds the audit chain's head before it records its key: with the change
+/// holding the user and wanting the head, that was a deadlock (the change failed, or the write
+/// got a 500).
+#[tokio::test]
+async fn a_change_to_an_account_does_not_wait_for_or_deadlock_with_its_own_writes() -> TestResult {
+    let app = spawn_app().await;
+    let email = app.user(Role::Admin).await;
+    let user_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_one(&app.db.pool)
+        .await?;
+    let reference_the_user = "INSERT INTO api_keys (id, name, prefix, key_hash, created_by) \
+        VALUES (gen_random_uuid(), 'in flight', left(md5(random()::text), 8), \
+                sha256(random()::text::bytea), $1)";
+    let finished = |mut change: std::process::Child| async move {
+        for _ in 0..1200 {
+            if let Some(status) = change.try_wait()? {
+                return Ok::<_, Box<dyn std::error::Error>>(Some(status));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        change.kill()?;
+        Ok(None)
+    };
+
+    // A write in flight that references the user: the change does not wait for it.
+    let mut write = app.db.pool.begin().await?;
+    sqlx::query(reference_the_user)
+        .bind(user_id)
+        .execute(&mut *write)
+        .await?;
+    let args = ["set-role", "--email", email.as_str(), "--role", "operator"];
+    let change = user_command(&app.db, &args).stdin(Stdio::null()).spawn()?;
+    let status = finished(change).await?;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "set-role finished while the write ran: {status:?}"
+    );
+    write.commit().await?;
+
+    for args in [
+        ["end-sessions", "--email", email.as_str()].as_slice(),
+        ["disable", "--email", email.as_str()].as_slice(),
+    ] {
+        // A session for end-sessions to end (it appends an audit event only then).
+        app.login(&email).await;
+        // A keyed write: its audit event appended (the head held), its key not yet recorded.
+        let mut write = app.db.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM audit_chain_head FOR UPDATE")
+            .execute(&mut *write)
+            .await?;
+        let mut change = user_command(&app.db, args).stdin(Stdio::null()).spawn()?;
+        // The change holds the user and waits for the head.
+        let mut waiting = 0;
+        for _ in 0..600 {
+            waiting = app
+                .count(
+                    // (The append's text is longer than pg_stat_activity keeps of it.)
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                       AND query LIKE '-- Appends %'",
+                )
+                .await;
+            if waiting > 0 || change.try_wait()?.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(waiting > 0, "{args:?}: the change waits for the head");
+        // The write records its key, referencing the user, and commits.
+        sqlx::query(reference_the_user)
+            .bind(user_id)
+            .execute(&mut *write)
+            .await?;
+        write.commit().await?;
+        let status = finished(change).await?;
+        assert!(status.is_some_and(|s| s.success()), "{args:?}: {status:?}");
+    }
+    assert_eq!(app.audit_count("user.role_changed").await, 1);
+    assert_eq!(app.audit_count("user.disabled").await, 1);
     Ok(())
 }
