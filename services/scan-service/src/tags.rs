@@ -71,7 +71,7 @@ pub struct Tag {
         value_type = Option<String>,
         format = DateTime,
         required = true,
-        example = "2026-11-01T10:00:00.000Z"
+        examples("2026-11-01T10:00:00.000Z")
     )]
     pub first_scanned_at: Option<DateTime<Utc>>,
     /// The tag's JSON, rendered once (see [`Tag::json`]).

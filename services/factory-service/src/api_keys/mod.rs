@@ -28,7 +28,10 @@ pub const MAX_RATE_LIMIT_PER_MINUTE: i32 = 1_000_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// A name to recognise the key by (1 to 200 characters).
+    /// A name to recognise the key by: 1 to 200 characters once surrounding whitespace is
+    /// trimmed (whitespace only is refused), one line without control or bidirectional-control
+    /// characters; stored trimmed.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Override of the scan service's per-key rate (requests per minute, 1 to 1,000,000).
     /// Read as any JSON integer, so that an out-of-range one gets the range in its 400.
@@ -82,7 +85,8 @@ pub struct ApiKeySummary {
     pub prefix: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Revocation time, if revoked.
+    /// Revocation time; null unless revoked.
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

@@ -41,10 +41,11 @@ pub struct ApiKeyList {
 #[utoipa::path(
     post, path = "/v1/api-keys", tag = "api-keys",
     request_body = NewApiKey,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
+         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed")),
     responses(
         (status = 201, body = CreatedApiKey),
-        (status = 400, body = crate::openapi::ApiError),
+        (status = 400, description = "`validation_failed`: name not 1 to 200 characters once trimmed or not one line of text, or rate_limit_per_minute not 1 to 1000000", body = crate::openapi::ApiError),
         (status = 401, body = crate::openapi::ApiError),
         (status = 403, body = crate::openapi::ApiError),
     ),
@@ -86,9 +87,14 @@ pub async fn list(
     delete, path = "/v1/api-keys/{id}", tag = "api-keys",
     params(
         ("id" = Uuid, Path, description = "The key's id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
+         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed"),
     ),
-    responses((status = 200, body = RevokedApiKey), (status = 404, body = crate::openapi::ApiError), (status = 403, body = crate::openapi::ApiError)),
+    responses(
+        (status = 200, description = "Revoked (revoking a revoked key answers its revocation again)", body = RevokedApiKey),
+        (status = 404, description = "`not_found`: no such key", body = crate::openapi::ApiError),
+        (status = 403, body = crate::openapi::ApiError),
+    ),
     security(("bearer" = []))
 )]
 pub async fn revoke(

@@ -41,6 +41,7 @@ pub struct TokenResponse {
     /// JWT access token.
     pub access_token: String,
     /// Always `Bearer`.
+    #[schema(schema_with = crate::openapi::fields::token_type)]
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
@@ -86,12 +87,14 @@ fn session_response(session: Session) -> Response {
 #[utoipa::path(
     post, path = "/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
-    params(("X-Device-ID" = String, Header, description = "16 to 128 visible ASCII characters identifying this device")),
+    params(("X-Device-ID" = String, Header, min_length = 16, max_length = 128, pattern = "^[\\x21-\\x7E]+$",
+        description = "16 to 128 visible ASCII characters identifying this device")),
     responses(
-        (status = 200, description = "Signed in; sets the __Host-vt_refresh and __Host-vt_csrf cookies", body = TokenResponse),
-        (status = 400, description = "Bad body or device id", body = crate::openapi::ApiError),
-        (status = 401, description = "invalid_credentials", body = crate::openapi::ApiError),
-        (status = 429, description = "Too many attempts for this IP or email"),
+        (status = 200, description = "Signed in; sets the __Host-vt_refresh and __Host-vt_csrf cookies", body = TokenResponse,
+         headers(("Set-Cookie" = String, description = "Two cookies: `__Host-vt_refresh=<refresh token>; Path=/; Max-Age=<seconds>; HttpOnly; Secure; SameSite=Strict` and `__Host-vt_csrf=<CSRF token>; Path=/; Max-Age=<seconds>; Secure; SameSite=Strict` (not HttpOnly: the console's script reads it and echoes it in X-CSRF-Token)"))),
+        (status = 400, description = "`invalid_device_id`: X-Device-ID missing or not 16 to 128 visible ASCII characters", body = crate::openapi::ApiError),
+        (status = 401, description = "`invalid_credentials`", body = crate::openapi::ApiError),
+        (status = 429, description = "`rate_limited`: too many attempts for this IP or email, or the client is over its limit; wait `Retry-After` seconds", body = crate::openapi::RateLimitedError),
     )
 )]
 pub async fn login(
@@ -110,12 +113,17 @@ pub async fn login(
 #[utoipa::path(
     post, path = "/v1/auth/refresh", tag = "auth",
     params(
-        ("X-Device-ID" = String, Header, description = "The device id given at login"),
+        ("X-Device-ID" = String, Header, min_length = 16, max_length = 128, pattern = "^[\\x21-\\x7E]+$",
+         description = "The device id given at login (any other value revokes the session: 401 `device_mismatch`)"),
         ("X-CSRF-Token" = String, Header, description = "The value of the __Host-vt_csrf cookie"),
+        ("__Host-vt_refresh" = String, Cookie, description = "The refresh token (HttpOnly cookie set by login and refresh)"),
+        ("__Host-vt_csrf" = String, Cookie, description = "The CSRF token, bound to the session; X-CSRF-Token must equal it"),
     ),
     responses(
-        (status = 200, description = "New tokens; both cookies rotated", body = TokenResponse),
-        (status = 401, description = "invalid_refresh_token, refresh_token_reused (family revoked) or device_mismatch (family revoked); when a refresh cookie was sent, both cookies are deleted", body = crate::openapi::ApiError),
+        (status = 200, description = "New tokens; both cookies rotated", body = TokenResponse,
+         headers(("Set-Cookie" = String, description = "Two cookies: `__Host-vt_refresh=<refresh token>; Path=/; Max-Age=<seconds>; HttpOnly; Secure; SameSite=Strict` and `__Host-vt_csrf=<CSRF token>; Path=/; Max-Age=<seconds>; Secure; SameSite=Strict` (not HttpOnly: the console's script reads it and echoes it in X-CSRF-Token)"))),
+        (status = 401, description = "invalid_refresh_token, refresh_token_reused (family revoked) or device_mismatch (family revoked); when a refresh cookie was sent, both cookies are deleted", body = crate::openapi::ApiError,
+         headers(("Set-Cookie" = String, description = "Only when a refresh cookie was sent: deletes both cookies (`__Host-vt_refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict` and `__Host-vt_csrf=; Path=/; Max-Age=0; Secure; SameSite=Strict`)"))),
         (status = 403, description = "csrf_failed", body = crate::openapi::ApiError),
     )
 )]
@@ -135,10 +143,16 @@ pub async fn refresh(
 /// Signs out: revokes the session's refresh-token family and clears both cookies.
 #[utoipa::path(
     post, path = "/v1/auth/logout", tag = "auth",
-    params(("X-CSRF-Token" = String, Header, description = "The value of the __Host-vt_csrf cookie")),
+    params(
+        ("X-CSRF-Token" = String, Header, description = "The value of the __Host-vt_csrf cookie"),
+        ("__Host-vt_refresh" = String, Cookie, description = "The refresh token (HttpOnly cookie set by login and refresh)"),
+        ("__Host-vt_csrf" = String, Cookie, description = "The CSRF token, bound to the session; X-CSRF-Token must equal it"),
+    ),
     responses(
-        (status = 204, description = "Signed out; cookies cleared"),
-        (status = 401, description = "invalid_refresh_token; when a refresh cookie was sent, both cookies are deleted", body = crate::openapi::ApiError),
+        (status = 204, description = "Signed out; cookies cleared",
+         headers(("Set-Cookie" = String, description = "Deletes both cookies: `__Host-vt_refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict` and `__Host-vt_csrf=; Path=/; Max-Age=0; Secure; SameSite=Strict`"))),
+        (status = 401, description = "invalid_refresh_token; when a refresh cookie was sent, both cookies are deleted", body = crate::openapi::ApiError,
+         headers(("Set-Cookie" = String, description = "Only when a refresh cookie was sent: deletes both cookies (`__Host-vt_refresh=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict` and `__Host-vt_csrf=; Path=/; Max-Age=0; Secure; SameSite=Strict`)"))),
         (status = 403, description = "csrf_failed", body = crate::openapi::ApiError),
     )
 )]

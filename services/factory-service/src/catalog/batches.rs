@@ -21,6 +21,7 @@ pub struct NewBatch {
     /// The product the tags belong to.
     pub product_id: Uuid,
     /// How many tags to create (1 to 100000).
+    #[schema(minimum = 1, maximum = 100000)]
     pub quantity: i64,
 }
 

@@ -15,9 +15,15 @@ use crate::error::FactoryError;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
-    /// Display name (1 to 200 characters).
+    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed (whitespace
+    /// only is refused), one line without control or bidirectional-control characters;
+    /// stored trimmed.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// Stock-keeping unit, unique (1 to 100 characters).
+    /// Stock-keeping unit, unique: 1 to 100 characters once surrounding whitespace is trimmed
+    /// (whitespace only is refused), one line without control or bidirectional-control
+    /// characters; stored trimmed.
+    #[schema(min_length = 1, max_length = 100)]
     pub sku: String,
 }
 

@@ -40,8 +40,13 @@ pub fn router(state: &AppState) -> Router<AppState> {
 #[utoipa::path(
     post, path = "/v1/products", tag = "catalog",
     request_body = NewProduct,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
-    responses((status = 201, body = Product), (status = 400, body = crate::openapi::ApiError), (status = 409, description = "SKU taken", body = crate::openapi::ApiError)),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
+         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed")),
+    responses(
+        (status = 201, body = Product),
+        (status = 400, description = "`validation_failed`: name or sku not 1 to 200 (name) or 1 to 100 (sku) characters once trimmed, or not one line of text", body = crate::openapi::ApiError),
+        (status = 409, description = "`conflict`: a product with this SKU exists", body = crate::openapi::ApiError),
+    ),
     security(("bearer" = []))
 )]
 pub async fn create_product(
@@ -83,8 +88,13 @@ pub async fn get_product(
 #[utoipa::path(
     post, path = "/v1/batches", tag = "catalog",
     request_body = NewBatch,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
-    responses((status = 201, body = Batch), (status = 400, body = crate::openapi::ApiError), (status = 404, description = "No such product", body = crate::openapi::ApiError)),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
+         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed")),
+    responses(
+        (status = 201, body = Batch),
+        (status = 400, description = "`validation_failed`: quantity not 1 to 100000", body = crate::openapi::ApiError),
+        (status = 404, description = "`not_found`: no such product", body = crate::openapi::ApiError),
+    ),
     security(("bearer" = []))
 )]
 pub async fn create_batch(
@@ -172,7 +182,11 @@ pub async fn batch_tags_csv(
 #[utoipa::path(
     get, path = "/v1/tags/{tag_id}", tag = "catalog",
     params(("tag_id" = String, Path, pattern = "^[A-Za-z0-9_-]{16,64}$")),
-    responses((status = 200, body = Tag), (status = 400, body = crate::openapi::ApiError), (status = 404, body = crate::openapi::ApiError)),
+    responses(
+        (status = 200, body = Tag),
+        (status = 400, description = "`invalid_tag_id`: not 16 to 64 characters of A-Z, a-z, 0-9, _ and -", body = crate::openapi::ApiError),
+        (status = 404, description = "`not_found`: no such tag", body = crate::openapi::ApiError),
+    ),
     security(("bearer" = []))
 )]
 pub async fn get_tag(
@@ -190,9 +204,14 @@ pub async fn get_tag(
     request_body = RevokeTag,
     params(
         ("tag_id" = String, Path, pattern = "^[A-Za-z0-9_-]{16,64}$"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
+         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed"),
     ),
-    responses((status = 200, body = RevokedTag), (status = 400, body = crate::openapi::ApiError), (status = 404, body = crate::openapi::ApiError)),
+    responses(
+        (status = 200, description = "Revoked (revoking a revoked tag answers its revocation again)", body = RevokedTag),
+        (status = 400, description = "`invalid_tag_id`: not 16 to 64 characters of A-Z, a-z, 0-9, _ and -; `validation_failed`: reason not 1 to 500 characters once trimmed, or holding control characters", body = crate::openapi::ApiError),
+        (status = 404, description = "`not_found`: no such tag", body = crate::openapi::ApiError),
+    ),
     security(("bearer" = []))
 )]
 pub async fn revoke_tag(

@@ -28,6 +28,7 @@ pub struct Tag {
     /// Tag id.
     pub tag_id: String,
     /// `authentic` or `revoked`.
+    #[schema(schema_with = crate::openapi::fields::tag_status)]
     pub status: String,
     /// Its product.
     pub product: ProductRef,
@@ -35,12 +36,16 @@ pub struct Tag {
     pub batch_id: Uuid,
     /// Scans counted so far (eventually consistent).
     pub scan_count: i64,
-    /// First scan, if any (the `scanned_at` of its event, in the same form).
+    /// First scan (the `scanned_at` of its event, in the same form: RFC 3339 UTC with
+    /// milliseconds); null before the first.
     #[serde(with = "common::timestamp::millis_opt")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
     pub first_scanned_at: Option<DateTime<Utc>>,
-    /// Revocation time, if revoked.
+    /// Revocation time; null unless revoked.
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Why it was revoked.
+    /// Why it was revoked; null unless revoked.
+    #[schema(required = true)]
     pub revoked_reason: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
@@ -50,7 +55,10 @@ pub struct Tag {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeTag {
-    /// Why (1 to 500 characters; kept with the tag and in the audit log).
+    /// Why: 1 to 500 characters once surrounding whitespace is trimmed (whitespace only is
+    /// refused, as are control characters other than tab and line breaks); kept, trimmed,
+    /// with the tag and in the audit log.
+    #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
 }
 
@@ -67,10 +75,13 @@ pub struct RevokedTag {
     /// Tag id.
     pub tag_id: String,
     /// Always `revoked`.
+    #[schema(schema_with = crate::openapi::fields::revoked_status)]
     pub status: String,
-    /// When.
+    /// When (always set: a revoked tag has a revocation time).
+    #[schema(value_type = DateTime<Utc>, required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
     /// Why.
+    #[schema(required = true)]
     pub revoked_reason: Option<String>,
 }
 

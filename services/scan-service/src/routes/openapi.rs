@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use common::http::error_response;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{Object, ObjectBuilder, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::tags::{Product, Tag, TagStatus};
@@ -16,22 +17,55 @@ use crate::tags::{Product, Tag, TagStatus};
 /// The contract's error bodies, as both services answer them.
 pub use common::http::{ErrorBody as ApiError, RateLimitedBody as RateLimitedError};
 
+/// The schema of `UnknownTag.status` (`#[schema(schema_with = ...)]`): always `unknown`.
+pub(super) fn unknown_status() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["unknown"]))
+        .description(Some("Always `unknown`"))
+        .build()
+}
+
+/// `RateLimitedError.error` is always `rate_limited` (the struct lives in `common`, whose field
+/// type is a plain string).
+struct RateLimitedCode;
+
+impl Modify for RateLimitedCode {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut("RateLimitedError")
+        {
+            body.properties.insert(
+                "error".to_owned(),
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["rate_limited"]))
+                    .description(Some("Always `rate_limited`"))
+                    .into(),
+            );
+        }
+    }
+}
+
 /// The headers on every answer of every route in the document, and `Retry-After` on 429 and
 /// 503: written once here rather than on each response.
 struct AnswerHeaders;
 
 impl Modify for AnswerHeaders {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let integer = |description: &str| {
+        let integer_from = |minimum: i64, description: &str| {
             HeaderBuilder::new()
                 .schema(
                     ObjectBuilder::new()
                         .schema_type(Type::Integer)
-                        .minimum(Some(0)),
+                        .minimum(Some(minimum)),
                 )
                 .description(Some(description))
                 .build()
         };
+        let integer = |description: &str| integer_from(0, description);
         let every = [
             (
                 "X-RateLimit-Limit",
@@ -53,7 +87,7 @@ impl Modify for AnswerHeaders {
                     .build(),
             ),
         ];
-        let retry_after = integer("Whole seconds to wait, at least 1");
+        let retry_after = integer_from(1, "Whole seconds to wait, at least 1");
         for item in openapi.paths.paths.values_mut() {
             for operation in [&mut item.get, &mut item.post, &mut item.delete]
                 .into_iter()
@@ -94,7 +128,7 @@ impl Modify for AnswerHeaders {
     ),
     paths(super::scan::scan),
     components(schemas(Tag, TagStatus, Product, super::scan::UnknownTag, ApiError, RateLimitedError)),
-    modifiers(&AnswerHeaders),
+    modifiers(&AnswerHeaders, &RateLimitedCode),
     tags((name = "scan", description = "Tag authenticity look-ups")),
 )]
 pub struct ApiDoc;
@@ -118,5 +152,96 @@ pub async fn serve() -> Response {
                 "Something went wrong on our side.",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::to_value(ApiDoc::openapi()).unwrap()
+    }
+
+    /// The served bytes are the document.
+    #[test]
+    fn served_document_is_the_document() {
+        let served: serde_json::Value = serde_json::from_slice(DOCUMENT.as_ref().unwrap()).unwrap();
+        assert_eq!(served, doc());
+    }
+
+    /// Fix 6: `Retry-After` is at least 1 on 429 and 503; the rate-limit headers and
+    /// X-Request-ID are on every answer.
+    #[test]
+    fn retry_after_is_at_least_one() {
+        let doc = doc();
+        let responses = doc["paths"]["/v1/scan/{tag_id}"]["get"]["responses"]
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(responses.len() >= 6);
+        for (status, response) in &responses {
+            let headers = &response["headers"];
+            for name in [
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ] {
+                assert!(headers[name]["schema"].is_object(), "{status} {name}");
+            }
+            let retry = &headers["Retry-After"];
+            if status == "429" || status == "503" {
+                assert_eq!(retry["schema"]["type"], "integer", "{status}");
+                assert_eq!(retry["schema"]["minimum"], 1, "{status}");
+            } else {
+                assert!(retry.is_null(), "{status}");
+            }
+        }
+    }
+
+    /// Fix 5 (scan): the constant strings are enums.
+    #[test]
+    fn constant_fields_are_enums() {
+        let doc = doc();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["UnknownTag"]["properties"]["status"]["enum"],
+            serde_json::json!(["unknown"])
+        );
+        assert_eq!(
+            schemas["RateLimitedError"]["properties"]["error"]["enum"],
+            serde_json::json!(["rate_limited"])
+        );
+        assert_eq!(
+            schemas["RateLimitedError"]["properties"]["retry_after"]["minimum"],
+            1
+        );
+        assert_eq!(
+            schemas["TagStatus"]["enum"],
+            serde_json::json!(["authentic", "revoked"])
+        );
+    }
+
+    /// Fix 8: examples use the OpenAPI 3.1 `examples` array, not the deprecated `example`.
+    #[test]
+    fn examples_not_example() {
+        fn has_example(value: &serde_json::Value) -> bool {
+            match value {
+                serde_json::Value::Object(map) => {
+                    // A property named `example` is data, not the keyword.
+                    map.iter()
+                        .any(|(k, v)| (k == "example" && !v.is_object()) || has_example(v))
+                }
+                serde_json::Value::Array(items) => items.iter().any(has_example),
+                _ => false,
+            }
+        }
+        let doc = doc();
+        assert!(!has_example(&doc), "a deprecated `example` is left");
+        assert_eq!(
+            doc["components"]["schemas"]["Tag"]["properties"]["first_scanned_at"]["examples"],
+            serde_json::json!(["2026-11-01T10:00:00.000Z"])
+        );
     }
 }

@@ -174,7 +174,7 @@ pub(super) struct UnknownTag {
     /// The tag id asked for.
     tag_id: String,
     /// Always `unknown`.
-    #[schema(value_type = String, example = "unknown")]
+    #[schema(schema_with = super::openapi::unknown_status)]
     status: &'static str,
 }
 
