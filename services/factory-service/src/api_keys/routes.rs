@@ -59,9 +59,6 @@ pub async fn create(
     Json(input): Json<NewApiKey>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;
-    if let Some(replay) = idem.recorded(&mut tx).await? {
-        return Ok(replay);
-    }
     let created = super::create(&mut tx, &state.audit, &by, &client, input).await?;
     idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &created)
         .await
@@ -105,9 +102,6 @@ pub async fn revoke(
     Path(id): Path<Uuid>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;
-    if let Some(replay) = idem.recorded(&mut tx).await? {
-        return Ok(replay);
-    }
     let revoked = super::revoke(&mut tx, &state.audit, &by, &client, id).await?;
     let response = idem
         .commit(tx, state.idempotency_ttl, StatusCode::OK, &revoked)

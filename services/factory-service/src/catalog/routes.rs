@@ -57,9 +57,6 @@ pub async fn create_product(
     Json(input): Json<NewProduct>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;
-    if let Some(replay) = idem.recorded(&mut tx).await? {
-        return Ok(replay);
-    }
     let product = products::create(&mut tx, &state.audit, &by, &client, input).await?;
     idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &product)
         .await
@@ -105,9 +102,6 @@ pub async fn create_batch(
     Json(input): Json<NewBatch>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;
-    if let Some(replay) = idem.recorded(&mut tx).await? {
-        return Ok(replay);
-    }
     let batch = batches::create(&mut tx, &state.audit, &by, &client, input).await?;
     idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &batch)
         .await
@@ -223,15 +217,11 @@ pub async fn revoke_tag(
     Json(input): Json<RevokeTag>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;
-    if let Some(replay) = idem.recorded(&mut tx).await? {
-        // The first run may have died between its commit and the cache drop.
-        crate::scan_cache::invalidate_tag(&state.redis, &tag_id).await;
-        return Ok(replay);
-    }
     let revoked = tags::revoke(&mut tx, &state.audit, &by, &client, &tag_id, input).await?;
     let response = idem
         .commit(tx, state.idempotency_ttl, StatusCode::OK, &revoked)
         .await?;
+    // After a replay too: the first run may have died between its commit and the cache drop.
     crate::scan_cache::invalidate_tag(&state.redis, &tag_id).await;
     Ok(response)
 }

@@ -123,8 +123,7 @@ pub fn mark_replayed(response: &mut Response) {
 }
 
 impl Idempotency {
-    /// A result an earlier run with this key committed, as its response. Call inside the
-    /// action's transaction, before the side effect.
+    /// A result an earlier run with this key committed, as its response.
     pub async fn recorded(
         &self,
         conn: &mut PgConnection,
@@ -156,8 +155,14 @@ impl Idempotency {
     }
 
     /// Records `body` under the key (when there is one) in `tx`, commits, and answers with
-    /// `status` and `body`. If another run committed the key meanwhile, nothing is committed
-    /// and the caller is told the key is in use.
+    /// `status` and `body`. If another run of the key committed first, nothing is committed (`tx`
+    /// rolls back, side effect and all) and that run's result is the answer: replayed, or the
+    /// 422 if it was another request.
+    ///
+    /// Handlers do not look for a record before acting: the layer's claim in Redis keeps two
+    /// runs of a key apart, and when it was lost (the process died after its commit, the lease
+    /// ran out, Redis failed over) the record is found here, at the latest, and the repeated
+    /// side effect is rolled back. That saves every keyed request a round trip to PostgreSQL.
     pub async fn commit<T: Serialize>(
         &self,
         mut tx: Transaction<'_, Postgres>,
@@ -170,7 +175,10 @@ impl Idempotency {
         if let Some(key) = &self.0
             && !record::save(&mut tx, key, ttl, status.as_u16(), &key.seal_body(&body)?).await?
         {
-            return Err(FactoryError::IdempotencyKeyInUse);
+            return self
+                .recorded(&mut tx)
+                .await?
+                .ok_or(FactoryError::IdempotencyKeyInUse);
         }
         tx.commit().await?;
         Ok(json_response(status, body))

@@ -308,6 +308,42 @@ async fn a_crash_after_commit_replays_from_postgres_instead_of_repeating() {
     assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 1);
 }
 
+/// As above, for requests whose side effect would succeed a second time (a new key, a new
+/// batch): the retry finds the record when it commits, rolls its own run back and replays.
+#[tokio::test]
+async fn a_crash_after_commit_rolls_a_repeated_side_effect_back_and_replays() -> TestResult {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let product = app.product(&admin.access).await;
+    let tables = "SELECT (SELECT count(*) FROM api_keys) * 1000000 \
+                  + (SELECT count(*) FROM batches) * 10000 + (SELECT count(*) FROM tags) \
+                  + (SELECT count(*) FROM audit_events) * 100000000";
+    for (path, req) in [
+        ("/v1/api-keys", json!({"name": "scanner"})),
+        ("/v1/batches", json!({"product_id": product, "quantity": 3})),
+    ] {
+        let key = format!("durable-{path}");
+        let first = app.post(path, &admin.access, &req, Some(&key)).await;
+        assert_eq!(first.status(), 201, "{path}");
+        let first = body(first).await;
+        let before = app.count(tables).await;
+        // Dying after the commit, before Redis learnt the result: Redis knows nothing.
+        let mut redis = app.redis().await;
+        let entries = idempotency_entries(&app).await;
+        let _: () = redis::cmd("DEL")
+            .arg(&entries)
+            .query_async(&mut redis)
+            .await?;
+
+        let again = app.post(path, &admin.access, &req, Some(&key)).await;
+        assert_eq!(again.status(), 201, "{path}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true", "{path}");
+        assert_eq!(body(again).await, first, "{path}");
+        assert_eq!(app.count(tables).await, before, "{path}: nothing new");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn keys_are_scoped_to_the_caller() {
     let app = spawn_app().await;
@@ -387,7 +423,8 @@ async fn an_abandoned_request_gives_its_claim_back() {
 }
 
 #[tokio::test]
-async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409() -> TestResult {
+async fn a_run_that_lost_the_race_after_its_lease_ran_out_answers_the_winners_result() -> TestResult
+{
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
@@ -431,11 +468,13 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_does_not_store_its_409
     };
     let (first, other_ran) = tokio::join!(first, other_run);
     other_ran?;
-    // The first run finds the other run's record at commit and backs out.
-    assert_error(first, 409, "idempotency_key_in_use").await;
+    // The first run finds the other run's record at commit, backs out and answers it.
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(first).await, other_result);
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
 
-    // A retry gets the other run's result, not the 409 the loser saw.
+    // So does a retry.
     for _ in 0..2 {
         let retry = app
             .post("/v1/batches", &op.access, &req, Some("raced"))
