@@ -163,14 +163,26 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
             .map(str::to_owned),
         body: body.to_vec(),
     };
-    match store::complete(&redis, &key, &claim_value, &stored, state.idempotency_ttl).await {
-        Ok(true) => {}
-        // Our lease ran out meanwhile; whatever holds the key now stays. A retry replays from
-        // PostgreSQL if this run committed.
-        Ok(false) => tracing::warn!("idempotency claim lapsed before the result was stored"),
-        // Our claim stays until its lease runs out; a retry meanwhile finds this run's record
-        // in PostgreSQL behind the claim and replays it (see `recorded`).
-        Err(e) => tracing::warn!(error = %e, "idempotent result not stored in Redis"),
+    let ttl = state.idempotency_ttl;
+    let complete = async move {
+        match store::complete(&redis, &key, &claim_value, &stored, ttl).await {
+            Ok(true) => {}
+            // Our lease ran out meanwhile; whatever holds the key now stays. A retry replays
+            // from PostgreSQL if this run committed.
+            Ok(false) => tracing::warn!("idempotency claim lapsed before the result was stored"),
+            // Our claim stays until its lease runs out; a retry meanwhile finds this run's
+            // record in PostgreSQL behind the claim and replays it (see `recorded`).
+            Err(e) => tracing::warn!(error = %e, "idempotent result not stored in Redis"),
+        }
+    };
+    if parts.status.is_success() {
+        // A success is recorded in PostgreSQL with its side effect, so the answer need not wait
+        // for Redis: a retry that comes first finds the claim and replays the record from
+        // PostgreSQL (see `recorded`). That takes a round trip to Redis off every keyed write.
+        tokio::spawn(complete);
+    } else {
+        // A 4xx is kept in Redis only: stored before it is answered, so a retry replays it.
+        complete.await;
     }
     Response::from_parts(parts, Body::from(body))
 }
