@@ -8,7 +8,8 @@
 #   --selftest-tamper-audit  change one restored audit row before verifying: must FAIL
 # Environment: DATABASE_URL (source; default postgres://postgres@127.0.0.1:5432/voketag),
 #   BACKUP_DIR (default ./backups), FACTORY_BIN (default target/debug/factory-service),
-#   AUDIT_PUBLIC_KEY_FILE (passed to audit verify as --public-key),
+#   AUDIT_PUBLIC_KEY_FILE (passed to audit verify as --public-key; after a key rotation, several,
+#   comma-separated, each KEY_ID=FILE),
 #   AUDIT_REQUIRE_SIGNATURES=1 (audit verify --require-signatures: every event must be signed), KEEP_SCRATCH=1 (keep the copy),
 #   RESTORE_SERVER_URL (a database URL on the server that gets the scratch copy; default DATABASE_URL).
 set -euo pipefail

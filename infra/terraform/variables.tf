@@ -298,7 +298,7 @@ variable "audit_public_key_pem" {
 }
 
 variable "audit_previous_public_keys" {
-  description = "Public keys (PEM) of the audit signing keys the current one succeeded, by key id. The factory mounts them and sets AUDIT_PREVIOUS_PUBLIC_KEYS, so its own verifier checks their signatures, and the audit-verify job gets them too; empty (before the first rotation), the factory is told `none`: a signature by any key id but audit_signing_key_id is a break. Add the old key here in the same apply that changes audit_signing_key_id (infra/docs/DISASTER_RECOVERY.md section 9)."
+  description = "Public keys (PEM), by key id, of the other audit signing keys whose signatures are valid: those the current one succeeded, and during a rotation the one about to succeed it. The factory mounts them and sets AUDIT_PREVIOUS_PUBLIC_KEYS, so its own verifier checks their signatures, and the audit-verify job gets them too; empty (before the first rotation), the factory is told `none`: a signature by any key id but audit_signing_key_id is a break. A rotation is two applies (infra/docs/DISASTER_RECOVERY.md section 9): first list the new key here, then switch audit_signing_key_id and list the old one."
   type        = map(string)
   default     = {}
 

@@ -269,8 +269,14 @@ run_audit_verify() {
     return 1
   fi
   args=(audit verify --database-url "$url")
+  # One key or several, comma-separated (after a rotation: the current key and those before it,
+  # each as KEY_ID=FILE), each passed as its own --public-key.
   if [ -n "${AUDIT_PUBLIC_KEY_FILE:-}" ]; then
-    args+=(--public-key "$AUDIT_PUBLIC_KEY_FILE")
+    local key keys
+    IFS=',' read -ra keys <<<"$AUDIT_PUBLIC_KEY_FILE"
+    for key in "${keys[@]}"; do
+      [ -n "$key" ] && args+=(--public-key "$key")
+    done
   fi
   # Where every event is signed (AUDIT_SIGN_EVENTS=true), a stripped signature is tampering too.
   if [ "${AUDIT_REQUIRE_SIGNATURES:-0}" = 1 ]; then
