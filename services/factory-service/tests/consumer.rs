@@ -943,6 +943,19 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
         text.contains("# HELP scan_events_processed_total"),
         "{text}"
     );
+    // And every dead-letter reason, so that `DeadLetters` sees the first one as an increase.
+    for reason in [
+        "bad_json",
+        "unknown_schema_version",
+        "unknown_event_type",
+        "missing_field",
+        "invalid_field",
+        "rejected",
+        "max_attempts",
+    ] {
+        let line = format!("dlq_messages_total{{reason=\"{reason}\"}} 0");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
     // Ready: its database and the subscription it pulls from both answer.
     let body = common::testing::ready_within(&client, &format!("http://{addr}"), WAIT)
         .await

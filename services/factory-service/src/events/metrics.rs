@@ -1,5 +1,8 @@
 //! The pipeline's Prometheus metrics. Labels are small fixed sets, never ids.
 
+use super::dead_letter;
+use super::schema::PoisonReason;
+
 /// `scan_events_processed_total{outcome}`.
 pub const PROCESSED: &str = "scan_events_processed_total";
 /// `dlq_messages_total{reason}`.
@@ -75,11 +78,17 @@ const OUTCOMES: [Outcome; 5] = [
     Outcome::DeadLettered,
 ];
 
-/// Registers descriptions so `/metrics` explains the series, and starts every outcome at zero
-/// so that rates and alerts work before the first event of a kind.
+/// Registers descriptions so `/metrics` explains the series, and starts every outcome and
+/// every dead-letter reason at zero so that rates and alerts work before the first event of a
+/// kind: a series born at 1 has no increase for `increase()` to see, so the first dead letter
+/// did not fire `DeadLetters`.
 pub fn describe() {
     for outcome in OUTCOMES {
         metrics::counter!(PROCESSED, "outcome" => outcome.as_str()).increment(0);
+    }
+    let reasons = PoisonReason::ALL.map(PoisonReason::as_str);
+    for reason in reasons.into_iter().chain([dead_letter::MAX_ATTEMPTS]) {
+        metrics::counter!(DEAD_LETTERED, "reason" => reason).increment(0);
     }
     metrics::describe_counter!(PROCESSED, "Scan event deliveries by outcome");
     metrics::describe_counter!(

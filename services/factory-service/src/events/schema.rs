@@ -80,6 +80,16 @@ pub enum PoisonReason {
 }
 
 impl PoisonReason {
+    /// Every reason.
+    pub const ALL: [Self; 6] = [
+        Self::BadJson,
+        Self::UnknownSchemaVersion,
+        Self::UnknownEventType,
+        Self::MissingField,
+        Self::InvalidField,
+        Self::Rejected,
+    ];
+
     /// The attribute and metric label spelling.
     pub fn as_str(self) -> &'static str {
         match self {
