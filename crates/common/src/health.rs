@@ -15,6 +15,8 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use serde_json::json;
 
+use crate::outage::{OutageLog, Report};
+
 /// A dependency readiness probe: `Ok` when it answers.
 pub type CheckFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -26,6 +28,9 @@ pub struct ReadinessCheck {
     pub name: &'static str,
     /// The probe.
     pub check: CheckFn,
+    /// When its failure was last logged: probes come every few seconds, so a failing one is
+    /// logged once, again every 5 minutes while it fails, and once when it passes again.
+    outage: Arc<Mutex<OutageLog>>,
 }
 
 impl ReadinessCheck {
@@ -38,6 +43,7 @@ impl ReadinessCheck {
         Self {
             name,
             check: Arc::new(move || Box::pin(f())),
+            outage: Arc::default(),
         }
     }
 
@@ -284,6 +290,23 @@ async fn probe_all(checks: &[ReadinessCheck]) -> Readiness {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
         };
+        let report = c
+            .outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(outcome.is_ok(), tokio::time::Instant::now().into_std());
+        match (&report, &outcome) {
+            // Logged in full here; the body names the dependency only.
+            (Report::Warn, Err(e)) => tracing::warn!(
+                dependency = c.name,
+                error = %e,
+                "readiness check failed (logged again every 5 minutes while it fails)"
+            ),
+            (Report::Back, _) => {
+                tracing::info!(dependency = c.name, "readiness check passes again")
+            }
+            _ => {}
+        }
         (c.name, outcome)
     }))
     .await;
@@ -294,9 +317,7 @@ async fn probe_all(checks: &[ReadinessCheck]) -> Readiness {
             Ok(()) => {
                 checks.insert(name.into(), json!("ok"));
             }
-            Err(e) => {
-                // Logged in full here; the body names the dependency only.
-                tracing::warn!(dependency = name, error = %e, "readiness check failed");
+            Err(_) => {
                 checks.insert(name.into(), json!("unavailable"));
                 failing.push(name);
             }
