@@ -25,8 +25,9 @@ pub struct VerifyArgs {
     /// The database to verify (default: DATABASE_URL).
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
-    /// A public key (PEM file, SPKI or PKCS#1) to check signatures with; `KEY_ID=FILE` binds it
-    /// to one key id. Repeat for rotated keys. Without any, only hashes are checked.
+    /// A public key (SPKI or PKCS#1 PEM: a file, or the PEM text itself) to check signatures
+    /// with; `KEY_ID=FILE` (or `KEY_ID=<PEM text>`) binds it to one key id. Repeat for rotated
+    /// keys, each named by its id. Without any, only hashes are checked.
     #[arg(long = "public-key", value_name = "PEM")]
     pub public_keys: Vec<String>,
     /// A checkpoint kept elsewhere (inline JSON, or a file with one JSON object or JSON lines,
