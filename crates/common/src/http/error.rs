@@ -40,13 +40,22 @@ pub fn error_response(status: StatusCode, code: &str, detail: impl Into<String>)
 #[schema(as = RateLimitedError)]
 pub struct RateLimitedBody {
     /// Always `rate_limited`.
-    #[schema(value_type = String, example = "rate_limited")]
+    #[schema(schema_with = rate_limited_code)]
     error: &'static str,
     /// `Rate limit exceeded. Try again in N seconds`.
     detail: String,
     /// N, the whole seconds to wait (at least 1), as in `Retry-After`.
     #[schema(minimum = 1)]
     retry_after: u64,
+}
+
+/// `RateLimitedError.error` in the OpenAPI documents: the one value it takes.
+fn rate_limited_code() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["rate_limited"]))
+        .description(Some("Always `rate_limited`"))
+        .build()
 }
 
 /// The contract's 429: `Retry-After` (whole seconds, at least 1) and

@@ -18,7 +18,7 @@ mod test_support;
 
 use audit::AuditPaths;
 use headers::SharedHeaders;
-use responses::{CommonResponses, RateLimitedCode};
+use responses::CommonResponses;
 use security::BearerAuth;
 
 /// The contract's error bodies, as both services answer them.
@@ -70,7 +70,6 @@ pub use audit::{AuditCheckpoint, AuditEvent, AuditEventPage, AuditHead, AuditVer
     )),
     modifiers(
         &BearerAuth,
-        &RateLimitedCode,
         &AuditPaths,
         &CommonResponses,
         &SharedHeaders

@@ -5,31 +5,7 @@ use std::collections::btree_map::Entry;
 
 use utoipa::Modify;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::Schema;
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
-
-/// `RateLimitedError.error` is always `rate_limited` (the struct lives in `common`, whose field
-/// type is a plain string).
-pub(super) struct RateLimitedCode;
-
-impl Modify for RateLimitedCode {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let Some(components) = openapi.components.as_mut() else {
-            return;
-        };
-        if let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut("RateLimitedError")
-        {
-            body.properties.insert(
-                "error".to_owned(),
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["rate_limited"]))
-                    .description(Some("Always `rate_limited`"))
-                    .into(),
-            );
-        }
-    }
-}
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
 /// A JSON response whose body is the component schema `schema`.
 pub(super) fn json_response(description: &str, schema: &str) -> RefOr<utoipa::openapi::Response> {

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use common::http::error_response;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::schema::Schema;
 use utoipa::openapi::{Object, ObjectBuilder, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
@@ -24,29 +23,6 @@ pub(super) fn unknown_status() -> Object {
         .enum_values(Some(["unknown"]))
         .description(Some("Always `unknown`"))
         .build()
-}
-
-/// `RateLimitedError.error` is always `rate_limited` (the struct lives in `common`, whose field
-/// type is a plain string).
-struct RateLimitedCode;
-
-impl Modify for RateLimitedCode {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let Some(components) = openapi.components.as_mut() else {
-            return;
-        };
-        if let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut("RateLimitedError")
-        {
-            body.properties.insert(
-                "error".to_owned(),
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["rate_limited"]))
-                    .description(Some("Always `rate_limited`"))
-                    .into(),
-            );
-        }
-    }
 }
 
 /// The headers on every answer of every route in the document, and `Retry-After` on 429 and
@@ -128,7 +104,7 @@ impl Modify for AnswerHeaders {
     ),
     paths(super::scan::scan),
     components(schemas(Tag, TagStatus, Product, super::scan::UnknownTag, ApiError, RateLimitedError)),
-    modifiers(&AnswerHeaders, &RateLimitedCode),
+    modifiers(&AnswerHeaders),
     tags((name = "scan", description = "Tag authenticity look-ups")),
 )]
 pub struct ApiDoc;
