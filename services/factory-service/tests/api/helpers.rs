@@ -236,6 +236,20 @@ impl TestApp {
             .await
             .expect("count")
     }
+
+    /// [`TestApp::count`] every 50 ms until it is above 0, `stop` says to, or 30 s have passed;
+    /// the last count. For waiting until a statement waits on a lock.
+    pub async fn count_until_positive(&self, sql: &str, mut stop: impl FnMut() -> bool) -> i64 {
+        let mut n = 0;
+        for _ in 0..600 {
+            n = self.count(sql).await;
+            if n > 0 || stop() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        n
+    }
 }
 
 /// The session a login or refresh response hands out.

@@ -440,21 +440,15 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_answers_the_winners_re
         .await?;
     let first = app.post("/v1/batches", &op.access, &req, Some("raced"));
     let other_run = async {
-        let mut waiting = 0;
-        for _ in 0..600 {
-            waiting = app
-                .count(
-                    "SELECT count(*) FROM pg_locks \
-                     WHERE database = (SELECT oid FROM pg_database \
-                                       WHERE datname = current_database()) \
-                       AND relation = 'idempotency_keys'::regclass AND NOT granted",
-                )
-                .await;
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let waiting = app
+            .count_until_positive(
+                "SELECT count(*) FROM pg_locks \
+                 WHERE database = (SELECT oid FROM pg_database \
+                                   WHERE datname = current_database()) \
+                   AND relation = 'idempotency_keys'::regclass AND NOT granted",
+                || false,
+            )
+            .await;
         assert_eq!(waiting, 1, "the first run waits to record its result");
         // Its lease runs out: Redis forgets the claim, and another run takes the key over,
         // acts and commits first.
@@ -511,20 +505,14 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     let this_run = app.post("/v1/products", &op.access, &req, Some("overlap"));
     let other_commits = async {
         // This run finds no record yet, and its insert waits on the other run's SKU.
-        let mut waiting = 0;
-        for _ in 0..600 {
-            waiting = app
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                       AND query LIKE 'INSERT INTO products%'",
-                )
-                .await;
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let waiting = app
+            .count_until_positive(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE 'INSERT INTO products%'",
+                || false,
+            )
+            .await;
         assert_eq!(waiting, 1, "this run waits on the other run's SKU");
         other.commit().await?;
         Ok::<(), sqlx::Error>(())

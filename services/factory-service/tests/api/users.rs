@@ -624,21 +624,15 @@ async fn a_change_to_an_account_does_not_wait_for_or_deadlock_with_its_own_write
             .await?;
         let mut change = user_command(&app.db, args).stdin(Stdio::null()).spawn()?;
         // The change holds the user and waits for the head.
-        let mut waiting = 0;
-        for _ in 0..600 {
-            waiting = app
-                .count(
-                    // (The append's text is longer than pg_stat_activity keeps of it.)
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                       AND query LIKE '-- Appends %'",
-                )
-                .await;
-            if waiting > 0 || change.try_wait()?.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let waiting = app
+            .count_until_positive(
+                // (The append's text is longer than pg_stat_activity keeps of it.)
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '-- Appends %'",
+                || change.try_wait().is_ok_and(|exited| exited.is_some()),
+            )
+            .await;
         assert!(waiting > 0, "{args:?}: the change waits for the head");
         // The write records its key, referencing the user, and commits.
         sqlx::query(reference_the_user)
