@@ -102,6 +102,12 @@ pub async fn create_batch(
     Json(input): Json<NewBatch>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;
+    // Looked for first, unlike the other writes: repeating this side effect (up to 100,000
+    // tags, the audit chain's head held meanwhile) only to roll it back would stall every
+    // audited write.
+    if let Some(replay) = idem.recorded(&mut tx).await? {
+        return Ok(replay);
+    }
     let batch = batches::create(&mut tx, &state.audit, &by, &client, input).await?;
     idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &batch)
         .await

@@ -97,8 +97,8 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
         }
         Ok(Claim::Acquired(value)) => ("claimed", Ok(value)),
         Ok(Claim::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
-            Some(replay) => ("replayed", Err(replay)),
-            None => (
+            Lookup::Found(replay) => ("replayed", Err(replay)),
+            Lookup::None | Lookup::Unknown => (
                 "in_use",
                 Err(FactoryError::IdempotencyKeyInUse.into_response()),
             ),
@@ -135,21 +135,29 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
     };
     parts.headers.remove(header::CONTENT_LENGTH);
     if is_idempotency_refusal(parts.status, &body) {
-        // `Idempotency::recorded`/`commit` found another run's record: that record, not this
-        // refusal, is the key's result. Give the claim back; a retry replays the record.
+        // `Idempotency::commit` found another run's record for a different request (422), or
+        // none it could read (409): that record, not this refusal, is the key's result. Give
+        // the claim back; a retry answers from the record.
         guard.release().await;
         return Response::from_parts(parts, Body::from(body));
     }
-    if parts.status.is_client_error()
-        && let Some(record) = recorded(&state, &key).await
-    {
+    if parts.status.is_client_error() {
         // A 4xx is kept in Redis only, and it may be this run's answer to what another run of
-        // the key did: a duplicate SKU, say, because that run committed while this one ran.
-        // Two runs of a key overlap only when its claim was lost (Redis failing over or
-        // evicting, the lease running out) or given back by a run whose COMMIT was already on
-        // its way when it was abandoned. PostgreSQL's record is then the key's result.
-        guard.release().await;
-        return record;
+        // the key did: a duplicate SKU, say, because that run committed before this one ran
+        // (its claim was lost: the process died after its commit, the lease ran out, Redis
+        // failed over or evicted it) or while it ran. PostgreSQL's record is then the key's
+        // result. If PostgreSQL cannot say, the 4xx is not kept for the key: a retry asks again.
+        match recorded(&state, &key).await {
+            Lookup::None => {}
+            Lookup::Found(record) => {
+                guard.release().await;
+                return record;
+            }
+            Lookup::Unknown => {
+                guard.release().await;
+                return FactoryError::Unavailable("postgres").into_response();
+            }
+        }
     }
     let Some((redis, _, claim_value)) = guard.0.take() else {
         return Response::from_parts(parts, Body::from(body));
@@ -179,7 +187,7 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
         // A success is recorded in PostgreSQL with its side effect, so the answer need not wait
         // for Redis: a retry that comes first finds the claim and replays the record from
         // PostgreSQL (see `recorded`). That takes a round trip to Redis off every keyed write.
-        tokio::spawn(complete);
+        tokio::spawn(tracing::Instrument::in_current_span(complete));
     } else {
         // A 4xx is kept in Redis only: stored before it is answered, so a retry replays it.
         complete.await;
@@ -192,32 +200,44 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
 /// the key: the claim's run may have committed and then failed to store its result in Redis
 /// (Redis failing at that moment, or the process dying), and without this, retries would get
 /// 409 until the claim's lease ran out. And after a 4xx, which another run's committed record
-/// may explain. `None` when there is no record or it cannot be read: a 409 for a claim (a run
-/// is then really in flight, or may be), the 4xx itself after one.
-async fn recorded(state: &AppState, key: &IdempotencyKey) -> Option<Response> {
+/// may explain. With no record, or none that could be read: a 409 for a claim (a run is then
+/// really in flight, or may be); after a 4xx, the 4xx itself when there is none, and a 503 when
+/// PostgreSQL could not say (the 4xx is then not kept for the key).
+async fn recorded(state: &AppState, key: &IdempotencyKey) -> Lookup {
     let found = async {
         let mut conn = state.pool.acquire().await?;
         Idempotency(Some(key.clone())).recorded(&mut conn).await
     };
     match tokio::time::timeout(RECORD_LOOKUP_TIMEOUT, found).await {
-        Ok(Ok(found)) => found,
+        Ok(Ok(Some(found))) => Lookup::Found(found),
+        Ok(Ok(None)) => Lookup::None,
         // PostgreSQL holds another request's result for the key.
-        Ok(Err(e @ FactoryError::IdempotencyKeyReused)) => Some(e.into_response()),
+        Ok(Err(e @ FactoryError::IdempotencyKeyReused)) => Lookup::Found(e.into_response()),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "idempotency record not readable; answering without it");
-            None
+            Lookup::Unknown
         }
         Err(_) => {
             tracing::warn!("idempotency record look-up timed out; answering without it");
-            None
+            Lookup::Unknown
         }
     }
 }
 
+/// What [`recorded`] found in PostgreSQL for a key.
+enum Lookup {
+    /// Another run's result for the key, as a replay (or the 422 for another request).
+    Found(Response),
+    /// No record.
+    None,
+    /// PostgreSQL did not say in time.
+    Unknown,
+}
+
 /// How long [`recorded`] looks for a committed record before the answer goes without it (409
-/// for a claim, the 4xx itself after one): with PostgreSQL away, the pool would otherwise wait
-/// out its 3 s acquire timeout. A keyed 4xx pays this look-up, so with PostgreSQL away such an
-/// answer can come up to this much later.
+/// for a claim, 503 after a 4xx): with PostgreSQL away, the pool would otherwise wait out its
+/// 3 s acquire timeout. A keyed 4xx pays this look-up, so with PostgreSQL away such an answer
+/// can come up to this much later.
 const RECORD_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Responses that refuse the request before the handler acted, for reasons outside the

@@ -6,15 +6,19 @@
 //!   header, fingerprints the request (SHA-256 of method, path and body), claims the key in
 //!   Redis (SET NX with a lease), answers 409/422 or replays a finished result (from
 //!   PostgreSQL when a claim is still held for a run that committed there), and after the
-//!   handler stores the response if its claim still holds the key. A 4xx gives way to a record
-//!   PostgreSQL holds for the key (another run of it committed while this one ran). Not stored (the claim is
-//!   released instead): 5xx, 401/403/415/429 (refused before the handler acted, for reasons
-//!   outside the fingerprint) and the 409/422 [`Idempotency`] answers when another run's
-//!   record is already in PostgreSQL (that record is the key's result). Redis unusable: 503
-//!   before any side effect.
+//!   handler stores the response if its claim still holds the key: a success after it is
+//!   answered (PostgreSQL has it already), a 4xx before. A 4xx gives way to a record PostgreSQL
+//!   holds for the key (another run of it committed before or while this one ran; 503 if
+//!   PostgreSQL cannot say). Not stored (the claim is released instead): 5xx,
+//!   401/403/415/429 (refused before the handler acted, for reasons outside the
+//!   fingerprint) and the 409/422 [`Idempotency`] answers when another run's record is already
+//!   in PostgreSQL (that record is the key's result). Redis unusable: 503 before any side
+//!   effect.
 //! * [`Idempotency`]: what the handler gets. It records the result in PostgreSQL in the same
 //!   transaction as the side effect, so if the process dies after the commit but before Redis
-//!   learns the result, the retry finds the record and replays it instead of acting twice.
+//!   learns the result, the retry finds the record and replays it instead of acting twice: when
+//!   it saves its own (its repeated side effect then rolls back), or, for a side effect too
+//!   costly to repeat, before it acts ([`Idempotency::recorded`]).
 //!
 //! Both stores keep a result sealed with a key only the caller holds ([`seal`]): a new API key
 //! in a result is no more readable there than in the `api_keys` table.
@@ -102,8 +106,8 @@ impl IdempotencyKey {
     }
 }
 
-/// The request's idempotency key, if it sent one. Handlers call [`Idempotency::recorded`]
-/// before their side effect and [`Idempotency::commit`] to finish.
+/// The request's idempotency key, if it sent one. Handlers finish with [`Idempotency::commit`];
+/// one whose side effect is costly to repeat calls [`Idempotency::recorded`] before it too.
 #[derive(Debug, Clone, Default)]
 pub struct Idempotency(pub Option<IdempotencyKey>);
 
@@ -159,10 +163,12 @@ impl Idempotency {
     /// rolls back, side effect and all) and that run's result is the answer: replayed, or the
     /// 422 if it was another request.
     ///
-    /// Handlers do not look for a record before acting: the layer's claim in Redis keeps two
-    /// runs of a key apart, and when it was lost (the process died after its commit, the lease
-    /// ran out, Redis failed over) the record is found here, at the latest, and the repeated
-    /// side effect is rolled back. That saves every keyed request a round trip to PostgreSQL.
+    /// Most handlers do not look for a record before acting: the layer's claim in Redis keeps
+    /// two runs of a key apart, and when it was lost (the process died after its commit, the
+    /// lease ran out, Redis failed over) the record is found here, at the latest, and the
+    /// repeated side effect is rolled back. That saves every keyed request a round trip to
+    /// PostgreSQL. A side effect too costly to repeat (a batch of up to 100,000 tags, holding
+    /// the audit chain's head meanwhile) looks first with [`Idempotency::recorded`].
     pub async fn commit<T: Serialize>(
         &self,
         mut tx: Transaction<'_, Postgres>,
@@ -175,10 +181,11 @@ impl Idempotency {
         if let Some(key) = &self.0
             && !record::save(&mut tx, key, ttl, status.as_u16(), &key.seal_body(&body)?).await?
         {
-            return self
-                .recorded(&mut tx)
-                .await?
-                .ok_or(FactoryError::IdempotencyKeyInUse);
+            let recorded = self.recorded(&mut tx).await;
+            // Now, rather than when the connection goes back to the pool: the repeated side
+            // effect holds locks (the audit chain's head among them).
+            tx.rollback().await?;
+            return recorded?.ok_or(FactoryError::IdempotencyKeyInUse);
         }
         tx.commit().await?;
         Ok(json_response(status, body))
