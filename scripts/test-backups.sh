@@ -167,7 +167,7 @@ bk_log "database $TEST_DB: migrated by $migrated_by, populated by $populated_by:
 export DATABASE_URL="$TEST_URL"
 if [ -f "$work/audit.pub.pem" ]; then
   # Named, beside a key it succeeded, as after a rotation (the list form restore-test accepts).
-  export AUDIT_PUBLIC_KEY_FILE="backup-test=$work/audit.pub.pem,audit-previous=services/factory-service/tests/fixtures/audit_k2.pub.pem"
+  export AUDIT_PUBLIC_KEY_FILE="backup-test=$work/audit.pub.pem, audit-previous=services/factory-service/tests/fixtures/audit_k2.pub.pem"
   # The test server signed every event; require it when this factory-service knows the flag.
   if "$FACTORY_BIN" audit verify --help 2>/dev/null | grep -q -- --require-signatures; then
     export AUDIT_REQUIRE_SIGNATURES=1

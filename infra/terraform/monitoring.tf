@@ -112,7 +112,7 @@ resource "google_monitoring_alert_policy" "scan_events_lost_at_shutdown" {
 # The scan-event backlog: ScanEventsLagging (Prometheus) measures only events that were applied,
 # so events that sit in the subscription undelivered (workers down, streams stuck) show here.
 resource "google_monitoring_alert_policy" "scan_events_backlog" {
-  display_name = "${var.name_prefix}: scan events waiting in ${google_pubsub_subscription.factory_scan_events.name} for over 5 minutes"
+  display_name = "${var.name_prefix}: scan events older than 5 minutes in ${google_pubsub_subscription.factory_scan_events.name}, for 10 minutes"
   combiner     = "OR"
   severity     = "WARNING"
 

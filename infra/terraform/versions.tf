@@ -1,7 +1,8 @@
 # Terraform and provider versions. The lock file (.terraform.lock.hcl) is committed by whoever
 # first runs `terraform init` with network access to registry.terraform.io.
 terraform {
-  required_version = ">= 1.6.0, < 2.0.0"
+  # 1.9: variable validations refer to other variables (secondary_region, audit keys).
+  required_version = ">= 1.9.0, < 2.0.0"
 
   required_providers {
     google = {

@@ -269,12 +269,19 @@ run_audit_verify() {
     return 1
   fi
   args=(audit verify --database-url "$url")
-  # One key or several, comma-separated (after a rotation: the current key and those before it,
-  # each as KEY_ID=FILE), each passed as its own --public-key.
+  # One key file or several, comma-separated (after a rotation: the current key and those before
+  # it, each as KEY_ID=FILE), each passed as its own --public-key. Files only: PEM text inline
+  # would hold newlines and commas.
   if [ -n "${AUDIT_PUBLIC_KEY_FILE:-}" ]; then
     local key keys
+    if [[ "$AUDIT_PUBLIC_KEY_FILE" == *$'\n'* ]]; then
+      check "audit verify" FAIL "AUDIT_PUBLIC_KEY_FILE holds a newline: give key files (KEY_ID=FILE), not PEM text"
+      return 1
+    fi
     IFS=',' read -ra keys <<<"$AUDIT_PUBLIC_KEY_FILE"
     for key in "${keys[@]}"; do
+      key="${key#"${key%%[![:space:]]*}"}"
+      key="${key%"${key##*[![:space:]]}"}"
       [ -n "$key" ] && args+=(--public-key "$key")
     done
   fi

@@ -659,10 +659,19 @@ async fn dlq_replay_all_prints_each_message_as_it_is_replayed() {
     assert!(first.ends_with("(reason max_attempts)"), "{first}");
 
     // No more arrive: it ends by itself, having named each message once, then the count.
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let Ok(status) = ended else {
+        let _ = child.kill();
+        panic!("dlq replay did not end within {WAIT:?} of the last dead letter");
+    };
     reader.join().expect("reader");
     let mut rest = Vec::new();
     while let Ok(line) = lines.try_recv() {

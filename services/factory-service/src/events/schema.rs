@@ -80,7 +80,7 @@ pub enum PoisonReason {
 }
 
 impl PoisonReason {
-    /// Every reason.
+    /// Every reason (a test checks the list against the enum).
     pub const ALL: [Self; 6] = [
         Self::BadJson,
         Self::UnknownSchemaVersion,

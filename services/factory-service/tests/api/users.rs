@@ -615,7 +615,7 @@ async fn a_change_to_an_account_does_not_wait_for_or_deadlock_with_its_own_write
         ["end-sessions", "--email", email.as_str()].as_slice(),
         ["disable", "--email", email.as_str()].as_slice(),
     ] {
-        // A session for end-sessions to end (it appends an audit event only then).
+        // A session for end-sessions to end.
         app.login(&email).await;
         // A keyed write: its audit event appended (the head held), its key not yet recorded.
         let mut write = app.db.pool.begin().await?;

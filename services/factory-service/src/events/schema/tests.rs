@@ -145,3 +145,18 @@ fn user_agent_is_cleaned_and_cut() {
     assert_eq!(ua.chars().count(), MAX_USER_AGENT_CHARS);
     assert!(ua.starts_with("a\u{FFFD}b"));
 }
+
+#[test]
+fn every_poison_reason_is_listed_once() {
+    // Adding a variant fails this match until it is listed in `ALL` too.
+    let position = |reason: PoisonReason| match reason {
+        PoisonReason::BadJson => 0,
+        PoisonReason::UnknownSchemaVersion => 1,
+        PoisonReason::UnknownEventType => 2,
+        PoisonReason::MissingField => 3,
+        PoisonReason::InvalidField => 4,
+        PoisonReason::Rejected => 5,
+    };
+    let positions: Vec<usize> = PoisonReason::ALL.into_iter().map(position).collect();
+    assert_eq!(positions, (0..PoisonReason::ALL.len()).collect::<Vec<_>>());
+}
