@@ -5,6 +5,7 @@ pub mod cors;
 pub mod error;
 pub mod json;
 pub mod observe;
+pub mod openapi;
 pub mod request_id;
 pub mod security_headers;
 

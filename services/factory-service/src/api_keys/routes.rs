@@ -41,8 +41,6 @@ pub struct ApiKeyList {
 #[utoipa::path(
     post, path = "/v1/api-keys", tag = "api-keys",
     request_body = NewApiKey,
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
-         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed")),
     responses(
         (status = 201, body = CreatedApiKey),
         (status = 400, description = "`validation_failed`: name not 1 to 200 characters once trimmed or not one line of text, or rate_limit_per_minute not 1 to 1000000", body = crate::openapi::ApiError),
@@ -84,8 +82,6 @@ pub async fn list(
     delete, path = "/v1/api-keys/{id}", tag = "api-keys",
     params(
         ("id" = Uuid, Path, description = "The key's id"),
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
-         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed"),
     ),
     responses(
         (status = 200, description = "Revoked (revoking a revoked key answers its revocation again)", body = RevokedApiKey),

@@ -40,8 +40,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
 #[utoipa::path(
     post, path = "/v1/products", tag = "catalog",
     request_body = NewProduct,
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
-         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed")),
     responses(
         (status = 201, body = Product),
         (status = 400, description = "`validation_failed`: name or sku not 1 to 200 (name) or 1 to 100 (sku) characters once trimmed, or not one line of text", body = crate::openapi::ApiError),
@@ -85,8 +83,6 @@ pub async fn get_product(
 #[utoipa::path(
     post, path = "/v1/batches", tag = "catalog",
     request_body = NewBatch,
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
-         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed")),
     responses(
         (status = 201, body = Batch),
         (status = 400, description = "`validation_failed`: quantity not 1 to 100000", body = crate::openapi::ApiError),
@@ -204,8 +200,6 @@ pub async fn get_tag(
     request_body = RevokeTag,
     params(
         ("tag_id" = String, Path, pattern = "^[A-Za-z0-9_-]{16,64}$"),
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[\\x21-\\x7E]+$",
-         description = "1 to 255 visible ASCII characters, scoped to the caller; a finished request with the same key and request is replayed"),
     ),
     responses(
         (status = 200, description = "Revoked (revoking a revoked tag answers its revocation again)", body = RevokedTag),

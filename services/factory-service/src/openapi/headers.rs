@@ -1,6 +1,7 @@
 //! The headers the shared layers put on every answer, and the request headers every route
 //! reads.
 
+use common::http::openapi::integer_header;
 use utoipa::Modify;
 use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
@@ -8,10 +9,11 @@ use utoipa::openapi::{Object, ObjectBuilder, RefOr, Required, Type};
 
 use super::responses::{idempotent_path, operations};
 
-/// The headers the shared layers put on answers, and the request headers every route reads:
+/// The headers the shared layers put on answers, and the request headers they read:
 /// `X-Request-ID` and the rate-limit figures on every response, `Retry-After` on 429 and 503
 /// (and on the idempotency layer's 409), `Idempotent-Replayed` on the 2xx of idempotent
-/// routes, and the optional `X-Request-ID` request header on every operation. Runs after
+/// routes, the optional `X-Request-ID` request header on every operation, and the optional
+/// `Idempotency-Key` on every idempotent one. Runs after
 /// [`CommonResponses`], so that every response it added gets them too; headers a handler
 /// declares itself (`Set-Cookie`) are kept.
 ///
@@ -19,17 +21,6 @@ use super::responses::{idempotent_path, operations};
 pub(super) struct SharedHeaders;
 
 impl SharedHeaders {
-    fn integer(description: &str, minimum: i64) -> Header {
-        HeaderBuilder::new()
-            .schema(
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(minimum)),
-            )
-            .description(Some(description))
-            .build()
-    }
-
     fn string(schema: Object, description: &str) -> Header {
         HeaderBuilder::new()
             .schema(schema)
@@ -52,30 +43,30 @@ impl Modify for SharedHeaders {
             ("X-Request-ID", request_id),
             (
                 "X-RateLimit-Limit",
-                Self::integer(
+                integer_header(
                     &format!("The client's rate, requests per minute{LIMITER}"),
                     0,
                 ),
             ),
             (
                 "X-RateLimit-Remaining",
-                Self::integer(&format!("Whole requests left in the bucket{LIMITER}"), 0),
+                integer_header(&format!("Whole requests left in the bucket{LIMITER}"), 0),
             ),
             (
                 "X-RateLimit-Reset",
-                Self::integer(
+                integer_header(
                     &format!("Unix seconds when the bucket will be full again{LIMITER}"),
                     0,
                 ),
             ),
         ];
-        let retry_after = Self::integer("Whole seconds to wait before retrying, at least 1", 1);
-        let retry_after_audit = Self::integer(
+        let retry_after = integer_header("Whole seconds to wait before retrying, at least 1", 1);
+        let retry_after_audit = integer_header(
             "Whole seconds to wait before retrying, at least 1; not sent when the audit query \
              itself finds PostgreSQL unavailable",
             1,
         );
-        let retry_after_in_use = Self::integer(
+        let retry_after_in_use = integer_header(
             "With `idempotency_key_in_use`: 1, the seconds to wait before retrying",
             1,
         );
@@ -88,6 +79,22 @@ impl Modify for SharedHeaders {
              Idempotency-Key (a stored 4xx answer is replayed with it too); absent on a first \
              run",
         );
+        let idempotency_key_param = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "1 to 255 visible ASCII characters, scoped to the caller; a finished request \
+                 with the same key and request is replayed",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(255))
+                    .pattern(Some("^[\\x21-\\x7E]+$")),
+            ))
+            .build();
         let request_id_param = ParameterBuilder::new()
             .name("X-Request-ID")
             .parameter_in(ParameterIn::Header)
@@ -103,6 +110,9 @@ impl Modify for SharedHeaders {
             let audit = path.starts_with("/v1/audit/");
             for (operation, writes) in operations(item) {
                 let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                if writes && idempotent {
+                    parameters.push(idempotency_key_param.clone());
+                }
                 if !parameters.iter().any(|p| p.name == "X-Request-ID") {
                     parameters.push(request_id_param.clone());
                 }

@@ -7,6 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use common::http::error_response;
+use common::http::openapi::integer_header;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::{Object, ObjectBuilder, RefOr, Type};
 use utoipa::{Modify, OpenApi};
@@ -31,17 +32,7 @@ struct AnswerHeaders;
 
 impl Modify for AnswerHeaders {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let integer_from = |minimum: i64, description: &str| {
-            HeaderBuilder::new()
-                .schema(
-                    ObjectBuilder::new()
-                        .schema_type(Type::Integer)
-                        .minimum(Some(minimum)),
-                )
-                .description(Some(description))
-                .build()
-        };
-        let integer = |description: &str| integer_from(0, description);
+        let integer = |description: &str| integer_header(description, 0);
         let every = [
             (
                 "X-RateLimit-Limit",
@@ -63,7 +54,7 @@ impl Modify for AnswerHeaders {
                     .build(),
             ),
         ];
-        let retry_after = integer_from(1, "Whole seconds to wait, at least 1");
+        let retry_after = integer_header("Whole seconds to wait, at least 1", 1);
         for item in openapi.paths.paths.values_mut() {
             for operation in [&mut item.get, &mut item.post, &mut item.delete]
                 .into_iter()
