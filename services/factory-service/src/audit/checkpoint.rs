@@ -34,18 +34,26 @@ pub struct Checkpoint {
     pub signature: Option<Vec<u8>>,
 }
 
-/// The JSON form: `{"seq","hash"(hex),"signed_at","key_id","signature"(base64)}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A checkpoint of the chain head. `key_id` and `signature` are null when the service has
+/// no audit signing key configured (an unsigned checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditCheckpoint)]
 pub struct CheckpointJson {
-    /// See [`Checkpoint::seq`].
+    /// The head's seq.
+    #[schema(minimum = 1)]
     pub seq: i64,
-    /// Lower-case hex.
+    /// Lower-case hex hash of the event at `seq`.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub hash: String,
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    /// When it was signed: `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
+    #[schema(format = DateTime)]
     pub signed_at: String,
-    /// See [`Checkpoint::key_id`].
+    /// The signing key's id; null when no signing key is configured.
+    #[schema(required = true)]
     pub key_id: Option<String>,
-    /// Standard base64 with padding.
+    /// Standard base64 (padded) RSASSA-PKCS1-v1_5/SHA-256 signature of the checkpoint's JCS
+    /// form; null when no signing key is configured.
+    #[schema(required = true)]
     pub signature: Option<String>,
 }
 

@@ -57,46 +57,64 @@ pub fn unreadable_details(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::ColumnDecode { index, .. } if index.contains("details"))
 }
 
-/// An event as served by `GET /v1/audit/events`: hashes in lower-case hex, signatures in
-/// standard base64, timestamps exactly as hashed.
-#[derive(Debug, Clone, Serialize)]
+/// One audit event: hashes in lower-case hex, signatures in standard base64, timestamps
+/// exactly as hashed (docs/AUDIT_FORMAT.md).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEvent)]
 pub struct EventView {
-    /// See [`AuditRecord::seq`].
+    /// Position in the log, gap-free from 1.
+    #[schema(minimum = 1)]
     pub seq: i64,
-    /// See [`AuditRecord::version`].
+    /// Format version: 1 (legacy, no chain fields) or 2.
+    #[schema(minimum = 1, maximum = 2)]
     pub version: i16,
-    /// See [`AuditRecord::event_id`].
+    /// Unique id of the event (UUID v7).
     pub event_id: Uuid,
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+    /// When it happened: `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
+    #[schema(format = DateTime)]
     pub occurred_at: String,
-    /// See [`AuditRecord::actor_id`].
+    /// The acting user, if any.
+    #[schema(required = true)]
     pub actor_id: Option<Uuid>,
-    /// See [`AuditRecord::actor_email`].
+    /// The acting user's email, `system` for the service itself, or for someone not signed
+    /// in the address of the account they tried to act as (null when none matched).
+    #[schema(required = true)]
     pub actor_email: Option<String>,
-    /// See [`AuditRecord::action`].
+    /// What happened, e.g. `api_key.created`.
     pub action: String,
-    /// See [`AuditRecord::target_type`].
+    /// The kind of thing acted on.
+    #[schema(required = true)]
     pub target_type: Option<String>,
-    /// See [`AuditRecord::target_id`].
+    /// Its id.
+    #[schema(required = true)]
     pub target_id: Option<String>,
-    /// See [`AuditRecord::client_ip`].
+    /// The client's IP address.
+    #[schema(required = true)]
     pub client_ip: Option<String>,
-    /// See [`AuditRecord::user_agent`].
+    /// The client's user agent.
+    #[schema(required = true)]
     pub user_agent: Option<String>,
-    /// See [`AuditRecord::details`].
+    /// Free-form details (null when `details_unreadable` is given).
     pub details: Value,
-    /// Hex.
+    /// Hex hash of the previous version-2 event (64 zeros for the first); null for a
+    /// version-1 event.
+    #[schema(required = true)]
     pub prev_hash: Option<String>,
-    /// Hex.
+    /// Hex SHA-256 of `prev_hash` and the event's canonical bytes; null for a version-1
+    /// event.
+    #[schema(required = true)]
     pub hash: Option<String>,
-    /// Base64.
+    /// Base64 RSASSA-PKCS1-v1_5/SHA-256 signature of `hash`; null when events are not
+    /// signed.
+    #[schema(required = true)]
     pub signature: Option<String>,
-    /// See [`AuditRecord::key_id`].
+    /// The signing key's id; null when unsigned.
+    #[schema(required = true)]
     pub key_id: Option<String>,
     /// Only for an event whose stored `details` cannot be read as JSON numbers the service
-    /// writes (a value beyond a double's range, which the service never writes): the stored
-    /// text, with `details` null. Absent otherwise.
+    /// writes: the stored text, with `details` null. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub details_unreadable: Option<String>,
 }
 

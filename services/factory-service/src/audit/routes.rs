@@ -54,10 +54,11 @@ pub struct EventsQuery {
     pub limit: Option<i64>,
 }
 
-/// `{"items":[...]}`.
-#[derive(Debug, Serialize)]
+/// A page of `GET /v1/audit/events`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEventPage)]
 pub struct EventsPage {
-    /// Events in seq order.
+    /// Events in `seq` order.
     pub items: Vec<EventView>,
 }
 

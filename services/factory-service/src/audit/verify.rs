@@ -84,8 +84,9 @@ pub struct ChainState {
     pub unchecked_key_ids: BTreeSet<String>,
 }
 
-/// The verifier's answer, as served by `GET /v1/audit/verify`.
-#[derive(Debug, Clone, Serialize)]
+/// The verification report: CONTRACT 3.5's keys, then the signature counts and `detail`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditVerifyReport)]
 pub struct VerifyReport {
     /// Whether the chain is intact.
     pub ok: bool,
@@ -93,29 +94,37 @@ pub struct VerifyReport {
     pub events_checked: u64,
     /// Legacy events (format version 1) before the chain.
     pub legacy_events: u64,
-    /// Event signatures checked (0 when no public key was given).
+    /// Event signatures checked.
     pub signatures_checked: u64,
     /// Event signatures by key ids the service has no key for, not checked (their hashes
-    /// were); see `AUDIT_PREVIOUS_PUBLIC_KEYS`.
+    /// were).
     pub signatures_unchecked: u64,
     /// Those key ids.
     pub unchecked_key_ids: Vec<String>,
     /// The last verified event.
     pub head: HeadView,
-    /// The first bad seq, if broken.
+    /// The first bad seq (for a gap or a cut tail, the first missing one); null when `ok`.
+    #[schema(required = true)]
     pub first_bad_seq: Option<i64>,
-    /// Why, if broken (a [`BreakReason`] code).
+    /// Why, when broken: `hash_mismatch`, `broken_link`, `seq_gap`, `bad_signature`,
+    /// `unknown_key`, `tail_truncated`, `checkpoint_mismatch` or `head_mismatch`; null when
+    /// `ok`.
+    #[schema(value_type = Option<String>, required = true)]
     pub reason: Option<&'static str>,
-    /// Specifics, if broken.
+    /// A sentence with the specifics when broken; null when `ok`.
+    #[schema(required = true)]
     pub detail: Option<String>,
 }
 
-/// `{"seq","hash"}` of the last verified event (hash in hex; `null` before the chain starts).
-#[derive(Debug, Clone, Serialize)]
+/// The last verified event.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditHead)]
 pub struct HeadView {
-    /// Seq.
+    /// Its seq (0: nothing verified).
+    #[schema(minimum = 0)]
     pub seq: i64,
-    /// Hex hash.
+    /// Its hex hash; null while only legacy (version-1) events, or none, were seen.
+    #[schema(required = true)]
     pub hash: Option<String>,
 }
 

@@ -24,8 +24,6 @@ use security::BearerAuth;
 /// The contract's error bodies, as both services answer them.
 pub use common::http::{ErrorBody as ApiError, RateLimitedBody as RateLimitedError};
 
-pub use audit::{AuditCheckpoint, AuditEvent, AuditEventPage, AuditHead, AuditVerifyReport};
-
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
@@ -62,11 +60,11 @@ pub use audit::{AuditCheckpoint, AuditEvent, AuditEventPage, AuditHead, AuditVer
     components(schemas(
         ApiError,
         RateLimitedError,
-        AuditEvent,
-        AuditEventPage,
-        AuditHead,
-        AuditVerifyReport,
-        AuditCheckpoint,
+        crate::audit::record::EventView,
+        crate::audit::routes::EventsPage,
+        crate::audit::verify::HeadView,
+        crate::audit::verify::VerifyReport,
+        crate::audit::checkpoint::CheckpointJson,
     )),
     modifiers(
         &BearerAuth,
