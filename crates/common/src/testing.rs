@@ -426,17 +426,21 @@ fn run_alone(name: &str) {
 }
 
 /// Runs the enclosing test in a process of its own (see [`testing::own_process`]): write
-/// `common::in_own_process!();` as the test's first statement. The test must return `()` and be
-/// a `#[test]` or `#[tokio::test]` function (its libtest name is derived from the item's path;
+/// `common::in_own_process!();` as the test's first statement (`in_own_process!(Ok(()))` in a
+/// test returning a `Result`). The test must be a `#[test]` or `#[tokio::test]` function (its libtest name is derived from the item's path;
 /// a name that matches no test fails the test rather than passing it).
 ///
 /// [`testing::own_process`]: crate::testing::own_process
 #[macro_export]
 macro_rules! in_own_process {
-    () => {{
+    () => {
+        $crate::in_own_process!(())
+    };
+    // In a test returning a `Result`: `in_own_process!(Ok(()))`.
+    ($passed:expr) => {{
         fn here() {}
         if !$crate::testing::own_process(::std::any::type_name_of_val(&here)) {
-            return;
+            return $passed;
         }
     }};
 }

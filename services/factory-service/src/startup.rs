@@ -11,6 +11,7 @@ use common::CircuitBreaker;
 use common::health::{self, ReadinessCheck};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime, password};
@@ -20,6 +21,10 @@ use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE
 
 /// How often expired idempotency records and refresh-token families are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// How long shutdown waits for the work answered requests left running
+/// ([`AppState::after_answer`]).
+const AFTER_ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 /// A built factory service, bound to its listener and ready to serve.
 pub struct Application {
@@ -86,6 +91,7 @@ impl Application {
             idempotency_ttl: config.idempotency_ttl,
             idempotency_lease: config.common.http.request_timeout + Duration::from_secs(30),
             body_limit: config.common.http.body_limit_bytes,
+            after_answer: TaskTracker::new(),
         };
         if let Some(admin) = config.auth.bootstrap_admin.clone() {
             bootstrap(state.clone(), admin).await;
@@ -127,14 +133,28 @@ impl Application {
         tokio::spawn(sweep_expired(self.state.clone(), shutdown.clone()));
         // Audit checkpointer and background chain verifier.
         crate::audit::job::spawn(self.state.pool.clone(), &self.audit, shutdown.clone());
-        common::server::serve_with_header_errors(
+        let served = common::server::serve_with_header_errors(
             self.listener,
             self.router,
             shutdown,
             crate::idempotency::HEADER_ERRORS,
         )
         .await
-        .context("serving HTTP")
+        .context("serving HTTP");
+        // Each of these is a few Redis calls, every one bounded by `REDIS_TIMEOUT_MS`.
+        let after_answer = self.state.after_answer;
+        after_answer.close();
+        if tokio::time::timeout(AFTER_ANSWER_GRACE, after_answer.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = after_answer.len(),
+                "work left by answered requests (idempotency results to store in Redis) \
+                 unfinished at shutdown; their claims expire with their leases"
+            );
+        }
+        served
     }
 }
 

@@ -8,6 +8,7 @@ use common::db::RedisCallError;
 use common::{BreakerError, CircuitBreaker};
 use futures::FutureExt as _;
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime};
@@ -51,6 +52,9 @@ pub struct AppState {
     pub idempotency_lease: Duration,
     /// Largest request body (the idempotency layer buffers bodies to fingerprint them).
     pub body_limit: usize,
+    /// Work a request leaves running after its answer (the idempotency layer storing a result
+    /// or giving a claim back), waited for at shutdown after the requests have drained.
+    pub after_answer: TaskTracker,
 }
 
 /// A Redis pool with the key prefix and per-call timeout of this deployment.

@@ -9,7 +9,7 @@ use common::http::error_response;
 use sha2::{Digest, Sha256};
 
 use super::store::{self, Claim, StoredResponse};
-use super::{Idempotency, IdempotencyKey, SealKey, is_valid_key, mark_replayed};
+use super::{Idempotency, IdempotencyKey, REPLAYED_HEADER, SealKey, is_valid_key, mark_replayed};
 use crate::auth::{Identity, Policy};
 use crate::error::FactoryError;
 use crate::state::{AppState, Redis};
@@ -87,42 +87,54 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
     let fingerprint = hex::encode(key.fingerprint);
 
     let outcome = store::claim(&state.redis, &key, state.idempotency_lease).await;
-    let (label, claimed) = match outcome {
+    let (label, response) = match outcome {
         Err(e) => {
             tracing::warn!(error = %e, "idempotency claim failed; refusing rather than risking a duplicate");
             (
                 "unavailable",
-                Err(FactoryError::Unavailable("redis").into_response()),
+                FactoryError::Unavailable("redis").into_response(),
             )
         }
-        Ok(Claim::Acquired(value)) => ("claimed", Ok(value)),
+        Ok(Claim::Acquired(value)) => {
+            let req = Request::from_parts(parts, Body::from(bytes));
+            run_claimed(&state, key, value, req, next).await
+        }
         Ok(Claim::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
-            Lookup::Found(replay) => ("replayed", Err(replay)),
-            Lookup::None | Lookup::Unknown => (
-                "in_use",
-                Err(FactoryError::IdempotencyKeyInUse.into_response()),
-            ),
+            Lookup::Found(record) => (found_outcome(&record), record),
+            Lookup::None | Lookup::Unknown => {
+                ("in_use", FactoryError::IdempotencyKeyInUse.into_response())
+            }
         },
-        Ok(Claim::Done(fp, stored)) if fp == fingerprint => ("replayed", Err(replay(stored))),
-        Ok(Claim::InFlight(_) | Claim::Done(..)) => (
-            "reused",
-            Err(FactoryError::IdempotencyKeyReused.into_response()),
-        ),
+        Ok(Claim::Done(fp, stored)) if fp == fingerprint => ("replayed", replay(stored)),
+        Ok(Claim::InFlight(_) | Claim::Done(..)) => {
+            ("reused", FactoryError::IdempotencyKeyReused.into_response())
+        }
     };
     metrics::counter!("idempotency_requests_total", "outcome" => label).increment(1);
-    let claim_value = match claimed {
-        Ok(value) => value,
-        Err(response) => return response,
-    };
+    response
+}
 
-    let mut guard = ClaimGuard(Some((state.redis.clone(), key.clone(), claim_value)));
-    let mut req = Request::from_parts(parts, Body::from(bytes));
+/// Runs a request whose key this process claimed, and stores its result if the claim still
+/// holds the key. Returns the response and its `idempotency_requests_total` outcome:
+/// `claimed` when the request ran, or what it found when [`super::Idempotency`] or the 4xx
+/// check came upon another run's record of the key (`replayed`, `reused`, `in_use`).
+async fn run_claimed(
+    state: &AppState,
+    key: IdempotencyKey,
+    claim_value: String,
+    mut req: Request,
+    next: Next,
+) -> (&'static str, Response) {
+    let mut guard = ClaimGuard {
+        claim: Some((state.redis.clone(), key.clone(), claim_value)),
+        tasks: state.after_answer.clone(),
+    };
     req.extensions_mut().insert(key.clone());
     let response = next.run(req).await;
 
     if response.status().is_server_error() || is_refused_before_running(response.status()) {
         guard.release().await;
-        return response;
+        return ("claimed", response);
     }
     let (mut parts, body) = response.into_parts();
     let body = match to_bytes(body, MAX_STORED_RESPONSE).await {
@@ -130,16 +142,18 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
         Err(e) => {
             tracing::error!(error = %e, "idempotent response could not be buffered");
             guard.release().await;
-            return FactoryError::Internal("response body unreadable".to_owned()).into_response();
+            let response =
+                FactoryError::Internal("response body unreadable".to_owned()).into_response();
+            return ("claimed", response);
         }
     };
     parts.headers.remove(header::CONTENT_LENGTH);
-    if is_idempotency_refusal(parts.status, &body) {
+    if let Some(outcome) = idempotency_refusal(parts.status, &body) {
         // `Idempotency::commit` found another run's record for a different request (422), or
         // none it could read (409): that record, not this refusal, is the key's result. Give
         // the claim back; a retry answers from the record.
         guard.release().await;
-        return Response::from_parts(parts, Body::from(body));
+        return (outcome, Response::from_parts(parts, Body::from(body)));
     }
     if parts.status.is_client_error() {
         // A 4xx is kept in Redis only, and it may be this run's answer to what another run of
@@ -147,20 +161,29 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
         // (its claim was lost: the process died after its commit, the lease ran out, Redis
         // failed over or evicted it) or while it ran. PostgreSQL's record is then the key's
         // result. If PostgreSQL cannot say, the 4xx is not kept for the key: a retry asks again.
-        match recorded(&state, &key).await {
+        match recorded(state, &key).await {
             Lookup::None => {}
             Lookup::Found(record) => {
                 guard.release().await;
-                return record;
+                return (found_outcome(&record), record);
             }
             Lookup::Unknown => {
                 guard.release().await;
-                return FactoryError::Unavailable("postgres").into_response();
+                return (
+                    "claimed",
+                    FactoryError::Unavailable("postgres").into_response(),
+                );
             }
         }
     }
-    let Some((redis, _, claim_value)) = guard.0.take() else {
-        return Response::from_parts(parts, Body::from(body));
+    // `Idempotency::commit` found another run's record of this very request and answered it.
+    let outcome = if parts.headers.contains_key(REPLAYED_HEADER) {
+        "replayed"
+    } else {
+        "claimed"
+    };
+    let Some((redis, _, claim_value)) = guard.claim.take() else {
+        return (outcome, Response::from_parts(parts, Body::from(body)));
     };
     let stored = StoredResponse {
         status: parts.status.as_u16(),
@@ -187,12 +210,14 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
         // A success is recorded in PostgreSQL with its side effect, so the answer need not wait
         // for Redis: a retry that comes first finds the claim and replays the record from
         // PostgreSQL (see `recorded`). That takes a round trip to Redis off every keyed write.
-        tokio::spawn(tracing::Instrument::in_current_span(complete));
+        state
+            .after_answer
+            .spawn(tracing::Instrument::in_current_span(complete));
     } else {
         // A 4xx is kept in Redis only: stored before it is answered, so a retry replays it.
         complete.await;
     }
-    Response::from_parts(parts, Body::from(body))
+    (outcome, Response::from_parts(parts, Body::from(body)))
 }
 
 /// The result PostgreSQL holds for `key`, as a replay (or the 422 when it holds another
@@ -254,18 +279,26 @@ fn is_refused_before_running(status: StatusCode) -> bool {
 }
 
 /// The 409 `idempotency_key_in_use` / 422 `idempotency_key_reused` that [`super::Idempotency`]
-/// answers when PostgreSQL already holds another run's record for the key. Only the
-/// idempotency code produces these error codes.
-fn is_idempotency_refusal(status: StatusCode, body: &[u8]) -> bool {
-    let expected = match status {
-        StatusCode::CONFLICT => "idempotency_key_in_use",
-        StatusCode::UNPROCESSABLE_ENTITY => "idempotency_key_reused",
-        _ => return false,
+/// answers when PostgreSQL already holds another run's record for the key, as its outcome
+/// (`in_use`, `reused`). Only the idempotency code produces these error codes.
+fn idempotency_refusal(status: StatusCode, body: &[u8]) -> Option<&'static str> {
+    let (expected, outcome) = match status {
+        StatusCode::CONFLICT => ("idempotency_key_in_use", "in_use"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("idempotency_key_reused", "reused"),
+        _ => return None,
     };
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(|code| code == expected))
-        .unwrap_or(false)
+    let body = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    (body.get("error")?.as_str()? == expected).then_some(outcome)
+}
+
+/// The outcome of answering a record [`recorded`] found: its replay, or the 422 for another
+/// request's.
+fn found_outcome(record: &Response) -> &'static str {
+    if record.headers().contains_key(REPLAYED_HEADER) {
+        "replayed"
+    } else {
+        "reused"
+    }
 }
 
 /// Holds our claim while the handler runs. If the request is abandoned (client gone, request
@@ -275,12 +308,16 @@ fn is_idempotency_refusal(status: StatusCode, body: &[u8]) -> bool {
 /// committing: a COMMIT already sent is carried out. A retry overlapping it either waits on
 /// the record and backs out (`idempotency_key_in_use`), or fails on the side effect (a 4xx)
 /// and replays the record instead (see the 4xx check above).
-struct ClaimGuard(Option<(Redis, IdempotencyKey, String)>);
+struct ClaimGuard {
+    claim: Option<(Redis, IdempotencyKey, String)>,
+    /// Where a release from `drop` runs ([`AppState::after_answer`]).
+    tasks: tokio_util::task::TaskTracker,
+}
 
 impl ClaimGuard {
     /// Gives the claim back now (after a 5xx or a refusal), so a retry runs the request again.
     async fn release(&mut self) {
-        if let Some((redis, key, claim)) = self.0.take() {
+        if let Some((redis, key, claim)) = self.claim.take() {
             release(&redis, &key, &claim).await;
         }
     }
@@ -288,10 +325,11 @@ impl ClaimGuard {
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        if let Some((redis, key, claim)) = self.0.take()
+        if let Some((redis, key, claim)) = self.claim.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move { release(&redis, &key, &claim).await });
+            self.tasks
+                .spawn_on(async move { release(&redis, &key, &claim).await }, &runtime);
         }
     }
 }

@@ -7,7 +7,7 @@
 //!   Redis (SET NX with a lease), answers 409/422 or replays a finished result (from
 //!   PostgreSQL when a claim is still held for a run that committed there), and after the
 //!   handler stores the response if its claim still holds the key: a success after it is
-//!   answered (PostgreSQL has it already), a 4xx before. A 4xx gives way to a record PostgreSQL
+//!   answered (PostgreSQL has it already; shutdown waits for that store), a 4xx before. A 4xx gives way to a record PostgreSQL
 //!   holds for the key (another run of it committed before or while this one ran; 503 if
 //!   PostgreSQL cannot say). Not stored (the claim is released instead): 5xx,
 //!   401/403/415/429 (refused before the handler acted, for reasons outside the

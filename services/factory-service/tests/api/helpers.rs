@@ -31,6 +31,7 @@ pub struct TestApp {
     /// them by hand over plain HTTP.
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -60,7 +61,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(Env) -> Env) -> TestApp {
     let app = Application::build(config).await.expect("build the app");
     let base = format!("http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         base,
         db,
@@ -70,6 +71,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(Env) -> Env) -> TestApp {
             .build()
             .expect("client"),
         shutdown,
+        running: Some(running),
     }
 }
 
@@ -104,6 +106,31 @@ pub fn set_cookie(headers: &HeaderMap, name: &str) -> Option<(String, String)> {
 }
 
 impl TestApp {
+    /// Shuts the service down as SIGTERM does, and waits until it has stopped.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.running.take() {
+            Some(running) => running.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// The value of the `/metrics` series that begins with `series` (name and labels), if
+    /// exported.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .req(Method::GET, "/metrics", None)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
     /// A request to `path` with the access token, if given.
     pub fn req(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
         let b = self.client.request(method, format!("{}{path}", self.base));

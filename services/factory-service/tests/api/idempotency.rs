@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use common::testing::Proxy;
 use factory_service::idempotency::{IdempotencyKey, SealKey, record};
 use factory_service::users::Role;
 use reqwest::Method;
@@ -246,11 +247,6 @@ async fn the_redis_breaker_opens_after_the_threshold_then_refuses_without_waitin
     })
     .await;
     let op = app.signed_in(Role::Operator).await;
-    let metric = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
     for i in 0..4 {
         let r = app
             .post(
@@ -262,24 +258,15 @@ async fn the_redis_breaker_opens_after_the_threshold_then_refuses_without_waitin
             .await;
         assert_error(r, 503, "service_unavailable").await;
     }
-    let text = app
-        .req(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     // Two failures opened it; the next two were refused by it without a Redis call.
     assert_eq!(
-        metric(&text, "circuit_breaker_state{name=\"redis\"}"),
-        Some(1.0),
-        "{text}"
+        app.metric("circuit_breaker_state{name=\"redis\"}").await,
+        Some(1.0)
     );
     assert_eq!(
-        metric(&text, "circuit_breaker_rejections_total{name=\"redis\"}"),
-        Some(2.0),
-        "{text}"
+        app.metric("circuit_breaker_rejections_total{name=\"redis\"}")
+            .await,
+        Some(2.0)
     );
     assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
 }
@@ -341,6 +328,45 @@ async fn a_crash_after_commit_rolls_a_repeated_side_effect_back_and_replays() ->
         assert_eq!(body(again).await, first, "{path}");
         assert_eq!(app.count(tables).await, before, "{path}: nothing new");
     }
+    Ok(())
+}
+
+/// A success is stored in Redis after it is answered, and shutdown waits for that store. Cut
+/// off, it would leave the key claimed in Redis until the claim's lease ran out. Redis is
+/// reached through a proxy here, which holds the store until shutdown has begun.
+#[tokio::test]
+async fn shutdown_waits_for_the_result_of_an_answered_request_to_be_stored() -> TestResult {
+    let proxy = Proxy::start("127.0.0.1:6379").await?;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let mut app = spawn_app_with(|env| env.with("REDIS_URL", &redis_url)).await;
+    let op = app.signed_in(Role::Operator).await;
+    let complete = redis::Script::new(include_str!("../../src/idempotency/complete.lua"));
+    proxy.stall_when_sent(complete.get_hash().as_bytes());
+    let created = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Stored", "sku": "STORED-1"}),
+            Some("stored"),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+
+    let stop_then_look = async {
+        app.stop().await?;
+        let mut redis = app.redis().await;
+        let keys = idempotency_entries(&app).await;
+        let entry: String = redis::cmd("GET").arg(&keys).query_async(&mut redis).await?;
+        Ok::<_, Box<dyn std::error::Error>>(entry)
+    };
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.resume();
+    };
+    let (entry, ()) = tokio::join!(stop_then_look, resume);
+    let entry: serde_json::Value = serde_json::from_str(&entry?)?;
+    assert_eq!(entry["state"], "done", "{entry}");
+    assert_eq!(entry["status"], 201);
     Ok(())
 }
 
@@ -425,6 +451,7 @@ async fn an_abandoned_request_gives_its_claim_back() {
 #[tokio::test]
 async fn a_run_that_lost_the_race_after_its_lease_ran_out_answers_the_winners_result() -> TestResult
 {
+    common::in_own_process!(Ok(()));
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
@@ -478,8 +505,14 @@ async fn a_run_that_lost_the_race_after_its_lease_ran_out_answers_the_winners_re
         assert_eq!(body(retry).await, other_result);
     }
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    // Each of the three answered a record, though each claimed the key and ran.
+    assert_eq!(app.metric(REPLAYED).await, Some(3.0));
+    assert_eq!(app.metric(CLAIMED).await, None);
     Ok(())
 }
+
+const REPLAYED: &str = "idempotency_requests_total{outcome=\"replayed\"}";
+const CLAIMED: &str = "idempotency_requests_total{outcome=\"claimed\"}";
 
 #[tokio::test]
 async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_replays_its_record()
@@ -488,6 +521,7 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     // out) or given back by a run abandoned while its COMMIT was on its way. The other run is
     // played here by the test: it has created the product and recorded its result, and has
     // not committed yet when this run begins.
+    common::in_own_process!(Ok(()));
     let app = spawn_app().await;
     let email = app.user(Role::Operator).await;
     let op = app.login(&email).await;
@@ -529,6 +563,8 @@ async fn a_run_refused_by_the_side_effect_of_a_run_that_committed_meanwhile_repl
     assert_eq!(retry.status(), 201);
     assert_eq!(body(retry).await, other_result);
     assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    assert_eq!(app.metric(REPLAYED).await, Some(2.0));
+    assert_eq!(app.metric(CLAIMED).await, None);
     Ok(())
 }
 
