@@ -35,6 +35,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// by the request timeout layer (`REQUEST_TIMEOUT_SEC`), not by this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest request head (request line and headers) a connection may send; a larger one is
+/// answered 431. It is also the most a connection buffers while it waits for its head: with
+/// hyper's default (about 400 KiB), a thousand clients each sending most of a head and then
+/// nothing held 400 MiB until their header-read bound ran out. It holds a URI of hyper's own
+/// maximum (65,534 bytes, else 414) and its headers.
+pub const MAX_HEAD_BYTES: usize = 96 * 1024;
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -81,7 +88,12 @@ async fn serve_connections(
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        // A client may close its side once it has sent its request and still read the answer
+        // (RFC 9112 9.6; `printf ... | nc` does it). By default hyper takes that end of input
+        // for a client gone and drops the request unanswered, part-run.
+        .half_close(true)
+        .max_buf_size(MAX_HEAD_BYTES);
     // Every connection task holds a receiver; when all are gone, every connection has closed.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     loop {
@@ -136,7 +148,8 @@ async fn serve_connections(
         .is_err()
     {
         tracing::warn!(
-            "in-flight requests did not finish within {:?}; exiting anyway",
+            "connections still open {:?} after shutdown began (requests in flight, or clients \
+             still sending a request's head); exiting anyway",
             DRAIN_TIMEOUT
         );
     }

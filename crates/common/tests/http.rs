@@ -65,6 +65,13 @@ fn routes() -> Router {
             }),
         )
         .route(
+            "/pause",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                "paused"
+            }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -766,7 +773,7 @@ async fn request_heads_hyper_refuses_get_the_contracts_json_error() {
     let base = spawn_hardened(&[]).await;
     let addr = base.trim_start_matches("http://").to_owned();
     let many_headers: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let cases: [(&str, Vec<u8>, u16, &str); 5] = [
+    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
         (
             "a 100 KB URI",
             format!(
@@ -792,6 +799,17 @@ async fn request_heads_hyper_refuses_get_the_contracts_json_error() {
         (
             "300 headers",
             format!("GET /ok HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "request_header_fields_too_large",
+        ),
+        (
+            // Over `MAX_HEAD_BYTES`, within hyper's default buffer (about 400 KiB).
+            "a 120 KB header",
+            format!(
+                "GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(120_000)
+            )
+            .into_bytes(),
             431,
             "request_header_fields_too_large",
         ),
@@ -831,9 +849,84 @@ async fn request_heads_hyper_refuses_get_the_contracts_json_error() {
             "{what}: {body}"
         );
     }
-    // The connection loop goes on serving.
+    // The connection loop goes on serving, and the head bound holds a URI as long as hyper
+    // takes, with headers.
     let r = client().get(format!("{base}/ok")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let long = format!("{base}/ok?q={}", "a".repeat(65_000));
+    let r = client()
+        .get(long)
+        .header("x-filler", "f".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A client that stops sending its body half-way, or trickles it, is answered 408 (its fault)
+/// once the body's bound (half the request timeout here) has passed, not the request
+/// timeout's 503 (a failure of the service, which the 5xx alerts count).
+#[tokio::test]
+async fn a_stalled_or_trickled_request_body_is_408_not_503() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let base = spawn_hardened(&[]).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let head = "POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n";
+    for trickle in [false, true] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"{\"name\":").await.unwrap();
+        // For 1 s, a byte every 50 ms, or nothing (the request timeout is 300 ms).
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trickle {
+                stream.write_all(b" ").await.unwrap();
+            }
+        }
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+        assert!(
+            answer.starts_with("http/1.1 408"),
+            "trickle {trickle}: {answer}"
+        );
+        assert!(
+            answer.contains("x-content-type-options: nosniff"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\"error\":\"request_timeout\""),
+            "trickle {trickle}: {answer}"
+        );
+    }
+}
+
+/// A client may close its sending side once its request is sent, and still read the answer
+/// (RFC 9112 9.6). hyper's default took that end of input for a client gone, and dropped the
+/// request unanswered (the services' handlers then ran part-way, a rate-limit token spent).
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let base = spawn_hardened(&[]).await;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes after its answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+    assert!(answer.ends_with("paused"), "{answer:?}");
 }
 
 /// A route that answers before reading the body (413 for a declared length over the limit)

@@ -11,7 +11,8 @@ use super::error::error_response;
 
 /// Like `axum::Json`, but a bad body answers `{"error","detail"}`: 415 without a JSON content
 /// type or with a charset other than UTF-8 (JSON is UTF-8, RFC 8259), 413 over the size limit,
-/// 400 for malformed JSON or a body of the wrong shape.
+/// 408 for a body that did not arrive in time, 400 for malformed JSON or a body of the wrong
+/// shape.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -55,6 +56,8 @@ impl From<JsonRejection> for JsonError {
                     "The request body is too large.",
                 )
             }
+            // Not arrived in time (408), or not readable (400).
+            JsonRejection::BytesRejection(e) => super::body_deadline::unreadable_body(e),
             _ => error_response(
                 StatusCode::BAD_REQUEST,
                 "bad_request",

@@ -1,5 +1,6 @@
 //! The HTTP hardening stack both services put in front of their routes.
 
+pub mod body_deadline;
 pub mod client_ip;
 pub mod cors;
 pub mod error;
@@ -30,13 +31,14 @@ use crate::config::HttpConfig;
 
 /// Wraps `router` (routes and fallback) in the hardening stack, outermost first: security
 /// headers, request id, CORS, trace span and metrics, panic catcher, JSON errors, body limit,
-/// timeout, client IP. Serve the result with [`crate::server::serve`], which gives every request
+/// body deadline, timeout, client IP. Serve the result with [`crate::server::serve`], which gives every request
 /// its peer address as `ConnectInfo<SocketAddr>`.
 ///
 /// The stack is one tower service applied once: every `Router::layer` call would box and clone
 /// the service per request again, and the request mappers here are plain functions.
 pub fn harden(router: Router, config: &HttpConfig) -> Router {
     let trusted = TrustedProxies::new(config.trusted_proxies.clone());
+    let body_timeout = body_deadline::body_timeout(config.request_timeout);
     let cors = cors::layer(&config.cors_origins);
     let cors_only_for_allowed = cors
         .is_some()
@@ -68,6 +70,7 @@ pub fn harden(router: Router, config: &HttpConfig) -> Router {
             .layer(CatchPanicLayer::custom(panicked))
             .map_response(error::json_errors)
             .layer(RequestBodyLimitLayer::new(config.body_limit_bytes))
+            .map_request(move |req| body_deadline::bound(req, body_timeout))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
                 config.request_timeout,

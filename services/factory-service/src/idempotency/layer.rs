@@ -5,7 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use common::http::error_response;
+use common::http::body_deadline::unreadable_body;
 use sha2::{Digest, Sha256};
 
 use super::store::{self, Claim, StoredResponse};
@@ -58,13 +58,7 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, state.body_limit).await {
         Ok(b) => b,
-        Err(_) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "The request body is too large.",
-            );
-        }
+        Err(e) => return unreadable_body(&e),
     };
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str().as_bytes());

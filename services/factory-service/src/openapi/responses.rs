@@ -42,7 +42,7 @@ pub(super) fn idempotent_path(path: &str) -> bool {
 /// The responses the shared layers give, added to every operation that can get them, so the
 /// document says what the service does: 429 and 503 on every route; 401 on authenticated ones,
 /// and 403 on those a viewer may not use (every write, the API keys); 400 for a malformed path
-/// parameter; 400, 413 and 415 where a JSON body is read; and the idempotency layer's 400, 409
+/// parameter; 400, 408, 413 and 415 where a JSON body is read; and the idempotency layer's 400, 409
 /// and 422 on POST and DELETE outside `/v1/auth`. Where the handler describes a status itself,
 /// the shared causes of its 400, 401, 403, 409 and 422 are added to its description (a
 /// handler's 409 must not hide `idempotency_key_in_use`). Every error response gets the JSON
@@ -138,6 +138,11 @@ impl Modify for CommonResponses {
                 }
                 if operation.request_body.is_some() {
                     bad_request.push("malformed JSON, or a field is missing or wrong");
+                    Self::add(
+                        operation,
+                        "408",
+                        "`request_timeout`: the body did not arrive in time",
+                    );
                     Self::add(operation, "413", "The body is too large");
                     Self::add(
                         operation,

@@ -370,6 +370,41 @@ async fn shutdown_waits_for_the_result_of_an_answered_request_to_be_stored() -> 
     Ok(())
 }
 
+/// A keyed write whose body stops half-way is 408 (the body's bound is half the request
+/// timeout), not the 413 every unreadable body got before, and its key is left unused.
+#[tokio::test]
+async fn a_keyed_write_whose_body_stalls_is_408_and_leaves_the_key_unused() -> TestResult {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app_with(|env| env.with("REQUEST_TIMEOUT_SEC", "2")).await;
+    let op = app.signed_in(Role::Operator).await;
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await?;
+    let head = format!(
+        "POST /v1/products HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nIdempotency-Key: stalled\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\":",
+        op.access
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+    assert!(idempotency_entries(&app).await.is_empty());
+
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Stalled", "sku": "STALLED-1"}),
+            Some("stalled"),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert!(!r.headers().contains_key("idempotent-replayed"));
+    Ok(())
+}
+
 #[tokio::test]
 async fn keys_are_scoped_to_the_caller() {
     let app = spawn_app().await;
