@@ -650,7 +650,11 @@ impl CommonConfig {
                 request_timeout: Duration::from_secs(timeout_secs),
             },
             telemetry: TelemetryConfig {
-                log_format: env.parse("LOG_FORMAT", LogFormat::Json, "json or pretty")?,
+                log_format: env.parse(
+                    "LOG_FORMAT",
+                    LogFormat::Json,
+                    "json or pretty (or text, the same as pretty)",
+                )?,
                 log_filter: env.string("RUST_LOG", "info"),
                 otlp_endpoint: otlp_endpoint(env)?,
             },

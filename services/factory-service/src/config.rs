@@ -225,18 +225,23 @@ fn bootstrap_admin(env: &Env) -> Result<Option<BootstrapAdmin>, ConfigError> {
 fn session_max_secs(env: &Env, refresh_secs: u64) -> Result<u64, ConfigError> {
     const VAR: &str = "REFRESH_SESSION_MAX_SEC";
     const MAX: u64 = 315_360_000;
-    // Any value below the token's lifetime gets the error below, which names it.
-    let secs: u64 = env.int_in(VAR, refresh_secs.max(7_776_000), 0, MAX)?;
-    if secs < refresh_secs {
-        return Err(ConfigError::new(
-            VAR,
-            env.raw(VAR).unwrap_or_default(),
-            false,
-            "shorter than REFRESH_TOKEN_TTL_SEC",
-            format!("a whole number from REFRESH_TOKEN_TTL_SEC ({refresh_secs}) to {MAX}"),
-        ));
-    }
-    Ok(secs)
+    // One expected form for every refusal, naming the lower bound's variable.
+    let expected = format!("a whole number from REFRESH_TOKEN_TTL_SEC ({refresh_secs}) to {MAX}");
+    let secs: u64 = env.parse(VAR, refresh_secs.max(7_776_000), &expected)?;
+    let problem = if secs < refresh_secs {
+        "shorter than REFRESH_TOKEN_TTL_SEC"
+    } else if secs > MAX {
+        "out of range"
+    } else {
+        return Ok(secs);
+    };
+    Err(ConfigError::new(
+        VAR,
+        env.raw(VAR).unwrap_or_default(),
+        false,
+        problem,
+        expected,
+    ))
 }
 
 #[cfg(test)]
@@ -308,8 +313,17 @@ mod tests {
             e.to_string().contains("REFRESH_TOKEN_TTL_SEC (86400)"),
             "{e}"
         );
-        let e = parse(&[("REFRESH_SESSION_MAX_SEC", "ninety days")]).unwrap_err();
-        assert_eq!(e.var, "REFRESH_SESSION_MAX_SEC");
+        // Every refusal gives the same expected form: the lower bound is the token's lifetime
+        // (the upper one's message said "from 0").
+        for bad in ["ninety days", "315360001", "0"] {
+            let e = parse(&[("REFRESH_SESSION_MAX_SEC", bad)]).unwrap_err();
+            assert_eq!(e.var, "REFRESH_SESSION_MAX_SEC");
+            assert!(
+                e.to_string()
+                    .contains("from REFRESH_TOKEN_TTL_SEC (2592000) to 315360000"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
