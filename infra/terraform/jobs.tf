@@ -3,6 +3,8 @@
 #   gcloud run jobs execute voketag-audit-verify --region <writer region> --wait
 #   gcloud run jobs execute voketag-user --region <writer region> --wait \
 #     --args=user,end-sessions,--email,ops@example.com      (default args: user list)
+#   gcloud run jobs execute voketag-dlq --region <writer region> --wait \
+#     --args=dlq,replay,--all                               (default args: dlq list --limit 50)
 # `migrate` is the only way the schema changes (never at service start-up); `audit verify` exits
 # non-zero on a broken chain, so a failed execution is the alert.
 
@@ -12,6 +14,7 @@ locals {
   jobs = {
     migrate = ["migrate"]
     user    = ["user", "list"]
+    dlq     = ["dlq", "list", "--limit", "50"]
     # With the public key given, signatures are checked too: each key named by its id (`ID=PEM`),
     # the current one and those it succeeded, so that a signature by any other id is a break.
     audit-verify = concat(
@@ -59,6 +62,20 @@ resource "google_cloud_run_v2_job" "ops" {
         env {
           name  = "LOG_FORMAT"
           value = "json"
+        }
+        # The project and the event plumbing's names (`dlq list|replay` read and publish them;
+        # unset, they would be the local defaults, project `voketag-local`).
+        dynamic "env" {
+          for_each = {
+            PUBSUB_PROJECT_ID        = var.project_id
+            SCAN_EVENTS_TOPIC        = google_pubsub_topic.scan_events.name
+            SCAN_EVENTS_SUBSCRIPTION = google_pubsub_subscription.factory_scan_events.name
+            SCAN_EVENTS_DLQ_TOPIC    = google_pubsub_topic.scan_events_dlq.name
+          }
+          content {
+            name  = env.key
+            value = env.value
+          }
         }
         env {
           name = "DATABASE_URL"

@@ -1,13 +1,18 @@
 # Cloud Run (v2) in both regions: scan and factory (public, behind the load balancer only) and
-# the scan-event worker (`factory-service worker`, no ingress, CPU always allocated because it
-# pulls from Pub/Sub rather than answering requests). The secondary region runs the same
-# revisions with var.secondary_min_instances warm instances.
+# the scan-event worker (`factory-service worker`, no ingress). The secondary region runs the
+# same revisions with var.secondary_min_instances warm instances.
+#
+# CPU is always allocated (cpu_idle = false) for all three: each works outside its requests.
+# The worker pulls from Pub/Sub; scan publishes its scan events from a background task after
+# the answer (with CPU throttled between requests, a quiet instance's events would wait for its
+# next request); factory `serve` runs the audit checkpointer and the background chain verifier
+# that AuditChainBroken relies on.
 
 locals {
   apps = {
-    scan    = { image = var.scan_image, args = [], public = true, sa = "scan", always_on = false }
-    factory = { image = var.factory_image, args = ["serve"], public = true, sa = "factory", always_on = false }
-    worker  = { image = var.factory_image, args = ["worker", "--metrics-addr", "0.0.0.0:8080"], public = false, sa = "worker", always_on = true }
+    scan    = { image = var.scan_image, args = [], public = true, sa = "scan" }
+    factory = { image = var.factory_image, args = ["serve"], public = true, sa = "factory" }
+    worker  = { image = var.factory_image, args = ["worker", "--metrics-addr", "0.0.0.0:8080"], public = false, sa = "worker" }
   }
 
   min_instances = {
@@ -155,7 +160,7 @@ resource "google_cloud_run_v2_service" "svc" {
           cpu    = "1"
           memory = "512Mi"
         }
-        cpu_idle          = !each.value.always_on
+        cpu_idle          = false
         startup_cpu_boost = true
       }
 
