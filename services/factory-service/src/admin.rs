@@ -87,15 +87,27 @@ pub fn routes() -> Router {
         )
 }
 
+/// Whether the request's `If-None-Match` matches `etag` (RFC 9110 13.1.2): `*`, or a list of
+/// entity tags compared weakly (`W/"x"` matches `"x"`), over every header line.
+fn none_match(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| {
+            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == etag.as_bytes()
+        })
+}
+
 fn serve(path: &str, request: &HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|a| a.path == path) else {
         return error_response(StatusCode::NOT_FOUND, "not_found", "No such resource.");
     };
     let asset = &ASSETS[i];
     let etag = &ETAGS[i];
-    let fresh = request
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let fresh = none_match(request, etag);
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -180,9 +192,27 @@ mod tests {
     #[test]
     fn a_matching_etag_is_304() {
         let etag = serve("app.js", &HeaderMap::new()).headers()[header::ETAG].clone();
-        let mut request = HeaderMap::new();
-        request.insert(header::IF_NONE_MATCH, etag);
-        assert_eq!(serve("app.js", &request).status(), StatusCode::NOT_MODIFIED);
+        let etag = etag.to_str().unwrap();
+        let status = |values: &[&str]| {
+            let mut request = HeaderMap::new();
+            for v in values {
+                request.append(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+            }
+            serve("app.js", &request).status()
+        };
+        // The strong tag, its weak form, in a list, on a later line, or `*` (RFC 9110 13.1.2).
+        for matching in [
+            vec![etag.to_owned()],
+            vec![format!("W/{etag}")],
+            vec![format!("\"other\", W/{etag}")],
+            vec!["\"other\"".to_owned(), etag.to_owned()],
+            vec!["*".to_owned()],
+        ] {
+            let values: Vec<&str> = matching.iter().map(String::as_str).collect();
+            assert_eq!(status(&values), StatusCode::NOT_MODIFIED, "{matching:?}");
+        }
+        assert_eq!(status(&["\"other\""]), StatusCode::OK);
+        assert_eq!(status(&[]), StatusCode::OK);
     }
 
     #[test]
