@@ -134,6 +134,20 @@ impl FactoryError {
     }
 }
 
+/// The 503 of [`FactoryError::Unavailable`], for a caller that has logged the failure with its
+/// cause already (one line per refused request, not two).
+pub fn unavailable_response() -> Response {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        "A dependency is temporarily unavailable; try again shortly.",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 impl IntoResponse for FactoryError {
     fn into_response(self) -> Response {
         match self {
@@ -189,15 +203,7 @@ impl IntoResponse for FactoryError {
             Self::RateLimited { retry_after } => rate_limited_response(retry_after),
             Self::Unavailable(dependency) => {
                 tracing::warn!(dependency, "dependency unavailable");
-                let mut response = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "A dependency is temporarily unavailable; try again shortly.",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                response
+                unavailable_response()
             }
             Self::Database(e) => database_error(e),
             Self::Internal(cause) => {

@@ -84,10 +84,7 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
     let (label, response) = match outcome {
         Err(e) => {
             tracing::warn!(error = %e, "idempotency claim failed; refusing rather than risking a duplicate");
-            (
-                "unavailable",
-                FactoryError::Unavailable("redis").into_response(),
-            )
+            ("unavailable", crate::error::unavailable_response())
         }
         Ok(Claim::Acquired(value)) => {
             let req = Request::from_parts(parts, Body::from(bytes));

@@ -237,6 +237,59 @@ async fn redis_down_is_503_and_nothing_happens() {
     assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
 }
 
+/// A keyed write refused because Redis is away is logged once, with the cause: it was two
+/// warnings per request (the layer's, then the 503's generic one), doubling the log volume of
+/// an outage.
+#[tokio::test]
+async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause() {
+    common::in_own_process!();
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Logs::default();
+    let config = common::config::TelemetryConfig {
+        log_format: common::config::LogFormat::Json,
+        log_filter: "warn".into(),
+        otlp_endpoint: None,
+    };
+    let writer = logs.clone();
+    let _telemetry =
+        common::telemetry::init_with_writer("idempotency-test", &config, move || writer.clone())
+            .unwrap();
+    let app = spawn_app_with(|env| {
+        env.with("REDIS_URL", "redis://127.0.0.1:1")
+            .with("REDIS_TIMEOUT_MS", "200")
+    })
+    .await;
+    let op = app.signed_in(Role::Operator).await;
+    let before = logs.0.lock().unwrap().len();
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "A", "sku": "A-1"}),
+            Some("k"),
+        )
+        .await;
+    assert_error(r, 503, "service_unavailable").await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()[before..]).into_owned();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(r#""WARN""#)).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("idempotency claim failed"), "{text}");
+    assert!(warnings[0].contains("error"), "{text}");
+}
+
 #[tokio::test]
 async fn the_redis_breaker_opens_after_the_threshold_then_refuses_without_waiting() {
     common::in_own_process!();
