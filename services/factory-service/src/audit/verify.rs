@@ -392,6 +392,10 @@ async fn check_rows(
         .bind(to)
         .fetch(&mut *conn);
     loop {
+        // Rows come from a buffer far faster than they are checked, so the loop would hold its
+        // worker thread for the whole chain (seconds per million), starving every other task
+        // on it: `/healthz` stalled as long, and the request timeout could not fire.
+        tokio::task::coop::consume_budget().await;
         let row = match rows.try_next().await {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(None),
