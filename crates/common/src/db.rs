@@ -48,11 +48,54 @@ pub fn pg_pool(
         "idle_in_transaction_session_timeout",
         idle_tx_timeout.as_millis().to_string(),
     )]);
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(max_connections).connect_lazy_with(options))
+}
+
+/// How long PostgreSQL itself lets a service's statement run, and wait for a lock, before it
+/// cancels it. A bound kept only on the client (a request timeout, a look-up timeout) stops
+/// waiting but leaves the statement running, holding its pool connection: a session that held
+/// the audit chain's head (or locked a table) for minutes left every connection of the pool
+/// waiting behind it, so even plain reads answered 503 for as long.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryBounds {
+    /// `statement_timeout`.
+    pub statement: Duration,
+    /// `lock_timeout`.
+    pub lock: Duration,
+}
+
+/// [`pg_pool`] for a service's requests: its statements bounded by `bounds`, and connections
+/// handed out without the pool's ping first (`test_before_acquire`), which cost every query a
+/// second round trip (a look-up 35 ms away from its database already overran the scan
+/// service's 80 ms floor). A connection that died meanwhile fails its query instead, as an
+/// outage would, and is replaced.
+pub fn service_pg_pool(
+    url: &SecretString,
+    max_connections: u32,
+    idle_tx_timeout: Duration,
+    bounds: QueryBounds,
+) -> anyhow::Result<PgPool> {
+    let options = connect_options(url, "DATABASE_URL")?.options([
+        (
+            "idle_in_transaction_session_timeout",
+            idle_tx_timeout.as_millis().to_string(),
+        ),
+        (
+            "statement_timeout",
+            bounds.statement.as_millis().to_string(),
+        ),
+        ("lock_timeout", bounds.lock.as_millis().to_string()),
+    ]);
+    Ok(pool_options(max_connections)
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy_with(options))
 }
 
 /// `url` parsed, with statements logged at TRACE only; `given_by` names where it came from.

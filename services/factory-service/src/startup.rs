@@ -54,10 +54,17 @@ impl Application {
         let listener = TcpListener::bind(config.common.bind_addr)
             .await
             .with_context(|| format!("binding {}", config.common.bind_addr))?;
-        let pool = common::db::pg_pool(
+        let request_timeout = config.common.http.request_timeout;
+        let pool = common::db::service_pg_pool(
             &config.common.database_url,
             16,
             config.common.database_idle_tx_timeout,
+            common::db::QueryBounds {
+                // A streamed tag CSV is one statement that may outlast its request's head.
+                statement: request_timeout + Duration::from_secs(30),
+                // The audit chain's head is held for at most a batch's insert (seconds).
+                lock: (request_timeout / 3).min(Duration::from_secs(10)),
+            },
         )?;
         let redis_pool =
             common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;

@@ -86,10 +86,15 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", common.bind_addr))?;
         let prefix = common.redis_key_prefix.as_str();
-        let read_pool = common::db::pg_pool(
+        let read_pool = common::db::service_pg_pool(
             &config.database_read_url,
             16,
             common.database_idle_tx_timeout,
+            // Past the look-up's own bound, PostgreSQL drops the statement too.
+            common::db::QueryBounds {
+                statement: crate::lookup::LOOKUP_TIMEOUT * 2,
+                lock: crate::lookup::LOOKUP_TIMEOUT,
+            },
         )?;
         let redis = Arc::new(
             RedisConn::new(&common.redis_url, common.redis_timeout, REDIS_CONNECTIONS)

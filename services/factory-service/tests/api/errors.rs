@@ -250,3 +250,38 @@ async fn a_duplicate_key_of_our_own_is_a_500_not_the_callers_conflict() {
         "the product rolled back with its audit event"
     );
 }
+
+/// A session holding the audit chain's head (an operator's psql, a frozen instance) makes an
+/// audited write wait at most the pool's lock bound (a third of the request timeout), then 503.
+/// PostgreSQL drops the wait too, so the connection goes back to the pool: before, the request
+/// timed out and its statement went on waiting, and sixteen such writes held every connection,
+/// so reads answered 503 as well until the lock was released.
+#[tokio::test]
+async fn a_write_waiting_on_a_held_audit_head_gives_up_and_frees_its_connection()
+-> Result<(), Box<dyn std::error::Error>> {
+    let app = crate::helpers::spawn_app_with(|env| env.with("REQUEST_TIMEOUT_SEC", "6")).await;
+    let op = app.signed_in(Role::Operator).await;
+    let mut holder = app.db.pool.begin().await?;
+    sqlx::query("SELECT seq FROM audit_chain_head FOR UPDATE")
+        .execute(&mut *holder)
+        .await?;
+    let product = json!({"name": "Held", "sku": "HELD-1"});
+    let write = app.post("/v1/products", &op.access, &product, None);
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let watch = async {
+        assert_eq!(app.count_until_positive(waiting, || false).await, 1);
+        // Past the lock bound (2 s), well before the request timeout (6 s).
+        tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+        app.count(waiting).await
+    };
+    let (r, still_waiting) = tokio::join!(write, watch);
+    assert_eq!(
+        still_waiting, 0,
+        "the write's statement still waits for the head"
+    );
+    assert_error(r, 503, "service_unavailable").await;
+    holder.rollback().await?;
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
+    Ok(())
+}
