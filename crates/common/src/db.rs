@@ -64,11 +64,12 @@ pub struct QueryBounds {
     pub lock: Duration,
 }
 
-/// [`pg_pool`] for a service's requests: its statements bounded by `bounds`, and connections
-/// handed out without the pool's ping first (`test_before_acquire`), which cost every query a
-/// second round trip (a look-up 35 ms away from its database already overran the scan
-/// service's 80 ms floor). A connection that died meanwhile fails its query instead, as an
-/// outage would, and is replaced.
+/// [`pg_pool`] for a service's requests: its statements bounded by `bounds`, and a connection
+/// pinged before it is handed out only when it sat idle for [`PING_IF_IDLE_FOR`] or longer.
+/// sqlx's own check pings before every acquisition, a second round trip per query (a look-up
+/// 35 ms away from its database already overran the scan service's 80 ms floor); a busy pool's
+/// connections were used a moment ago, and one that died while idle (a restart, a failover) is
+/// still caught before a query fails on it.
 pub fn service_pg_pool(
     url: &SecretString,
     max_connections: u32,
@@ -88,8 +89,21 @@ pub fn service_pg_pool(
     ]);
     Ok(pool_options(max_connections)
         .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    // An error closes the connection, and the pool hands out another.
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
+
+/// How long a connection of [`service_pg_pool`] may have sat idle and still be handed out
+/// without a ping.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()

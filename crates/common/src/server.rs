@@ -89,10 +89,10 @@ async fn serve_connections(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        // A client may close its side once it has sent its request and still read the answer
-        // (RFC 9112 9.6; `printf ... | nc` does it). By default hyper takes that end of input
-        // for a client gone and drops the request unanswered, part-run.
-        .half_close(true)
+        // hyper's default `half_close(false)` is kept: the end of a client's input is taken for
+        // the client gone, and its request is dropped, its work cancelled (an abandoned batch
+        // or verification stops at once). A client that half-closes after sending its request
+        // (RFC 9112 9.6 allows it; `printf ... | nc` does it) therefore gets no answer.
         .max_buf_size(MAX_HEAD_BYTES);
     // Every connection task holds a receiver; when all are gone, every connection has closed.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());

@@ -65,13 +65,6 @@ fn routes() -> Router {
             }),
         )
         .route(
-            "/pause",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                "paused"
-            }),
-        )
-        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -775,10 +768,11 @@ async fn request_heads_hyper_refuses_get_the_contracts_json_error() {
     let many_headers: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
     let cases: [(&str, Vec<u8>, u16, &str); 6] = [
         (
-            "a 100 KB URI",
+            // Over hyper's URI bound (65,534 bytes), within the head bound (96 KiB).
+            "a 70 KB URI",
             format!(
                 "GET /ok?q={} HTTP/1.1\r\nHost: x\r\n\r\n",
-                "a".repeat(100_000)
+                "a".repeat(70_000)
             )
             .into_bytes(),
             414,
@@ -903,30 +897,6 @@ async fn a_stalled_or_trickled_request_body_is_408_not_503() {
             "trickle {trickle}: {answer}"
         );
     }
-}
-
-/// A client may close its sending side once its request is sent, and still read the answer
-/// (RFC 9112 9.6). hyper's default took that end of input for a client gone, and dropped the
-/// request unanswered (the services' handlers then ran part-way, a rate-limit token spent).
-#[tokio::test]
-async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let base = spawn_hardened(&[]).await;
-    let addr = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    stream.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("the server closes after its answer")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
-    assert!(answer.ends_with("paused"), "{answer:?}");
 }
 
 /// A route that answers before reading the body (413 for a declared length over the limit)

@@ -24,13 +24,16 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// How long shutdown waits for the work answered requests left running
 /// ([`AppState::after_answer`]).
-const AFTER_ANSWER_GRACE: Duration = Duration::from_secs(5);
+const AFTER_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// A built factory service, bound to its listener and ready to serve.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
+    /// For the background jobs (audit checkpointer and verifier, sweeps): without the API
+    /// pool's statement bounds.
+    jobs_pool: sqlx::PgPool,
     audit: crate::audit::AuditConfig,
 }
 
@@ -62,9 +65,16 @@ impl Application {
             common::db::QueryBounds {
                 // A streamed tag CSV is one statement that may outlast its request's head.
                 statement: request_timeout + Duration::from_secs(30),
-                // The audit chain's head is held for at most a batch's insert (seconds).
+                // The audit chain's head is held from an append to its commit (milliseconds).
                 lock: (request_timeout / 3).min(Duration::from_secs(10)),
             },
+        )?;
+        // The background jobs' own: reading the whole chain, or a sweep after a backlog, takes
+        // as long as it takes, outside any request's bounds.
+        let jobs_pool = common::db::pg_pool(
+            &config.common.database_url,
+            2,
+            config.common.database_idle_tx_timeout,
         )?;
         let redis_pool =
             common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
@@ -124,6 +134,7 @@ impl Application {
             listener,
             router,
             state,
+            jobs_pool,
             audit: config.audit.clone(),
         })
     }
@@ -137,9 +148,9 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tokio::spawn(sweep_expired(self.state.clone(), shutdown.clone()));
+        tokio::spawn(sweep_expired(self.jobs_pool.clone(), shutdown.clone()));
         // Audit checkpointer and background chain verifier.
-        crate::audit::job::spawn(self.state.pool.clone(), &self.audit, shutdown.clone());
+        crate::audit::job::spawn(self.jobs_pool, &self.audit, shutdown.clone());
         let served = common::server::serve_with_header_errors(
             self.listener,
             self.router,
@@ -208,13 +219,13 @@ async fn bootstrap(state: AppState, admin: BootstrapAdmin) {
     });
 }
 
-async fn sweep_expired(state: AppState, shutdown: CancellationToken) {
+async fn sweep_expired(pool: sqlx::PgPool, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
-        let mut conn = match state.pool.acquire().await {
+        let mut conn = match pool.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "sweep of expired records skipped");

@@ -314,11 +314,6 @@ pub async fn verify(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    // The whole chain is read in one statement, for as long as its length takes; the service
-    // pool's `statement_timeout` is for request work.
-    sqlx::query("SET LOCAL statement_timeout = 0")
-        .execute(&mut *tx)
-        .await?;
     let head = chain::read_head(&mut tx).await?;
     let mut checkpoints = checkpoint::all(&mut tx).await?;
     checkpoints.extend(external.iter().cloned());
