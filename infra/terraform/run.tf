@@ -66,8 +66,8 @@ locals {
       REQUEST_TIMEOUT_SEC = "5"
     }
     factory = {
-      # The worker service consumes the scan events; the API's instances, whose CPU is
-      # throttled between requests, neither pull nor have the right to (iam.tf).
+      # The worker service consumes the scan events; the API's instances, which scale with
+      # requests, neither pull nor have the right to (iam.tf).
       SCAN_EVENTS_CONSUMER   = "false"
       MAX_DELIVERY_ATTEMPTS  = tostring(var.max_delivery_attempts)
       CORS_ORIGINS           = join(",", var.cors_origins)

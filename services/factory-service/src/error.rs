@@ -286,8 +286,9 @@ fn postgres_unusable(e: &sqlx::Error) -> bool {
 /// connection failed or was lost (08000, 08001, 08003, 08004, 08006), the server is short of
 /// connections, disk or memory (53000, 53100, 53200, 53300), or it is shutting down or starting
 /// (57P01 to 57P03), or it cancelled a statement that ran or waited for a lock past the
-/// pool's bounds (57014, 55P03: `common::db::QueryBounds`). Codes that point at a bug of ours (a protocol violation, a deadlock, a
-/// configured limit a query of ours hit) stay 500s with an error log.
+/// pool's bounds (57014, 55P03: `common::db::QueryBounds`). Codes that point at a bug of ours
+/// (a protocol violation, a deadlock, any other configured limit a query of ours hit) stay
+/// 500s with an error log.
 fn server_unavailable(code: &str) -> bool {
     matches!(
         code,

@@ -87,8 +87,13 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
             ("unavailable", crate::error::unavailable_response())
         }
         Ok(Claim::Acquired(value)) => {
+            // Counted when the run ends, however it ends: one cut by the request timeout (or a
+            // panic) is dropped here, and counts as `claimed`.
+            let mut counted = CountOnDrop("claimed");
             let req = Request::from_parts(parts, Body::from(bytes));
-            run_claimed(&state, key, value, req, next).await
+            let (label, response) = run_claimed(&state, key, value, req, next).await;
+            counted.0 = label;
+            return response;
         }
         Ok(Claim::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
             Lookup::Found(record) => (found_outcome(&record), record),
@@ -101,8 +106,17 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
             ("reused", FactoryError::IdempotencyKeyReused.into_response())
         }
     };
-    metrics::counter!("idempotency_requests_total", "outcome" => label).increment(1);
+    drop(CountOnDrop(label));
     response
+}
+
+/// Counts `idempotency_requests_total{outcome}` when dropped.
+struct CountOnDrop(&'static str);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        metrics::counter!("idempotency_requests_total", "outcome" => self.0).increment(1);
+    }
 }
 
 /// Runs a request whose key this process claimed, and stores its result if the claim still
