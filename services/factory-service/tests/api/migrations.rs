@@ -70,6 +70,31 @@ async fn migrations_apply_on_an_empty_database_and_again_as_a_no_op() {
     );
 }
 
+/// A newer release migrated the database and was rolled back: the older build's `migrate`
+/// (the release pipeline runs it before every deploy) must not stop the rollback. It stopped
+/// with "migration … was previously applied but is missing in the resolved migrations".
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_release_still_migrates() -> TestResult {
+    let pool = empty_database().await;
+    factory_service::db::migrate(&pool).await?;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (29991231000001, 'from a newer release', true, '\\x00', 1)",
+    )
+    .execute(&pool)
+    .await?;
+    factory_service::db::migrate(&pool).await?;
+    // A changed migration this build knows is still refused.
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00' \
+         WHERE version = (SELECT min(version) FROM _sqlx_migrations)",
+    )
+    .execute(&pool)
+    .await?;
+    assert!(factory_service::db::migrate(&pool).await.is_err());
+    Ok(())
+}
+
 #[tokio::test]
 async fn migrations_revert_and_reapply() {
     let pool = empty_database().await;
