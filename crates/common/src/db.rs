@@ -64,17 +64,28 @@ pub struct QueryBounds {
     pub lock: Duration,
 }
 
-/// [`pg_pool`] for a service's requests: its statements bounded by `bounds`, and a connection
-/// pinged before it is handed out only when it sat idle for [`PING_IF_IDLE_FOR`] or longer.
-/// sqlx's own check pings before every acquisition, a second round trip per query (a look-up
-/// 35 ms away from its database already overran the scan service's 80 ms floor); a busy pool's
-/// connections were used a moment ago, and one that died while idle (a restart, a failover) is
-/// still caught before a query fails on it.
+/// When a pool of [`service_pg_pool`] checks a connection with a ping before handing it out.
+#[derive(Debug, Clone, Copy)]
+pub enum Ping {
+    /// Before every acquisition (sqlx's default): a connection that died is never handed out,
+    /// at the cost of a round trip per query.
+    EveryAcquire,
+    /// Only for a connection that sat idle this long or longer. A busy pool's connections were
+    /// used a moment ago, so most queries save the round trip (for the scan service, a
+    /// look-up 35 ms away from its replica already overran the 80 ms timing floor with it);
+    /// one that died while idle longer is still caught. One that died within the window
+    /// (a sub-second restart) fails its query, as the outage would have.
+    IfIdleFor(Duration),
+}
+
+/// [`pg_pool`] for a service's requests: its statements bounded by `bounds`, its connections
+/// checked as `ping` says.
 pub fn service_pg_pool(
     url: &SecretString,
     max_connections: u32,
     idle_tx_timeout: Duration,
     bounds: QueryBounds,
+    ping: Ping,
 ) -> anyhow::Result<PgPool> {
     let options = connect_options(url, "DATABASE_URL")?.options([
         (
@@ -87,23 +98,24 @@ pub fn service_pg_pool(
         ),
         ("lock_timeout", bounds.lock.as_millis().to_string()),
     ]);
-    Ok(pool_options(max_connections)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE_FOR {
-                    // An error closes the connection, and the pool hands out another.
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect_lazy_with(options))
+    let pool = pool_options(max_connections);
+    let pool = match ping {
+        Ping::EveryAcquire => pool,
+        Ping::IfIdleFor(idle) => {
+            pool.test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= idle {
+                            // An error closes the connection, and the pool hands out another.
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
+        }
+    };
+    Ok(pool.connect_lazy_with(options))
 }
-
-/// How long a connection of [`service_pg_pool`] may have sat idle and still be handed out
-/// without a ping.
-pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()

@@ -68,6 +68,8 @@ impl Application {
                 // The audit chain's head is held from an append to its commit (milliseconds).
                 lock: (request_timeout / 3).min(Duration::from_secs(10)),
             },
+            // An admin request can spare the round trip; a restart then fails no request.
+            common::db::Ping::EveryAcquire,
         )?;
         // The background jobs' own: reading the whole chain, or a sweep after a backlog, takes
         // as long as it takes, outside any request's bounds.

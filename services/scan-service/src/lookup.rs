@@ -28,6 +28,10 @@ use crate::error::LookupError;
 /// the pool's connections, and is well under the 3 s the pool alone would wait for a connection.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The read pool pings a connection before a look-up only when it sat idle this long
+/// (`common::db::Ping::IfIdleFor`): a ping before every look-up is a second round trip.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// `query`, failing with [`LookupError::TimedOut`] if it has not answered within
 /// [`LOOKUP_TIMEOUT`].
 pub fn bounded<T>(

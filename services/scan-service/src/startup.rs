@@ -95,6 +95,7 @@ impl Application {
                 statement: crate::lookup::LOOKUP_TIMEOUT * 2,
                 lock: crate::lookup::LOOKUP_TIMEOUT,
             },
+            common::db::Ping::IfIdleFor(crate::lookup::PING_IF_IDLE_FOR),
         )?;
         let redis = Arc::new(
             RedisConn::new(&common.redis_url, common.redis_timeout, REDIS_CONNECTIONS)

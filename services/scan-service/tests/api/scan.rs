@@ -653,7 +653,10 @@ async fn connections_cut_while_idle_are_replaced_before_a_look_up_uses_them() {
     assert_eq!(app.scan(&tag).await.status(), StatusCode::OK);
     proxy.down().await;
     proxy.up().expect("proxy listening again");
-    tokio::time::sleep(common::db::PING_IF_IDLE_FOR + std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(
+        scan_service::lookup::PING_IF_IDLE_FOR + std::time::Duration::from_millis(200),
+    )
+    .await;
     // An unknown id, so that no cache can answer.
     let r = app.scan("unknown_tag_id_after_a_cut").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
