@@ -13,7 +13,18 @@ use sqlx::{ConnectOptions, Connection as _, PgPool};
 
 /// The migrations in `migrations/` (one history for both services), embedded at build time.
 /// Applied only by `factory-service migrate`, never raced at start-up.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+///
+/// A database may also hold migrations this build does not know: a newer release applied them
+/// and was rolled back. A migration must leave a schema the release before it still runs on
+/// (infra/terraform/README.md), so that is not an error (`ignore_missing`): it would stop the
+/// rollback at its migrate step. The checksums of the migrations this build knows are still
+/// checked.
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        let mut migrator = sqlx::migrate!("../../migrations");
+        migrator.set_ignore_missing(true);
+        migrator
+    });
 
 /// What to tell someone whose database lacks the schema.
 pub const MIGRATE_HINT: &str = "run `factory-service migrate`";
@@ -44,11 +55,19 @@ pub fn pg_pool(
     max_connections: u32,
     idle_tx_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
-    let options = connect_options(url, "DATABASE_URL")?.options([(
+    let options = session_options(url, idle_tx_timeout)?;
+    Ok(pool_options(max_connections).connect_lazy_with(options))
+}
+
+/// `DATABASE_URL`'s options with the idle-in-transaction bound every pool's sessions get.
+fn session_options(
+    url: &SecretString,
+    idle_tx_timeout: Duration,
+) -> anyhow::Result<PgConnectOptions> {
+    Ok(connect_options(url, "DATABASE_URL")?.options([(
         "idle_in_transaction_session_timeout",
         idle_tx_timeout.as_millis().to_string(),
-    )]);
-    Ok(pool_options(max_connections).connect_lazy_with(options))
+    )]))
 }
 
 /// How long PostgreSQL itself lets a service's statement run, and wait for a lock, before it
@@ -87,11 +106,7 @@ pub fn service_pg_pool(
     bounds: QueryBounds,
     ping: Ping,
 ) -> anyhow::Result<PgPool> {
-    let options = connect_options(url, "DATABASE_URL")?.options([
-        (
-            "idle_in_transaction_session_timeout",
-            idle_tx_timeout.as_millis().to_string(),
-        ),
+    let options = session_options(url, idle_tx_timeout)?.options([
         (
             "statement_timeout",
             bounds.statement.as_millis().to_string(),
