@@ -142,6 +142,7 @@ pub async fn confirm_session(
             Ok(SessionState::Ended) => {
                 state.ended_sessions.insert(
                     principal.session_id,
+                    principal.id,
                     principal.token_expires_at,
                     jsonwebtoken::get_current_timestamp(),
                 );
@@ -178,7 +179,10 @@ enum SessionState {
 }
 
 async fn session_of(state: &AppState, claimed: Principal) -> Result<SessionState, FactoryError> {
-    if state.ended_sessions.contains(claimed.session_id) {
+    if state
+        .ended_sessions
+        .contains(claimed.session_id, claimed.id)
+    {
         return Ok(SessionState::Ended);
     }
     let lookup = repo::live_session(&state.pool, claimed.session_id, claimed.id);

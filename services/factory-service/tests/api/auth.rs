@@ -10,7 +10,8 @@ use serde_json::json;
 use common::testing::Proxy;
 
 use crate::helpers::{
-    DEVICE, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app, spawn_app_with,
+    DEVICE, JWT_SECRET, PASSWORD, assert_error, body, session_of, set_cookie, spawn_app,
+    spawn_app_with,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -801,4 +802,54 @@ async fn start_up_needs_a_jwt_secret_outside_development() {
         factory_service::Application::build(dev).await.is_ok(),
         "development makes one up"
     );
+}
+
+/// A session is found ended for the user its token names. A token (signed with the service's
+/// secret, so only a holder of it can make one) naming one user and another user's session
+/// finds no live session; it must not end that session's own tokens on this instance. It did,
+/// until the token's `exp`, when the instance remembered the session alone.
+#[tokio::test]
+async fn a_token_naming_another_users_session_does_not_end_that_session() -> TestResult {
+    use factory_service::auth::JwtKeys;
+    use factory_service::config::JwtSecret;
+
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let viewer = app.signed_in(Role::Viewer).await;
+    let keys = JwtKeys::new(
+        &JwtSecret::new(JWT_SECRET.as_bytes().to_vec()),
+        Duration::from_secs(3600),
+    );
+    let (admin_claims, viewer_claims) = (
+        keys.verify(&admin.access).map_err(|e| format!("{e:?}"))?,
+        keys.verify(&viewer.access).map_err(|e| format!("{e:?}"))?,
+    );
+    let (mixed, _) = keys.issue(
+        viewer_claims.sub,
+        admin_claims.sid,
+        &viewer_claims.email,
+        Role::Viewer,
+        u64::MAX,
+    )?;
+    assert_error(
+        app.get("/v1/products/00000000-0000-0000-0000-000000000000", &mixed)
+            .await,
+        401,
+        "session_ended",
+    )
+    .await;
+    // The admin's own token of that session still works, and so does the viewer's.
+    assert_eq!(app.get("/v1/api-keys", &admin.access).await.status(), 200);
+    let product = app.product(&admin.access).await;
+    let product = format!("/v1/products/{product}");
+    assert_eq!(app.get(&product, &viewer.access).await.status(), 200);
+    // And the mixed token stays refused (now from memory).
+    assert_error(
+        app.get("/v1/products/00000000-0000-0000-0000-000000000000", &mixed)
+            .await,
+        401,
+        "session_ended",
+    )
+    .await;
+    Ok(())
 }

@@ -18,6 +18,8 @@ use uuid::Uuid;
 pub const DEVICE: &str = "test-device-0123456789";
 /// The password every test user gets.
 pub const PASSWORD: &str = "correct horse battery staple";
+/// The `JWT_SECRET` of every test app (a test that forges tokens signs with it).
+pub const JWT_SECRET: &str = "an-integration-test-secret-of-48-bytes-0123456789";
 
 /// A running service and what the test needs to poke at it.
 pub struct TestApp {
@@ -50,10 +52,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(Env) -> Env) -> TestApp {
     let db = TestDb::new().await;
     let env = common::testing::env_for(&db)
-        .with(
-            "JWT_SECRET",
-            "an-integration-test-secret-of-48-bytes-0123456789",
-        )
+        .with("JWT_SECRET", JWT_SECRET)
         .with("ADMIN_RATE_LIMIT_BURST", "100000")
         .with("REDIS_TIMEOUT_MS", "2000");
     let config = FactoryConfig::from_env(&adjust(env)).expect("test configuration");
