@@ -152,7 +152,12 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tokio::spawn(sweep_expired(self.jobs_pool.clone(), shutdown.clone()));
         // Audit checkpointer and background chain verifier.
-        crate::audit::job::spawn(self.jobs_pool, &self.audit, shutdown.clone());
+        crate::audit::job::spawn(
+            self.jobs_pool,
+            &self.audit,
+            self.state.audit.findings().clone(),
+            shutdown.clone(),
+        );
         let served = common::server::serve_with_header_errors(
             self.listener,
             self.router,

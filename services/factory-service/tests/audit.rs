@@ -868,7 +868,7 @@ async fn checkpoints_follow_the_cadence_and_verify() {
     let audit = AuditLog::with_signer(Some(k1.clone()), false);
     let every = |since: i64, _| since >= 5;
     assert!(
-        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, every)
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), &[], every)
             .await
             .unwrap()
             .is_none(),
@@ -876,13 +876,13 @@ async fn checkpoints_follow_the_cadence_and_verify() {
     );
     append_n(&db.pool, &audit, 4).await;
     assert!(
-        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, every)
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), &[], every)
             .await
             .unwrap()
             .is_none()
     );
     append_n(&db.pool, &audit, 1).await;
-    let cp = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, every)
+    let cp = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), &[], every)
         .await
         .unwrap()
         .unwrap();
@@ -1574,7 +1574,9 @@ async fn the_checkpointer_refuses_a_head_that_does_not_extend_what_the_verifier_
          UPDATE audit_chain_head SET seq = 8, hash = (SELECT hash FROM audit_events WHERE seq = 8);",
     )
     .await;
-    let cut = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), Some(&verified), always).await;
+    let cut =
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), std::slice::from_ref(&verified), always)
+            .await;
     assert_eq!(refusal(cut)?, (9, "tail_truncated"));
     // The refused attempt's transaction, and with it the checkpoint lock, ended with it: left to
     // the pool's lazy rollback, the lock made the next attempt on another connection see
@@ -1588,7 +1590,9 @@ async fn the_checkpointer_refuses_a_head_that_does_not_extend_what_the_verifier_
     assert_eq!(held, 0, "checkpoint lock released");
     // The chain goes on from the cut: seq 9 and 10 again, with other events.
     append_n(&db.pool, &audit, 3).await;
-    let fork = checkpoint::checkpoint_if_due(&db.pool, Some(&k1), Some(&verified), always).await;
+    let fork =
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), std::slice::from_ref(&verified), always)
+            .await;
     assert_eq!(refusal(fork)?, (10, "checkpoint_mismatch"));
     assert_eq!(
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_checkpoints")
@@ -1599,7 +1603,7 @@ async fn the_checkpointer_refuses_a_head_that_does_not_extend_what_the_verifier_
     );
     // The database alone looks intact: only the memory of the verified head tells.
     assert!(
-        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), None, always)
+        checkpoint::checkpoint_if_due(&db.pool, Some(&k1), &[], always)
             .await?
             .is_some()
     );
@@ -1692,7 +1696,7 @@ async fn signatures_by_a_key_the_service_does_not_know_are_reported_or_with_prev
         1,
         BreakReason::UnknownKey,
     );
-    let refused = checkpoint::checkpoint_if_due(&db.pool, Some(&strict), None, |_, _| true).await;
+    let refused = checkpoint::checkpoint_if_due(&db.pool, Some(&strict), &[], |_, _| true).await;
     assert_eq!(refusal(refused)?, (1, "unknown_key"));
 
     // A rotation, strict: the new key lists the old one, and both verify.
@@ -1737,7 +1741,12 @@ async fn the_checkpointer_of_the_running_service_stops_when_its_verifier_reports
         ..factory_service::audit::AuditConfig::default()
     };
     let stop = tokio_util::sync::CancellationToken::new();
-    let jobs = factory_service::audit::job::spawn(db.pool.clone(), &config, stop.clone());
+    let jobs = factory_service::audit::job::spawn(
+        db.pool.clone(),
+        &config,
+        factory_service::audit::job::Findings::default(),
+        stop.clone(),
+    );
     // The checkpointer looks every second; the verifier's first (full) pass runs at once.
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     stop.cancel();
@@ -1898,5 +1907,79 @@ async fn the_audit_jobs_warn_once_while_the_database_is_away_and_say_when_it_is_
         ),
         "the verifier did not say it works again"
     );
+    Ok(())
+}
+
+/// The running service remembers the checkpoint it signed last, and holds the chain to it.
+/// History cut and forked behind it, with the stored checkpoints deleted to match, between two
+/// runs of the background verifier (every 5 minutes by default): before, the checkpointer
+/// signed the fork with the service's key a second later, and `GET /v1/audit/verify` said
+/// `ok`, the database alone looking intact.
+#[tokio::test]
+async fn history_forked_behind_the_services_own_checkpoint_is_neither_signed_nor_called_intact()
+-> TestResult {
+    use factory_service::users::Role;
+    use std::time::Duration;
+
+    let app = spawn_app().await;
+    let admin = app.token(Role::Admin).await;
+    // The verifier's first run (at start-up) is over; the events below come after it.
+    let mut verified = false;
+    for _ in 0..100 {
+        if app.metrics().await.contains("\naudit_chain_verified_seq ") {
+            verified = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(verified, "the background verifier ran");
+    for _ in 0..2 {
+        app.token(Role::Viewer).await;
+    }
+    // The checkpointer (a checkpoint per event here) reaches the head.
+    let head_seq = || async {
+        sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_chain_head")
+            .fetch_one(&app.db.pool)
+            .await
+    };
+    let newest_checkpoint = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT max(seq) FROM audit_checkpoints")
+            .fetch_one(&app.db.pool)
+            .await
+    };
+    let head = head_seq().await?;
+    for _ in 0..100 {
+        if newest_checkpoint().await? == Some(head) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(newest_checkpoint().await?, Some(head), "checkpointed");
+
+    // The newest event cut, the checkpoints deleted, the chain gone on from the cut.
+    tamper(
+        &app.db.pool,
+        &format!(
+            "DELETE FROM audit_events WHERE seq = {head}; DELETE FROM audit_checkpoints; \
+             UPDATE audit_chain_head SET seq = {prev}, \
+             hash = (SELECT hash FROM audit_events WHERE seq = {prev});",
+            prev = head - 1
+        ),
+    )
+    .await;
+    app.token(Role::Viewer).await;
+    assert!(head_seq().await? > head, "the fork grew past the cut");
+    // The checkpointer looks every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        newest_checkpoint().await?,
+        None,
+        "nothing signed over the fork"
+    );
+    let (status, report) = app.get("/v1/audit/verify", Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_bad_seq"], head, "{report}");
+    assert_eq!(report["reason"], "checkpoint_mismatch", "{report}");
     Ok(())
 }

@@ -210,18 +210,19 @@ pub async fn all(conn: &mut PgConnection) -> Result<Vec<Checkpoint>, AuditError>
 /// checkpoint, already committed and logged; `None` when nothing was due or another instance
 /// is writing one right now.
 ///
-/// `verified` is the head this process's background verifier last found intact, a checkpoint
-/// held in memory, out of reach of whoever can write to the database: a head that does not
-/// extend it (the tail cut, or history rewritten, with the stored checkpoints deleted to match)
-/// is refused too.
+/// `anchors` are points of the chain this process saw intact (the head its background
+/// verifier last verified, the checkpoint it signed last: `job::Found::anchors`), held in
+/// memory, out of reach of whoever can write to the database: a head that does not pass
+/// through them (the tail cut, or history rewritten, with the stored checkpoints deleted to
+/// match) is refused too.
 pub async fn checkpoint_if_due(
     pool: &PgPool,
     signer: Option<&Signer>,
-    verified: Option<&Checkpoint>,
+    anchors: &[Checkpoint],
     due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let mut tx = pool.begin().await?;
-    let written = write_if_due(&mut tx, signer, verified, due).await;
+    let written = write_if_due(&mut tx, signer, anchors, due).await;
     let checkpoint = match written {
         Ok(Some(checkpoint)) => checkpoint,
         other => {
@@ -248,7 +249,7 @@ pub async fn checkpoint_if_due(
 async fn write_if_due(
     tx: &mut PgConnection,
     signer: Option<&Signer>,
-    verified: Option<&Checkpoint>,
+    anchors: &[Checkpoint],
     due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
@@ -291,29 +292,30 @@ async fn write_if_due(
     if since <= 0 || !due(since, last.as_ref().map(|cp| cp.signed_at)) {
         return Ok(None);
     }
-    if let Some(verified) = verified {
-        if head.seq < verified.seq {
+    for anchor in anchors {
+        if head.seq < anchor.seq {
             return Err(refuse(
                 head.seq + 1,
                 BreakReason::TailTruncated,
                 format!(
-                    "the recorded chain head is seq {} but this process verified the chain up to seq {}",
-                    head.seq, verified.seq
+                    "the recorded chain head is seq {} but this process saw the chain intact up \
+                     to seq {}",
+                    head.seq, anchor.seq
                 ),
             ));
         }
         let hash: Option<Option<Vec<u8>>> =
             sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
-                .bind(verified.seq)
+                .bind(anchor.seq)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if hash.flatten().as_deref() != Some(verified.hash.as_slice()) {
+        if hash.flatten().as_deref() != Some(anchor.hash.as_slice()) {
             return Err(refuse(
-                verified.seq,
+                anchor.seq,
                 BreakReason::CheckpointMismatch,
                 format!(
-                    "the event at seq {} is not the one this process verified",
-                    verified.seq
+                    "the event at seq {} is not the one this process saw intact",
+                    anchor.seq
                 ),
             ));
         }
@@ -367,5 +369,5 @@ pub async fn checkpoint_now(
     pool: &PgPool,
     signer: Option<&Signer>,
 ) -> Result<Option<Checkpoint>, AuditError> {
-    checkpoint_if_due(pool, signer, None, |_, _| true).await
+    checkpoint_if_due(pool, signer, &[], |_, _| true).await
 }

@@ -48,10 +48,12 @@ pub fn service_key_ring(signer: Option<&Signer>) -> KeyRing {
     keys
 }
 
-/// Starts both jobs; they stop when `shutdown` is cancelled.
+/// Starts both jobs, sharing `findings` (which the verify route reads too); they stop when
+/// `shutdown` is cancelled.
 pub fn spawn(
     pool: PgPool,
     config: &AuditConfig,
+    findings: Findings,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     // Both counters exist from the first scrape, so `increase()` sees their first step.
@@ -62,7 +64,8 @@ pub fn spawn(
             "AUDIT_SIGNING_KEY_FILE is not set: the audit chain is hashed but neither checkpoints nor events are signed"
         );
     }
-    let verifier = IncrementalVerifier::new(service_key_ring(config.signer.as_deref()));
+    let verifier =
+        IncrementalVerifier::with_findings(service_key_ring(config.signer.as_deref()), findings);
     let checkpointer = tokio::spawn(run_checkpointer(
         pool.clone(),
         config.signer.clone(),
@@ -75,37 +78,68 @@ pub fn spawn(
     vec![checkpointer, verifier]
 }
 
-/// What this process's background verifier last found, shared with its checkpointer: the head
-/// it verified (held in memory, out of reach of the database) and the break it reports, if any.
+/// What this process's audit jobs know about the chain, shared by its verifier, its
+/// checkpointer and the verify route: the head the verifier last found intact and the newest
+/// checkpoint the checkpointer signed (both held in memory, out of reach of whoever can write
+/// to the database), and the break the verifier reports, if any.
 #[derive(Debug, Clone, Default)]
 pub struct Findings(Arc<Mutex<Found>>);
 
 /// See [`Findings`].
 #[derive(Debug, Clone, Default)]
 pub struct Found {
-    /// The head of the chain as the last good run verified it.
+    /// The head of the chain as the verifier's last good run verified it.
     pub verified: Option<Checkpoint>,
-    /// The break the last run found.
+    /// The newest checkpoint this process signed (and committed).
+    pub signed: Option<Checkpoint>,
+    /// The break the verifier's last run found.
     pub broken: Option<Break>,
+}
+
+impl Found {
+    /// The points of the chain this process itself saw intact: the chain must still pass
+    /// through them. Rewriting or cutting history behind them, with the stored checkpoints
+    /// deleted to match, leaves the database consistent, and only these tell.
+    pub fn anchors(&self) -> Vec<Checkpoint> {
+        self.verified
+            .iter()
+            .chain(self.signed.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 impl Findings {
     /// The latest findings.
     pub fn get(&self) -> Found {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().clone()
     }
 
-    fn set(&self, found: Found) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = found;
+    /// Records a verifier run's outcome.
+    fn set_verification(&self, verified: Option<Checkpoint>, broken: Option<Break>) {
+        let mut found = self.lock();
+        found.verified = verified;
+        found.broken = broken;
+    }
+
+    /// Records a checkpoint this process signed and committed.
+    pub fn record_signed(&self, checkpoint: Checkpoint) {
+        let mut found = self.lock();
+        if found.signed.as_ref().is_none_or(|s| s.seq < checkpoint.seq) {
+            found.signed = Some(checkpoint);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Found> {
+        // Only plain assignments happen under the lock: a poisoned value is still whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Writes a checkpoint whenever `every` events were appended since the last one, or `interval`
 /// passed and at least one was. It never signs while `findings` report a break, nor a head that
-/// does not extend the one they hold as verified.
+/// does not pass through their anchors (the head verified, and the checkpoint this process
+/// signed last, which it records there).
 pub async fn run_checkpointer(
     pool: PgPool,
     signer: Option<Arc<Signer>>,
@@ -139,13 +173,7 @@ pub async fn run_checkpointer(
                 ),
             }),
             None => {
-                checkpoint::checkpoint_if_due(
-                    &pool,
-                    signer.as_deref(),
-                    found.verified.as_ref(),
-                    due,
-                )
-                .await
+                checkpoint::checkpoint_if_due(&pool, signer.as_deref(), &found.anchors(), due).await
             }
         };
         // A refusal is the chain's state, not an outage.
@@ -158,7 +186,10 @@ pub async fn run_checkpointer(
         }
         match result {
             // Another instance holding the lock (`Ok(None)`) says nothing about the break.
-            Ok(Some(_)) => refused = None,
+            Ok(Some(checkpoint)) => {
+                findings.record_signed(checkpoint);
+                refused = None;
+            }
             Ok(None) => {}
             Err(AuditError::Unverifiable {
                 seq,
@@ -205,13 +236,19 @@ pub struct IncrementalVerifier {
 impl IncrementalVerifier {
     /// A verifier that has verified nothing yet.
     pub fn new(keys: KeyRing) -> Self {
+        Self::with_findings(keys, Findings::default())
+    }
+
+    /// A verifier that has verified nothing yet, recording what it finds in `findings` (and
+    /// checking the chain against the checkpoints recorded there as signed).
+    pub fn with_findings(keys: KeyRing, findings: Findings) -> Self {
         Self {
             keys,
             state: ChainState::default(),
             verified_at: chrono::Utc::now(),
             runs: 0,
             reported: None,
-            findings: Findings::default(),
+            findings,
             warned_unchecked: std::collections::BTreeSet::new(),
         }
     }
@@ -222,16 +259,19 @@ impl IncrementalVerifier {
     }
 
     /// One run: new events since the last good run (every [`FULL_PASS_EVERY`]th run, and after
-    /// a break, the whole chain). Logs and counts a new break.
+    /// a break, the whole chain), checked against the anchors in the findings too (the head
+    /// verified before, the checkpoint this process signed last). Logs and counts a new break.
     pub async fn run_once(&mut self, pool: &PgPool) -> Result<Verification, AuditError> {
         let full = self.runs.is_multiple_of(FULL_PASS_EVERY) || self.reported.is_some();
         self.runs += 1;
-        let (from, remembered) = if full {
-            (ChainState::default(), self.verified_head())
+        let from = if full {
+            ChainState::default()
         } else {
-            (self.state.clone(), None)
+            self.state.clone()
         };
-        let result = verify::verify(pool, &mut self.keys, remembered.as_slice(), from).await?;
+        // The verified head among them is this verifier's own (it records it after each run).
+        let anchors = self.findings.get().anchors();
+        let result = verify::verify(pool, &mut self.keys, &anchors, from).await?;
         match &result.broken {
             None => {
                 self.state = result.state.clone();
@@ -239,10 +279,7 @@ impl IncrementalVerifier {
                 self.reported = None;
                 metrics::gauge!("audit_chain_verified_seq").set(self.state.last_seq as f64);
                 self.report_unchecked();
-                self.findings.set(Found {
-                    verified: self.verified_head(),
-                    broken: None,
-                });
+                self.findings.set_verification(self.verified_head(), None);
             }
             Some(b) => {
                 tracing::error!(
@@ -256,10 +293,8 @@ impl IncrementalVerifier {
                     metrics::counter!("audit_chain_breaks_total").increment(1);
                     self.reported = Some(key);
                 }
-                self.findings.set(Found {
-                    verified: self.verified_head(),
-                    broken: Some(b.clone()),
-                });
+                self.findings
+                    .set_verification(self.verified_head(), Some(b.clone()));
             }
         }
         Ok(result)

@@ -112,6 +112,8 @@ pub struct AuditLog {
     signer: Option<Arc<Signer>>,
     /// Whether every event is signed (not only checkpoints).
     sign_events: bool,
+    /// What this process's audit jobs found (shared with them and the verify route).
+    findings: job::Findings,
 }
 
 impl AuditLog {
@@ -126,6 +128,7 @@ impl AuditLog {
         Self {
             signer,
             sign_events,
+            findings: job::Findings::default(),
         }
     }
 
@@ -137,6 +140,12 @@ impl AuditLog {
     /// The signing key, if any.
     pub fn signer(&self) -> Option<&Signer> {
         self.signer.as_deref()
+    }
+
+    /// What this process's audit jobs found: the jobs started with them record there, and the
+    /// verify route checks the chain against their anchors.
+    pub fn findings(&self) -> &job::Findings {
+        &self.findings
     }
 
     /// Appends `event` inside the caller's transaction (`conn` must be in one, at READ
