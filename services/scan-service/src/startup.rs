@@ -106,6 +106,7 @@ impl Application {
             redis.clone(),
             CircuitBreaker::new("redis-cache", common.breaker),
             cache::TTL,
+            cache::Seal::derive(&config.ip_hash_key),
         );
         let limiter = RateLimiter::new(
             RedisBuckets::new(redis.clone()),

@@ -772,3 +772,52 @@ async fn head_is_a_scan_and_costs_a_token() {
     let get = app.scan(&tag).await;
     assert_eq!(header(&get, "x-ratelimit-remaining"), Some("17"));
 }
+
+/// Whoever can write to Redis but does not hold `IP_HASH_KEY` cannot make a tag that was never
+/// issued answer `authentic`, nor have a made-up API key accepted: cache entries are sealed,
+/// and one that does not open is a miss (counted), answered from PostgreSQL. Before, the
+/// service believed any JSON it found at the key, for as long as Redis kept it.
+#[tokio::test]
+async fn entries_put_in_redis_by_someone_else_are_not_believed() {
+    use sha2::{Digest as _, Sha256};
+
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let mut redis = shared_redis().await;
+    let never_issued = format!("COUNTERFEIT{}", Uuid::new_v4().simple());
+    let forged_tag = json!({
+        "tag_id": never_issued,
+        "status": "authentic",
+        "product": {"id": Uuid::new_v4(), "name": "Handbag", "sku": "FAKE-1"},
+        "batch_id": Uuid::new_v4(),
+        "scan_count": 0,
+        "first_scanned_at": null,
+    });
+    let made_up_key = format!("vt_{}", Uuid::new_v4().simple());
+    let key_hash = hex::encode(Sha256::digest(made_up_key.as_bytes()));
+    let forged_key = json!({"id": Uuid::new_v4(), "rate_limit_per_minute": 1_000_000});
+    for (key, value) in [
+        (format!("{}:tag:{{{never_issued}}}", env.prefix), forged_tag),
+        (format!("{}:apikey:{{{key_hash}}}", env.prefix), forged_key),
+    ] {
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg(value.to_string())
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let r = app.scan(&never_issued).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "unknown");
+    let tag = env.tag().await;
+    let r = app.scan_with_key(&tag, &made_up_key).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_api_key");
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(&text, "scan_cache_rejected_total{reason=\"forged\"}"),
+        Some(2.0),
+        "{text}"
+    );
+}
