@@ -83,7 +83,13 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
     let outcome = store::claim(&state.redis, &key, state.idempotency_lease).await;
     let (label, response) = match outcome {
         Err(e) => {
-            tracing::warn!(error = %e, "idempotency claim failed; refusing rather than risking a duplicate");
+            // While the breaker is open every keyed write is refused without a call, and the
+            // breaker logged when it opened: a warning each would flood an outage's logs.
+            if matches!(e, common::db::RedisCallError::BreakerOpen(_)) {
+                tracing::debug!(error = %e, "idempotency claim refused; refusing the write");
+            } else {
+                tracing::warn!(error = %e, "idempotency claim failed; refusing rather than risking a duplicate");
+            }
             ("unavailable", crate::error::unavailable_response())
         }
         Ok(Claim::Acquired(value)) => {

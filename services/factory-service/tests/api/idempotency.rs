@@ -239,7 +239,8 @@ async fn redis_down_is_503_and_nothing_happens() {
 
 /// A keyed write refused because Redis is away is logged once, with the cause: it was two
 /// warnings per request (the layer's, then the 503's generic one), doubling the log volume of
-/// an outage.
+/// an outage. Once the breaker is open, refusals log no warning each (the breaker said it
+/// opened): before, every keyed write of an outage added one.
 #[tokio::test]
 async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause() {
     common::in_own_process!();
@@ -288,6 +289,26 @@ async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause()
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("idempotency claim failed"), "{text}");
     assert!(warnings[0].contains("error"), "{text}");
+
+    // Twenty more: the breaker (threshold 5 by default) opens on the way.
+    for i in 0..20 {
+        let r = app
+            .post(
+                "/v1/products",
+                &op.access,
+                &json!({"name": "A", "sku": "A-1"}),
+                Some(&format!("k{i}")),
+            )
+            .await;
+        assert_error(r, 503, "service_unavailable").await;
+    }
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()[before..]).into_owned();
+    let claims = text
+        .lines()
+        .filter(|l| l.contains(r#""WARN""#) && l.contains("idempotency claim failed"))
+        .count();
+    assert!(claims <= 5, "{claims} warnings for 21 refusals:\n{text}");
+    assert!(text.contains("CLOSED -> OPEN"), "{text}");
 }
 
 #[tokio::test]
