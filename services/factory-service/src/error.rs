@@ -224,8 +224,9 @@ fn internal() -> Response {
 
 fn database_error(e: sqlx::Error) -> Response {
     if postgres_unusable(&e) {
+        // This line, with the cause, is the request's one: not the generic warning too.
         tracing::error!(error = %e, "database unavailable");
-        return FactoryError::Unavailable("postgres").into_response();
+        return unavailable_response();
     }
     if let Some(db) = e.as_database_error() {
         // Constraint violations are the caller's doing; say which rule, never the SQL.
@@ -407,5 +408,39 @@ mod tests {
             "{e}"
         );
         assert_unavailable(e).await
+    }
+
+    /// PostgreSQL unusable is logged once per refused request, with its cause: it was two lines
+    /// (the error, then the 503's generic warning), doubling the log volume of an outage.
+    #[test]
+    fn postgres_unusable_logs_one_line_with_its_cause() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let response = FactoryError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("database unavailable"), "{text}");
+        assert!(text.contains("pool timed out"), "{text}");
     }
 }
