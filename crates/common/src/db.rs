@@ -50,21 +50,33 @@ pub fn is_undefined_table(e: &sqlx::Error) -> bool {
 /// instance needs. Without this, PostgreSQL keeps those locks until TCP gives up on the client
 /// (hours with the kernel's defaults); with it, the transaction is rolled back and the others
 /// go on.
+///
+/// Its sessions carry `name` as their `application_name` (unless `DATABASE_URL` gives one), so
+/// that `pg_stat_activity` tells which service and pool holds which connections.
 pub fn pg_pool(
     url: &SecretString,
+    name: &str,
     max_connections: u32,
     idle_tx_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
-    let options = session_options(url, idle_tx_timeout)?;
+    let options = session_options(url, name, idle_tx_timeout)?;
     Ok(pool_options(max_connections).connect_lazy_with(options))
 }
 
-/// `DATABASE_URL`'s options with the idle-in-transaction bound every pool's sessions get.
+/// `DATABASE_URL`'s options with the idle-in-transaction bound every pool's sessions get, and
+/// `name` as their `application_name` unless the URL names one.
 fn session_options(
     url: &SecretString,
+    name: &str,
     idle_tx_timeout: Duration,
 ) -> anyhow::Result<PgConnectOptions> {
-    Ok(connect_options(url, "DATABASE_URL")?.options([(
+    let options = connect_options(url, "DATABASE_URL")?;
+    let options = if options.get_application_name().is_some() {
+        options
+    } else {
+        options.application_name(name)
+    };
+    Ok(options.options([(
         "idle_in_transaction_session_timeout",
         idle_tx_timeout.as_millis().to_string(),
     )]))
@@ -101,12 +113,13 @@ pub enum Ping {
 /// checked as `ping` says.
 pub fn service_pg_pool(
     url: &SecretString,
+    name: &str,
     max_connections: u32,
     idle_tx_timeout: Duration,
     bounds: QueryBounds,
     ping: Ping,
 ) -> anyhow::Result<PgPool> {
-    let options = session_options(url, idle_tx_timeout)?.options([
+    let options = session_options(url, name, idle_tx_timeout)?.options([
         (
             "statement_timeout",
             bounds.statement.as_millis().to_string(),
@@ -284,13 +297,14 @@ mod tests {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let plain = pg_pool(
             &SecretString::from(admin.clone()),
+            "voketag-test",
             1,
             Duration::from_secs(60),
         )?;
         let server_tls: String = sqlx::query_scalar("SHOW ssl").fetch_one(&plain).await?;
         let sep = if admin.contains('?') { '&' } else { '?' };
         let url = SecretString::from(format!("{admin}{sep}sslmode=require"));
-        let required = pg_pool(&url, 1, Duration::from_secs(60))?;
+        let required = pg_pool(&url, "voketag-test", 1, Duration::from_secs(60))?;
         let encrypted = sqlx::query_scalar::<_, bool>(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
         )
@@ -303,6 +317,43 @@ mod tests {
             let e = encrypted.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(!e.contains("without TLS support"), "{e}");
         }
+        Ok(())
+    }
+
+    /// Sessions carry the pool's name as `application_name` (before, it was empty, so
+    /// `pg_stat_activity` could not tell the services' and pools' connections apart), unless
+    /// the URL names one.
+    #[tokio::test]
+    async fn sessions_carry_the_pool_name_unless_the_url_names_one() -> anyhow::Result<()> {
+        let admin = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let named = pg_pool(
+            &SecretString::from(admin.clone()),
+            "voketag-test-pool",
+            1,
+            Duration::from_secs(60),
+        )?;
+        let name: String = sqlx::query_scalar("SHOW application_name")
+            .fetch_one(&named)
+            .await?;
+        assert_eq!(name, "voketag-test-pool");
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        let url = SecretString::from(format!("{admin}{sep}application_name=operator-choice"));
+        let bounded = service_pg_pool(
+            &url,
+            "voketag-test-pool",
+            1,
+            Duration::from_secs(60),
+            QueryBounds {
+                statement: Duration::from_secs(5),
+                lock: Duration::from_secs(1),
+            },
+            Ping::EveryAcquire,
+        )?;
+        let name: String = sqlx::query_scalar("SHOW application_name")
+            .fetch_one(&bounded)
+            .await?;
+        assert_eq!(name, "operator-choice");
         Ok(())
     }
 

@@ -517,6 +517,7 @@ async fn migrated_pool() -> sqlx::PgPool {
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     let pool = common::db::pg_pool(
         &SecretString::from(format!("{base}/{name}")),
+        "voketag-test",
         2,
         std::time::Duration::from_secs(60),
     )

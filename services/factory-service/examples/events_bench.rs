@@ -178,7 +178,12 @@ async fn drain(
     for _ in 0..consumers {
         // Each consumer gets its own pool, sized as `worker` sizes it.
         let connections = settings.consumer.db_connections;
-        let own_pool = common::db::pg_pool(database_url, connections, Duration::from_secs(60))?;
+        let own_pool = common::db::pg_pool(
+            database_url,
+            "voketag-bench",
+            connections,
+            Duration::from_secs(60),
+        )?;
         let consumer = Consumer::build(settings.clone(), own_pool).await?;
         tasks.push(tokio::spawn(consumer.run(stop.clone())));
     }

@@ -121,6 +121,7 @@ async fn migrate(config: FactoryConfig) -> anyhow::Result<()> {
     common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
     let pool = common::db::pg_pool(
         &config.common.database_url,
+        "voketag-migrate",
         2,
         config.common.database_idle_tx_timeout,
     )?;

@@ -60,6 +60,7 @@ impl Application {
         let request_timeout = config.common.http.request_timeout;
         let pool = common::db::service_pg_pool(
             &config.common.database_url,
+            "voketag-factory-api",
             16,
             config.common.database_idle_tx_timeout,
             common::db::QueryBounds {
@@ -75,6 +76,7 @@ impl Application {
         // as long as it takes, outside any request's bounds.
         let jobs_pool = common::db::pg_pool(
             &config.common.database_url,
+            "voketag-factory-jobs",
             2,
             config.common.database_idle_tx_timeout,
         )?;

@@ -344,8 +344,13 @@ async fn an_instance_stuck_inside_its_transaction_does_not_hold_the_chain_for_lo
     let db = TestDb::new().await;
     let audit = AuditLog::new();
     append_n(&db.pool, &audit, 1).await;
-    let stuck_pool =
-        common::db::pg_pool(&db.url, 1, std::time::Duration::from_secs(1)).expect("pool");
+    let stuck_pool = common::db::pg_pool(
+        &db.url,
+        "voketag-test",
+        1,
+        std::time::Duration::from_secs(1),
+    )
+    .expect("pool");
     let mut stuck = stuck_pool.begin().await.expect("begin");
     sqlx::query("INSERT INTO products (id, name, sku) VALUES ($1, 'p', 'stuck-sku')")
         .bind(Uuid::now_v7())

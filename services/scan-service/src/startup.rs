@@ -88,6 +88,7 @@ impl Application {
         let prefix = common.redis_key_prefix.as_str();
         let read_pool = common::db::service_pg_pool(
             &config.database_read_url,
+            "voketag-scan",
             16,
             common.database_idle_tx_timeout,
             // Past the look-up's own bound, PostgreSQL drops the statement too.

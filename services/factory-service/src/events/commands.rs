@@ -85,6 +85,7 @@ pub async fn worker(
     // A worker on its own still wants probes and scraping; it serves only those.
     let pool = common::db::pg_pool(
         &config.common.database_url,
+        "voketag-factory-worker",
         2,
         config.common.database_idle_tx_timeout,
     )?;
@@ -109,6 +110,7 @@ pub async fn consumer(config: &FactoryConfig) -> anyhow::Result<Consumer> {
     let connections = settings.consumer.db_connections;
     let pool = common::db::pg_pool(
         &config.common.database_url,
+        "voketag-factory-consumer",
         connections,
         config.common.database_idle_tx_timeout,
     )?;

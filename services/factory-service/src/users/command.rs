@@ -83,6 +83,7 @@ pub async fn run(command: UserCommand, config: &FactoryConfig, env: &Env) -> any
     common::db::ensure_reachable(&config.common.database_url, "DATABASE_URL").await?;
     let pool = common::db::pg_pool(
         &config.common.database_url,
+        "voketag-factory-cli",
         2,
         config.common.database_idle_tx_timeout,
     )?;

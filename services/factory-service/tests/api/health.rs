@@ -160,14 +160,26 @@ async fn the_postgres_probe_reports_a_refusal_and_keeps_a_pooled_connection() {
         "postgres://postgres@127.0.0.1:{}/voketag",
         common::testing::closed_port().unwrap()
     ));
-    let pool = common::db::pg_pool(&refused, 2, std::time::Duration::from_secs(60)).unwrap();
+    let pool = common::db::pg_pool(
+        &refused,
+        "voketag-test",
+        2,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     let probe = ReadinessCheck::postgres(pool);
     let outcome = (probe.check)().await;
     let e = outcome.expect_err("nothing listens there");
     assert!(e.contains("refused"), "the refusal itself: {e}");
 
     let db = common::testing::TestDb::new().await;
-    let pool = common::db::pg_pool(&db.url, 2, std::time::Duration::from_secs(60)).unwrap();
+    let pool = common::db::pg_pool(
+        &db.url,
+        "voketag-test",
+        2,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
     let probe = ReadinessCheck::postgres(pool.clone());
     assert_eq!((probe.check)().await, Ok(()));
     // The probe's connection goes back to the pool (in a task of its own) and stays there.
