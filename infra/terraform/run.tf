@@ -68,8 +68,10 @@ locals {
     factory = {
       # The worker service consumes the scan events; the API's instances, which scale with
       # requests, neither pull nor have the right to (iam.tf).
-      SCAN_EVENTS_CONSUMER   = "false"
-      MAX_DELIVERY_ATTEMPTS  = tostring(var.max_delivery_attempts)
+      SCAN_EVENTS_CONSUMER  = "false"
+      MAX_DELIVERY_ATTEMPTS = tostring(var.max_delivery_attempts)
+      # The sweep that deletes scans past it runs in `serve` (every 10 minutes).
+      SCANS_RETENTION_DAYS   = tostring(var.scans_retention_days)
       CORS_ORIGINS           = join(",", var.cors_origins)
       AUDIT_SIGNING_KEY_FILE = var.audit_signing_key_present ? "${local.audit_key_dir}/key.pem" : ""
       AUDIT_SIGNING_KEY_ID   = var.audit_signing_key_present ? var.audit_signing_key_id : ""

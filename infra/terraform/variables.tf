@@ -260,6 +260,17 @@ variable "scan_events_dlq_topic" {
   default     = "scan-events-dlq"
 }
 
+variable "scans_retention_days" {
+  description = "Days a row of the scans table is kept (SCANS_RETENTION_DAYS): 0 keeps every scan; otherwise 32 to 36500, longer than Pub/Sub keeps a message. Tags keep their scan_count and first_scanned_at either way."
+  type        = number
+  default     = 400
+
+  validation {
+    condition     = var.scans_retention_days == 0 || (var.scans_retention_days >= 32 && var.scans_retention_days <= 36500)
+    error_message = "scans_retention_days must be 0 or between 32 and 36500."
+  }
+}
+
 variable "max_delivery_attempts" {
   description = "Deliveries before a message is dead-lettered (Pub/Sub allows 5 to 100)."
   type        = number

@@ -32,6 +32,9 @@ pub struct FactoryConfig {
     pub serve_consumer: bool,
     /// `AUDIT_*`: the audit log's signing key and checkpoint/verification cadence.
     pub audit: crate::audit::AuditConfig,
+    /// `SCANS_RETENTION_DAYS` (default 0: every scan kept): the days a `scans` row is kept
+    /// (`events::retention`).
+    pub scans_retention_days: Option<u32>,
 }
 
 /// Token lifetimes, the signing secret and the bootstrap admin.
@@ -119,6 +122,7 @@ impl FactoryConfig {
             scan_events: crate::events::settings::ConsumerConfig::from_env(env)?,
             serve_consumer: env.bool("SCAN_EVENTS_CONSUMER", true)?,
             audit: crate::audit::AuditConfig::from_env(env)?,
+            scans_retention_days: scans_retention_days(env)?,
         })
     }
 
@@ -139,6 +143,35 @@ impl FactoryConfig {
                  only APP_ENV=development may run without one",
             )),
         }
+    }
+}
+
+/// `SCANS_RETENTION_DAYS`: 0 (the default) keeps every scan; otherwise the days a `scans` row
+/// is kept, at least `events::retention::MIN_DAYS` (longer than Pub/Sub keeps a message, so
+/// that a deleted row's event cannot come again and be counted twice).
+fn scans_retention_days(env: &Env) -> Result<Option<u32>, ConfigError> {
+    use crate::events::retention::{MAX_DAYS, MIN_DAYS};
+    let expected = format!(
+        "0 (keep every scan) or a whole number of days from {MIN_DAYS} to {MAX_DAYS} \
+         (longer than Pub/Sub keeps a message)"
+    );
+    // Refusals name the whole rule, not only the outer range.
+    let days: u32 = env
+        .int_in("SCANS_RETENTION_DAYS", 0, 0, MAX_DAYS)
+        .map_err(|e| ConfigError {
+            expected: expected.clone(),
+            ..e
+        })?;
+    match days {
+        0 => Ok(None),
+        d if d < MIN_DAYS => Err(ConfigError::new(
+            "SCANS_RETENTION_DAYS",
+            env.raw("SCANS_RETENTION_DAYS").unwrap_or_default(),
+            false,
+            "too short",
+            expected,
+        )),
+        d => Ok(Some(d)),
     }
 }
 
@@ -280,6 +313,26 @@ mod tests {
         let e = FactoryConfig::from_env(&env).err().ok_or("refused")?;
         assert_eq!(e.var, "BOOTSTRAP_ADMIN_PASSWORD");
         assert_eq!(e.problem, "not valid UTF-8");
+        Ok(())
+    }
+
+    /// `SCANS_RETENTION_DAYS`: 0 (the default) keeps every scan; a retention shorter than
+    /// Pub/Sub keeps a message is refused, naming the range.
+    #[test]
+    fn scans_retention_is_off_by_default_and_longer_than_pubsub_keeps_a_message()
+    -> Result<(), &'static str> {
+        let days = |v: &str| parse(&[("SCANS_RETENTION_DAYS", v)]).map(|c| c.scans_retention_days);
+        assert_eq!(
+            parse(&[]).map_err(|_| "defaults")?.scans_retention_days,
+            None
+        );
+        assert_eq!(days("0").map_err(|_| "0")?, None);
+        assert_eq!(days("32").map_err(|_| "32")?, Some(32));
+        for refused in ["1", "31", "36501", "-1", "thirty"] {
+            let e = days(refused).err().ok_or("refused")?;
+            assert_eq!(e.var, "SCANS_RETENTION_DAYS");
+            assert!(e.expected.contains("32 to 36500"), "{}", e.expected);
+        }
         Ok(())
     }
 

@@ -35,6 +35,8 @@ pub struct Application {
     /// pool's statement bounds.
     jobs_pool: sqlx::PgPool,
     audit: crate::audit::AuditConfig,
+    /// `SCANS_RETENTION_DAYS`, for the sweep.
+    scans_retention_days: Option<u32>,
 }
 
 impl Application {
@@ -140,6 +142,7 @@ impl Application {
             state,
             jobs_pool,
             audit: config.audit.clone(),
+            scans_retention_days: config.scans_retention_days,
         })
     }
 
@@ -152,7 +155,11 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tokio::spawn(sweep_expired(self.jobs_pool.clone(), shutdown.clone()));
+        tokio::spawn(sweep_expired(
+            self.jobs_pool.clone(),
+            self.scans_retention_days,
+            shutdown.clone(),
+        ));
         // Audit checkpointer and background chain verifier.
         crate::audit::job::spawn(
             self.jobs_pool,
@@ -228,7 +235,11 @@ async fn bootstrap(state: AppState, admin: BootstrapAdmin) {
     });
 }
 
-async fn sweep_expired(pool: sqlx::PgPool, shutdown: CancellationToken) {
+async fn sweep_expired(
+    pool: sqlx::PgPool,
+    scans_retention_days: Option<u32>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -250,6 +261,13 @@ async fn sweep_expired(pool: sqlx::PgPool, shutdown: CancellationToken) {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired refresh-token families deleted"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "refresh-token sweep failed"),
+        }
+        if let Some(days) = scans_retention_days {
+            match crate::events::retention::sweep(&mut conn, days).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, days, "scans past retention deleted"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scan retention sweep failed"),
+            }
         }
     }
 }

@@ -21,7 +21,8 @@ const COUNT_SCANS: &str = include_str!("sql/count_scans.sql");
 pub enum Applied {
     /// The scan was recorded and counted.
     Recorded,
-    /// The event was already recorded (or came earlier in the same batch); nothing changed.
+    /// The event was already recorded (or came earlier in the same batch), or was scanned
+    /// before the retention horizon (`events::retention`: it may have been); nothing changed.
     Duplicate,
 }
 

@@ -18,6 +18,7 @@ mod delivery;
 pub mod dlq;
 pub mod error;
 pub mod metrics;
+pub mod retention;
 pub mod schema;
 pub mod settings;
 pub mod setup;

@@ -206,3 +206,83 @@ async fn with_the_database_gone_every_event_is_a_transient_failure() {
         "{results:?}"
     );
 }
+
+/// The retention sweep deletes the scans past the retention, and the consumer then records and
+/// counts none of their events again: a redelivery after the sweep is a duplicate, as it was
+/// before it (before the horizon, the deleted row's event was counted a second time). Scans
+/// within the retention stay, and new ones count.
+#[tokio::test]
+async fn scans_past_retention_are_deleted_and_their_events_never_count_again() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 2).await;
+    let now = Utc::now().trunc_subsecs(3);
+    let old: Vec<ScanEvent> = (0..25)
+        .map(|_| event(&tags[0], now - TimeDelta::days(40)))
+        .collect();
+    let recent: Vec<ScanEvent> = (0..5)
+        .map(|_| event(&tags[1], now - TimeDelta::days(20)))
+        .collect();
+    let all: Vec<&ScanEvent> = old.iter().chain(recent.iter()).collect();
+    assert_eq!(
+        applied(&apply_isolating(&db.pool, &all).await),
+        [Applied::Recorded; 30]
+    );
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    let deleted = crate::events::retention::sweep(&mut conn, 32)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 25);
+    assert_eq!(scans(&db.pool).await, 5);
+    // The counts stay: only the per-scan rows went.
+    assert_eq!(tag_state(&db.pool, &tags[0]).await.0, 25);
+
+    // Pub/Sub delivers the old events again: nothing recorded, nothing counted.
+    let again: Vec<&ScanEvent> = old.iter().collect();
+    assert_eq!(
+        applied(&apply_isolating(&db.pool, &again).await),
+        [Applied::Duplicate; 25]
+    );
+    assert_eq!(tag_state(&db.pool, &tags[0]).await.0, 25);
+    assert_eq!(scans(&db.pool).await, 5);
+    // A new scan of the same tag counts.
+    let fresh = event(&tags[0], now);
+    assert_eq!(
+        applied(&apply_isolating(&db.pool, &[&fresh]).await),
+        [Applied::Recorded]
+    );
+    assert_eq!(tag_state(&db.pool, &tags[0]).await.0, 26);
+    // A sweep with a longer retention does not move the horizon back.
+    crate::events::retention::sweep(&mut conn, 365)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied(&apply_isolating(&db.pool, &again).await),
+        [Applied::Duplicate; 25]
+    );
+    assert_eq!(counted(&db.pool).await, 31);
+}
+
+/// More rows than one statement deletes: the sweep goes on batch after batch.
+#[tokio::test]
+async fn the_retention_sweep_deletes_in_batches_until_done() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 1).await;
+    sqlx::query(
+        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
+         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
+         FROM generate_series(1, 25000)",
+    )
+    .bind(&tags[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(
+        crate::events::retention::sweep(&mut conn, 32)
+            .await
+            .unwrap(),
+        25_000
+    );
+    assert_eq!(scans(&db.pool).await, 0);
+}

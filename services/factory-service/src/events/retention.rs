@@ -1,0 +1,55 @@
+//! Scan retention (`SCANS_RETENTION_DAYS`): the factory's periodic sweep deletes the `scans`
+//! rows scanned longer ago than the retention. `tags.scan_count` and `first_scanned_at` keep
+//! counting them; only the per-scan rows go.
+//!
+//! A scan row is also what makes a redelivered event count once (its `event_id`). So the sweep
+//! first moves the retention horizon (`scans_horizon`) up to its cutoff, and the consumer
+//! records no event scanned before the horizon (`sql/insert_scans.sql`; such an event is acked
+//! as a duplicate): an event whose row is gone is never counted again, however late it comes.
+//! The retention is at least [`MIN_DAYS`], longer than Pub/Sub keeps a message, so that no
+//! event still on its way is refused for its age.
+
+use sqlx::PgConnection;
+
+/// The shortest retention accepted, in days: longer than Pub/Sub keeps any message (31 days
+/// at most, a topic's retention; a subscription's, the dead-letter one's included, 7).
+pub const MIN_DAYS: u32 = 32;
+/// The longest, in days (100 years).
+pub const MAX_DAYS: u32 = 36_500;
+
+/// Rows deleted per statement: each is its own short transaction, so the sweep never holds
+/// many row locks or a long snapshot while the consumer inserts.
+const BATCH: i64 = 10_000;
+/// Statements per sweep at most (a million rows): a backlog is worked off over several sweeps
+/// rather than in one long run.
+const MAX_BATCHES: u32 = 100;
+
+/// Moves the horizon to `days` before now (by the database's clock; never back), then deletes
+/// the scans scanned before it, in batches. Returns how many were deleted.
+pub async fn sweep(conn: &mut PgConnection, days: u32) -> Result<u64, sqlx::Error> {
+    let horizon: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "UPDATE scans_horizon \
+         SET before = GREATEST(before, now() - make_interval(days => $1)) \
+         RETURNING before",
+    )
+    .bind(i32::try_from(days).unwrap_or(i32::MAX))
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut deleted = 0;
+    for _ in 0..MAX_BATCHES {
+        let n = sqlx::query(
+            "DELETE FROM scans WHERE ctid = ANY(ARRAY(\
+             SELECT ctid FROM scans WHERE scanned_at < $1 LIMIT $2))",
+        )
+        .bind(horizon)
+        .bind(BATCH)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < u64::try_from(BATCH).unwrap_or(u64::MAX) {
+            break;
+        }
+    }
+    Ok(deleted)
+}
