@@ -76,10 +76,12 @@ impl Application {
         )?;
         // The background jobs' own: reading the whole chain, or a sweep after a backlog, takes
         // as long as it takes, outside any request's bounds.
+        // Three: the audit verifier's pass and the sweep can each hold one for a while, and
+        // the checkpointer, every second, needs one too.
         let jobs_pool = common::db::pg_pool(
             &config.common.database_url,
             "voketag-factory-jobs",
-            2,
+            3,
             config.common.database_idle_tx_timeout,
         )?;
         let redis_pool =

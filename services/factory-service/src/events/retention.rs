@@ -2,12 +2,18 @@
 //! rows scanned longer ago than the retention. `tags.scan_count` and `first_scanned_at` keep
 //! counting them; only the per-scan rows go.
 //!
-//! A scan row is also what makes a redelivered event count once (its `event_id`). So the sweep
-//! first moves the retention horizon (`scans_horizon`) up to its cutoff, and the consumer
+//! A scan row is also what makes a redelivered event count once (its `event_id`). So each
+//! sweep moves the retention horizon (`scans_horizon`) up to its cutoff, and the consumer
 //! records no event scanned before the horizon (`sql/insert_scans.sql`; such an event is acked
 //! as a duplicate): an event whose row is gone is never counted again, however late it comes.
-//! The retention is at least [`MIN_DAYS`], longer than Pub/Sub keeps a message, so that no
-//! event still on its way is refused for its age.
+//! A sweep deletes only up to the horizon the sweep before it set, not its own: a consumer
+//! statement that read the old horizon just before the move could otherwise insert, and
+//! count, an event whose row the same sweep is deleting. The retention is at least
+//! [`MIN_DAYS`], longer than Pub/Sub keeps a message, so that no event still on its way is
+//! refused for its age.
+//!
+//! One instance sweeps at a time (an advisory lock): every `serve` instance, in every region,
+//! runs the sweep against the one primary.
 
 use sqlx::PgConnection;
 
@@ -24,17 +30,46 @@ const BATCH: i64 = 10_000;
 /// rather than in one long run.
 const MAX_BATCHES: u32 = 100;
 
+/// The advisory lock one sweeping instance holds (any number; distinct from the audit
+/// checkpointer's).
+const SWEEP_LOCK_KEY: i64 = 0x766f_6b65_7363_616e; // "vokescan"
+
 /// Moves the horizon to `days` before now (by the database's clock; never back), then deletes
-/// the scans scanned before it, in batches. Returns how many were deleted.
+/// the scans scanned before the horizon as it was before this move, in batches. Returns how
+/// many were deleted; 0 while another instance sweeps.
 pub async fn sweep(conn: &mut PgConnection, days: u32) -> Result<u64, sqlx::Error> {
-    let horizon: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "UPDATE scans_horizon \
-         SET before = GREATEST(before, now() - make_interval(days => $1)) \
-         RETURNING before",
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SWEEP_LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let swept = sweep_locked(conn, days).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SWEEP_LOCK_KEY)
+        .execute(&mut *conn)
+        .await;
+    let deleted = swept?;
+    unlocked?;
+    Ok(deleted)
+}
+
+async fn sweep_locked(conn: &mut PgConnection, days: u32) -> Result<u64, sqlx::Error> {
+    // The horizon before the move: the one every consumer statement since the last sweep read.
+    // None before the first move (`-infinity`): nothing to delete yet.
+    let previous: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "WITH previous AS (SELECT before FROM scans_horizon FOR UPDATE) \
+         UPDATE scans_horizon \
+         SET before = GREATEST(scans_horizon.before, now() - make_interval(days => $1)) \
+         FROM previous RETURNING NULLIF(previous.before, '-infinity')",
     )
     .bind(i32::try_from(days).unwrap_or(i32::MAX))
     .fetch_one(&mut *conn)
     .await?;
+    let Some(horizon) = previous else {
+        return Ok(0);
+    };
     let mut deleted = 0;
     for _ in 0..MAX_BATCHES {
         let n = sqlx::query(

@@ -147,3 +147,26 @@ async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_ap
     assert_eq!(reason.as_deref(), Some("user_disabled"));
     Ok(())
 }
+
+/// A `CREATE INDEX CONCURRENTLY` that failed half way leaves an invalid index, which
+/// PostgreSQL keeps but never uses: `migrate` says so, naming it, rather than report the
+/// schema current. (Here the index is marked invalid by hand, as the failed build leaves it.)
+#[tokio::test]
+async fn migrate_refuses_to_finish_while_an_index_is_invalid() -> TestResult {
+    let pool = empty_database().await;
+    factory_service::db::migrate(&pool).await?;
+    sqlx::query(
+        "UPDATE pg_index SET indisvalid = false \
+         WHERE indexrelid = 'scans_scanned_at_idx'::regclass",
+    )
+    .execute(&pool)
+    .await?;
+    let e = factory_service::db::migrate(&pool)
+        .await
+        .err()
+        .ok_or("migrate passed over an invalid index")?;
+    let text = e.to_string();
+    assert!(text.contains("scans_scanned_at_idx"), "{text}");
+    assert!(text.contains("DROP INDEX CONCURRENTLY"), "{text}");
+    Ok(())
+}

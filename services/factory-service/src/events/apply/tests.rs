@@ -229,10 +229,11 @@ async fn scans_past_retention_are_deleted_and_their_events_never_count_again() {
     );
 
     let mut conn = db.pool.acquire().await.unwrap();
-    let deleted = crate::events::retention::sweep(&mut conn, 32)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 25);
+    // The first sweep moves the horizon; the next deletes up to it.
+    let sweep = crate::events::retention::sweep;
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 0);
+    assert_eq!(scans(&db.pool).await, 30);
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 25);
     assert_eq!(scans(&db.pool).await, 5);
     // The counts stay: only the per-scan rows went.
     assert_eq!(tag_state(&db.pool, &tags[0]).await.0, 25);
@@ -253,9 +254,7 @@ async fn scans_past_retention_are_deleted_and_their_events_never_count_again() {
     );
     assert_eq!(tag_state(&db.pool, &tags[0]).await.0, 26);
     // A sweep with a longer retention does not move the horizon back.
-    crate::events::retention::sweep(&mut conn, 365)
-        .await
-        .unwrap();
+    sweep(&mut conn, 365).await.unwrap();
     assert_eq!(
         applied(&apply_isolating(&db.pool, &again).await),
         [Applied::Duplicate; 25]
@@ -278,11 +277,50 @@ async fn the_retention_sweep_deletes_in_batches_until_done() {
     .await
     .unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    assert_eq!(
-        crate::events::retention::sweep(&mut conn, 32)
-            .await
-            .unwrap(),
-        25_000
-    );
+    let sweep = crate::events::retention::sweep;
+    sweep(&mut conn, 32).await.unwrap();
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 25_000);
     assert_eq!(scans(&db.pool).await, 0);
+}
+
+/// One instance sweeps at a time: while another holds the sweep, a sweep does nothing (every
+/// `serve` instance of every region runs it against the one primary).
+#[tokio::test]
+async fn only_one_instance_sweeps_at_a_time() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 1).await;
+    sqlx::query(
+        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
+         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
+         FROM generate_series(1, 10)",
+    )
+    .bind(&tags[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let sweep = crate::events::retention::sweep;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sweep(&mut conn, 32).await.unwrap();
+    let mut other = db.pool.acquire().await.unwrap();
+    let lock = |sql: &'static str| sqlx::query(sql).bind(0x766f_6b65_7363_616e_i64);
+    lock("SELECT pg_advisory_lock($1)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 0);
+    assert_eq!(scans(&db.pool).await, 10);
+    lock("SELECT pg_advisory_unlock($1)")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 10);
+    // And the sweeper's session does not keep the lock.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0);
 }

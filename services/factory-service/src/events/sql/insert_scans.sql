@@ -9,6 +9,6 @@ INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash, api_key
 SELECT e.*
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::uuid[], $7::text[])
     AS e (event_id, tag_id, result, scanned_at, client_ip_hash, api_key_id, user_agent)
-WHERE e.scanned_at >= (SELECT before FROM scans_horizon)
+WHERE e.scanned_at >= COALESCE((SELECT before FROM scans_horizon), '-infinity')
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id, tag_id, scanned_at
