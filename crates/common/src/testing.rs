@@ -475,3 +475,47 @@ mod tests {
         run_alone("testing::tests::no_such_test");
     }
 }
+
+/// Log output captured in memory: a `MakeWriter` for a tracing subscriber (clone it into
+/// `with_writer(move || logs.clone())`), read back with [`CapturedLogs::text`].
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// How many bytes were written so far (to read only what came after, with [`Self::since`]).
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What was written after the first `from` bytes, as text.
+    pub fn since(&self, from: usize) -> String {
+        String::from_utf8_lossy(self.bytes().get(from..).unwrap_or_default()).into_owned()
+    }
+
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -414,21 +414,7 @@ mod tests {
     /// (the error, then the 503's generic warning), doubling the log volume of an outage.
     #[test]
     fn postgres_unusable_logs_one_line_with_its_cause() {
-        #[derive(Clone, Default)]
-        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
+        let lines = common::testing::CapturedLogs::default();
         let sink = lines.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || sink.clone())
@@ -438,7 +424,7 @@ mod tests {
         let _default = tracing::subscriber::set_default(subscriber);
         let response = FactoryError::from(sqlx::Error::PoolTimedOut).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let text = String::from_utf8_lossy(&lines.0.lock().unwrap()).into_owned();
+        let text = lines.text();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains("database unavailable"), "{text}");
         assert!(text.contains("pool timed out"), "{text}");

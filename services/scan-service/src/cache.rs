@@ -177,7 +177,7 @@ impl Cache {
                 Err(rejected) => {
                     metrics::counter!("scan_cache_rejected_total", "reason" => rejected.label())
                         .increment(1);
-                    tracing::debug!(key, reason = rejected.label(), "cache entry not believed");
+                    tracing::debug!(reason = rejected.label(), "cache entry not believed");
                     None
                 }
             },

@@ -244,21 +244,7 @@ async fn redis_down_is_503_and_nothing_happens() {
 #[tokio::test]
 async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause() {
     common::in_own_process!();
-    #[derive(Clone, Default)]
-    struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let logs = Logs::default();
+    let logs = common::testing::CapturedLogs::default();
     let config = common::config::TelemetryConfig {
         log_format: common::config::LogFormat::Json,
         log_filter: "warn".into(),
@@ -274,7 +260,7 @@ async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause()
     })
     .await;
     let op = app.signed_in(Role::Operator).await;
-    let before = logs.0.lock().unwrap().len();
+    let before = logs.len();
     let r = app
         .post(
             "/v1/products",
@@ -284,7 +270,7 @@ async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause()
         )
         .await;
     assert_error(r, 503, "service_unavailable").await;
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()[before..]).into_owned();
+    let text = logs.since(before);
     let warnings: Vec<&str> = text.lines().filter(|l| l.contains(r#""WARN""#)).collect();
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("idempotency claim failed"), "{text}");
@@ -302,7 +288,7 @@ async fn a_keyed_write_refused_with_redis_away_logs_one_warning_with_its_cause()
             .await;
         assert_error(r, 503, "service_unavailable").await;
     }
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()[before..]).into_owned();
+    let text = logs.since(before);
     let claims = text
         .lines()
         .filter(|l| l.contains(r#""WARN""#) && l.contains("idempotency claim failed"))

@@ -108,8 +108,9 @@ async fn answers_revoked_within_five_seconds(app: &TestApp, tag: &str, every: Du
 
 /// A tag scanned all the time is renewed in the in-process cache from the database itself, so
 /// its revocation shows even while the Redis tier still holds the old answer. Here the old
-/// answer is put back into Redis on purpose with a long TTL: without the renewal, the
-/// in-process entry would expire, refill from Redis, and answer `authentic` for a minute.
+/// answer is put back into Redis on purpose, sealed with this deployment's key for a minute
+/// (as an instance would seal it) and kept as long: without the renewal, the in-process entry
+/// would expire, refill from Redis, and answer `authentic` for a minute.
 #[tokio::test]
 async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis() {
     let env = TestEnv::new().await;
@@ -137,6 +138,17 @@ async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     revoke(&env, &tag).await;
+    // The entry is MAC ‖ expiry (8 bytes) ‖ JSON (scan_service::cache::Seal).
+    let json = authentic.get(40..).expect("a sealed entry");
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let seal = scan_service::cache::Seal::derive(&crate::helpers::IP_HASH_KEY.to_owned().into());
+    let authentic = seal.seal(&key, now_ms + 60_000, json);
     let () = redis::cmd("SET")
         .arg(&key)
         .arg(&authentic)
