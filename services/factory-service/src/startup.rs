@@ -166,7 +166,7 @@ impl Application {
         crate::audit::job::spawn(
             self.jobs_pool,
             &self.audit,
-            self.state.audit.findings().clone(),
+            &self.state.audit,
             shutdown.clone(),
         );
         let served = common::server::serve_with_header_errors(

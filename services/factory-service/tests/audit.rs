@@ -1749,7 +1749,7 @@ async fn the_checkpointer_of_the_running_service_stops_when_its_verifier_reports
     let jobs = factory_service::audit::job::spawn(
         db.pool.clone(),
         &config,
-        factory_service::audit::job::Findings::default(),
+        &AuditLog::new(),
         stop.clone(),
     );
     // The checkpointer looks every second; the verifier's first (full) pass runs at once.

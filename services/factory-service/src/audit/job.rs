@@ -48,14 +48,15 @@ pub fn service_key_ring(signer: Option<&Signer>) -> KeyRing {
     keys
 }
 
-/// Starts both jobs, sharing `findings` (which the verify route reads too); they stop when
-/// `shutdown` is cancelled.
+/// Starts both jobs, recording what they find in `log`'s findings (which its
+/// [`super::AuditLog::verify`] reads); they stop when `shutdown` is cancelled.
 pub fn spawn(
     pool: PgPool,
     config: &AuditConfig,
-    findings: Findings,
+    log: &super::AuditLog,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
+    let findings = log.findings().clone();
     // Both counters exist from the first scrape, so `increase()` sees their first step.
     metrics::counter!("audit_chain_breaks_total").increment(0);
     metrics::counter!("audit_checkpoints_refused_total").increment(0);

@@ -142,10 +142,20 @@ impl AuditLog {
         self.signer.as_deref()
     }
 
-    /// What this process's audit jobs found: the jobs started with them record there, and the
-    /// verify route checks the chain against their anchors.
+    /// What this process's audit jobs found: the jobs started with this log record there (see
+    /// [`job::spawn`]), and [`AuditLog::verify`] checks the chain against their anchors.
     pub fn findings(&self) -> &job::Findings {
         &self.findings
+    }
+
+    /// Verifies the whole chain with the service's keys (`GET /v1/audit/verify`), against the
+    /// stored checkpoints and what this process saw intact too: with history rewritten behind
+    /// its background verifier and the stored checkpoints deleted to match, the database alone
+    /// looks intact while the verifier reports the break.
+    pub async fn verify(&self, pool: &sqlx::PgPool) -> Result<verify::Verification, AuditError> {
+        let mut keys = job::service_key_ring(self.signer());
+        let anchors = self.findings.get().anchors();
+        verify::verify(pool, &mut keys, &anchors, verify::ChainState::default()).await
     }
 
     /// Appends `event` inside the caller's transaction (`conn` must be in one, at READ
