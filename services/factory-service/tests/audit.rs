@@ -1012,6 +1012,38 @@ async fn signed_chain(n: usize) -> TestDb {
     db
 }
 
+/// A chain rewritten as legacy rows (head and checkpoints deleted to match) reads as intact to
+/// a verification that does not require signatures: the CLI now says, beside "intact", that
+/// legacy rows are neither chained nor signed and how to refuse them. It said nothing.
+#[tokio::test]
+async fn cli_audit_verify_says_what_legacy_rows_are_when_it_finds_some() {
+    let db = signed_chain(3).await;
+    let url = secrecy::ExposeSecret::expose_secret(&db.url).to_owned();
+    let k1 = format!("k1={}", fixture("audit_k1.pub.pem"));
+    let args = [
+        "audit",
+        "verify",
+        "--database-url",
+        &url,
+        "--public-key",
+        &k1,
+    ];
+    let (code, out) = cli(&args);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("legacy (version 1) events"), "{out}");
+    downgrade_the_whole_chain_to_legacy(&db.pool).await;
+    let (code, out) = cli(&args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 events checked, 3 legacy"), "{out}");
+    assert!(
+        out.contains(
+            "note: 3 legacy (version 1) events are neither hashed into the chain nor signed"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("--require-signatures"), "{out}");
+}
+
 #[tokio::test]
 async fn legacy_rows_fail_a_verification_that_requires_signatures() {
     let db = signed_chain(4).await;

@@ -112,6 +112,17 @@ async fn verify_command(args: VerifyArgs, default_database_url: &SecretString) -
     if unsigned_note {
         println!("note: no --public-key given, so signatures were not checked (hashes only)");
     }
+    if report.legacy_events > 0 && !args.require_signatures {
+        // Legacy rows are neither chained nor signed, so a chain rewritten as legacy rows (head
+        // and checkpoints to match) reads as intact: only a log older than the hash chain has
+        // any, and the reader is the one who knows whether this one is.
+        println!(
+            "note: {} legacy (version 1) events are neither hashed into the chain nor signed; \
+             only a log begun before the hash chain has any (docs/AUDIT_FORMAT.md). If this \
+             one began with the chain, verify with --require-signatures, which refuses them",
+            report.legacy_events
+        );
+    }
     match result.broken {
         None => {
             println!(
