@@ -445,37 +445,6 @@ macro_rules! in_own_process {
     }};
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{run_alone, test_name};
-
-    #[test]
-    fn a_test_name_drops_the_crate_the_closures_and_the_item() {
-        assert_eq!(
-            test_name("api::events::broker_away::{{closure}}::here"),
-            "events::broker_away"
-        );
-        assert_eq!(
-            test_name("consumer::a_duplicated_event_counts_once::{{closure}}::here"),
-            "a_duplicated_event_counts_once"
-        );
-        assert_eq!(test_name("audit::synchronous::here"), "synchronous");
-    }
-
-    /// The child runs this module's other test, by its libtest name.
-    #[test]
-    fn a_test_runs_alone_in_a_child_process() {
-        run_alone("testing::tests::a_test_name_drops_the_crate_the_closures_and_the_item");
-    }
-
-    /// A name that matches no test is a failure, not a child that passes by running nothing.
-    #[test]
-    #[should_panic(expected = "no such test ran")]
-    fn a_name_that_matches_no_test_fails() {
-        run_alone("testing::tests::no_such_test");
-    }
-}
-
 /// Log output captured in memory: a `MakeWriter` for a tracing subscriber (clone it into
 /// `with_writer(move || logs.clone())`), read back with [`CapturedLogs::text`].
 #[derive(Clone, Default)]
@@ -517,5 +486,36 @@ impl std::io::Write for CapturedLogs {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{run_alone, test_name};
+
+    #[test]
+    fn a_test_name_drops_the_crate_the_closures_and_the_item() {
+        assert_eq!(
+            test_name("api::events::broker_away::{{closure}}::here"),
+            "events::broker_away"
+        );
+        assert_eq!(
+            test_name("consumer::a_duplicated_event_counts_once::{{closure}}::here"),
+            "a_duplicated_event_counts_once"
+        );
+        assert_eq!(test_name("audit::synchronous::here"), "synchronous");
+    }
+
+    /// The child runs this module's other test, by its libtest name.
+    #[test]
+    fn a_test_runs_alone_in_a_child_process() {
+        run_alone("testing::tests::a_test_name_drops_the_crate_the_closures_and_the_item");
+    }
+
+    /// A name that matches no test is a failure, not a child that passes by running nothing.
+    #[test]
+    #[should_panic(expected = "no such test ran")]
+    fn a_name_that_matches_no_test_fails() {
+        run_alone("testing::tests::no_such_test");
     }
 }

@@ -6,9 +6,11 @@
 //! sweep moves the retention horizon (`scans_horizon`) up to its cutoff, and the consumer
 //! records no event scanned before the horizon (`sql/insert_scans.sql`; such an event is acked
 //! as a duplicate): an event whose row is gone is never counted again, however late it comes.
-//! A sweep deletes only up to the horizon the sweep before it set, not its own: a consumer
-//! statement that read the old horizon just before the move could otherwise insert, and
-//! count, an event whose row the same sweep is deleting. The retention is at least
+//! A sweep deletes only up to the horizon as it was before its own move, and moves it only
+//! when the last move (by any instance) is [`MIN_MOVE_SPACING`] old: so it deletes up to a
+//! horizon every consumer statement begun in the last minutes has read. Else a statement that
+//! read the old horizon just before the move could insert, and count, an event whose row the
+//! same sweep is deleting. The retention is at least
 //! [`MIN_DAYS`], longer than Pub/Sub keeps a message, so that no event still on its way is
 //! refused for its age.
 //!
@@ -32,11 +34,15 @@ const MAX_BATCHES: u32 = 100;
 
 /// The advisory lock one sweeping instance holds (any number; distinct from the audit
 /// checkpointer's).
-const SWEEP_LOCK_KEY: i64 = 0x766f_6b65_7363_616e; // "vokescan"
+pub(crate) const SWEEP_LOCK_KEY: i64 = 0x766f_6b65_7363_616e; // "vokescan"
+
+/// The least time between two moves of the horizon, whichever instances sweep.
+pub const MIN_MOVE_SPACING: &str = "5 minutes";
 
 /// Moves the horizon to `days` before now (by the database's clock; never back), then deletes
 /// the scans scanned before the horizon as it was before this move, in batches. Returns how
-/// many were deleted; 0 while another instance sweeps.
+/// many were deleted; 0 while another instance sweeps, or when the horizon moved less than
+/// [`MIN_MOVE_SPACING`] ago (or has no row).
 pub async fn sweep(conn: &mut PgConnection, days: u32) -> Result<u64, sqlx::Error> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SWEEP_LOCK_KEY)
@@ -57,17 +63,20 @@ pub async fn sweep(conn: &mut PgConnection, days: u32) -> Result<u64, sqlx::Erro
 
 async fn sweep_locked(conn: &mut PgConnection, days: u32) -> Result<u64, sqlx::Error> {
     // The horizon before the move: the one every consumer statement since the last sweep read.
-    // None before the first move (`-infinity`): nothing to delete yet.
-    let previous: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-        "WITH previous AS (SELECT before FROM scans_horizon FOR UPDATE) \
+    // No row: moved too recently. A null horizon: the first move (from `-infinity`), nothing
+    // to delete yet.
+    let previous: Option<Option<chrono::DateTime<chrono::Utc>>> = sqlx::query_scalar(&format!(
+        "WITH previous AS (SELECT before, moved_at FROM scans_horizon FOR UPDATE) \
          UPDATE scans_horizon \
-         SET before = GREATEST(scans_horizon.before, now() - make_interval(days => $1)) \
-         FROM previous RETURNING NULLIF(previous.before, '-infinity')",
-    )
+         SET before = GREATEST(scans_horizon.before, now() - make_interval(days => $1)), \
+             moved_at = now() \
+         FROM previous WHERE previous.moved_at <= now() - interval '{MIN_MOVE_SPACING}' \
+         RETURNING NULLIF(previous.before, '-infinity')"
+    ))
     .bind(i32::try_from(days).unwrap_or(i32::MAX))
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    let Some(horizon) = previous else {
+    let Some(Some(horizon)) = previous else {
         return Ok(0);
     };
     let mut deleted = 0;

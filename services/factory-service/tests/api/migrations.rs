@@ -149,8 +149,10 @@ async fn sessions_of_users_disabled_before_the_session_trigger_end_when_it_is_ap
 }
 
 /// A `CREATE INDEX CONCURRENTLY` that failed half way leaves an invalid index, which
-/// PostgreSQL keeps but never uses: `migrate` says so, naming it, rather than report the
-/// schema current. (Here the index is marked invalid by hand, as the failed build leaves it.)
+/// PostgreSQL keeps but never uses, and sqlx records no row for its migration: `migrate`
+/// names the index and says what to do, rather than stop at sqlx's "already exists" on the
+/// rerun (or report the schema current, when the row is there). The failed build's state is
+/// made by hand: the index marked invalid, the migration's row deleted.
 #[tokio::test]
 async fn migrate_refuses_to_finish_while_an_index_is_invalid() -> TestResult {
     let pool = empty_database().await;
@@ -161,12 +163,32 @@ async fn migrate_refuses_to_finish_while_an_index_is_invalid() -> TestResult {
     )
     .execute(&pool)
     .await?;
-    let e = factory_service::db::migrate(&pool)
-        .await
-        .err()
-        .ok_or("migrate passed over an invalid index")?;
-    let text = e.to_string();
-    assert!(text.contains("scans_scanned_at_idx"), "{text}");
-    assert!(text.contains("DROP INDEX CONCURRENTLY"), "{text}");
+    let refused = |e: Option<factory_service::db::MigrationFailure>| -> TestResult {
+        let text = e.ok_or("migrate passed over an invalid index")?.to_string();
+        assert!(
+            text.contains("invalid indexes [\"scans_scanned_at_idx\"]"),
+            "{text}"
+        );
+        assert!(text.contains("DROP INDEX CONCURRENTLY"), "{text}");
+        Ok(())
+    };
+    // The migration recorded (an index gone invalid later).
+    refused(factory_service::db::migrate(&pool).await.err())?;
+    // As a failed build leaves it: no row for its migration.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261205000002")
+        .execute(&pool)
+        .await?;
+    refused(factory_service::db::migrate(&pool).await.err())?;
+    // Dropped as the error says, the migration builds it again.
+    sqlx::query("DROP INDEX CONCURRENTLY scans_scanned_at_idx")
+        .execute(&pool)
+        .await?;
+    factory_service::db::migrate(&pool).await?;
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'scans_scanned_at_idx'::regclass",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert!(valid);
     Ok(())
 }

@@ -207,6 +207,14 @@ async fn with_the_database_gone_every_event_is_a_transient_failure() {
     );
 }
 
+/// As if the horizon's last move was long enough ago for the next sweep to move it again.
+async fn age_horizon(pool: &PgPool) {
+    sqlx::query("UPDATE scans_horizon SET moved_at = now() - interval '1 hour'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// The retention sweep deletes the scans past the retention, and the consumer then records and
 /// counts none of their events again: a redelivery after the sweep is a duplicate, as it was
 /// before it (before the horizon, the deleted row's event was counted a second time). Scans
@@ -233,6 +241,7 @@ async fn scans_past_retention_are_deleted_and_their_events_never_count_again() {
     let sweep = crate::events::retention::sweep;
     assert_eq!(sweep(&mut conn, 32).await.unwrap(), 0);
     assert_eq!(scans(&db.pool).await, 30);
+    age_horizon(&db.pool).await;
     assert_eq!(sweep(&mut conn, 32).await.unwrap(), 25);
     assert_eq!(scans(&db.pool).await, 5);
     // The counts stay: only the per-scan rows went.
@@ -254,6 +263,7 @@ async fn scans_past_retention_are_deleted_and_their_events_never_count_again() {
     );
     assert_eq!(tag_state(&db.pool, &tags[0]).await.0, 26);
     // A sweep with a longer retention does not move the horizon back.
+    age_horizon(&db.pool).await;
     sweep(&mut conn, 365).await.unwrap();
     assert_eq!(
         applied(&apply_isolating(&db.pool, &again).await),
@@ -279,6 +289,7 @@ async fn the_retention_sweep_deletes_in_batches_until_done() {
     let mut conn = db.pool.acquire().await.unwrap();
     let sweep = crate::events::retention::sweep;
     sweep(&mut conn, 32).await.unwrap();
+    age_horizon(&db.pool).await;
     assert_eq!(sweep(&mut conn, 32).await.unwrap(), 25_000);
     assert_eq!(scans(&db.pool).await, 0);
 }
@@ -302,7 +313,8 @@ async fn only_one_instance_sweeps_at_a_time() {
     let mut conn = db.pool.acquire().await.unwrap();
     sweep(&mut conn, 32).await.unwrap();
     let mut other = db.pool.acquire().await.unwrap();
-    let lock = |sql: &'static str| sqlx::query(sql).bind(0x766f_6b65_7363_616e_i64);
+    age_horizon(&db.pool).await;
+    let lock = |sql: &'static str| sqlx::query(sql).bind(crate::events::retention::SWEEP_LOCK_KEY);
     lock("SELECT pg_advisory_lock($1)")
         .execute(&mut *other)
         .await
@@ -323,4 +335,54 @@ async fn only_one_instance_sweeps_at_a_time() {
     .await
     .unwrap();
     assert_eq!(held, 0);
+}
+
+/// Sweeps of several instances, minutes apart or not: the horizon moves at most every few
+/// minutes, and a sweep deletes only up to where it stood before its own move. So a sweep
+/// right after another (another instance's) neither moves it nor deletes up to the horizon
+/// the other just set, which consumer statements begun before that move had not read.
+#[tokio::test]
+async fn a_sweep_right_after_another_neither_moves_the_horizon_nor_deletes() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 1).await;
+    sqlx::query(
+        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
+         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
+         FROM generate_series(1, 10)",
+    )
+    .bind(&tags[0])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let sweep = crate::events::retention::sweep;
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 0);
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 0);
+    assert_eq!(scans(&db.pool).await, 10);
+    age_horizon(&db.pool).await;
+    assert_eq!(sweep(&mut conn, 32).await.unwrap(), 10);
+}
+
+/// Without its row (deleted by hand), the horizon is `-infinity` to the consumer: events are
+/// recorded and counted, not all taken for duplicates.
+#[tokio::test]
+async fn without_a_horizon_row_events_still_count() {
+    let db = TestDb::new().await;
+    let tags = seed_tags(&db.pool, 1).await;
+    sqlx::query("DELETE FROM scans_horizon")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let e = event(&tags[0], Utc::now().trunc_subsecs(3));
+    assert_eq!(
+        applied(&apply_isolating(&db.pool, &[&e]).await),
+        [Applied::Recorded]
+    );
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(
+        crate::events::retention::sweep(&mut conn, 32)
+            .await
+            .unwrap(),
+        0
+    );
 }
