@@ -207,6 +207,21 @@ async fn with_the_database_gone_every_event_is_a_transient_failure() {
     );
 }
 
+/// `n` scans of a new tag, scanned 100 days ago.
+async fn old_scans(pool: &PgPool, n: i32) {
+    let tags = seed_tags(pool, 1).await;
+    sqlx::query(
+        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
+         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
+         FROM generate_series(1, $2)",
+    )
+    .bind(&tags[0])
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// As if the horizon's last move was long enough ago for the next sweep to move it again.
 async fn age_horizon(pool: &PgPool) {
     sqlx::query("UPDATE scans_horizon SET moved_at = now() - interval '1 hour'")
@@ -276,16 +291,7 @@ async fn scans_past_retention_are_deleted_and_their_events_never_count_again() {
 #[tokio::test]
 async fn the_retention_sweep_deletes_in_batches_until_done() {
     let db = TestDb::new().await;
-    let tags = seed_tags(&db.pool, 1).await;
-    sqlx::query(
-        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
-         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
-         FROM generate_series(1, 25000)",
-    )
-    .bind(&tags[0])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    old_scans(&db.pool, 25_000).await;
     let mut conn = db.pool.acquire().await.unwrap();
     let sweep = crate::events::retention::sweep;
     sweep(&mut conn, 32).await.unwrap();
@@ -299,16 +305,7 @@ async fn the_retention_sweep_deletes_in_batches_until_done() {
 #[tokio::test]
 async fn only_one_instance_sweeps_at_a_time() {
     let db = TestDb::new().await;
-    let tags = seed_tags(&db.pool, 1).await;
-    sqlx::query(
-        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
-         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
-         FROM generate_series(1, 10)",
-    )
-    .bind(&tags[0])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    old_scans(&db.pool, 10).await;
     let sweep = crate::events::retention::sweep;
     let mut conn = db.pool.acquire().await.unwrap();
     sweep(&mut conn, 32).await.unwrap();
@@ -344,16 +341,7 @@ async fn only_one_instance_sweeps_at_a_time() {
 #[tokio::test]
 async fn a_sweep_right_after_another_neither_moves_the_horizon_nor_deletes() {
     let db = TestDb::new().await;
-    let tags = seed_tags(&db.pool, 1).await;
-    sqlx::query(
-        "INSERT INTO scans (event_id, tag_id, result, scanned_at, client_ip_hash) \
-         SELECT gen_random_uuid(), $1, 'authentic', now() - interval '100 days', 'ab' \
-         FROM generate_series(1, 10)",
-    )
-    .bind(&tags[0])
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    old_scans(&db.pool, 10).await;
     let sweep = crate::events::retention::sweep;
     let mut conn = db.pool.acquire().await.unwrap();
     assert_eq!(sweep(&mut conn, 32).await.unwrap(), 0);
