@@ -84,9 +84,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Middleware: checks the bearer token (if any) and stores what it [`Claimed`].
+/// Middleware: checks the bearer token (if any) and stores what it [`Claimed`]. Two
+/// `Authorization` headers are an invalid token: which one counts would be a guess, and a
+/// proxy in front may have guessed the other way.
 pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let several = req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some();
     let claimed = match bearer(req.headers()) {
+        _ if several => Err(Missing::Invalid),
         None => Err(Missing::NoToken),
         Some(token) => state
             .jwt

@@ -845,3 +845,29 @@ async fn a_token_naming_another_users_session_does_not_end_that_session() -> Tes
     refused().await;
     Ok(())
 }
+
+/// Two `Authorization` headers are an invalid token, whichever comes first: the first one
+/// counted, so a viewer's token before an admin's was 403 and the other way round 200 (and a
+/// proxy in front may count the other one).
+#[tokio::test]
+async fn two_authorization_headers_are_an_invalid_token() -> TestResult {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let viewer = app.signed_in(Role::Viewer).await;
+    for (first, second) in [
+        (&admin.access, &viewer.access),
+        (&viewer.access, &admin.access),
+    ] {
+        let r = app
+            .client
+            .get(format!("{}/v1/api-keys", app.base))
+            .header("Authorization", format!("Bearer {first}"))
+            .header("Authorization", format!("Bearer {second}"))
+            .send()
+            .await?;
+        assert_error(r, 401, "invalid_token").await;
+    }
+    // One header still works.
+    assert_eq!(app.get("/v1/api-keys", &admin.access).await.status(), 200);
+    Ok(())
+}
