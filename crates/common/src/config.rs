@@ -186,12 +186,16 @@ impl Env {
         self.raw(var).map(|v| SecretString::from(v.to_owned()))
     }
 
-    /// A password (never shown in errors or logs), or `None` when unset or blank. Kept exactly
-    /// as given, spaces included: a password set with surrounding spaces is the password its
-    /// user types at the login form.
+    /// A password (never shown in errors or logs), or `None` when unset or blank. Kept as
+    /// given, spaces included: a password set with surrounding spaces is the password its user
+    /// types at the login form. Line endings at the end are dropped, as from a password read
+    /// as a line: a secret stored with `echo … | gcloud secrets create --data-file=-` ends in
+    /// `\n`, and nobody types a line break at a login form.
     pub fn password(&self, var: &str) -> Option<SecretString> {
         self.raw(var)?;
-        self.vars.get(var).map(|v| SecretString::from(v.to_owned()))
+        self.vars
+            .get(var)
+            .map(|v| SecretString::from(strip_line_ending(v).to_owned()))
     }
 
     /// A value parsed with [`FromStr`], or `default` when unset.
@@ -251,6 +255,11 @@ impl Env {
             })
             .unwrap_or_default()
     }
+}
+
+/// `value` without the line endings (`\n`, `\r`) at its end: a password as typed.
+pub fn strip_line_ending(value: &str) -> &str {
+    value.trim_end_matches(['\r', '\n'])
 }
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: an `http://` or `https://` base URL with a host (traces go to
@@ -1118,10 +1127,27 @@ mod tests {
 
     #[test]
     fn passwords_are_kept_exactly_as_given_and_secrets_trimmed() {
-        let env = Env::from_pairs([("P", "  pass word  "), ("BLANK", "   "), ("K", "key\n")]);
+        let env = Env::from_pairs([
+            ("P", "  pass word  "),
+            ("BLANK", "   "),
+            ("K", "key\n"),
+            ("FROM_SECRET_MANAGER", "elevenchars\n"),
+            ("CRLF", " crlf pass \r\n"),
+        ]);
         assert_eq!(
             env.password("P").map(|s| s.expose_secret().to_owned()),
             Some("  pass word  ".to_owned())
+        );
+        // A line ending at the end (`echo pw | gcloud secrets create --data-file=-`) is not
+        // part of the password its user types; the spaces before it are.
+        assert_eq!(
+            env.password("FROM_SECRET_MANAGER")
+                .map(|s| s.expose_secret().to_owned()),
+            Some("elevenchars".to_owned())
+        );
+        assert_eq!(
+            env.password("CRLF").map(|s| s.expose_secret().to_owned()),
+            Some(" crlf pass ".to_owned())
         );
         assert!(env.password("BLANK").is_none());
         assert!(env.password("UNSET").is_none());

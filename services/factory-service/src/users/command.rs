@@ -178,7 +178,7 @@ fn read_password(env: &Env) -> anyhow::Result<SecretString> {
             .context("reading the password from standard input")?;
         line
     };
-    let len = line.trim_end_matches(['\r', '\n']).len();
+    let len = common::config::strip_line_ending(&line).len();
     line.truncate(len);
     // Nothing came (stdin closed or empty): say so, rather than "too short".
     anyhow::ensure!(
