@@ -1404,6 +1404,32 @@ fn cli_audit_verify_refuses_a_url_that_is_not_postgresql() {
     assert!(!out.contains("s3cret-pw"), "{out}");
 }
 
+/// A private key given inline as `--public-key` (the likeliest mix-up) was printed whole in
+/// the error, into the verify job's log. Neither it nor a one-line secret is shown now.
+#[test]
+fn cli_audit_verify_never_prints_key_text_it_was_given() {
+    let body = K1_PEM.lines().nth(1).unwrap_or_default();
+    let one_line: String = K1_PEM.lines().filter(|l| !l.starts_with("-----")).collect();
+    for spec in [
+        format!("k1={K1_PEM}"),
+        K1_PEM.to_owned(),
+        format!("k1={one_line}"),
+    ] {
+        let (code, out) = cli(&["audit", "verify", &format!("--public-key={spec}")]);
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("--public-key (the key text given, not shown)"),
+            "{out}"
+        );
+        assert!(!out.contains(body), "{out}");
+    }
+    let (_, out) = cli(&["audit", "verify", "--public-key", &format!("k1={K1_PEM}")]);
+    assert!(
+        out.contains("this is a private key; give its public half"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn cli_audit_verify_exits_0_when_intact_and_1_with_the_first_bad_seq() {
     let db = TestDb::new().await;

@@ -173,14 +173,21 @@ fn load_public_key(spec: &str) -> anyhow::Result<(Option<String>, PublicKey)> {
         }
         _ => (None, spec),
     };
-    let pem = if source.trim_start().starts_with("-----BEGIN") {
+    let inline = source.contains("-----BEGIN");
+    // Named in errors only as a file path: text given inline may be a private key given by
+    // mistake (the likeliest mix-up), and the error lands in a job's log.
+    let named = if inline || source.len() > 1024 || source.contains(['\n', '\r']) {
+        "(the key text given, not shown)"
+    } else {
+        source
+    };
+    let pem = if inline {
         source.to_owned()
     } else {
-        std::fs::read_to_string(source)
-            .map_err(|e| anyhow::anyhow!("--public-key {source}: {e}"))?
+        std::fs::read_to_string(source).map_err(|e| anyhow::anyhow!("--public-key {named}: {e}"))?
     };
     let key =
-        PublicKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("--public-key {source}: {e}"))?;
+        PublicKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("--public-key {named}: {e}"))?;
     Ok((id, key))
 }
 
