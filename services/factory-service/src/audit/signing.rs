@@ -84,6 +84,15 @@ fn not_a_key(pem: &str, error: &rsa::pkcs8::Error) -> String {
     }
 }
 
+/// PEM text as the parsers take it: without a byte-order mark (an editor's) or blank lines and
+/// spaces around it (a secret manager's, a heredoc's), which the parsers refuse with an error
+/// about the PEM boundaries.
+fn pem_text(pem: &str) -> String {
+    let mut text = pem.trim_start_matches('\u{feff}').trim().to_owned();
+    text.push('\n');
+    text
+}
+
 impl Signer {
     /// Parses a PKCS#8 PEM RSA private key (at least 2048 bits). Without `key_id`, the key's
     /// [`fingerprint`] is its id.
@@ -92,6 +101,7 @@ impl Signer {
             what: "private key".into(),
             reason,
         };
+        let pem = &pem_text(pem);
         let private =
             RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| invalid(not_a_key(pem, &e)))?;
         let der = private
@@ -192,6 +202,7 @@ impl PublicKey {
     /// Parses a PEM public key: SubjectPublicKeyInfo (`BEGIN PUBLIC KEY`) or PKCS#1
     /// (`BEGIN RSA PUBLIC KEY`).
     pub fn from_pem(pem: &str) -> Result<Self, AuditError> {
+        let pem = &pem_text(pem);
         let key = RsaPublicKey::from_public_key_pem(pem)
             .or_else(|_| RsaPublicKey::from_pkcs1_pem(pem))
             .map_err(|e| AuditError::InvalidKey {
@@ -395,5 +406,28 @@ XTvp7/eUTVvmkSTYPkjM6Qu+6vOtb2+8kl4U6R+EFqls8vGzqXkYfUxE
         Signer::from_pem(k1, Some("k"))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// A key file with a blank line or spaces after it (a heredoc, a secret manager), or a
+    /// byte-order mark before it (an editor), is the same key; the parsers alone refused it
+    /// with "PEM error in pre-encapsulation boundary".
+    #[test]
+    fn keys_framed_by_blank_lines_spaces_or_a_byte_order_mark_are_read() -> Result<(), String> {
+        let private = include_str!("../../tests/fixtures/audit_k1.pem");
+        let public = include_str!("../../tests/fixtures/audit_k1.pub.pem");
+        for frame in [
+            |k: &str| format!("{k}\n\n"),
+            |k: &str| format!("{k}   \n"),
+            |k: &str| format!("\u{feff}{k}"),
+            |k: &str| format!("\r\n{}\r\n\r\n", k.replace('\n', "\r\n")),
+        ] {
+            let signer =
+                Signer::from_pem(&frame(private), Some("k1")).map_err(|e| e.to_string())?;
+            let key = PublicKey::from_pem(&frame(public)).map_err(|e| e.to_string())?;
+            if key.fingerprint() != signer.public_key().fingerprint() {
+                return Err("another key".into());
+            }
+        }
+        Ok(())
     }
 }
