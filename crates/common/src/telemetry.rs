@@ -103,6 +103,15 @@ where
             service.replace('-', "_")
         )
     })?;
+    if let Some(word) = silences(&config.log_filter, &service.replace('-', "_")) {
+        // Not through the filter that turns it off; on stderr, beside the logs.
+        eprintln!(
+            "{service}: warning: RUST_LOG={:?} turns off every log line of {service}, errors \
+             included: a word alone names a target, and {word:?} is not a level (error, warn, \
+             info, debug, trace, off); expected e.g. warn, or info,sqlx=debug",
+            config.log_filter
+        );
+    }
     let fmt_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -124,6 +133,32 @@ where
         .try_init()
         .context("a global tracing subscriber is already installed")?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The word that makes `filter` turn off every log line of the crate `own` by mistake, if it
+/// does: a directive without `=` that is not a level names a target (`RUST_LOG=warning` lets
+/// through only target `warning`), and no other directive sets a level for everything or names
+/// the crate or one of its modules. An explicit `off`, or `sqlx=debug` beside `info`, is meant and passes.
+fn silences<'a>(filter: &'a str, own: &str) -> Option<&'a str> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let mut mistaken = None;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l)) {
+            return None;
+        }
+        let target = directive
+            .split(['[', '='])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if !target.is_empty() && (own.starts_with(target) || target.starts_with(own)) {
+            return None;
+        }
+        if !directive.contains(['=', '[']) {
+            mistaken.get_or_insert(directive);
+        }
+    }
+    mistaken
 }
 
 /// The OTLP exporter, watched. The exporter retries within its timeout and then drops the
@@ -259,6 +294,31 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 mod tests {
     use super::*;
     use crate::config::LogFormat;
+
+    /// `RUST_LOG=warning` (not a level: a target) turned off every line of the service, and a
+    /// scan-service that then failed to start exited 1 without a word.
+    #[test]
+    fn a_filter_that_silences_the_service_by_mistake_is_found() {
+        let own = "scan_service";
+        for filter in ["warning", "verbose", "information,sqlx=debug", " Warning "] {
+            assert!(silences(filter, own).is_some(), "{filter}");
+        }
+        assert_eq!(silences("sqlx=debug,warning", own), Some("warning"));
+        for filter in [
+            "info",
+            "WARN",
+            "off",
+            "warn,sqlx=debug",
+            "scan_service",
+            "scan_service=debug",
+            "scan_service::ratelimit=trace,hyper",
+            "scan_service[request]=debug",
+            "sqlx=debug",
+            "",
+        ] {
+            assert_eq!(silences(filter, own), None, "{filter}");
+        }
+    }
 
     /// The example in the error names the service whose start-up failed (the factory's said
     /// `scan_service=debug`).

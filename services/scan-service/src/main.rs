@@ -39,7 +39,9 @@ async fn main() -> ExitCode {
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Also on stderr, as the factory does: a log filter may turn the log line off.
             tracing::error!("scan-service stopped: {}", Chain(e.as_ref()));
+            eprintln!("scan-service stopped: {}", Chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -51,3 +51,27 @@ fn an_unknown_argument_is_refused_before_start_up() {
     // Refused by the command line, not by the configuration behind it.
     assert!(!err.contains("REDIS_TIMEOUT_MS"), "{err}");
 }
+
+/// With `RUST_LOG=warning` (a target, not a level) every log line was off, and a start-up that
+/// failed (its address in use) exited 1 with nothing on stdout or stderr.
+#[test]
+fn a_failed_start_up_is_told_even_when_the_log_filter_silences_everything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let addr = taken.local_addr().expect("its address").to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_scan-service"))
+        .env_clear()
+        .env("APP_ENV", "development")
+        .env("RUST_LOG", "warning")
+        .env("BIND_ADDR", &addr)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the scan-service binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RUST_LOG=\"warning\" turns off every log line of scan-service"),
+        "{err}"
+    );
+    assert!(err.contains("scan-service stopped: "), "{err}");
+    assert!(err.contains(&addr), "{err}");
+}
