@@ -235,7 +235,10 @@ resource "google_cloud_run_v2_service" "svc" {
           items {
             version = var.audit_signing_key_version
             path    = "key.pem"
-            mode    = 256 # 0400
+            # 0444, Cloud Run's default: the image runs as uid 10001 and secret volume files
+            # may be owned by root, so 0400 could leave the key unreadable and the revision
+            # unable to start. The container runs nothing but the service.
+            mode = 292 # 0444
           }
         }
       }
