@@ -713,6 +713,17 @@ fn url_secret(
 /// A PostgreSQL URL from `var` (else `default`), checked as the client parses it; the error
 /// names `var` and never shows the value (it may carry a password).
 pub fn postgres_url(env: &Env, var: &str, default: &str) -> Result<SecretString, ConfigError> {
+    // Before sqlx parses it: sqlx logs a parameter it does not know with its value.
+    let value = env.raw(var).unwrap_or(default);
+    if let Some(problem) = crate::db::unsupported_parameter(value) {
+        return Err(ConfigError::new(
+            var,
+            value,
+            true,
+            problem,
+            "postgres://[user[:password]@]host[:port][/database][?sslmode=…]",
+        ));
+    }
     url_secret(env, var, default, &["postgres", "postgresql"], |v| {
         v.parse::<sqlx::postgres::PgConnectOptions>().is_ok()
     })
@@ -1037,6 +1048,39 @@ mod tests {
         ] {
             let config = parse(&[("BIND_ADDR", value)]).expect(value);
             assert_eq!(config.bind_addr.to_string(), want);
+        }
+    }
+
+    /// A parameter sqlx does not read was ignored (`connect_timeout` did nothing) and logged
+    /// by sqlx at WARN with its value (`sslpassword=…` in clear) as each pool was made.
+    #[test]
+    fn postgres_url_parameters_the_client_ignores_are_refused_unshown() {
+        for (url, named) in [
+            (
+                "postgres://u@db/x?sslmode=require&sslpassword=KeyPassphrase42",
+                "connection parameter `sslpassword`",
+            ),
+            ("postgres://u@db/x?connect_timeout=10", "`connect_timeout`"),
+            ("postgres://u@db/x?S3cret%21=1", "a connection parameter is"),
+        ] {
+            let e = parse(&[("DATABASE_URL", url)]).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid configuration: DATABASE_URL=<redacted>: "),
+                "{e}"
+            );
+            assert!(e.contains(named), "{e}");
+            assert!(e.contains("it reads sslmode, sslrootcert"), "{e}");
+            assert!(
+                !e.contains("KeyPassphrase42") && !e.contains("S3cret"),
+                "{e}"
+            );
+        }
+        for url in [
+            "postgres://u@db/x?sslmode=verify-full&sslrootcert=/ca.pem&application_name=a",
+            "postgres://u@db/x?",
+            "postgres://u@db/x",
+        ] {
+            assert!(parse(&[("DATABASE_URL", url)]).is_ok(), "{url}");
         }
     }
 

@@ -162,10 +162,58 @@ fn connect_options(url: &SecretString, given_by: &str) -> anyhow::Result<PgConne
         matches!(scheme, Some("postgres" | "postgresql")),
         "{given_by} is not a PostgreSQL URL (expected postgres://user@host:port/database)"
     );
+    if let Some(problem) = unsupported_parameter(url) {
+        anyhow::bail!("{given_by}: {problem}");
+    }
     let options: PgConnectOptions = url
         .parse()
         .with_context(|| format!("{given_by} is not a valid PostgreSQL URL"))?;
     Ok(options.log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// The connection parameters of a URL's query that the PostgreSQL client (sqlx) reads.
+pub const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "options",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "statement-cache-capacity",
+];
+
+/// What is wrong with a PostgreSQL URL's query, if a parameter in it is one the client does
+/// not read: sqlx would ignore it (`connect_timeout` would do nothing) and log it with its
+/// value (`sslpassword=…` in clear). The parameter is named only when its name is plainly
+/// one (a malformed URL may put part of a password where the query should be).
+pub fn unsupported_parameter(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let name = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .find(|name| !URL_PARAMETERS.contains(name))?;
+    let plain = name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-');
+    let named = if plain {
+        format!("connection parameter `{name}`")
+    } else {
+        "a connection parameter".to_owned()
+    };
+    Some(format!(
+        "{named} is not one this service's PostgreSQL client reads (it would be ignored); \
+         it reads {}",
+        URL_PARAMETERS.join(", ")
+    ))
 }
 
 /// For the commands run by hand (`migrate`, `user create`, `audit verify`): one direct

@@ -1402,6 +1402,19 @@ fn cli_audit_verify_refuses_a_url_that_is_not_postgresql() {
         "{out}"
     );
     assert!(!out.contains("s3cret-pw"), "{out}");
+    // A parameter sqlx ignores is refused by name, before sqlx logs it with its value.
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        "postgres://u@127.0.0.1/db?sslpassword=s3cret-pw",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--database-url: connection parameter `sslpassword` is not one"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-pw"), "{out}");
 }
 
 /// A private key given inline as `--public-key` (the likeliest mix-up) was printed whole in
