@@ -314,7 +314,9 @@ fn is_exact_origin(origin: &str) -> bool {
         && origin == format!("{scheme}://{authority}")
         && !authority.as_str().contains('@')
         && !host.is_empty()
-        && !host.bytes().any(|b| b.is_ascii_uppercase())
+        && (host.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        }) || (host.starts_with('[') && host.ends_with(']')))
         && match authority.as_str().strip_prefix(host) {
             Some("") => true,
             // Browsers leave out the scheme's default port and write the port plainly.
@@ -815,9 +817,19 @@ fn bind_addr(env: &Env, default: SocketAddr) -> Result<SocketAddr, ConfigError> 
 
 /// Parses `10.0.0.0/8` or a bare address (taken as a single host).
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))?;
+    // Client addresses are compared as plain IPv4 when they are IPv4-mapped
+    // (`::ffff:10.0.0.1` is 10.0.0.1), so such an entry is too: as written, it would never match.
+    Some(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?),
+            None => net,
+        },
+        _ => net,
+    })
 }
 
 #[cfg(test)]
@@ -1135,6 +1147,20 @@ mod tests {
         let e = parse(&[("TRUSTED_PROXIES", "10.0.0.0/8,nonsense")]).unwrap_err();
         assert_eq!(e.var, "TRUSTED_PROXIES");
         assert!(e.problem.contains("nonsense"));
+        // IPv4-mapped entries are the IPv4 addresses clients are compared as.
+        let c = parse(&[(
+            "TRUSTED_PROXIES",
+            "::ffff:127.0.0.1,::ffff:10.0.0.0/104,::1",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.http.trusted_proxies,
+            [
+                parse_cidr("127.0.0.1/32").unwrap(),
+                parse_cidr("10.0.0.0/8").unwrap(),
+                parse_cidr("::1/128").unwrap()
+            ]
+        );
         let e = parse(&[("CORS_ORIGINS", "*")]).unwrap_err();
         assert_eq!(e.var, "CORS_ORIGINS");
         // Nothing a browser could send as `Origin`: refused rather than silently never matching.
@@ -1152,6 +1178,10 @@ mod tests {
             "https://a.example:08443",
             "https://a example",
             "https://A.EXAMPLE",
+            // A wildcard never matches (browsers send the host itself), nor does a host that
+            // is not in the ASCII form browsers send.
+            "https://*.example.com",
+            "https://b\u{fc}cher.example",
             "ftp://a.example",
             "a.example",
             "https://",
