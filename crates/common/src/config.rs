@@ -519,6 +519,9 @@ fn is_host_port(value: &str) -> bool {
     value.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty()
             && !host.contains(['/', '@', ' '])
+            // An IPv6 address only in brackets (`[::1]:8085`): `::1:8085` passed here and
+            // failed later as the transport's "invalid authority", naming no variable.
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
             && port.bytes().all(|b| b.is_ascii_digit())
             && port.parse::<u16>().is_ok_and(|p| p > 0)
     })
@@ -631,7 +634,7 @@ impl CommonConfig {
                 host,
                 false,
                 "not host:port",
-                "host:port, e.g. 127.0.0.1:8085",
+                "host:port, e.g. 127.0.0.1:8085 or [::1]:8085",
             ));
         }
         let pubsub = PubSubConfig {
@@ -1286,6 +1289,8 @@ mod tests {
             "127.0.0.1:99999",
             "127.0.0.1:0",
             "host:+1",
+            "::1:8085",
+            "[::1:8085",
         ] {
             let e = parse(&[("PUBSUB_EMULATOR_HOST", bad)]).unwrap_err();
             assert_eq!(e.var, "PUBSUB_EMULATOR_HOST", "{bad}");
