@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -74,6 +74,8 @@ pub struct Env {
     read_not_utf8: Arc<OnceLock<String>>,
     /// Why the `.env` file could not be read completely, when it could not.
     dotenv_error: Option<ConfigError>,
+    /// Every variable configuration has asked for (see [`Env::read_names`]).
+    read: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Env {
@@ -150,6 +152,17 @@ impl Env {
         }
     }
 
+    /// The names of the variables configuration has asked for so far, set or not (tests check
+    /// them against [`crate::startup_warnings::SETTINGS`]).
+    pub fn read_names(&self) -> Vec<String> {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Every variable and its value, in no particular order (to start a child process with the
     /// same environment: tests, tools).
     pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -165,6 +178,10 @@ impl Env {
     /// The raw value, `None` when unset or empty (or not UTF-8: see
     /// [`Env::refuse_unreadable`]).
     pub fn raw(&self, var: &str) -> Option<&str> {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(var.to_owned());
         if self.not_utf8.contains(var) {
             // The first one read is the one reported.
             let _ = self.read_not_utf8.set(var.to_owned());

@@ -11,6 +11,7 @@ pub mod outage;
 pub mod pubsub;
 pub mod report;
 pub mod server;
+pub mod startup_warnings;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -285,6 +285,25 @@ mod tests {
         FactoryConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
     }
 
+    /// Start-up warns about variables that look like settings but are none
+    /// (`common::startup_warnings`): every variable read here must be in its list, or setting
+    /// it would be warned about as a misspelling.
+    #[test]
+    fn every_variable_read_is_a_known_setting() -> Result<(), ConfigError> {
+        let env = Env::from_pairs([("APP_ENV", "development")]);
+        FactoryConfig::from_env(&env)?.jwt_secret()?;
+        let _ = env.password("FACTORY_USER_PASSWORD");
+        let read = env.read_names();
+        assert!(read.len() > 30, "{read:?}");
+        for name in read {
+            assert!(
+                common::startup_warnings::SETTINGS.contains(&name.as_str()),
+                "{name} is read but not in SETTINGS"
+            );
+        }
+        Ok(())
+    }
+
     /// A `JWT_SECRET` that is not UTF-8 stops start-up naming it, rather than reading as
     /// unset (a start-up error about a missing secret, or a random one in development).
     #[test]

@@ -48,6 +48,11 @@ async fn main() -> ExitCode {
         command,
         Command::Serve | Command::Worker { .. } | Command::Migrate
     );
+    if unattended {
+        for warning in common::startup_warnings::startup_warnings(&env, &config.common) {
+            tracing::warn!("{warning}");
+        }
+    }
     let result = match command {
         // `audit verify` has its own exit codes: 0 intact, 1 broken, 2 could not verify.
         Command::Audit(command) => {

@@ -166,6 +166,24 @@ mod tests {
         ScanConfig::from_env(&Env::from_pairs(pairs.iter().copied()))
     }
 
+    /// Start-up warns about variables that look like settings but are none
+    /// (`common::startup_warnings`): every variable read here must be in its list, or setting
+    /// it would be warned about as a misspelling.
+    #[test]
+    fn every_variable_read_is_a_known_setting() -> Result<(), ConfigError> {
+        let env = Env::from_pairs([("APP_ENV", "development")]);
+        ScanConfig::from_env(&env)?;
+        let read = env.read_names();
+        assert!(read.len() > 20, "{read:?}");
+        for name in read {
+            assert!(
+                common::startup_warnings::SETTINGS.contains(&name.as_str()),
+                "{name} is read but not in SETTINGS"
+            );
+        }
+        Ok(())
+    }
+
     /// An `IP_HASH_KEY` that is not UTF-8 stops start-up: read as unset, it became a random
     /// key of this process alone, and the warning said it was not set.
     #[test]

@@ -22,7 +22,8 @@ async fn main() -> ExitCode {
     // `--help` and `--version` answer; anything else on the command line is refused rather than
     // ignored (a mistyped flag would otherwise start a server on the default address).
     let Cli {} = clap::Parser::parse();
-    let config = match ScanConfig::from_env(&Env::from_process()) {
+    let env = Env::from_process();
+    let config = match ScanConfig::from_env(&env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("scan-service: {e}");
@@ -36,6 +37,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in common::startup_warnings::startup_warnings(&env, &config.common) {
+        tracing::warn!("{warning}");
+    }
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,243 @@
+//! What start-up warns about in a configuration it accepts: a variable that looks like one of
+//! ours but is not (a misspelling is otherwise silently ignored, and its setting takes its
+//! default), and, in production, settings left at their development defaults.
+
+use crate::config::{AppEnv, CommonConfig, Env};
+
+/// Every variable either service or `factory-service`'s commands read (docs/CONFIGURATION.md).
+/// Each service's tests check that its configuration reads no other.
+pub const SETTINGS: &[&str] = &[
+    "ACCESS_TOKEN_TTL_SEC",
+    "ADMIN_RATE_LIMIT_BURST",
+    "ADMIN_RATE_LIMIT_RPS",
+    "APP_ENV",
+    "AUDIT_CHECKPOINT_EVERY",
+    "AUDIT_CHECKPOINT_INTERVAL_SEC",
+    "AUDIT_PREVIOUS_PUBLIC_KEYS",
+    "AUDIT_SIGNING_KEY_FILE",
+    "AUDIT_SIGNING_KEY_ID",
+    "AUDIT_SIGN_EVENTS",
+    "AUDIT_VERIFY_INTERVAL_SEC",
+    "BIND_ADDR",
+    "BOOTSTRAP_ADMIN_EMAIL",
+    "BOOTSTRAP_ADMIN_PASSWORD",
+    "CIRCUIT_BREAKER_THRESHOLD",
+    "CIRCUIT_BREAKER_TIMEOUT_SEC",
+    "CORS_ORIGINS",
+    "DATABASE_IDLE_TX_TIMEOUT_SEC",
+    "DATABASE_READ_URL",
+    "DATABASE_URL",
+    "FACTORY_USER_PASSWORD",
+    "IDEMPOTENCY_TTL_SEC",
+    "IP_HASH_KEY",
+    "JWT_KEY_FILE",
+    "JWT_SECRET",
+    "LOG_FORMAT",
+    "MAX_BODY_BYTES",
+    "MAX_DELIVERY_ATTEMPTS",
+    "NO_COLOR",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "PUBSUB_EMULATOR_HOST",
+    "PUBSUB_PROJECT_ID",
+    "RATE_LIMIT_FAIL_CLOSED",
+    "RATE_LIMIT_IP_BURST",
+    "RATE_LIMIT_IP_PER_MINUTE",
+    "RATE_LIMIT_KEY_BURST",
+    "RATE_LIMIT_KEY_PER_MINUTE",
+    "REDIS_KEY_PREFIX",
+    "REDIS_TIMEOUT_MS",
+    "REDIS_URL",
+    "REFRESH_SESSION_MAX_SEC",
+    "REFRESH_TOKEN_TTL_SEC",
+    "REQUEST_TIMEOUT_SEC",
+    "RUST_LOG",
+    "SCANS_RETENTION_DAYS",
+    "SCAN_EVENTS_BATCH_SIZE",
+    "SCAN_EVENTS_BATCH_WAIT_MS",
+    "SCAN_EVENTS_CONSUMER",
+    "SCAN_EVENTS_DB_CONNECTIONS",
+    "SCAN_EVENTS_DLQ_TOPIC",
+    "SCAN_EVENTS_HOLD_SEC",
+    "SCAN_EVENTS_MAX_OUTSTANDING",
+    "SCAN_EVENTS_STREAMS",
+    "SCAN_EVENTS_SUBSCRIPTION",
+    "SCAN_EVENTS_TOPIC",
+    "SCAN_JITTER_MS",
+    "SCAN_MIN_RESPONSE_MS",
+    "TRUSTED_PROXIES",
+];
+
+/// First words that only our settings start with: a variable starting with one that is not a
+/// setting is taken for a misspelt one. (`OTEL_` is left out: the OpenTelemetry SDK reads its
+/// own `OTEL_*` variables.)
+const OUR_WORDS: &[&str] = &[
+    "ACCESS",
+    "ADMIN",
+    "APP",
+    "AUDIT",
+    "BIND",
+    "BOOTSTRAP",
+    "CIRCUIT",
+    "CORS",
+    "DATABASE",
+    "IDEMPOTENCY",
+    "JWT",
+    "PUBSUB",
+    "RATE",
+    "REDIS",
+    "REFRESH",
+    "SCAN",
+    "SCANS",
+    "TRUSTED",
+];
+
+/// The warnings for this environment and the configuration parsed from it, one sentence each,
+/// for the caller to log once telemetry is up. No value is quoted (any may be a secret).
+pub fn startup_warnings(env: &Env, config: &CommonConfig) -> Vec<String> {
+    let mut warnings: Vec<String> = env
+        .vars()
+        .filter_map(|(name, _)| unknown_setting(name))
+        .collect();
+    warnings.sort();
+    if config.app_env == AppEnv::Production {
+        let defaulted: Vec<&str> = ["DATABASE_URL", "REDIS_URL", "PUBSUB_PROJECT_ID"]
+            .into_iter()
+            .filter(|var| env.raw(var).is_none())
+            .collect();
+        if !defaulted.is_empty() {
+            warnings.push(format!(
+                "APP_ENV=production with {} unset: using the local development default{} \
+                 (127.0.0.1, voketag-local)",
+                defaulted.join(", "),
+                if defaulted.len() > 1 { "s" } else { "" }
+            ));
+        }
+        if config.pubsub.emulator_host.is_some() {
+            warnings.push(
+                "APP_ENV=production with PUBSUB_EMULATOR_HOST set: scan events go to a Pub/Sub \
+                 emulator, not to Google Cloud"
+                    .to_owned(),
+            );
+        }
+    }
+    warnings
+}
+
+/// A warning about `name` when it looks like one of our settings but is none, naming the
+/// setting it most likely meant.
+fn unknown_setting(name: &str) -> Option<String> {
+    if SETTINGS.contains(&name) {
+        return None;
+    }
+    let ours = name
+        .split_once('_')
+        .is_some_and(|(word, _)| OUR_WORDS.contains(&word));
+    // Another program's variable may be a letter or two from one of ours (RUSTFLAGS, RUST_LOG):
+    // only one that starts like ours is taken for a misspelling of more than one letter.
+    let nearest = SETTINGS
+        .iter()
+        .map(|s| (strsim::damerau_levenshtein(name, s), *s))
+        .min()
+        .filter(|(distance, _)| *distance <= if ours { 3 } else { 1 });
+    match nearest {
+        Some((_, meant)) => Some(format!(
+            "{name} is not a VokeTag setting and is ignored; did you mean {meant}?"
+        )),
+        None if ours => Some(format!(
+            "{name} is not a VokeTag setting and is ignored (docs/CONFIGURATION.md lists them)"
+        )),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(pairs: &[(&str, &str)]) -> Vec<String> {
+        let env = Env::from_pairs(pairs.iter().copied());
+        let config = CommonConfig::from_env(&env, "127.0.0.1:8080").expect("valid");
+        startup_warnings(&env, &config)
+    }
+
+    #[test]
+    fn misspelt_settings_are_named_with_the_one_they_likely_meant() {
+        let w = warnings(&[
+            ("APP_ENV", "development"),
+            ("RATE_LIMIT_FAILCLOSED", "true"),
+            ("TRUSTED_PROXY", "10.0.0.0/8"),
+            ("CORS_ORIGIN", "https://a.example"),
+            ("REDIS_TIMEOUT", "100"),
+            ("SCAN_EVENTS_DEAD_LETTER_TOPIC", "dlq"),
+            ("DATABSE_URL", "postgres://u@db/x"),
+        ]);
+        assert_eq!(
+            w,
+            [
+                "CORS_ORIGIN is not a VokeTag setting and is ignored; did you mean CORS_ORIGINS?",
+                "DATABSE_URL is not a VokeTag setting and is ignored; did you mean DATABASE_URL?",
+                "RATE_LIMIT_FAILCLOSED is not a VokeTag setting and is ignored; did you mean \
+                 RATE_LIMIT_FAIL_CLOSED?",
+                "REDIS_TIMEOUT is not a VokeTag setting and is ignored; did you mean \
+                 REDIS_TIMEOUT_MS?",
+                "SCAN_EVENTS_DEAD_LETTER_TOPIC is not a VokeTag setting and is ignored \
+                 (docs/CONFIGURATION.md lists them)",
+                "TRUSTED_PROXY is not a VokeTag setting and is ignored; did you mean \
+                 TRUSTED_PROXIES?",
+            ]
+        );
+    }
+
+    #[test]
+    fn other_programs_variables_and_our_own_settings_pass_in_silence() {
+        let w = warnings(&[
+            ("APP_ENV", "development"),
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("PORT", "8080"),
+            ("K_SERVICE", "scan"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"),
+            ("PGSSLMODE", "require"),
+            ("RUSTFLAGS", "-Cforce-frame-pointers"),
+            ("APPDATA", "x"),
+            ("RATE_LIMIT_FAIL_CLOSED", "true"),
+            ("DATABASE_URL", "postgres://u@db/x"),
+        ]);
+        assert_eq!(w, Vec::<String>::new());
+    }
+
+    #[test]
+    fn production_on_development_defaults_is_told() {
+        let w = warnings(&[
+            ("APP_ENV", "production"),
+            ("REDIS_URL", "redis://cache:6379"),
+        ]);
+        assert_eq!(
+            w,
+            [
+                "APP_ENV=production with DATABASE_URL, PUBSUB_PROJECT_ID unset: using the local \
+              development defaults (127.0.0.1, voketag-local)"
+            ]
+        );
+        let w = warnings(&[
+            ("APP_ENV", "production"),
+            ("DATABASE_URL", "postgres://u:pw@db/x"),
+            ("REDIS_URL", "redis://cache:6379"),
+            ("PUBSUB_PROJECT_ID", "acme-prod"),
+            ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+        ]);
+        assert_eq!(
+            w,
+            [
+                "APP_ENV=production with PUBSUB_EMULATOR_HOST set: scan events go to a Pub/Sub \
+              emulator, not to Google Cloud"
+            ]
+        );
+        assert!(!w.iter().any(|w| w.contains("pw")));
+        // Development's defaults are meant.
+        assert_eq!(
+            warnings(&[("APP_ENV", "development")]),
+            Vec::<String>::new()
+        );
+    }
+}
