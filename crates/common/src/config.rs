@@ -274,6 +274,35 @@ impl Env {
     }
 }
 
+/// The largest key or secret file read at start-up. Keys are a few KiB; a path to something
+/// else (`/dev/zero`, a log) would otherwise be read for ever or into memory whole.
+pub const KEY_FILE_MAX_BYTES: u64 = 64 * 1024;
+
+/// The contents of the key or secret file at `path`, refused past [`KEY_FILE_MAX_BYTES`].
+pub fn read_key_file(path: impl AsRef<std::path::Path>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut contents = Vec::new();
+    std::fs::File::open(path)?
+        .take(KEY_FILE_MAX_BYTES + 1)
+        .read_to_end(&mut contents)?;
+    if contents.len() as u64 > KEY_FILE_MAX_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB: not a key file",
+                KEY_FILE_MAX_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(contents)
+}
+
+/// [`read_key_file`] as text.
+pub fn read_key_file_text(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    String::from_utf8(read_key_file(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// `value` without the line endings (`\n`, `\r`) at its end: a password as typed.
 pub fn strip_line_ending(value: &str) -> &str {
     value.trim_end_matches(['\r', '\n'])
@@ -1217,6 +1246,16 @@ mod tests {
             let c = parse(&[("CORS_ORIGINS", good)]).unwrap();
             assert_eq!(c.http.cors_origins, [good]);
         }
+    }
+
+    /// `JWT_KEY_FILE=/dev/zero` was read for ever, start-up hanging without a word.
+    #[test]
+    #[cfg(unix)]
+    fn key_files_past_64_kib_are_refused_not_read_for_ever() {
+        let e = read_key_file("/dev/zero").unwrap_err();
+        assert_eq!(e.to_string(), "larger than 64 KiB: not a key file");
+        let e = read_key_file_text("/dev/zero").unwrap_err();
+        assert_eq!(e.to_string(), "larger than 64 KiB: not a key file");
     }
 
     #[test]

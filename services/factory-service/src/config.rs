@@ -193,7 +193,7 @@ fn jwt_secret(env: &Env) -> Result<Option<JwtSecret>, ConfigError> {
     let Some(path) = env.raw("JWT_KEY_FILE") else {
         return Ok(None);
     };
-    let contents = std::fs::read(path).map_err(|e| {
+    let contents = common::config::read_key_file(path).map_err(|e| {
         ConfigError::new(
             "JWT_KEY_FILE",
             path,

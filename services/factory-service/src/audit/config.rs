@@ -147,8 +147,8 @@ fn previous_public_keys(env: &Env) -> Result<Option<Vec<(String, PublicKey)>>, C
                 "{id:?} is not a key id (1 to 64 of A-Z a-z 0-9 . _ -)"
             )));
         }
-        let pem =
-            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
+        let pem = common::config::read_key_file_text(path)
+            .map_err(|e| bad(format!("cannot read {path}: {e}")))?;
         let key = PublicKey::from_pem(&pem).map_err(|e| bad(format!("{path}: {e}")))?;
         if keys.iter().any(|(known, _)| known == id) {
             return Err(bad(format!("{id:?} is listed twice")));

@@ -142,10 +142,11 @@ impl Signer {
 
     /// Reads [`Signer::from_pem`] from a file.
     pub fn from_file(path: &Path, key_id: Option<&str>) -> Result<Self, AuditError> {
-        let pem = std::fs::read_to_string(path).map_err(|source| AuditError::KeyFile {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let pem =
+            common::config::read_key_file_text(path).map_err(|source| AuditError::KeyFile {
+                path: path.display().to_string(),
+                source,
+            })?;
         Self::from_pem(&pem, key_id)
     }
 
