@@ -20,11 +20,48 @@ use sqlx::{ConnectOptions, Connection as _, PgPool};
 /// rollback at its migrate step. The checksums of the migrations this build knows are still
 /// checked.
 pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
-    std::sync::LazyLock::new(|| {
-        let mut migrator = sqlx::migrate!("../../migrations");
-        migrator.set_ignore_missing(true);
-        migrator
-    });
+    std::sync::LazyLock::new(|| migrator(true));
+
+/// [`MIGRATOR`], with or without sqlx's own lock: `factory-service migrate` takes its own
+/// (factory `db::migrate`), since sqlx's waits in a statement that holds a snapshot, which a
+/// `CREATE INDEX CONCURRENTLY` of the run holding the lock then waits for: a deadlock.
+pub fn migrator(locking: bool) -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../../migrations");
+    migrator.set_ignore_missing(true);
+    migrator.set_locking(locking);
+    migrator
+}
+
+/// The versions of this build's migrations, each once ([`MIGRATOR`] lists a reversible
+/// migration's up and down halves).
+pub fn needed_migrations() -> Vec<i64> {
+    let mut versions: Vec<i64> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    versions
+}
+
+/// Which of this build's migrations `pool`'s database lacks: all of them when it was never
+/// migrated. Migrations a newer release applied first are none of its business.
+pub async fn missing_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(e) if is_undefined_table(&e) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+    Ok(needed_migrations()
+        .into_iter()
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
 
 /// What to tell someone whose database lacks the schema.
 pub const MIGRATE_HINT: &str = "run `factory-service migrate`";

@@ -51,7 +51,7 @@ impl ReadinessCheck {
     /// (a database that was never migrated answers `SELECT 1` but fails every request).
     /// Migrations a newer release applied first are fine.
     pub fn postgres(pool: sqlx::PgPool) -> Self {
-        let needed: Arc<[i64]> = crate::db::MIGRATOR.iter().map(|m| m.version).collect();
+        let needed: Arc<[i64]> = crate::db::needed_migrations().into();
         let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
         Self::new("postgres", move || {
             let pool = pool.clone();

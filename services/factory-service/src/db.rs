@@ -8,7 +8,7 @@ pub enum MigrationFailure {
     /// sqlx could not apply the migrations (or refused the database's history).
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A query of the checks after the migrations failed.
+    /// A query of the lock or of the checks around the migrations failed.
     #[error("checking the schema: {0}")]
     Check(#[from] sqlx::Error),
     /// Indexes left invalid by a `CREATE INDEX CONCURRENTLY` that failed half way: PostgreSQL
@@ -26,9 +26,11 @@ pub enum MigrationFailure {
 /// database holds migrations newer than this build's (see `common::db::MIGRATOR`). Fails,
 /// before and after, while an index of the schema is invalid and not being built.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrationFailure> {
+    let lock = MigrateLock::acquire(pool).await?;
     refuse_invalid_indexes(pool).await?;
-    common::db::MIGRATOR.run(pool).await?;
+    common::db::migrator(false).run(pool).await?;
     refuse_invalid_indexes(pool).await?;
+    lock.release().await;
     let newest = common::db::MIGRATOR.iter().map(|m| m.version).max();
     let newer: Vec<i64> = sqlx::query_scalar(
         "SELECT version FROM _sqlx_migrations WHERE version > $1 ORDER BY version",
@@ -44,6 +46,50 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrationFailure> {
         );
     }
     Ok(())
+}
+
+/// The advisory lock one `migrate` at a time holds (`"voketag"` and 1 in ASCII; advisory locks
+/// are per database).
+const MIGRATE_LOCK_KEY: i64 = 0x766f_6b65_7461_6701;
+
+/// How often a `migrate` that found the lock taken asks again.
+const MIGRATE_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// One `migrate` at a time, held on a connection of its own. Asked for with
+/// `pg_try_advisory_lock` in a loop, not waited for in `pg_advisory_lock` as sqlx does: a
+/// statement waiting for the lock holds a snapshot for as long as it waits, and a `CREATE
+/// INDEX CONCURRENTLY` of the run holding the lock waits for every such snapshot to end, so
+/// two runs at once deadlocked (and could leave an invalid index).
+struct MigrateLock {
+    conn: sqlx::PgConnection,
+}
+
+impl MigrateLock {
+    async fn acquire(pool: &PgPool) -> Result<Self, MigrationFailure> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+        let mut said = false;
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MIGRATE_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            if taken {
+                return Ok(Self { conn });
+            }
+            if !said {
+                said = true;
+                tracing::info!("another `migrate` is running on this database; waiting for it");
+            }
+            tokio::time::sleep(MIGRATE_LOCK_POLL).await;
+        }
+    }
+
+    /// Ends the session, and so the lock (as a crash would).
+    async fn release(self) {
+        use sqlx::Connection as _;
+        let _ = self.conn.close().await;
+    }
 }
 
 /// [`MigrationFailure::InvalidIndexes`] for the schema's invalid indexes, leaving out those a

@@ -192,3 +192,55 @@ async fn migrate_refuses_to_finish_while_an_index_is_invalid() -> TestResult {
     assert!(valid);
     Ok(())
 }
+
+/// Two `migrate` runs at once (a pipeline's and an operator's): the second waited for sqlx's
+/// lock inside a statement, holding a snapshot that the first run's `CREATE INDEX
+/// CONCURRENTLY` waited for, and PostgreSQL broke the deadlock by failing one or both (and
+/// could leave the index invalid). Now they take turns.
+#[tokio::test]
+async fn two_migrate_runs_at_once_take_turns() -> TestResult {
+    let pool = empty_database().await;
+    factory_service::db::migrate(&pool).await?;
+    // Back to before the migration that builds an index concurrently.
+    sqlx::query("DROP INDEX scans_scanned_at_idx")
+        .execute(&pool)
+        .await?;
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261205000002")
+        .execute(&pool)
+        .await?;
+    let (first, second) = tokio::join!(
+        factory_service::db::migrate(&pool),
+        factory_service::db::migrate(&pool)
+    );
+    first?;
+    second?;
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'scans_scanned_at_idx'::regclass",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert!(valid);
+    assert!(common::db::missing_migrations(&pool).await?.is_empty());
+    Ok(())
+}
+
+/// `/readyz` on a schema a migration behind named each version twice (the up and the down
+/// half of a reversible migration).
+#[tokio::test]
+async fn readiness_names_each_missing_migration_once() -> TestResult {
+    let pool = empty_database().await;
+    factory_service::db::migrate(&pool).await?;
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 20261205000002")
+        .execute(&pool)
+        .await?;
+    assert_eq!(
+        common::db::missing_migrations(&pool).await?,
+        [20261205000002]
+    );
+    let check = common::health::ReadinessCheck::postgres(pool.clone());
+    assert_eq!(
+        (check.check)().await,
+        Err("schema lacks migrations [20261205000002] (run `factory-service migrate`)".to_owned())
+    );
+    Ok(())
+}
