@@ -1,4 +1,5 @@
-# Operator commands as Cloud Run jobs in the writer's region, on the VPC, with the factory image:
+# Operator commands as Cloud Run jobs in the writer's region, on the VPC, with the factory image
+# (`jobs_image` when set, so a release's migrations run before its services roll out):
 #   gcloud run jobs execute voketag-migrate --region <writer region> --wait
 #   gcloud run jobs execute voketag-audit-verify --region <writer region> --wait
 #   gcloud run jobs execute voketag-user --region <writer region> --wait \
@@ -52,7 +53,7 @@ resource "google_cloud_run_v2_job" "ops" {
       }
 
       containers {
-        image = var.factory_image
+        image = coalesce(var.jobs_image, var.factory_image)
         args  = each.value
 
         env {

@@ -76,6 +76,12 @@ variable "factory_image" {
   type        = string
 }
 
+variable "jobs_image" {
+  description = "Image of the operator jobs (voketag-migrate, -audit-verify, -user, -dlq); null means factory_image. A release with a migration sets it to the new image first, runs voketag-migrate, then moves factory_image (README: Releases)."
+  type        = string
+  default     = null
+}
+
 variable "primary_min_instances" {
   description = "Warm instances per app (scan, factory, worker) in the primary region."
   type        = object({ scan = number, factory = number, worker = number })

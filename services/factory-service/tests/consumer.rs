@@ -495,6 +495,58 @@ async fn a_short_database_outage_holds_the_events_instead_of_spending_their_atte
     assert_eq!(scan_state(&db.pool, &tag).await.0, 1, "counted once");
 }
 
+/// A release's consumer that starts before its `migrate` has run (the deploy rolls out the
+/// services and the migrate job together) found the new table missing, nacked every event
+/// and dead-lettered it after its attempts. It now pulls nothing until the schema is there.
+#[tokio::test]
+async fn a_consumer_waits_for_its_migrations_before_pulling_events() {
+    common::in_own_process!();
+    let db = TestDb::new().await;
+    let s = set_up(2).await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    // As if the newest migration had not run yet (the consumer's insert reads its table).
+    let undone: (i64, String, Vec<u8>) = sqlx::query_as(
+        "DELETE FROM _sqlx_migrations WHERE version = 20261205000001 \
+         RETURNING version, description, checksum",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("a migration to undo");
+    sqlx::query("ALTER TABLE scans_horizon RENAME TO scans_horizon_later")
+        .execute(&db.pool)
+        .await
+        .expect("rename");
+    let consumer = Running::start(&s, db.pool.clone()).await;
+    publish_event(&s, &event(&tag, Utc::now())).await;
+    // Long enough for two deliveries and their back-off, had it pulled.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(processed("retried"), 0);
+    assert_eq!(processed("dead_lettered"), 0);
+    assert_eq!(consumer.settled.load(Ordering::Relaxed), 0);
+
+    // `migrate` runs.
+    sqlx::query("ALTER TABLE scans_horizon_later RENAME TO scans_horizon")
+        .execute(&db.pool)
+        .await
+        .expect("rename back");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, $2, true, $3, 1)",
+    )
+    .bind(undone.0)
+    .bind(&undone.1)
+    .bind(&undone.2)
+    .execute(&db.pool)
+    .await
+    .expect("migration recorded");
+    eventually("the waiting event to be applied", || async {
+        (scan_state(&db.pool, &tag).await.0 == 1).then_some(())
+    })
+    .await;
+    assert_eq!(processed("dead_lettered"), 0);
+    consumer.stop().await;
+}
+
 /// The database stops answering in the middle of a batch's transaction (a partition: the
 /// connection stays open, the statement gets no reply). After `apply_timeout` (1 s here) the
 /// batch gives up and tries again like after any database failure, instead of waiting on the

@@ -32,6 +32,43 @@ pub struct Consumer {
     watch: ReadinessCheck,
 }
 
+/// How often a consumer whose database lacks migrations looks again.
+const SCHEMA_POLL: Duration = Duration::from_secs(2);
+
+/// Waits, before pulling anything, until the database has every migration this build needs;
+/// `false` when shutdown came first. A release's consumer may start before its `migrate` has
+/// run (a rolling deploy): pulling then would fail every event on a missing table, spend its
+/// delivery attempts and dead-letter it, where waiting leaves the events in Pub/Sub for the
+/// consumers of the release before (or for this one, once migrated). A database that cannot
+/// be asked is not waited for: the batches hold their events while it is away.
+async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> bool {
+    let mut said = false;
+    loop {
+        match common::db::missing_migrations(pool).await {
+            Ok(missing) if !missing.is_empty() => {
+                if !said {
+                    said = true;
+                    tracing::warn!(
+                        ?missing,
+                        "the database lacks migrations this build needs; not consuming scan \
+                         events until `factory-service migrate` has run (they wait in Pub/Sub)"
+                    );
+                }
+            }
+            _ => {
+                if said {
+                    tracing::info!("the database has every migration this build needs");
+                }
+                return true;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(SCHEMA_POLL) => {}
+        }
+    }
+}
+
 /// Why one stream stopped.
 enum StreamEnd {
     /// Shutdown was asked for (or the batcher is gone).
@@ -103,6 +140,9 @@ impl Consumer {
     /// is reopened with back-off rather than ending the consumer, so a missing subscription or
     /// an absent emulator heals by itself.
     pub async fn run(self, shutdown: CancellationToken) {
+        if !wait_for_schema(&self.context.pool, &shutdown).await {
+            return;
+        }
         let settings = self.context.settings.consumer;
         tracing::info!(
             subscription = %self.context.subscription,
