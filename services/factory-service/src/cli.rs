@@ -3,6 +3,9 @@
 use clap::{Parser, Subcommand};
 
 /// VokeTag factory service: the admin API and its operator tools.
+///
+/// Every setting is an environment variable (docs/CONFIGURATION.md), e.g. DATABASE_URL,
+/// REDIS_URL and JWT_SECRET; the subcommands' flags are only for what an operator gives by hand.
 #[derive(Debug, Parser)]
 #[command(name = "factory-service", version)]
 pub struct Cli {

@@ -59,3 +59,19 @@ fn pretty_logs_written_to_a_pipe_carry_no_colour_codes() -> TestResult {
     assert!(!stdout.contains('\x1b'), "no escape codes: {stdout:?}");
     Ok(())
 }
+
+/// `--help` did not say where the settings come from (`scan-service --help` did).
+#[test]
+fn help_says_settings_are_environment_variables() -> TestResult {
+    let out = Command::new(env!("CARGO_BIN_EXE_factory-service"))
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()?;
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Every setting is an environment variable"),
+        "{text}"
+    );
+    Ok(())
+}
