@@ -274,10 +274,20 @@ pub async fn ensure_reachable(url: &SecretString, given_by: &str) -> anyhow::Res
             Ok(())
         }
         Ok(Err(e)) => {
-            let hint = if matches!(e, sqlx::Error::Io(_)) {
-                "; is it running there? (`make services-up` starts one)"
-            } else {
-                ""
+            // Not for a file it could not read (`sslrootcert`) or a certificate it refused.
+            let hint = match &e {
+                sqlx::Error::Io(io)
+                    if !matches!(
+                        io.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::InvalidData
+                            | std::io::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    "; is it running there? (`make services-up` starts one)"
+                }
+                _ => "",
             };
             Err(anyhow::anyhow!(
                 "cannot connect to PostgreSQL at {place} ({given_by}): {e}{hint}"

@@ -1384,6 +1384,16 @@ async fn cli_audit_verify_with_postgres_away_names_the_place_and_the_cause() {
     // Not the pool's "timed out", and never the password.
     assert!(!out.contains("timed out"), "{out}");
     assert!(!out.contains("s3cret-pw"), "{out}");
+    // A file it cannot read is not a PostgreSQL that is not running.
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("No such file or directory"), "{out}");
+    assert!(!out.contains("is it running there?"), "{out}");
 }
 
 /// Another database's URL is refused as such, not tried as PostgreSQL on port 5432 (sqlx
