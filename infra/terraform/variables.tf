@@ -122,36 +122,66 @@ variable "cors_origins" {
   description = "CORS_ORIGINS of the factory (admin console origins); empty means no CORS."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for o in var.cors_origins : can(regex("^https?://[a-z0-9._-]+(:[0-9]{1,5})?$", o)) || can(regex("^https?://\\[[0-9a-f:.]+\\](:[0-9]{1,5})?$", o))])
+    error_message = "cors_origins are exact origins such as https://admin.example.com: http or https, a lowercase host, an optional port, no path or wildcard (the service refuses anything else at start-up)."
+  }
 }
 
 variable "redis_timeout_ms" {
   description = "REDIS_TIMEOUT_MS: hard timeout of every Redis call on a request path."
   type        = number
   default     = 50
+
+  validation {
+    condition     = var.redis_timeout_ms >= 1 && var.redis_timeout_ms <= 60000 && floor(var.redis_timeout_ms) == var.redis_timeout_ms
+    error_message = "redis_timeout_ms must be a whole number from 1 to 60000."
+  }
 }
 
 variable "rate_limit_ip_per_minute" {
   description = "RATE_LIMIT_IP_PER_MINUTE of the scan service."
   type        = number
   default     = 60
+
+  validation {
+    condition     = var.rate_limit_ip_per_minute >= 1 && var.rate_limit_ip_per_minute <= 10000000 && floor(var.rate_limit_ip_per_minute) == var.rate_limit_ip_per_minute
+    error_message = "rate_limit_ip_per_minute must be a whole number from 1 to 10000000."
+  }
 }
 
 variable "rate_limit_ip_burst" {
   description = "RATE_LIMIT_IP_BURST of the scan service."
   type        = number
   default     = 20
+
+  validation {
+    condition     = var.rate_limit_ip_burst >= 1 && var.rate_limit_ip_burst <= 10000000 && floor(var.rate_limit_ip_burst) == var.rate_limit_ip_burst
+    error_message = "rate_limit_ip_burst must be a whole number from 1 to 10000000."
+  }
 }
 
 variable "rate_limit_key_per_minute" {
   description = "RATE_LIMIT_KEY_PER_MINUTE of the scan service."
   type        = number
   default     = 600
+
+  validation {
+    condition     = var.rate_limit_key_per_minute >= 1 && var.rate_limit_key_per_minute <= 10000000 && floor(var.rate_limit_key_per_minute) == var.rate_limit_key_per_minute
+    error_message = "rate_limit_key_per_minute must be a whole number from 1 to 10000000."
+  }
 }
 
 variable "rate_limit_key_burst" {
   description = "RATE_LIMIT_KEY_BURST of the scan service."
   type        = number
   default     = 100
+
+  validation {
+    condition     = var.rate_limit_key_burst >= 1 && var.rate_limit_key_burst <= 10000000 && floor(var.rate_limit_key_burst) == var.rate_limit_key_burst
+    error_message = "rate_limit_key_burst must be a whole number from 1 to 10000000."
+  }
 }
 
 variable "rate_limit_fail_closed" {
