@@ -1433,19 +1433,49 @@ fn cli_audit_verify_refuses_a_url_that_is_not_postgresql() {
 fn cli_audit_verify_never_prints_key_text_it_was_given() {
     let body = K1_PEM.lines().nth(1).unwrap_or_default();
     let one_line: String = K1_PEM.lines().filter(|l| !l.starts_with("-----")).collect();
+    // A short one-line secret (an EC key's base64 is 184 characters).
+    let short = &one_line[..184];
     for spec in [
         format!("k1={K1_PEM}"),
         K1_PEM.to_owned(),
         format!("k1={one_line}"),
+        format!("k1={short}"),
     ] {
-        let (code, out) = cli(&["audit", "verify", &format!("--public-key={spec}")]);
-        assert_eq!(code, 2, "{out}");
-        assert!(
-            out.contains("--public-key (the key text given, not shown)"),
-            "{out}"
-        );
-        assert!(!out.contains(body), "{out}");
+        // As one argument, and as the value after the flag (which starts with `-` when it
+        // is PEM text: clap refused it, printing it whole).
+        for args in [
+            vec![
+                "audit".to_owned(),
+                "verify".into(),
+                format!("--public-key={spec}"),
+            ],
+            vec![
+                "audit".into(),
+                "verify".into(),
+                "--public-key".into(),
+                spec.clone(),
+            ],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out) = cli(&args);
+            assert_eq!(code, 2, "{out}");
+            assert!(
+                out.contains("--public-key (the key text given, not shown)"),
+                "{out}"
+            );
+            assert!(
+                !out.contains(body) && !out.contains(&short[20..60]),
+                "{out}"
+            );
+        }
     }
+    // A file path is named; one that is not a key file is not read for ever.
+    let (code, out) = cli(&["audit", "verify", "--public-key", "/dev/zero"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--public-key /dev/zero: larger than 64 KiB"),
+        "{out}"
+    );
     let (_, out) = cli(&["audit", "verify", "--public-key", &format!("k1={K1_PEM}")]);
     assert!(
         out.contains("this is a private key; give its public half"),

@@ -28,7 +28,7 @@ pub struct VerifyArgs {
     /// A public key (SPKI or PKCS#1 PEM: a file, or the PEM text itself) to check signatures
     /// with; `KEY_ID=FILE` (or `KEY_ID=<PEM text>`) binds it to one key id. Repeat for rotated
     /// keys, each named by its id. Without any, only hashes are checked.
-    #[arg(long = "public-key", value_name = "PEM")]
+    #[arg(long = "public-key", value_name = "PEM", allow_hyphen_values = true)]
     pub public_keys: Vec<String>,
     /// A checkpoint kept elsewhere (inline JSON, or a file with one JSON object or JSON lines,
     /// e.g. the service's `audit checkpoint` log lines). Repeatable.
@@ -174,17 +174,31 @@ fn load_public_key(spec: &str) -> anyhow::Result<(Option<String>, PublicKey)> {
         _ => (None, spec),
     };
     let inline = source.contains("-----BEGIN");
-    // Named in errors only as a file path: text given inline may be a private key given by
-    // mistake (the likeliest mix-up), and the error lands in a job's log.
-    let named = if inline || source.len() > 1024 || source.contains(['\n', '\r']) {
-        "(the key text given, not shown)"
-    } else {
+    // Named in errors only when it looks like a file path: text given inline may be a private
+    // key given by mistake (the likeliest mix-up, PEM or a bare base64 line), and the error
+    // lands in a job's log.
+    let base64_like = source.len() >= 40
+        && source
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    let looks_like_path = !inline
+        && !base64_like
+        && source.len() <= 255
+        && !source.contains(char::is_whitespace)
+        && (source.contains('/')
+            || [".pem", ".pub", ".key", ".crt"]
+                .iter()
+                .any(|ext| source.ends_with(ext)));
+    let named = if looks_like_path {
         source
+    } else {
+        "(the key text given, not shown)"
     };
     let pem = if inline {
         source.to_owned()
     } else {
-        std::fs::read_to_string(source).map_err(|e| anyhow::anyhow!("--public-key {named}: {e}"))?
+        common::config::read_key_file_text(source)
+            .map_err(|e| anyhow::anyhow!("--public-key {named}: {e}"))?
     };
     let key =
         PublicKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("--public-key {named}: {e}"))?;
