@@ -516,9 +516,18 @@ async fn a_consumer_waits_for_its_migrations_before_pulling_events() {
         .execute(&db.pool)
         .await
         .expect("rename");
-    let consumer = Running::start(&s, db.pool.clone()).await;
+    let (mut proxy, pool) = behind_a_proxy(&db).await;
+    let consumer = Running::start(&s, pool).await;
     publish_event(&s, &event(&tag, Utc::now())).await;
     // Long enough for two deliveries and their back-off, had it pulled.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(processed("retried"), 0);
+    assert_eq!(consumer.settled.load(Ordering::Relaxed), 0);
+    // The database away for a while, then back still unmigrated: it goes on waiting (it
+    // stopped waiting at the first failed look, and pulled).
+    proxy.down().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    proxy.up().expect("proxy listening again");
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(processed("retried"), 0);
     assert_eq!(processed("dead_lettered"), 0);

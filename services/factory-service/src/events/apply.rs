@@ -41,9 +41,11 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// Whether the database could not be reached or did not answer: the batch holds its events
-    /// and tries again rather than nacking them. A failure the database reported while it
-    /// worked (a deadlock, a lock or statement timeout, ...) is only transient: nacked at once.
+    /// Whether the database could not be reached or did not answer, or lacks a table or column
+    /// this build's migrations add (it is a migration behind: `migrate` has not run yet): the
+    /// batch holds its events and tries again rather than nacking them. A failure the database
+    /// reported while it worked (a deadlock, a lock or statement timeout, ...) is only
+    /// transient: nacked at once.
     pub fn is_database_away(&self) -> bool {
         match self {
             Self::TimedOut(_) => true,
@@ -52,9 +54,14 @@ impl ApplyError {
                 | sqlx::Error::Tls(_)
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed => true,
-                // Connection exceptions, the server shutting down or refusing new connections.
+                // Connection exceptions, the server shutting down or refusing new connections;
+                // an undefined table or column.
                 sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                    c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+                    c.starts_with("08")
+                        || matches!(
+                            &*c,
+                            "57P01" | "57P02" | "57P03" | "53300" | "42P01" | "42703"
+                        )
                 }),
                 _ => false,
             },

@@ -35,19 +35,40 @@ pub struct Consumer {
 /// How often a consumer whose database lacks migrations looks again.
 const SCHEMA_POLL: Duration = Duration::from_secs(2);
 
+/// How long one look at the applied migrations may take (a partitioned connection would
+/// otherwise hold the wait, and shutdown, for as long as TCP keeps it).
+const SCHEMA_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Waits, before pulling anything, until the database has every migration this build needs;
 /// `false` when shutdown came first. A release's consumer may start before its `migrate` has
 /// run (a rolling deploy): pulling then would fail every event on a missing table, spend its
 /// delivery attempts and dead-letter it, where waiting leaves the events in Pub/Sub for the
-/// consumers of the release before (or for this one, once migrated). A database that cannot
-/// be asked is not waited for: the batches hold their events while it is away.
+/// consumers of the release before (or for this one, once migrated).
+///
+/// A database that cannot be asked at the first look is not waited for: the batches hold
+/// their events while it is away, as they do for an outage later on (and hold them too if it
+/// comes back without the migrations: see `ApplyError::is_database_away`). Once it has been
+/// seen lacking migrations, only seeing them all ends the wait.
 async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> bool {
-    let mut said = false;
+    let mut lacking = false;
     loop {
-        match common::db::missing_migrations(pool).await {
-            Ok(missing) if !missing.is_empty() => {
-                if !said {
-                    said = true;
+        let look = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            look = tokio::time::timeout(
+                SCHEMA_CHECK_TIMEOUT,
+                common::db::missing_migrations(pool),
+            ) => look,
+        };
+        match look {
+            Ok(Ok(missing)) if missing.is_empty() => {
+                if lacking {
+                    tracing::info!("the database has every migration this build needs");
+                }
+                return true;
+            }
+            Ok(Ok(missing)) => {
+                if !lacking {
+                    lacking = true;
                     tracing::warn!(
                         ?missing,
                         "the database lacks migrations this build needs; not consuming scan \
@@ -55,12 +76,9 @@ async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> bool {
                     );
                 }
             }
-            _ => {
-                if said {
-                    tracing::info!("the database has every migration this build needs");
-                }
-                return true;
-            }
+            // Not known to lack anything: consume, as with any outage.
+            Ok(Err(_)) | Err(_) if !lacking => return true,
+            Ok(Err(_)) | Err(_) => {}
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,

@@ -374,3 +374,21 @@ async fn without_a_horizon_row_events_still_count() {
         0
     );
 }
+
+/// A database a migration behind (a release's consumer started before its `migrate`): the
+/// insert fails on the missing table. That was a transient failure, nacked at once and
+/// dead-lettered after its attempts; the batch now holds its events as while the database is
+/// away.
+#[tokio::test]
+async fn a_missing_table_is_held_like_a_database_away_not_nacked() {
+    let db = TestDb::new().await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    sqlx::query("ALTER TABLE scans_horizon RENAME TO scans_horizon_later")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let e = event(&tag, Utc::now().trunc_subsecs(3));
+    let failure = apply_batch(&db.pool, &[&e]).await.unwrap_err();
+    assert!(failure.is_database_away(), "{failure}");
+    assert!(matches!(failure, ApplyError::Transient(_)), "{failure}");
+}
