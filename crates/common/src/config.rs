@@ -1130,7 +1130,7 @@ mod tests {
                 "{e}"
             );
             assert!(e.contains(named), "{e}");
-            assert!(e.contains("it reads sslmode, sslrootcert"), "{e}");
+            assert!(e.contains("it reads sslmode, ssl-mode, sslrootcert"), "{e}");
             assert!(
                 !e.contains("KeyPassphrase42") && !e.contains("S3cret"),
                 "{e}"
@@ -1138,6 +1138,9 @@ mod tests {
         }
         for url in [
             "postgres://u@db/x?sslmode=verify-full&sslrootcert=/ca.pem&application_name=a",
+            // sqlx's aliases and server settings, and names percent-encoded.
+            "postgres://u@db/x?ssl-mode=require&ssl-ca=/ca.pem&options[statement_timeout]=5s",
+            "postgres://u@db/x?options%5Bstatement_timeout%5D=5s&ssl%6Dode=disable",
             "postgres://u@db/x?",
             "postgres://u@db/x",
         ] {

@@ -208,12 +208,18 @@ fn connect_options(url: &SecretString, given_by: &str) -> anyhow::Result<PgConne
     Ok(options.log_statements(tracing::log::LevelFilter::Trace))
 }
 
-/// The connection parameters of a URL's query that the PostgreSQL client (sqlx) reads.
+/// The connection parameters of a URL's query that the PostgreSQL client (sqlx 0.8) reads,
+/// with its aliases; `options[NAME]` (a server setting) too.
 pub const URL_PARAMETERS: &[&str] = &[
     "sslmode",
+    "ssl-mode",
     "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
     "sslcert",
+    "ssl-cert",
     "sslkey",
+    "ssl-key",
     "application_name",
     "options",
     "host",
@@ -227,16 +233,18 @@ pub const URL_PARAMETERS: &[&str] = &[
 
 /// What is wrong with a PostgreSQL URL's query, if a parameter in it is one the client does
 /// not read: sqlx would ignore it (`connect_timeout` would do nothing) and log it with its
-/// value (`sslpassword=…` in clear). The parameter is named only when its name is plainly
-/// one (a malformed URL may put part of a password where the query should be).
+/// value (`sslpassword=…` in clear). Names are decoded as sqlx decodes them. A name is shown
+/// only when it is plainly one (a malformed URL may put part of a password where the query
+/// should be).
 pub fn unsupported_parameter(url: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
     let query = query.split_once('#').map_or(query, |(q, _)| q);
-    let name = query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
-        .find(|name| !URL_PARAMETERS.contains(name))?;
+    let name = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(name, _)| name)
+        .find(|name| {
+            !URL_PARAMETERS.contains(&name.as_ref())
+                && !(name.starts_with("options[") && name.ends_with(']'))
+        })?;
     let plain = name.len() <= 40
         && name
             .bytes()
@@ -248,7 +256,7 @@ pub fn unsupported_parameter(url: &str) -> Option<String> {
     };
     Some(format!(
         "{named} is not one this service's PostgreSQL client reads (it would be ignored); \
-         it reads {}",
+         it reads {} and options[NAME]",
         URL_PARAMETERS.join(", ")
     ))
 }
