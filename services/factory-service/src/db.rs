@@ -48,9 +48,13 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrationFailure> {
     Ok(())
 }
 
-/// The advisory lock one `migrate` at a time holds (`"voketag"` and 1 in ASCII; advisory locks
-/// are per database).
-const MIGRATE_LOCK_KEY: i64 = 0x766f_6b65_7461_6701;
+/// The advisory lock one `migrate` at a time holds: sqlx's own for this database, so that a
+/// `migrate` of an earlier build (which takes it the sqlx way) takes turns with this one.
+/// sqlx's `generate_lock_id` (sqlx-postgres 0.8, `migrate.rs`), which is private.
+fn migrate_lock_key(database: &str) -> i64 {
+    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32_ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
+}
 
 /// How often a `migrate` that found the lock taken asks again.
 const MIGRATE_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -68,10 +72,14 @@ impl MigrateLock {
     async fn acquire(pool: &PgPool) -> Result<Self, MigrationFailure> {
         use sqlx::Connection as _;
         let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+        let database: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await?;
+        let key = migrate_lock_key(&database);
         let mut said = false;
         loop {
             let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(MIGRATE_LOCK_KEY)
+                .bind(key)
                 .fetch_one(&mut conn)
                 .await?;
             if taken {

@@ -244,3 +244,29 @@ async fn readiness_names_each_missing_migration_once() -> TestResult {
     );
     Ok(())
 }
+
+/// An earlier build's `migrate` takes sqlx's lock; this build's takes the same one (by
+/// polling), so the two take turns rather than apply the same migration at once.
+#[tokio::test]
+async fn migrate_takes_turns_with_a_migrate_holding_sqlx_s_lock() -> TestResult {
+    use sqlx::migrate::Migrate as _;
+    let pool = empty_database().await;
+    let mut other = pool.acquire().await?;
+    other.lock().await?;
+    let run = tokio::spawn({
+        let pool = pool.clone();
+        async move { factory_service::db::migrate(&pool).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!run.is_finished(), "migrate ran while sqlx's lock was held");
+    assert_eq!(
+        sqlx::query_scalar::<_, Option<String>>("SELECT to_regclass('users')::text")
+            .fetch_one(&pool)
+            .await?,
+        None
+    );
+    other.unlock().await?;
+    run.await??;
+    assert!(common::db::missing_migrations(&pool).await?.is_empty());
+    Ok(())
+}
