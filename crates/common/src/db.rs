@@ -242,8 +242,9 @@ pub fn unsupported_parameter(url: &str) -> Option<String> {
     let name = url::form_urlencoded::parse(query.as_bytes())
         .map(|(name, _)| name)
         .find(|name| {
-            !URL_PARAMETERS.contains(&name.as_ref())
-                && !(name.starts_with("options[") && name.ends_with(']'))
+            let read = URL_PARAMETERS.contains(&name.as_ref())
+                || (name.starts_with("options[") && name.ends_with(']'));
+            !read
         })?;
     let plain = name.len() <= 40
         && name
