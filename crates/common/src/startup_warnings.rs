@@ -67,6 +67,23 @@ pub const SETTINGS: &[&str] = &[
     "TRUSTED_PROXIES",
 ];
 
+/// Variables of this repository's scripts and compose file (scripts/, docker-compose.yml), not
+/// settings of the services but often in the environment that starts them: not warned about.
+const PROJECT_VARIABLES: &[&str] = &[
+    "AUDIT_PUBLIC_KEY_FILE",
+    "AUDIT_REQUIRE_SIGNATURES",
+    "AUDIT_VERIFY_APP_ENV",
+    "FACTORY_BIN",
+    "FACTORY_BIND_ADDR",
+    "FACTORY_HOST_PORT",
+    "POSTGRES_HOST_PORT",
+    "PUBSUB_HOST_PORT",
+    "REDIS_HOST_PORT",
+    "SCAN_BIND_ADDR",
+    "SCAN_HOST_PORT",
+    "SCAN_SERVICE_BIN",
+];
+
 /// First words that only our settings start with: a variable starting with one that is not a
 /// setting is taken for a misspelt one. (`OTEL_` is left out: the OpenTelemetry SDK reads its
 /// own `OTEL_*` variables.)
@@ -91,17 +108,38 @@ const OUR_WORDS: &[&str] = &[
     "TRUSTED",
 ];
 
-/// The warnings for this environment and the configuration parsed from it, one sentence each,
-/// for the caller to log once telemetry is up. No value is quoted (any may be a secret).
-pub fn startup_warnings(env: &Env, config: &CommonConfig) -> Vec<String> {
+/// What a process (a service, or a command) connects to, so that only the defaults it uses
+/// are warned about.
+#[derive(Debug, Clone, Copy)]
+pub struct Uses<'a> {
+    /// The variables that name its database, any one of which will do (scan: the read URL,
+    /// whose default is `DATABASE_URL`); empty when it has none.
+    pub database: &'a [&'a str],
+    /// Whether it uses `REDIS_URL`.
+    pub redis: bool,
+    /// Whether it uses Pub/Sub (`PUBSUB_PROJECT_ID`, `PUBSUB_EMULATOR_HOST`).
+    pub pubsub: bool,
+}
+
+/// The warnings for this environment and the configuration parsed from it, for a process that
+/// `uses` these dependencies, one sentence each, for the caller to log once telemetry is up.
+/// No value is quoted (any may be a secret).
+pub fn startup_warnings(env: &Env, config: &CommonConfig, uses: Uses<'_>) -> Vec<String> {
     let mut warnings: Vec<String> = env
         .vars()
         .filter_map(|(name, _)| unknown_setting(name))
         .collect();
     warnings.sort();
     if config.app_env == AppEnv::Production {
-        let defaulted: Vec<&str> = ["DATABASE_URL", "REDIS_URL", "PUBSUB_PROJECT_ID"]
+        let database_defaulted = uses
+            .database
+            .first()
+            .filter(|_| uses.database.iter().all(|var| env.raw(var).is_none()));
+        let defaulted: Vec<&str> = database_defaulted
+            .copied()
             .into_iter()
+            .chain(["REDIS_URL"].into_iter().filter(|_| uses.redis))
+            .chain(["PUBSUB_PROJECT_ID"].into_iter().filter(|_| uses.pubsub))
             .filter(|var| env.raw(var).is_none())
             .collect();
         if !defaulted.is_empty() {
@@ -112,7 +150,7 @@ pub fn startup_warnings(env: &Env, config: &CommonConfig) -> Vec<String> {
                 if defaulted.len() > 1 { "s" } else { "" }
             ));
         }
-        if config.pubsub.emulator_host.is_some() {
+        if uses.pubsub && config.pubsub.emulator_host.is_some() {
             warnings.push(
                 "APP_ENV=production with PUBSUB_EMULATOR_HOST set: scan events go to a Pub/Sub \
                  emulator, not to Google Cloud"
@@ -126,7 +164,7 @@ pub fn startup_warnings(env: &Env, config: &CommonConfig) -> Vec<String> {
 /// A warning about `name` when it looks like one of our settings but is none, naming the
 /// setting it most likely meant.
 fn unknown_setting(name: &str) -> Option<String> {
-    if SETTINGS.contains(&name) {
+    if SETTINGS.contains(&name) || PROJECT_VARIABLES.contains(&name) {
         return None;
     }
     let ours = name
@@ -154,10 +192,61 @@ fn unknown_setting(name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn warnings(pairs: &[(&str, &str)]) -> Vec<String> {
+    const SERVICE: Uses<'static> = Uses {
+        database: &["DATABASE_URL"],
+        redis: true,
+        pubsub: true,
+    };
+
+    fn warnings_of(pairs: &[(&str, &str)], uses: Uses<'_>) -> Vec<String> {
         let env = Env::from_pairs(pairs.iter().copied());
         let config = CommonConfig::from_env(&env, "127.0.0.1:8080").expect("valid");
-        startup_warnings(&env, &config)
+        startup_warnings(&env, &config, uses)
+    }
+
+    fn warnings(pairs: &[(&str, &str)]) -> Vec<String> {
+        warnings_of(pairs, SERVICE)
+    }
+
+    /// `migrate` in production (the Terraform job sets no `REDIS_URL`, which it never uses)
+    /// warned about REDIS_URL at every release; the scan service given only its read URL,
+    /// about DATABASE_URL.
+    #[test]
+    fn only_the_defaults_a_process_uses_are_told() {
+        let migrate = Uses {
+            database: &["DATABASE_URL"],
+            redis: false,
+            pubsub: false,
+        };
+        let w = warnings_of(
+            &[
+                ("APP_ENV", "production"),
+                ("DATABASE_URL", "postgres://u@db/x"),
+                ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
+            ],
+            migrate,
+        );
+        assert_eq!(w, Vec::<String>::new());
+        let scan = Uses {
+            database: &["DATABASE_READ_URL", "DATABASE_URL"],
+            redis: true,
+            pubsub: true,
+        };
+        let production = [
+            ("APP_ENV", "production"),
+            ("REDIS_URL", "redis://cache:6379"),
+            ("PUBSUB_PROJECT_ID", "acme-prod"),
+        ];
+        let mut with_read_url = production.to_vec();
+        with_read_url.push(("DATABASE_READ_URL", "postgres://u@replica/x"));
+        assert_eq!(warnings_of(&with_read_url, scan), Vec::<String>::new());
+        assert_eq!(
+            warnings_of(&production, scan),
+            [
+                "APP_ENV=production with DATABASE_READ_URL unset: using the local development \
+              default (127.0.0.1, voketag-local)"
+            ]
+        );
     }
 
     #[test]
@@ -199,6 +288,9 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "a=b"),
             ("PGSSLMODE", "require"),
             ("RUSTFLAGS", "-Cforce-frame-pointers"),
+            // scripts/run.sh's own, inherited by the services it starts.
+            ("SCAN_BIND_ADDR", "127.0.0.1:9080"),
+            ("REDIS_HOST_PORT", "16379"),
             ("APPDATA", "x"),
             ("RATE_LIMIT_FAIL_CLOSED", "true"),
             ("DATABASE_URL", "postgres://u@db/x"),

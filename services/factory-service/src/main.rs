@@ -49,7 +49,17 @@ async fn main() -> ExitCode {
         Command::Serve | Command::Worker { .. } | Command::Migrate
     );
     if unattended {
-        for warning in common::startup_warnings::startup_warnings(&env, &config.common) {
+        use common::startup_warnings::{Uses, startup_warnings};
+        let uses = Uses {
+            database: &["DATABASE_URL"],
+            redis: matches!(command, Command::Serve),
+            pubsub: match command {
+                Command::Serve => config.serve_consumer,
+                Command::Worker { .. } => true,
+                _ => false,
+            },
+        };
+        for warning in startup_warnings(&env, &config.common, uses) {
             tracing::warn!("{warning}");
         }
     }

@@ -37,7 +37,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for warning in common::startup_warnings::startup_warnings(&env, &config.common) {
+    let uses = common::startup_warnings::Uses {
+        database: &["DATABASE_READ_URL", "DATABASE_URL"],
+        redis: true,
+        pubsub: true,
+    };
+    for warning in common::startup_warnings::startup_warnings(&env, &config.common, uses) {
         tracing::warn!("{warning}");
     }
     match run(config).await {
