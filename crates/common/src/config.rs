@@ -362,7 +362,7 @@ fn is_exact_origin(origin: &str) -> bool {
         && !host.is_empty()
         && (host.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        }) || (host.starts_with('[') && host.ends_with(']')))
+        }) || bracketed_ipv6(host).is_some_and(|ip| format!("[{ip}]") == host))
         && match authority.as_str().strip_prefix(host) {
             Some("") => true,
             // Browsers leave out the scheme's default port and write the port plainly.
@@ -560,6 +560,11 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
+/// The IPv6 address of `[addr]`, if `host` is one.
+fn bracketed_ipv6(host: &str) -> Option<std::net::Ipv6Addr> {
+    host.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
 /// `host:port` with a host and a port from 1 to 65535 (the form `PUBSUB_EMULATOR_HOST` takes).
 fn is_host_port(value: &str) -> bool {
     value.rsplit_once(':').is_some_and(|(host, port)| {
@@ -567,7 +572,7 @@ fn is_host_port(value: &str) -> bool {
             && !host.contains(['/', '@', ' '])
             // An IPv6 address only in brackets (`[::1]:8085`): `::1:8085` passed here and
             // failed later as the transport's "invalid authority", naming no variable.
-            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+            && (!host.contains([':', '[', ']']) || bracketed_ipv6(host).is_some())
             && port.bytes().all(|b| b.is_ascii_digit())
             && port.parse::<u16>().is_ok_and(|p| p > 0)
     })
@@ -1234,6 +1239,9 @@ mod tests {
             // is not in the ASCII form browsers send.
             "https://*.example.com",
             "https://b\u{fc}cher.example",
+            "https://[2001:DB8::1]",
+            "https://[zz]",
+            "https://[]",
             "ftp://a.example",
             "a.example",
             "https://",
@@ -1350,6 +1358,8 @@ mod tests {
             "host:+1",
             "::1:8085",
             "[::1:8085",
+            "[]:8085",
+            "[zz]:8085",
         ] {
             let e = parse(&[("PUBSUB_EMULATOR_HOST", bad)]).unwrap_err();
             assert_eq!(e.var, "PUBSUB_EMULATOR_HOST", "{bad}");
