@@ -283,16 +283,18 @@ pub async fn ensure_reachable(url: &SecretString, given_by: &str) -> anyhow::Res
             Ok(())
         }
         Ok(Err(e)) => {
-            // Not for a file it could not read (`sslrootcert`) or a certificate it refused.
+            // Not for a file it could not read (`sslrootcert`) or a certificate it refused; but
+            // a Unix socket that is not there is a server not running.
             let hint = match &e {
                 sqlx::Error::Io(io)
-                    if !matches!(
-                        io.kind(),
-                        std::io::ErrorKind::NotFound
-                            | std::io::ErrorKind::PermissionDenied
-                            | std::io::ErrorKind::InvalidData
-                            | std::io::ErrorKind::InvalidInput
-                    ) =>
+                    if options.get_socket().is_some()
+                        || !matches!(
+                            io.kind(),
+                            std::io::ErrorKind::NotFound
+                                | std::io::ErrorKind::PermissionDenied
+                                | std::io::ErrorKind::InvalidData
+                                | std::io::ErrorKind::InvalidInput
+                        ) =>
                 {
                     "; is it running there? (`make services-up` starts one)"
                 }

@@ -1394,6 +1394,15 @@ async fn cli_audit_verify_with_postgres_away_names_the_place_and_the_cause() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("No such file or directory"), "{out}");
     assert!(!out.contains("is it running there?"), "{out}");
+    // A Unix socket that is not there is a server not running there.
+    let (code, out) = cli(&[
+        "audit",
+        "verify",
+        "--database-url",
+        "postgres://postgres@localhost/voketag?host=/nonexistent-socket-dir",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is it running there?"), "{out}");
 }
 
 /// Another database's URL is refused as such, not tried as PostgreSQL on port 5432 (sqlx
