@@ -140,10 +140,13 @@ where
 /// through only target `warning`), and no other directive sets a level for everything or names
 /// the crate or one of its modules. An explicit `off`, or `sqlx=debug` beside `info`, is meant and passes.
 fn silences<'a>(filter: &'a str, own: &str) -> Option<&'a str> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let mut mistaken = None;
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        if LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l)) {
+        // A level as tracing reads one (a name in any case, or 0 to 5).
+        if directive
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+        {
             return None;
         }
         let target = directive
@@ -300,7 +303,13 @@ mod tests {
     #[test]
     fn a_filter_that_silences_the_service_by_mistake_is_found() {
         let own = "scan_service";
-        for filter in ["warning", "verbose", "information,sqlx=debug", " Warning "] {
+        for filter in [
+            "warning",
+            "verbose",
+            "information,sqlx=debug",
+            " Warning ",
+            "6",
+        ] {
             assert!(silences(filter, own).is_some(), "{filter}");
         }
         assert_eq!(silences("sqlx=debug,warning", own), Some("warning"));
@@ -308,6 +317,8 @@ mod tests {
             "info",
             "WARN",
             "off",
+            "2",
+            "0",
             "warn,sqlx=debug",
             "scan_service",
             "scan_service=debug",
