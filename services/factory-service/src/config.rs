@@ -442,6 +442,14 @@ mod tests {
         let e = parse(&[("JWT_KEY_FILE", missing.to_str().unwrap())]).unwrap_err();
         assert_eq!(e.var, "JWT_KEY_FILE");
         std::fs::remove_dir_all(&dir).unwrap();
+
+        // Not a key file: refused, not read for ever (start-up hung).
+        #[cfg(unix)]
+        {
+            let e = parse(&[("JWT_KEY_FILE", "/dev/zero")]).unwrap_err();
+            assert_eq!(e.var, "JWT_KEY_FILE");
+            assert!(e.problem.contains("larger than 64 KiB"), "{e}");
+        }
     }
 
     #[test]

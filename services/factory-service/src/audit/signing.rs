@@ -409,6 +409,20 @@ XTvp7/eUTVvmkSTYPkjM6Qu+6vOtb2+8kl4U6R+EFqls8vGzqXkYfUxE
             .map_err(|e| e.to_string())
     }
 
+    /// `AUDIT_SIGNING_KEY_FILE=/dev/zero` is refused, not read for ever.
+    #[test]
+    #[cfg(unix)]
+    fn a_key_file_that_is_not_one_is_not_read_for_ever() {
+        let e = Signer::from_file(Path::new("/dev/zero"), Some("k"))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("larger than 64 KiB")),
+            "{e:?}"
+        );
+    }
+
     /// A key file with a blank line or spaces after it (a heredoc, a secret manager), or a
     /// byte-order mark before it (an editor), is the same key; the parsers alone refused it
     /// with "PEM error in pre-encapsulation boundary".
