@@ -124,8 +124,12 @@ variable "cors_origins" {
   default     = []
 
   validation {
-    condition     = alltrue([for o in var.cors_origins : can(regex("^https?://[a-z0-9._-]+(:[0-9]{1,5})?$", o)) || can(regex("^https?://\\[[0-9a-f:.]+\\](:[0-9]{1,5})?$", o))])
-    error_message = "cors_origins are exact origins such as https://admin.example.com: http or https, a lowercase host, an optional port, no path or wildcard (the service refuses anything else at start-up)."
+    condition = alltrue([for o in var.cors_origins :
+      (can(regex("^https?://[a-z0-9._-]+(:[1-9][0-9]{0,4})?$", o)) || can(regex("^https?://\\[[0-9a-f:.]+\\](:[1-9][0-9]{0,4})?$", o)))
+      && try(tonumber(regex(":([0-9]+)$", o)[0]), 1) <= 65535
+      && !can(regex("^https://.*:443$", o)) && !can(regex("^http://.*:80$", o))
+    ])
+    error_message = "cors_origins are exact origins such as https://admin.example.com: http or https, a lowercase host, an optional port (1 to 65535, not the scheme's default, no leading zero), no path or wildcard (the service refuses anything else at start-up)."
   }
 }
 
