@@ -1003,6 +1003,95 @@ fn k1_required() -> KeyRing {
 }
 
 /// A chain of `n` events signed with `k1`, intact when signatures are required.
+/// `verify` read every stored checkpoint into memory at once (about 0.6 KB each: a chain of
+/// years holds hundreds of thousands, past the service's 512 MiB) and compared them without
+/// yielding. It now reads them a page at a time; the answer must not depend on where pages
+/// end, intact or broken in any of the ways checkpoints catch.
+#[tokio::test]
+async fn verification_reads_checkpoints_in_pages_with_the_same_answer() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);
+    for _ in 0..12 {
+        append_n(&db.pool, &audit, 1).await;
+        checkpoint::checkpoint_now(&db.pool, audit.signer())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let external = checkpoint::checkpoint_now(&db.pool, audit.signer())
+        .await
+        .unwrap();
+    assert!(external.is_none(), "no new head, no new checkpoint");
+    let answers = |db: &PgPool| {
+        let pool = db.clone();
+        async move {
+            let mut seen = Vec::new();
+            for page in [1, 2, 5, 11, 12, 13, 10_000] {
+                let v = verify::verify_in_pages(
+                    &pool,
+                    &mut k1_required(),
+                    &[],
+                    ChainState::default(),
+                    page,
+                )
+                .await
+                .unwrap();
+                seen.push((
+                    v.state.events_checked,
+                    v.checkpoints_compared,
+                    v.broken.map(|b| (b.seq, b.reason)),
+                ));
+            }
+            assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+            seen.remove(0)
+        }
+    };
+    assert_eq!(answers(&db.pool).await, (12, 12, None));
+
+    // A checkpoint in a middle page that disagrees with the chain.
+    tamper(
+        &db.pool,
+        "UPDATE audit_checkpoints SET hash = '\\x00' || substring(hash from 2) WHERE seq = 7",
+    )
+    .await;
+    let (_, _, broken) = answers(&db.pool).await;
+    assert_eq!(broken.map(|b| b.0), Some(7));
+    tamper(&db.pool, "DELETE FROM audit_checkpoints WHERE seq = 7").await;
+    assert_eq!(answers(&db.pool).await, (12, 11, None));
+
+    // The tail cut behind later checkpoints (the head moved back to match).
+    tamper(
+        &db.pool,
+        "DELETE FROM audit_events WHERE seq > 9; \
+         UPDATE audit_chain_head SET seq = 9, hash = (SELECT hash FROM audit_events WHERE seq = 9);",
+    )
+    .await;
+    let (checked, compared, broken) = answers(&db.pool).await;
+    assert_eq!((checked, compared), (9, 11));
+    assert_eq!(broken, Some((10, BreakReason::TailTruncated)));
+}
+
+/// Sixteen `GET /v1/audit/verify` at once ran sixteen whole-chain verifications, each holding
+/// a connection of the API's pool (16) and a snapshot for seconds: logins and every other
+/// route then failed with 503. Callers that come while one runs now share it.
+#[tokio::test]
+async fn verifications_asked_for_at_once_share_one_run() {
+    let db = TestDb::new().await;
+    let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), false);
+    append_n(&db.pool, &audit, 50).await;
+    let runs = futures::future::join_all((0..16).map(|_| audit.verify(&db.pool))).await;
+    let first = runs[0].as_ref().expect("verified");
+    assert!(first.broken.is_none());
+    assert_eq!(first.state.events_checked, 50);
+    for run in &runs {
+        assert!(Arc::ptr_eq(first, run.as_ref().expect("verified")));
+    }
+    // Once it has finished, the next caller gets a run of its own, which sees what came since.
+    append_n(&db.pool, &audit, 1).await;
+    let again = audit.verify(&db.pool).await.expect("verified");
+    assert_eq!(again.state.events_checked, 51);
+}
+
 async fn signed_chain(n: usize) -> TestDb {
     let db = TestDb::new().await;
     let audit = AuditLog::with_signer(Some(signer(K1_PEM, "k1")), true);

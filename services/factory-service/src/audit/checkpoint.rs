@@ -195,11 +195,19 @@ pub async fn latest(pool: &PgPool) -> Result<Option<Checkpoint>, AuditError> {
     row.map(from_row).transpose()
 }
 
-/// Every stored checkpoint, in seq order.
-pub async fn all(conn: &mut PgConnection) -> Result<Vec<Checkpoint>, AuditError> {
+/// Up to `limit` stored checkpoints after seq `after`, in seq order (a chain of years holds
+/// hundreds of thousands: read a page at a time).
+pub async fn page_after(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Checkpoint>, AuditError> {
     let rows: Vec<CheckpointRow> = sqlx::query_as(
-        "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints ORDER BY seq",
+        "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints \
+         WHERE seq > $1 ORDER BY seq LIMIT $2",
     )
+    .bind(after)
+    .bind(limit)
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(from_row).collect()

@@ -114,6 +114,24 @@ pub struct AuditLog {
     sign_events: bool,
     /// What this process's audit jobs found (shared with them and the verify route).
     findings: job::Findings,
+    /// The verification [`AuditLog::verify`] is running, which callers that come meanwhile
+    /// share.
+    verifying: RunningVerification,
+}
+
+/// One whole-chain verification, awaited by every caller that asks while it runs.
+type SharedVerification = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<Arc<verify::Verification>, Arc<AuditError>>>,
+>;
+
+/// The verification running now, if one is.
+#[derive(Clone, Default)]
+struct RunningVerification(Arc<std::sync::Mutex<Option<SharedVerification>>>);
+
+impl std::fmt::Debug for RunningVerification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunningVerification")
+    }
 }
 
 impl AuditLog {
@@ -129,6 +147,7 @@ impl AuditLog {
             signer,
             sign_events,
             findings: job::Findings::default(),
+            verifying: RunningVerification::default(),
         }
     }
 
@@ -152,10 +171,41 @@ impl AuditLog {
     /// stored checkpoints and what this process saw intact too: with history rewritten behind
     /// its background verifier and the stored checkpoints deleted to match, the database alone
     /// looks intact while the verifier reports the break.
-    pub async fn verify(&self, pool: &sqlx::PgPool) -> Result<verify::Verification, AuditError> {
-        let mut keys = job::service_key_ring(self.signer());
-        let anchors = self.findings.get().anchors();
-        verify::verify(pool, &mut keys, &anchors, verify::ChainState::default()).await
+    ///
+    /// Callers that come while a verification runs share it (the same `Arc`): a whole pass
+    /// over years of events takes a connection, a snapshot and CPU for seconds, and sixteen
+    /// clicks on the console's button ran sixteen, taking every connection of the API's pool.
+    pub async fn verify(
+        &self,
+        pool: &sqlx::PgPool,
+    ) -> Result<Arc<verify::Verification>, Arc<AuditError>> {
+        use futures::FutureExt as _;
+        let running = {
+            let mut slot = self
+                .verifying
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match slot.as_ref() {
+                Some(running) if running.peek().is_none() => running.clone(),
+                _ => {
+                    let pool = pool.clone();
+                    let mut keys = job::service_key_ring(self.signer());
+                    let anchors = self.findings.get().anchors();
+                    let run = async move {
+                        verify::verify(&pool, &mut keys, &anchors, verify::ChainState::default())
+                            .await
+                            .map(Arc::new)
+                            .map_err(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    *slot = Some(run.clone());
+                    run
+                }
+            }
+        };
+        running.await
     }
 
     /// Appends `event` inside the caller's transaction (`conn` must be in one, at READ

@@ -310,52 +310,123 @@ pub async fn verify(
     external: &[Checkpoint],
     from: ChainState,
 ) -> Result<Verification, AuditError> {
+    verify_in_pages(pool, keys, external, from, CHECKPOINT_PAGE).await
+}
+
+/// [`verify`], reading the stored checkpoints `page` at a time (tests use small pages to show
+/// that the answer does not depend on where pages end).
+pub async fn verify_in_pages(
+    pool: &PgPool,
+    keys: &mut KeyRing,
+    external: &[Checkpoint],
+    from: ChainState,
+    page: i64,
+) -> Result<Verification, AuditError> {
+    let page_size = page.max(1);
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     let head = chain::read_head(&mut tx).await?;
-    let mut checkpoints = checkpoint::all(&mut tx).await?;
-    checkpoints.extend(external.iter().cloned());
     // Checkpoints at or before `from` were compared by an earlier run.
-    checkpoints.retain(|c| c.seq > from.last_seq);
+    let from_seq = from.last_seq;
+    let mut external: Vec<Checkpoint> = external
+        .iter()
+        .filter(|c| c.seq > from_seq)
+        .cloned()
+        .collect();
+    external.sort_by_key(|c| c.seq);
+    let mut external = external.into_iter().peekable();
 
+    // The stored checkpoints a page at a time, each page after the events up to its last seq:
+    // memory stays bounded however many years of checkpoints there are.
     let mut checker = RowChecker {
         state: from,
         keys,
-        wanted: checkpoints.iter().map(|c| (c.seq, None)).collect(),
+        wanted: HashMap::new(),
         buf: Vec::with_capacity(1024),
     };
-    let row_break = check_rows(&mut tx, &mut checker, i64::MAX).await?;
+    let mut row_break = None;
+    let mut checkpoint_breaks = Vec::new();
+    // A checkpoint past where the chain was verified to is a truncated tail, unless the chain
+    // broke first (known only once the head is checked): every such checkpoint with a good
+    // signature says the same, so the first is kept for the end.
+    let mut past_the_chain: Option<Checkpoint> = None;
+    let mut compared = 0;
+    let mut after = from_seq;
+    loop {
+        let mut page = checkpoint::page_after(&mut tx, after, page_size).await?;
+        let last_page = page.len() < usize::try_from(page_size).unwrap_or(usize::MAX);
+        let page_end = if last_page {
+            i64::MAX
+        } else {
+            page.last().map_or(i64::MAX, |c| c.seq)
+        };
+        while let Some(cp) = external.next_if(|c| c.seq <= page_end) {
+            page.push(cp);
+        }
+        if row_break.is_none() {
+            checker.wanted = page.iter().map(|c| (c.seq, None)).collect();
+            row_break = check_rows(&mut tx, &mut checker, page_end).await?;
+        }
+        compared += page.len();
+        let verified_to = row_break
+            .as_ref()
+            .map_or(checker.state.last_seq, |b| b.seq - 1);
+        for cp in page {
+            // Each is an RSA verification: let other tasks run between them.
+            tokio::task::coop::consume_budget().await;
+            if cp.seq > verified_to {
+                if let Some(b) = checkpoint_signature_break(&cp, checker.keys) {
+                    checkpoint_breaks.push(b);
+                } else if past_the_chain.is_none() {
+                    past_the_chain = Some(cp);
+                }
+            } else if let Some(b) =
+                checkpoint_break(&cp, checker.keys, &checker.wanted, verified_to, true)
+            {
+                checkpoint_breaks.push(b);
+            }
+        }
+        if last_page {
+            break;
+        }
+        after = page_end;
+    }
     tx.commit().await?;
 
-    let mut breaks: Vec<Break> = row_break.into_iter().collect();
     let state = &checker.state;
-    let verified_to = breaks.first().map_or(state.last_seq, |b| b.seq - 1);
+    let verified_to = row_break.as_ref().map_or(state.last_seq, |b| b.seq - 1);
+    let mut breaks: Vec<Break> = row_break.into_iter().collect();
     if breaks.is_empty()
         && let Some(b) = head_break(&head, state)
     {
         breaks.push(b);
     }
-    for cp in &checkpoints {
-        if let Some(b) = checkpoint_break(
-            cp,
+    let chain_complete = breaks.is_empty();
+    breaks.extend(checkpoint_breaks);
+    if let Some(cp) = past_the_chain
+        && let Some(b) = checkpoint_break(
+            &cp,
             checker.keys,
             &checker.wanted,
             verified_to,
-            breaks.is_empty(),
-        ) {
-            breaks.push(b);
-        }
+            chain_complete,
+        )
+    {
+        breaks.push(b);
     }
     // The earliest problem is the one to report; on a tie, the row's own reason.
     let broken = breaks.into_iter().min_by_key(|b| b.seq);
     Ok(Verification {
         state: checker.state,
         broken,
-        checkpoints_compared: checkpoints.len(),
+        checkpoints_compared: compared,
     })
 }
+
+/// Stored checkpoints read at a time by [`verify`].
+const CHECKPOINT_PAGE: i64 = 10_000;
 
 /// Checks, on `conn`, the events after `from` up to `head`: seq continuity, links, hashes and
 /// the signatures `keys` can check, ending at `head`. The checkpointer runs this before it signs a head, so it
