@@ -556,6 +556,39 @@ async fn a_consumer_waits_for_its_migrations_before_pulling_events() {
     consumer.stop().await;
 }
 
+/// Stopped with an event in flight while Pub/Sub stopped answering, the consumer waited for
+/// ever for the broker to confirm its last nack, and the process never exited (minutes, or
+/// until killed). Stopping is now bounded. Pub/Sub is reached through a proxy that stalls
+/// whatever the consumer sends from then on (a broker that hangs, which the emulator cannot
+/// be made to do on demand).
+#[tokio::test]
+async fn a_consumer_stops_even_when_pub_sub_stops_answering_with_an_event_in_flight() {
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let proxy = Proxy::start(&emulator()).await.expect("proxy");
+    let mut through_proxy = s.clone();
+    through_proxy.pubsub.emulator_host = Some(format!("127.0.0.1:{}", proxy.port));
+    // The event's tag is locked, so its batch waits in the database: in flight.
+    let mut holder = db.pool.begin().await.expect("tx");
+    sqlx::query("SELECT 1 FROM tags WHERE tag_id = $1 FOR UPDATE")
+        .bind(&tag)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let consumer = Running::start(&through_proxy, db.pool.clone()).await;
+    publish_event(&s, &event(&tag, Utc::now())).await;
+    eventually("the event to wait on the tag's lock", || async {
+        (count(&db.pool, "SELECT count(*) FROM pg_locks WHERE NOT granted").await > 0).then_some(())
+    })
+    .await;
+    // From now on nothing the consumer sends reaches Pub/Sub (HTTP/2 frames all hold a 0).
+    proxy.stall_when_sent(b"\0");
+    consumer.stop().await;
+    holder.rollback().await.expect("rollback");
+    proxy.resume();
+}
+
 /// The database stops answering in the middle of a batch's transaction (a partition: the
 /// connection stays open, the statement gets no reply). After `apply_timeout` (1 s here) the
 /// batch gives up and tries again like after any database failure, instead of waiting on the
