@@ -32,6 +32,10 @@ const BATCH: i64 = 10_000;
 /// rather than in one long run.
 const MAX_BATCHES: u32 = 100;
 
+/// The most one sweep deletes ([`BATCH`] × [`MAX_BATCHES`]): one sweep every 10 minutes keeps up
+/// with about 1,600 scans a second; a sweep that reaches it says so.
+pub const MAX_PER_SWEEP: u64 = BATCH as u64 * MAX_BATCHES as u64;
+
 /// The advisory lock one sweeping instance holds (any number; distinct from the audit
 /// checkpointer's).
 pub(crate) const SWEEP_LOCK_KEY: i64 = 0x766f_6b65_7363_616e; // "vokescan"
