@@ -114,23 +114,27 @@ pub struct AuditLog {
     sign_events: bool,
     /// What this process's audit jobs found (shared with them and the verify route).
     findings: job::Findings,
-    /// The verification [`AuditLog::verify`] is running, which callers that come meanwhile
-    /// share.
-    verifying: RunningVerification,
+    /// The verifications of [`AuditLog::verify`], one at a time, shared by the callers that
+    /// were waiting when one started.
+    verifying: Verifications,
 }
 
-/// One whole-chain verification, awaited by every caller that asks while it runs.
-type SharedVerification = futures::future::Shared<
-    futures::future::BoxFuture<'static, Result<Arc<verify::Verification>, Arc<AuditError>>>,
->;
+/// The latest answer of [`AuditLog::verify`], with the ticket that was the latest when its run
+/// began: a caller whose ticket is no later asked before the run started, and may take it.
+type Latest = Option<(u64, Result<Arc<verify::Verification>, Arc<AuditError>>)>;
 
-/// The verification running now, if one is.
+/// One whole-chain verification at a time.
 #[derive(Clone, Default)]
-struct RunningVerification(Arc<std::sync::Mutex<Option<SharedVerification>>>);
+struct Verifications {
+    /// Tickets handed to callers, in the order they asked.
+    tickets: Arc<std::sync::atomic::AtomicU64>,
+    /// Held while a verification runs; holds the latest answer.
+    latest: Arc<tokio::sync::Mutex<Latest>>,
+}
 
-impl std::fmt::Debug for RunningVerification {
+impl std::fmt::Debug for Verifications {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RunningVerification")
+        f.write_str("Verifications")
     }
 }
 
@@ -147,7 +151,7 @@ impl AuditLog {
             signer,
             sign_events,
             findings: job::Findings::default(),
-            verifying: RunningVerification::default(),
+            verifying: Verifications::default(),
         }
     }
 
@@ -172,40 +176,35 @@ impl AuditLog {
     /// its background verifier and the stored checkpoints deleted to match, the database alone
     /// looks intact while the verifier reports the break.
     ///
-    /// Callers that come while a verification runs share it (the same `Arc`): a whole pass
-    /// over years of events takes a connection, a snapshot and CPU for seconds, and sixteen
-    /// clicks on the console's button ran sixteen, taking every connection of the API's pool.
+    /// One verification runs at a time: a whole pass over years of events takes a connection,
+    /// a snapshot and CPU for seconds, and sixteen clicks on the console's button ran sixteen,
+    /// taking every connection of the API's pool. Callers that asked before a run began share
+    /// its answer (the same `Arc`); one that asks while a run goes on waits for the next run,
+    /// so every answer comes from a snapshot taken after its caller asked. A caller that stops
+    /// waiting (a client gone, the request timeout) cancels only its own run, whose
+    /// transaction then ends; the next waiting caller runs one.
     pub async fn verify(
         &self,
         pool: &sqlx::PgPool,
     ) -> Result<Arc<verify::Verification>, Arc<AuditError>> {
-        use futures::FutureExt as _;
-        let running = {
-            let mut slot = self
-                .verifying
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match slot.as_ref() {
-                Some(running) if running.peek().is_none() => running.clone(),
-                _ => {
-                    let pool = pool.clone();
-                    let mut keys = job::service_key_ring(self.signer());
-                    let anchors = self.findings.get().anchors();
-                    let run = async move {
-                        verify::verify(&pool, &mut keys, &anchors, verify::ChainState::default())
-                            .await
-                            .map(Arc::new)
-                            .map_err(Arc::new)
-                    }
-                    .boxed()
-                    .shared();
-                    *slot = Some(run.clone());
-                    run
-                }
-            }
-        };
-        running.await
+        use std::sync::atomic::Ordering;
+        let tickets = &self.verifying.tickets;
+        let mine = tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut latest = self.verifying.latest.lock().await;
+        if let Some((started_after, answer)) = latest.as_ref()
+            && *started_after >= mine
+        {
+            return answer.clone();
+        }
+        let started_after = tickets.load(Ordering::SeqCst);
+        let mut keys = job::service_key_ring(self.signer());
+        let anchors = self.findings.get().anchors();
+        let answer = verify::verify(pool, &mut keys, &anchors, verify::ChainState::default())
+            .await
+            .map(Arc::new)
+            .map_err(Arc::new);
+        *latest = Some((started_after, answer.clone()));
+        answer
     }
 
     /// Appends `event` inside the caller's transaction (`conn` must be in one, at READ

@@ -425,8 +425,10 @@ pub async fn verify_in_pages(
     })
 }
 
-/// Stored checkpoints read at a time by [`verify`].
-const CHECKPOINT_PAGE: i64 = 10_000;
+/// Stored checkpoints read at a time by [`verify`]: their RSA checks run between the page's
+/// statements, with the snapshot's transaction idle, so a page is kept well under a second of
+/// them (`DATABASE_IDLE_TX_TIMEOUT_SEC` ends a session idle in a transaction that long).
+const CHECKPOINT_PAGE: i64 = 1_000;
 
 /// Checks, on `conn`, the events after `from` up to `head`: seq continuity, links, hashes and
 /// the signatures `keys` can check, ending at `head`. The checkpointer runs this before it signs a head, so it
