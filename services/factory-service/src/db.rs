@@ -26,9 +26,15 @@ pub enum MigrationFailure {
 /// database holds migrations newer than this build's (see `common::db::MIGRATOR`). Fails,
 /// before and after, while an index of the schema is invalid and not being built.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrationFailure> {
-    let lock = MigrateLock::acquire(pool).await?;
+    let mut lock = MigrateLock::acquire(pool).await?;
     refuse_invalid_indexes(pool).await?;
-    common::db::migrator(false).run(pool).await?;
+    // On the lock's own session: should an earlier build's `migrate` wait in sqlx's
+    // `pg_advisory_lock` meanwhile (holding a snapshot a concurrent index build waits for),
+    // PostgreSQL sees the whole cycle and fails one side, rather than both waiting for ever
+    // through a lock held by another session of this process.
+    common::db::migrator(false)
+        .run_direct(&mut lock.conn)
+        .await?;
     refuse_invalid_indexes(pool).await?;
     lock.release().await;
     let newest = common::db::MIGRATOR.iter().map(|m| m.version).max();
@@ -59,7 +65,7 @@ fn migrate_lock_key(database: &str) -> i64 {
 /// How often a `migrate` that found the lock taken asks again.
 const MIGRATE_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// One `migrate` at a time, held on a connection of its own. Asked for with
+/// One `migrate` at a time, held on the connection that runs the migrations. Asked for with
 /// `pg_try_advisory_lock` in a loop, not waited for in `pg_advisory_lock` as sqlx does: a
 /// statement waiting for the lock holds a snapshot for as long as it waits, and a `CREATE
 /// INDEX CONCURRENTLY` of the run holding the lock waits for every such snapshot to end, so
