@@ -290,23 +290,26 @@ async fn run_stream(
     // every message this stream delivered (including those in the batcher) to be settled.
     drop(stream);
     drain_poison(&mut poison, settings.drain_timeout).await;
-    // Bounded: with Pub/Sub not answering, the last acks and nacks are never confirmed and
-    // this waited for ever, so a stopped process never exited. Their messages come back after
-    // their ack deadline, and applying them again counts nothing twice.
-    if tokio::time::timeout(ACK_FLUSH_TIMEOUT, stream_token.shutdown())
+    // Waits for every message this stream delivered to be settled (the batcher may take up to
+    // its drain timeout) and for Pub/Sub to take the acks and nacks. Bounded: with Pub/Sub not
+    // answering they are never confirmed and this waited for ever, so a stopped process never
+    // exited. Their messages come back after their ack deadline, and applying them again
+    // counts nothing twice.
+    let limit = settings.drain_timeout + ACK_FLUSH_TIMEOUT;
+    if tokio::time::timeout(limit, stream_token.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            "Pub/Sub did not confirm this stream's last acks and nacks within {:?}; stopping \
-             without them (their messages are delivered again after their ack deadline)",
-            ACK_FLUSH_TIMEOUT
+            "this stream's last messages were not settled with Pub/Sub within {limit:?}; \
+             stopping without them (they are delivered again after their ack deadline)"
         );
     }
     end
 }
 
-/// How long a stopping stream waits for Pub/Sub to take its last acks and nacks.
+/// How long a stopping stream waits for Pub/Sub to take its last acks and nacks, beyond the
+/// batcher's drain timeout.
 const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Waits for dead-letter publishes of poison; those still running after `timeout` are
