@@ -71,7 +71,6 @@ pub const SETTINGS: &[&str] = &[
 /// settings of the services but often in the environment that starts them: not warned about.
 const PROJECT_VARIABLES: &[&str] = &[
     "AUDIT_PUBLIC_KEY_FILE",
-    "AUDIT_REQUIRE_SIGNATURES",
     "AUDIT_VERIFY_APP_ENV",
     "FACTORY_BIN",
     "FACTORY_BIND_ADDR",

@@ -269,8 +269,8 @@ async fn sweep_expired(
                 Ok(n) if n >= crate::events::retention::MAX_PER_SWEEP => tracing::warn!(
                     deleted = n,
                     days,
-                    "scans past retention deleted, as many as one sweep deletes: more remain \
-                     (sweeps every 10 minutes keep up with about 1,600 scans a second)"
+                    "scans past retention deleted, as many as one sweep deletes: more may remain \
+                     (one sweep every 10 minutes keeps up with about 1,600 scans a second)"
                 ),
                 Ok(n) if n > 0 => tracing::info!(deleted = n, days, "scans past retention deleted"),
                 Ok(_) => {}
