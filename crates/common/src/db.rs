@@ -45,18 +45,22 @@ pub fn needed_migrations() -> Vec<i64> {
     versions
 }
 
+/// The versions of the migrations applied to `pool`'s database (an undefined-table error when
+/// it was never migrated: [`is_undefined_table`]).
+pub async fn applied_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+}
+
 /// Which of this build's migrations `pool`'s database lacks: all of them when it was never
 /// migrated. Migrations a newer release applied first are none of its business.
 pub async fn missing_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
-    let applied: Vec<i64> =
-        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await
-        {
-            Ok(applied) => applied,
-            Err(e) if is_undefined_table(&e) => Vec::new(),
-            Err(e) => return Err(e),
-        };
+    let applied = match applied_migrations(pool).await {
+        Ok(applied) => applied,
+        Err(e) if is_undefined_table(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     Ok(needed_migrations()
         .into_iter()
         .filter(|v| !applied.contains(v))
@@ -394,13 +398,18 @@ mod tests {
         assert_eq!(timed.await.unwrap(), 7);
     }
 
+    /// The test server's URL (`TEST_DATABASE_URL`, else the local one).
+    fn admin_url() -> String {
+        std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
     /// Managed PostgreSQL takes only encrypted connections, and its URLs say so
     /// (`sslmode=require`, as in infra/terraform). This machine kind's PostgreSQL has TLS on;
     /// one without it refuses such a URL for its own reason, never for want of TLS in our build.
     #[tokio::test]
     async fn a_url_that_requires_tls_gets_an_encrypted_connection() -> anyhow::Result<()> {
-        let admin = std::env::var("TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin = admin_url();
         let plain = pg_pool(
             &SecretString::from(admin.clone()),
             "voketag-test",
@@ -431,8 +440,7 @@ mod tests {
     /// the URL names one.
     #[tokio::test]
     async fn sessions_carry_the_pool_name_unless_the_url_names_one() -> anyhow::Result<()> {
-        let admin = std::env::var("TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let admin = admin_url();
         let named = pg_pool(
             &SecretString::from(admin.clone()),
             "voketag-test-pool",

@@ -147,9 +147,7 @@ async fn applied_migrations(
             let _ = conn.close().await;
         }
     }
-    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-        .fetch_all(pool)
-        .await
+    crate::db::applied_migrations(pool).await
 }
 
 /// A Pub/Sub probe's outcome: `Ok` when the broker answered for `resource`; a missing topic or
