@@ -83,6 +83,16 @@ const PROJECT_VARIABLES: &[&str] = &[
     "SCAN_SERVICE_BIN",
 ];
 
+/// The variables `env` has been asked for that are not in [`SETTINGS`]: each service's tests
+/// parse their configuration and expect none, so that setting any of them is never warned
+/// about as a misspelling.
+pub fn unlisted_reads(env: &Env) -> Vec<String> {
+    env.read_names()
+        .into_iter()
+        .filter(|name| !SETTINGS.contains(&name.as_str()))
+        .collect()
+}
+
 /// First words that only our settings start with: a variable starting with one that is not a
 /// setting is taken for a misspelt one. (`OTEL_` is left out: the OpenTelemetry SDK reads its
 /// own `OTEL_*` variables.)
