@@ -104,8 +104,20 @@ pub async fn login(
     Json(body): Json<LoginRequest>,
 ) -> Result<Response, FactoryError> {
     let device_id = header_str(&headers, X_DEVICE_ID);
-    let device_id = session::check_device_id(device_id.as_deref())?;
-    let session = session::login(&state, &body.email, body.password, device_id, &client).await?;
+    let device_id = session::check_device_id(device_id.as_deref())?.to_owned();
+    // An attempt that reached the password check is decided, recorded and counted even when
+    // its client stops waiting (a timeout shorter than the check, a dropped connection): cut
+    // off with the request, a correct password spent the account's login budget without the
+    // refund a success gives (a client retrying that way locked its own account out), and no
+    // attempt, right or wrong, left an audit event.
+    let tasks = state.after_answer.clone();
+    let attempt = async move {
+        session::login(&state, &body.email, body.password, &device_id, &client).await
+    };
+    let session = tasks
+        .spawn(tracing::Instrument::in_current_span(attempt))
+        .await
+        .map_err(|e| FactoryError::Internal(format!("login attempt failed: {e}")))??;
     Ok(session_response(session))
 }
 

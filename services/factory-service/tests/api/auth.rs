@@ -467,6 +467,70 @@ async fn successful_logins_do_not_use_up_the_login_limits() {
     }
 }
 
+/// A client that stops waiting for its login (a timeout shorter than the password check, a
+/// connection dropped) with the right password: the attempt was cut off with the request, after
+/// it had spent a login token and before the refund a success gives, so 10 such attempts (the burst) locked
+/// the account out for everyone, with nothing in the audit log to say why. Each attempt is held
+/// after its password check (the test holds the user's row), its client's connection reset,
+/// and then let go.
+#[tokio::test]
+async fn logins_whose_clients_stop_waiting_are_decided_and_do_not_use_up_the_limit() -> TestResult {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app().await;
+    let email = app.user(Role::Viewer).await;
+    let mut hold = app.db.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM users WHERE email = $1 FOR UPDATE")
+        .bind(&email)
+        .execute(&mut *hold)
+        .await?;
+    let login = json!({"email": email, "password": PASSWORD}).to_string();
+    let request = format!(
+        "POST /v1/auth/login HTTP/1.1\r\nHost: test\r\nX-Device-ID: {DEVICE}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{login}",
+        login.len()
+    );
+    // The email's burst: each attempt takes a token before its password check.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut stream =
+            tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await?;
+        stream.write_all(request.as_bytes()).await?;
+        clients.push(stream);
+    }
+    let mut waiting = 0;
+    for _ in 0..600 {
+        waiting = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE '%FOR SHARE%'",
+            )
+            .await;
+        if waiting == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, 10, "all 10 logins passed their password check");
+    for stream in clients {
+        stream.set_linger(Some(Duration::ZERO))?;
+        drop(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hold.rollback().await?;
+    let mut recorded = 0;
+    for _ in 0..100 {
+        recorded = app.audit_count("auth.login").await;
+        if recorded == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded, 10, "each attempt decided and recorded");
+    let r = app.login_raw(&email, PASSWORD, DEVICE).await;
+    assert_eq!(r.status(), 200, "the account is not locked out");
+    Ok(())
+}
+
 #[tokio::test]
 async fn csrf_missing_wrong_or_from_another_session_is_403() {
     let app = spawn_app().await;
