@@ -512,7 +512,7 @@ async fn logins_whose_clients_stop_waiting_are_decided_and_do_not_use_up_the_lim
     }
     assert_eq!(waiting, 10, "all 10 logins passed their password check");
     for stream in clients {
-        stream.set_linger(Some(Duration::ZERO))?;
+        stream.set_zero_linger()?;
         drop(stream);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
