@@ -186,8 +186,9 @@ impl Application {
         {
             tracing::warn!(
                 left = after_answer.len(),
-                "work left by answered requests (idempotency results to store in Redis) \
-                 unfinished at shutdown; their claims expire with their leases"
+                "work left by requests (idempotency results to store in Redis, keyed writes \
+                 whose clients went away) unfinished at shutdown; their claims expire with \
+                 their leases"
             );
         }
         served

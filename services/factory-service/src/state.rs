@@ -52,8 +52,10 @@ pub struct AppState {
     pub idempotency_lease: Duration,
     /// Largest request body (the idempotency layer buffers bodies to fingerprint them).
     pub body_limit: usize,
-    /// Work a request leaves running after its answer (the idempotency layer storing a result
-    /// or giving a claim back), waited for at shutdown after the requests have drained.
+    /// Work a request leaves running after its answer, or after its client stopped waiting
+    /// (the idempotency layer storing a result or giving a claim back; keyed writes and login
+    /// attempts, which run to their end), waited for at shutdown after the requests have
+    /// drained.
     pub after_answer: TaskTracker,
 }
 

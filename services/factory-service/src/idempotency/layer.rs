@@ -93,13 +93,8 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
             ("unavailable", crate::error::unavailable_response())
         }
         Ok(Claim::Acquired(value)) => {
-            // Counted when the run ends, however it ends: one cut by the request timeout (or a
-            // panic) is dropped here, and counts as `claimed`.
-            let mut counted = CountOnDrop("claimed");
             let req = Request::from_parts(parts, Body::from(bytes));
-            let (label, response) = run_claimed(&state, key, value, req, next).await;
-            counted.0 = label;
-            return response;
+            return detached(state, key, value, req, next).await;
         }
         Ok(Claim::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
             Lookup::Found(record) => (found_outcome(&record), record),
@@ -122,6 +117,50 @@ struct CountOnDrop(&'static str);
 impl Drop for CountOnDrop {
     fn drop(&mut self) {
         metrics::counter!("idempotency_requests_total", "outcome" => self.0).increment(1);
+    }
+}
+
+/// Runs a request whose key this process claimed ([`run_claimed`]) in a task of its own, which
+/// the request's answer waits for but its abandonment does not end: a run that has begun runs
+/// to its end, and keeps the claim until then. Cancelled when the client went away (a timeout
+/// shorter than the work, a dropped connection) or the request timeout cut it, a run gave its
+/// claim back at once, while PostgreSQL still carried out the statement it had sent (a wait on
+/// a lock, say) on one of the pool's connections. A client retrying after each of its timeouts
+/// then started one more copy of the same work each time, and with a lock held for a few
+/// seconds took every connection of the pool for one request. Now a retry meanwhile gets 409
+/// `idempotency_key_in_use` (CONTRACT 3.4: "while the first is still running"), and once the
+/// run ends, its result. A run is bounded by the claim's lease, so the claim still lapses only
+/// when its process died.
+async fn detached(
+    state: AppState,
+    key: IdempotencyKey,
+    claim_value: String,
+    req: Request,
+    next: Next,
+) -> Response {
+    let tasks = state.after_answer.clone();
+    let run = async move {
+        // Counted when the run ends, however it ends (a panic, or the lease's bound, drops it
+        // here, and counts as `claimed`).
+        let mut counted = CountOnDrop("claimed");
+        let lease = state.idempotency_lease;
+        match tokio::time::timeout(lease, run_claimed(&state, key, claim_value, req, next)).await {
+            Ok((label, response)) => {
+                counted.0 = label;
+                response
+            }
+            Err(_) => {
+                tracing::error!(
+                    lease_secs = lease.as_secs(),
+                    "an idempotent request ran as long as its claim's lease; cut, its claim given back"
+                );
+                crate::error::unavailable_response()
+            }
+        }
+    };
+    match tasks.spawn(tracing::Instrument::in_current_span(run)).await {
+        Ok(response) => response,
+        Err(e) => FactoryError::Internal(format!("idempotent request failed: {e}")).into_response(),
     }
 }
 
@@ -312,13 +351,13 @@ fn found_outcome(record: &Response) -> &'static str {
     }
 }
 
-/// Holds our claim while the handler runs. If the request is abandoned (client gone, request
-/// timeout) the claim is given back in the background instead of blocking retries with 409
-/// until its lease runs out. The handler's transaction then rolls back (the retry must run) or
-/// commits together with its idempotency record (the retry replays). It may still be
-/// committing: a COMMIT already sent is carried out. A retry overlapping it either waits on
-/// the record and backs out (`idempotency_key_in_use`), or fails on the side effect (a 4xx)
-/// and replays the record instead (see the 4xx check above).
+/// Holds our claim while the handler runs. If the run is dropped (a panic, the lease's bound in
+/// [`detached`], the runtime shutting down) the claim is given back in the background instead
+/// of blocking retries with 409 until its lease runs out. The handler's transaction then rolls
+/// back (the retry must run) or commits together with its idempotency record (the retry
+/// replays). It may still be committing: a COMMIT already sent is carried out. A retry
+/// overlapping it either waits on the record and backs out (`idempotency_key_in_use`), or fails
+/// on the side effect (a 4xx) and replays the record instead (see the 4xx check above).
 struct ClaimGuard {
     claim: Option<(Redis, IdempotencyKey, String)>,
     /// Where a release from `drop` runs ([`AppState::after_answer`]).

@@ -5,8 +5,9 @@
 //!   aside (the handler answers 401, whatever the header holds). Otherwise it validates the
 //!   header, fingerprints the request (SHA-256 of method, path and body), claims the key in
 //!   Redis (SET NX with a lease), answers 409/422 or replays a finished result (from
-//!   PostgreSQL when a claim is still held for a run that committed there), and after the
-//!   handler stores the response if its claim still holds the key: a success after it is
+//!   PostgreSQL when a claim is still held for a run that committed there), runs the handler
+//!   in a task of its own that the client's leaving does not cancel, and after the handler
+//!   stores the response if its claim still holds the key: a success after it is
 //!   answered (PostgreSQL has it already; shutdown waits for that store), a 4xx before. A 4xx gives way to a record PostgreSQL
 //!   holds for the key (another run of it committed before or while this one ran; 503 if
 //!   PostgreSQL cannot say). Not stored (the claim is released instead): 5xx,

@@ -515,10 +515,11 @@ async fn deletes_are_idempotent_too() {
     assert_eq!(app.audit_count("api_key.revoked").await, 1);
 }
 
+/// A request cut off by the request timeout: its run goes on to its end (it was cancelled, and
+/// gave its claim back, while PostgreSQL could still be carrying out its statements), holds its
+/// claim meanwhile (409 to a retry) and is then the key's result, replayed to the retry.
 #[tokio::test]
-async fn an_abandoned_request_gives_its_claim_back() {
-    // A request cut off by the request timeout: its claim must not block retries until the
-    // lease runs out, and its transaction must not have committed.
+async fn a_request_cut_by_the_request_timeout_runs_to_its_end_and_is_replayed() -> TestResult {
     let app = spawn_app_with(|env| env.with("REQUEST_TIMEOUT_SEC", "1")).await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
@@ -528,19 +529,89 @@ async fn an_abandoned_request_gives_its_claim_back() {
         .await;
     if r.status() == 201 {
         eprintln!("the batch finished within the 1 s timeout; nothing to abandon on this machine");
-        return;
+        return Ok(());
     }
     assert_error(r, 503, "service_unavailable").await;
-    let mut claims = 1;
-    for _ in 0..50 {
-        claims = idempotency_entries(&app).await.len();
-        if claims == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let replayed = retry_until_finished(&app, &op.access, "/v1/batches", &req, "slow").await?;
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    assert_eq!(app.audit_count("batch.created").await, 1);
+    Ok(())
+}
+
+/// A client whose timeout is shorter than the work (the products table is locked meanwhile),
+/// retrying with its key after each timeout. Each cancelled attempt gave its claim back while
+/// PostgreSQL still waited on the lock for it, so every retry started the work once more, on one
+/// more of the pool's connections: a few such retries took the whole pool, for every user. Now
+/// the first attempt runs to its end; retries get 409 meanwhile, then its result.
+#[tokio::test]
+async fn retries_after_client_timeouts_do_not_start_the_work_again() -> TestResult {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let req = json!({"name": "Bag", "sku": format!("SKU-{}", Uuid::new_v4().simple())});
+    let mut lock = app.db.pool.begin().await?;
+    sqlx::query("LOCK TABLE products IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await?;
+    let attempt = || {
+        app.req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Idempotency-Key", "patient")
+            .json(&req)
+            .timeout(Duration::from_millis(300))
+            .send()
+    };
+    let first = attempt().await;
+    assert!(
+        first.is_err_and(|e| e.is_timeout()),
+        "the first attempt waits on the lock"
+    );
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(match attempt().await {
+            Ok(r) => r.status().as_u16(),
+            Err(e) if e.is_timeout() => 0,
+            Err(e) => return Err(e.into()),
+        });
     }
-    assert_eq!(claims, 0, "the claim was given back");
-    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    let waiting = app
+        .count(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await;
+    assert_eq!(
+        answers, [409; 5],
+        "retries while the first runs (0: timed out)"
+    );
+    assert_eq!(waiting, 1, "one run of the work");
+    lock.rollback().await?;
+    let replayed = retry_until_finished(&app, &op.access, "/v1/products", &req, "patient").await?;
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    assert_eq!(app.audit_count("product.created").await, 1);
+    Ok(())
+}
+
+/// Retries `path` with `key` every 100 ms while it answers 409 `idempotency_key_in_use` (up to
+/// 30 s); the first other answer.
+async fn retry_until_finished(
+    app: &TestApp,
+    access: &str,
+    path: &str,
+    req: &serde_json::Value,
+    key: &str,
+) -> Result<reqwest::Response, Box<dyn std::error::Error>> {
+    for _ in 0..300 {
+        let r = app.post(path, access, req, Some(key)).await;
+        if r.status() != 409 {
+            return Ok(r);
+        }
+        assert_error(r, 409, "idempotency_key_in_use").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("still in use after 30 s".into())
 }
 
 #[tokio::test]
