@@ -70,7 +70,7 @@ impl Delivery {
     /// Parses and validates the message; poison comes back with the delivery (boxed: it is
     /// the rare path).
     pub fn validate(self) -> Result<Valid, Box<(Self, Poison)>> {
-        match schema::parse(&self.message.attributes, &self.message.data) {
+        match parse(&self.message) {
             Ok(event) => Ok(Valid {
                 delivery: self,
                 event,
@@ -203,8 +203,65 @@ pub(super) async fn settle(context: &Context, batch: Vec<Valid>, results: Vec<Ev
 }
 
 /// Seconds from a protobuf timestamp to now.
+/// Parses a message as a scan event, its `scanned_at` judged against the time the broker took
+/// the message rather than this machine's clock: a consumer whose clock ran 5 minutes slow took
+/// every valid event for one "in the future" and dead-lettered it, and `scan_count` stopped for
+/// every tag. (Without a publish time, as no broker sends, this machine's clock.)
+fn parse(message: &Message) -> Result<ScanEvent, Poison> {
+    let published = message
+        .publish_time
+        .as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds(), t.nanos().try_into().ok()?));
+    schema::parse_at(
+        &message.attributes,
+        &message.data,
+        published.unwrap_or_else(Utc::now),
+    )
+}
+
 fn seconds_since(seconds: i64, nanos: i32) -> f64 {
     let now = Utc::now();
     (now.timestamp() - seconds) as f64
         + (f64::from(now.timestamp_subsec_nanos()) - f64::from(nanos)) / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(published: chrono::DateTime<Utc>, scanned: chrono::DateTime<Utc>) -> Message {
+        let body = serde_json::json!({
+            "event_id": uuid::Uuid::new_v4(),
+            "tag_id": "AbCdEfGhIjKlMnOp_-12",
+            "result": "authentic",
+            "scanned_at": scanned.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "client_ip_hash": "ABCDEF0123",
+        });
+        let published = google_cloud_wkt::Timestamp::new(
+            published.timestamp(),
+            published
+                .timestamp_subsec_nanos()
+                .try_into()
+                .expect("under a second"),
+        )
+        .expect("a valid time");
+        Message::new()
+            .set_data(body.to_string())
+            .set_publish_time(published)
+    }
+
+    /// The broker's time decides, not this consumer's clock: seen from a consumer whose clock
+    /// is 10 minutes slow, a scan made a second before the broker took it is 10 minutes in the
+    /// future, and it was dead-lettered as such.
+    #[test]
+    fn scanned_at_is_judged_by_the_broker_s_time_not_this_clock() {
+        let broker = Utc::now() + chrono::Duration::minutes(10);
+        let scanned = broker - chrono::Duration::seconds(1);
+        assert!(parse(&message(broker, scanned)).is_ok());
+        // Ahead of the broker by more than 5 minutes is still refused, whatever this clock says.
+        let early_broker = Utc::now() - chrono::Duration::minutes(10);
+        let poison =
+            parse(&message(early_broker, Utc::now())).expect_err("6+ minutes ahead of the broker");
+        assert_eq!(poison.reason, schema::PoisonReason::InvalidField);
+    }
 }

@@ -129,6 +129,16 @@ impl Poison {
 /// valid scan only because a publisher left the attributes out would lose it from `scan_count`.
 /// An attribute that is present must match.
 pub fn parse(attributes: &HashMap<String, String>, data: &[u8]) -> Result<ScanEvent, Poison> {
+    parse_at(attributes, data, Utc::now())
+}
+
+/// [`parse`], with `scanned_at` judged against `now` (the time the broker took the message:
+/// see [`crate::events`]'s delivery, so that the consumer's own clock does not decide).
+pub fn parse_at(
+    attributes: &HashMap<String, String>,
+    data: &[u8],
+    now: DateTime<Utc>,
+) -> Result<ScanEvent, Poison> {
     match attributes.get("schema_version").map(String::as_str) {
         None | Some(SCHEMA_VERSION) => {}
         Some(other) => {
@@ -159,7 +169,7 @@ pub fn parse(attributes: &HashMap<String, String>, data: &[u8]) -> Result<ScanEv
         event_id: uuid_field(required_str(&body, "event_id")?, "event_id")?,
         tag_id: tag_id(required_str(&body, "tag_id")?)?,
         result: result(required_str(&body, "result")?)?,
-        scanned_at: scanned_at(required_str(&body, "scanned_at")?)?,
+        scanned_at: scanned_at(required_str(&body, "scanned_at")?, now)?,
         client_ip_hash: ip_hash(required_str(&body, "client_ip_hash")?)?,
         api_key_id: optional_str(&body, "api_key_id")?
             .map(|v| uuid_field(v, "api_key_id"))
@@ -223,10 +233,11 @@ fn result(value: &str) -> Result<ScanResult, Poison> {
 /// 0001-01-01 (a scanner's clock never set, or a forgery) would show that date forever.
 const EARLIEST_SCAN_SECS: i64 = 1_704_067_200;
 
-/// How far ahead of this machine's clock a scanning instance's clock may be.
+/// How far ahead of the broker's clock (when it took the message) a scanning instance's clock
+/// may be.
 const CLOCK_AHEAD: chrono::Duration = chrono::Duration::minutes(5);
 
-fn scanned_at(value: &str) -> Result<DateTime<Utc>, Poison> {
+fn scanned_at(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Poison> {
     let at = DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| invalid("scanned_at", "is not an RFC 3339 timestamp"))?;
@@ -236,7 +247,7 @@ fn scanned_at(value: &str) -> Result<DateTime<Utc>, Poison> {
             "is before 2024-01-01, earlier than any scan",
         ));
     }
-    if at > Utc::now() + CLOCK_AHEAD {
+    if at > now + CLOCK_AHEAD {
         return Err(invalid(
             "scanned_at",
             "is more than 5 minutes in the future",
