@@ -1990,6 +1990,64 @@ async fn the_checkpointer_of_the_running_service_stops_when_its_verifier_reports
     Ok(())
 }
 
+/// Checkpoints are dated, and their interval measured, by the database's clock. Each instance
+/// dated them by its own: one whose clock ran a day ahead (for a moment, even) wrote a
+/// checkpoint dated a day in the others' future, and until then no instance found the interval
+/// passed, so checkpoints by time stopped everywhere. Such a checkpoint, left by an earlier
+/// build, no longer stops them either.
+#[tokio::test]
+async fn a_checkpoint_dated_in_the_future_does_not_stop_checkpoints_by_time() -> TestResult {
+    let db = TestDb::new().await;
+    let audit = AuditLog::new();
+    append_n(&db.pool, &audit, 5).await;
+    checkpoint::checkpoint_now(&db.pool, None)
+        .await?
+        .ok_or("a checkpoint of seq 5")?;
+    tamper(
+        &db.pool,
+        "UPDATE audit_checkpoints SET signed_at = now() + interval '1 day' WHERE seq = 5",
+    )
+    .await;
+    append_n(&db.pool, &audit, 3).await;
+    let config = factory_service::audit::AuditConfig {
+        checkpoint_every: 1000,
+        checkpoint_interval: std::time::Duration::from_secs(1),
+        ..factory_service::audit::AuditConfig::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let jobs = factory_service::audit::job::spawn(db.pool.clone(), &config, &audit, stop.clone());
+    let mut newest: Option<i64> = None;
+    for _ in 0..100 {
+        newest = sqlx::query_scalar("SELECT max(seq) FROM audit_checkpoints")
+            .fetch_one(&db.pool)
+            .await?;
+        if newest == Some(8) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    for job in jobs {
+        job.await?;
+    }
+    assert_eq!(
+        newest,
+        Some(8),
+        "a checkpoint by time after the future-dated one"
+    );
+    let off: f64 = sqlx::query_scalar(
+        "SELECT abs(extract(epoch FROM now() - signed_at))::float8 \
+         FROM audit_checkpoints WHERE seq = 8",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert!(
+        off < 60.0,
+        "dated now by the database's clock ({off} s off)"
+    );
+    Ok(())
+}
+
 /// `GET /v1/audit/events` serves a page holding an event whose details cannot be read: that
 /// event with `details` null and its stored text in `details_unreadable`, the others as usual.
 /// Before, the whole page was a 500, so an admin could not page past it.

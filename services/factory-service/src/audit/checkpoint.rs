@@ -211,7 +211,8 @@ pub async fn page_after(
 }
 
 /// Checkpoints the committed chain head if it moved past the newest checkpoint and `due` says
-/// so (given the number of events since that checkpoint and its time). Returns the new
+/// so (given the number of events since that checkpoint and the time since it was signed, by
+/// the database's clock; `None` before the first). Returns the new
 /// checkpoint, already committed and logged; `None` when nothing was due or another instance
 /// is writing one right now.
 ///
@@ -224,7 +225,7 @@ pub async fn checkpoint_if_due(
     pool: &PgPool,
     signer: Option<&Signer>,
     anchors: &[Checkpoint],
-    due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
+    due: impl FnOnce(i64, Option<chrono::Duration>) -> bool,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let mut tx = pool.begin().await?;
     let written = write_if_due(&mut tx, signer, anchors, due).await;
@@ -255,7 +256,7 @@ async fn write_if_due(
     tx: &mut PgConnection,
     signer: Option<&Signer>,
     anchors: &[Checkpoint],
-    due: impl FnOnce(i64, Option<DateTime<Utc>>) -> bool,
+    due: impl FnOnce(i64, Option<chrono::Duration>) -> bool,
 ) -> Result<Option<Checkpoint>, AuditError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(CHECKPOINT_LOCK_KEY)
@@ -294,7 +295,17 @@ async fn write_if_due(
         ));
     }
     let since = head.seq - last.as_ref().map_or(0, |cp| cp.seq);
-    if since <= 0 || !due(since, last.as_ref().map(|cp| cp.signed_at)) {
+    if since <= 0 {
+        return Ok(None);
+    }
+    // The database's clock, as for the events' `occurred_at`: the one clock every instance
+    // shares. Each instance's own dated its checkpoints, and one running ahead (or jumping
+    // ahead for a moment) dated one in the others' future, and no instance found an interval
+    // passed since it until that time: checkpoints by time stopped for as long as the skew.
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !due(since, last.as_ref().map(|cp| now - cp.signed_at)) {
         return Ok(None);
     }
     for anchor in anchors {
@@ -348,7 +359,7 @@ async fn write_if_due(
     let mut checkpoint = Checkpoint {
         seq: head.seq,
         hash: head.hash,
-        signed_at: Utc::now().trunc_subsecs(6),
+        signed_at: now.trunc_subsecs(6),
         key_id: signer.map(|s| s.key_id().to_owned()),
         signature: None,
     };

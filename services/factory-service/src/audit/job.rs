@@ -160,8 +160,12 @@ pub async fn run_checkpointer(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(CHECKPOINT_POLL) => {}
         }
-        let due = |since: i64, last_at: Option<chrono::DateTime<chrono::Utc>>| {
-            since >= every || last_at.is_none_or(|at| chrono::Utc::now() - at >= interval)
+        // `elapsed`: since the last checkpoint was signed, by the database's clock. Negative,
+        // that checkpoint is dated in the database's future (signed by an instance whose clock
+        // ran ahead, before checkpoints were dated by the database): due, rather than none by
+        // time until then.
+        let due = |since: i64, elapsed: Option<chrono::Duration>| {
+            since >= every || elapsed.is_none_or(|e| e >= interval || e < chrono::Duration::zero())
         };
         let found = findings.get();
         let result = match found.broken {
