@@ -53,6 +53,10 @@ pub enum Rejected {
     Forged,
     /// Sealed by an instance holding the key, but past its expiry.
     Expired,
+    /// Sealed by an instance holding the key, but expiring later than an entry written now
+    /// could: its writer's clock runs ahead of this one's. Believed, it would keep its answer
+    /// (a tag since revoked) for as long as that clock is ahead, to whoever puts it back.
+    Future,
 }
 
 impl Rejected {
@@ -61,6 +65,7 @@ impl Rejected {
         match self {
             Self::Forged => "forged",
             Self::Expired => "expired",
+            Self::Future => "future",
         }
     }
 }
@@ -106,13 +111,15 @@ impl Seal {
         entry
     }
 
-    /// The JSON of `entry` read at `redis_key`, if this deployment sealed it there and it has
-    /// not expired by `now_ms` (Unix ms). The MAC is compared in constant time.
+    /// The JSON of `entry` read at `redis_key`, if this deployment sealed it there, it has not
+    /// expired by `now_ms` (Unix ms) and it expires no later than `latest_ms` (what an entry
+    /// written now would, and a little). The MAC is compared in constant time.
     pub fn open<'a>(
         &self,
         redis_key: &str,
         entry: &'a [u8],
         now_ms: u64,
+        latest_ms: u64,
     ) -> Result<&'a [u8], Rejected> {
         if entry.len() < MAC_LEN + EXPIRY_LEN {
             return Err(Rejected::Forged);
@@ -123,12 +130,20 @@ impl Seal {
         self.mac(redis_key, expiry, json)
             .verify_slice(mac)
             .map_err(|_| Rejected::Forged)?;
-        if u64::from_be_bytes(expiry) <= now_ms {
+        let expiry = u64::from_be_bytes(expiry);
+        if expiry <= now_ms {
             return Err(Rejected::Expired);
+        }
+        if expiry > latest_ms {
+            return Err(Rejected::Future);
         }
         Ok(json)
     }
 }
+
+/// How far ahead of this instance's clock a writer's may run before its entries are not
+/// believed ([`Rejected::Future`]).
+const CLOCK_ALLOWANCE_MS: u64 = 2_000;
 
 /// Milliseconds since the Unix epoch (0 for a clock before it).
 fn unix_ms() -> u64 {
@@ -149,7 +164,7 @@ pub struct Cache {
 impl Cache {
     /// A cache on `redis` behind `breaker`, entries kept `ttl` and sealed with `seal`.
     pub fn new(redis: Arc<RedisConn>, breaker: CircuitBreaker, ttl: Duration, seal: Seal) -> Self {
-        for reason in [Rejected::Forged, Rejected::Expired] {
+        for reason in [Rejected::Forged, Rejected::Expired, Rejected::Future] {
             metrics::counter!("scan_cache_rejected_total", "reason" => reason.label()).increment(0);
         }
         Self {
@@ -162,6 +177,9 @@ impl Cache {
 
     /// The cached value at `key`, `None` on a miss, an unreadable entry or any Redis trouble.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        // An entry written now expires a lifetime from now; a writer whose clock is up to
+        // `CLOCK_ALLOWANCE` ahead is still believed.
+        let latest = self.ttl_ms().saturating_add(CLOCK_ALLOWANCE_MS);
         let raw = self
             .breaker
             .call(self.redis.run(|mut conn| async move {
@@ -171,8 +189,9 @@ impl Cache {
                     .await
             }))
             .await;
+        let now = unix_ms();
         match raw {
-            Ok(Some(entry)) => match self.seal.open(key, &entry, unix_ms()) {
+            Ok(Some(entry)) => match self.seal.open(key, &entry, now, now.saturating_add(latest)) {
                 Ok(json) => serde_json::from_slice(json).ok(),
                 Err(rejected) => {
                     metrics::counter!("scan_cache_rejected_total", "reason" => rejected.label())
@@ -189,14 +208,19 @@ impl Cache {
         }
     }
 
+    /// An entry's lifetime in milliseconds (at least 1).
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// Stores `value` at `key` in the background, so the caller never waits for the write.
     pub fn put<T: Serialize>(&self, key: String, value: &T) {
         let Ok(json) = serde_json::to_vec(value) else {
             return;
         };
-        let ttl_ms = u64::try_from(self.ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let ttl_ms = self.ttl_ms();
         let bytes = self
             .seal
             .seal(&key, unix_ms().saturating_add(ttl_ms), &json);
@@ -234,34 +258,66 @@ mod tests {
         let s = seal("a deployment's IP_HASH_KEY");
         let entry = s.seal("p:tag:{A}", 2_000, br#"{"status":"authentic"}"#);
         assert_eq!(
-            s.open("p:tag:{A}", &entry, 1_999),
+            s.open("p:tag:{A}", &entry, 1_999, u64::MAX),
             Ok(&br#"{"status":"authentic"}"#[..])
         );
         // Past its expiry, even if Redis still holds it.
-        assert_eq!(s.open("p:tag:{A}", &entry, 2_000), Err(Rejected::Expired));
+        assert_eq!(
+            s.open("p:tag:{A}", &entry, 2_000, u64::MAX),
+            Err(Rejected::Expired)
+        );
         // Copied to another key.
-        assert_eq!(s.open("p:tag:{B}", &entry, 1_000), Err(Rejected::Forged));
+        assert_eq!(
+            s.open("p:tag:{B}", &entry, 1_000, u64::MAX),
+            Err(Rejected::Forged)
+        );
         // Sealed under another secret.
         assert_eq!(
-            seal("another deployment").open("p:tag:{A}", &entry, 1_000),
+            seal("another deployment").open("p:tag:{A}", &entry, 1_000, u64::MAX),
             Err(Rejected::Forged)
         );
         // Any byte changed: the MAC, the expiry (pushed later) or the JSON.
         for at in [0, MAC_LEN + 1, entry.len() - 3] {
             let mut changed = entry.clone();
             changed[at] ^= 0x20;
-            assert_eq!(s.open("p:tag:{A}", &changed, 1_000), Err(Rejected::Forged));
+            assert_eq!(
+                s.open("p:tag:{A}", &changed, 1_000, u64::MAX),
+                Err(Rejected::Forged)
+            );
         }
         // Plain JSON, as an unsealed writer would put it, and short entries.
         assert_eq!(
             s.open(
                 "p:tag:{A}",
                 br#"{"status":"authentic","tag_id":"A"}"#,
-                1_000
+                1_000,
+                u64::MAX
             ),
             Err(Rejected::Forged)
         );
-        assert_eq!(s.open("p:tag:{A}", b"", 1_000), Err(Rejected::Forged));
+        assert_eq!(
+            s.open("p:tag:{A}", b"", 1_000, u64::MAX),
+            Err(Rejected::Forged)
+        );
+    }
+
+    /// An entry expiring later than one written now could (its writer's clock an hour ahead)
+    /// is not believed: put back in Redis after the tag was revoked, it answered `authentic`
+    /// for that hour.
+    #[test]
+    fn an_entry_from_a_writer_whose_clock_runs_ahead_is_not_believed() {
+        let s = seal("k");
+        let entry = s.seal("p:tag:{A}", 3_600_000 + 2_000, b"{}");
+        assert_eq!(
+            s.open("p:tag:{A}", &entry, 1_000, 1_000 + 4_000),
+            Err(Rejected::Future)
+        );
+        // Within the allowance, believed.
+        let entry = s.seal("p:tag:{A}", 1_000 + 3_500, b"{}");
+        assert_eq!(
+            s.open("p:tag:{A}", &entry, 1_000, 1_000 + 4_000),
+            Ok(&b"{}"[..])
+        );
     }
 
     #[test]
@@ -274,6 +330,6 @@ mod tests {
         let mut moved = mac.to_vec();
         moved.push(b'}');
         moved.extend_from_slice(rest);
-        assert_eq!(s.open("p:x{ab", &moved, 0), Err(Rejected::Forged));
+        assert_eq!(s.open("p:x{ab", &moved, 0, u64::MAX), Err(Rejected::Forged));
     }
 }

@@ -108,9 +108,9 @@ async fn answers_revoked_within_five_seconds(app: &TestApp, tag: &str, every: Du
 
 /// A tag scanned all the time is renewed in the in-process cache from the database itself, so
 /// its revocation shows even while the Redis tier still holds the old answer. Here the old
-/// answer is put back into Redis on purpose, sealed with this deployment's key for a minute
-/// (as an instance would seal it) and kept as long: without the renewal, the in-process entry
-/// would expire, refill from Redis, and answer `authentic` for a minute.
+/// answer is put back into Redis on purpose, sealed with this deployment's key for an entry's
+/// lifetime (as an instance would seal it), again and again: without the renewal, the
+/// in-process entry would expire, refill from Redis, and answer `authentic` for as long.
 #[tokio::test]
 async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis() {
     let env = TestEnv::new().await;
@@ -140,23 +140,21 @@ async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis(
     revoke(&env, &tag).await;
     // The entry is MAC ‖ expiry (8 bytes) ‖ JSON (scan_service::cache::Seal).
     let json = authentic.get(40..).expect("a sealed entry");
-    let now_ms = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
-    let seal = scan_service::cache::Seal::derive(&crate::helpers::IP_HASH_KEY.to_owned().into());
-    let authentic = seal.seal(&key, now_ms + 60_000, json);
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg(&authentic)
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let json = json.to_vec();
+    let put_back = tokio::spawn(async move {
+        loop {
+            let authentic = sealed(&key, unix_ms() + 2_000, &json);
+            let () = redis::cmd("SET")
+                .arg(&key)
+                .arg(&authentic)
+                .arg("PX")
+                .arg(2_000)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
     answers_revoked_within_five_seconds(
         &app,
         &tag,
@@ -164,6 +162,67 @@ async fn a_tag_scanned_all_the_time_is_renewed_from_the_database_not_from_redis(
         ": the stale Redis entry was served",
     )
     .await;
+    put_back.abort();
+}
+
+/// An entry sealed with this deployment's key by an instance whose clock runs an hour ahead
+/// expires an hour later than it should: put back into Redis after its tag was revoked, it
+/// answered `authentic` for that hour. It is not believed (`reason="future"`).
+#[tokio::test]
+async fn an_entry_sealed_by_an_instance_whose_clock_runs_ahead_is_not_believed() {
+    let env = TestEnv::new().await;
+    let app = env.spawn(&[]).await;
+    let tag = env.tag().await;
+    revoke(&env, &tag).await;
+    let key = format!("{}:tag:{{{tag}}}", env.prefix);
+    let authentic = json!({
+        "tag_id": tag,
+        "status": "authentic",
+        "product": {"id": Uuid::new_v4(), "name": "Handbag", "sku": "SKU-1"},
+        "batch_id": Uuid::new_v4(),
+        "scan_count": 0,
+        "first_scanned_at": null,
+    });
+    let entry = sealed(
+        &key,
+        unix_ms() + 3_600_000,
+        authentic.to_string().as_bytes(),
+    );
+    let mut redis = shared_redis().await;
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&entry)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let r = app.scan(&tag).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "revoked");
+    let text = app.metrics().await;
+    assert_eq!(
+        metric(&text, "scan_cache_rejected_total{reason=\"future\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// `json` sealed at `key` to expire at `expires_ms`, as an instance of the test deployment
+/// would seal it.
+fn sealed(key: &str, expires_ms: u64, json: &[u8]) -> Vec<u8> {
+    scan_service::cache::Seal::derive(&crate::helpers::IP_HASH_KEY.to_owned().into())
+        .seal(key, expires_ms, json)
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
 }
 
 /// `scan_db_lookups_total{kind}` as last scraped.
