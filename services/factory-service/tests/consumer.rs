@@ -691,6 +691,35 @@ async fn replay_all_republishes_every_dead_letter() {
     consumer.stop().await;
 }
 
+/// `dlq replay --all` took only dead letters the broker dated before this machine's clock at
+/// the start, so run from a machine whose clock was behind, it replayed nothing and said "0
+/// replayed". A loop is now told by content (what this run republished), not by time: a dead
+/// letter the broker dates after the run began is replayed too. (This machine's clock cannot be
+/// set back in a test; a dead letter arriving during the run is what such a run saw.)
+#[tokio::test]
+async fn replay_all_does_not_go_by_this_machine_s_clock() {
+    let db = TestDb::new().await;
+    let s = set_up(5).await;
+    let dlq_publisher = common::pubsub::publisher(&s.pubsub, &s.pubsub.dlq_topic)
+        .await
+        .expect("publisher");
+    let tags = seed_tags(&db.pool, 1).await;
+    let window = ReadWindow {
+        first: Duration::from_secs(15),
+        idle: Duration::from_secs(2),
+    };
+    let settings = s.clone();
+    let run = tokio::spawn(async move {
+        dlq::replay(&settings, &Selector::All, window, |_| {})
+            .await
+            .expect("replay")
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish_dead_letter(&dlq_publisher, &tags[0], Utc::now()).await;
+    let replayed = run.await.expect("the replay");
+    assert_eq!(replayed.len(), 1, "{replayed:?}");
+}
+
 /// `dlq replay --all` says what it replayed as it goes. It used to print nothing until the
 /// end, so a long replay looked stuck, and one stopped midway had not said what went through.
 /// Dead letters keep arriving (dated before the replay, so it takes them) until the command

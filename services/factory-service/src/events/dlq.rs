@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
+use sha2::{Digest as _, Sha256};
 
 use super::dead_letter::{self, DlqEntry};
 use super::{EventsError, EventsSettings};
@@ -77,8 +78,13 @@ pub async fn list(
 }
 
 /// Republishes the selected dead letters to the main topic and acks each from the DLQ once the
-/// main topic has it. Messages dead-lettered after the replay began are left alone, so a
-/// message that fails again is not replayed in a loop. Returns what was replayed.
+/// main topic has it. A dead letter holding what this run already republished (the replay
+/// failing again, or a copy) is left alone, so a message that fails again is not replayed in a
+/// loop. Returns what was replayed.
+///
+/// That used to be told by time: dead letters dated after this machine's clock at the start
+/// were left. Their dates are the dead-lettering consumer's clock, so run from a machine whose
+/// clock was behind, `--all` replayed nothing, and said only "0 replayed".
 ///
 /// `on_replayed` is told of each message as soon as the main topic has it, so that a long
 /// replay shows its progress, and what went through before an error or an interruption is
@@ -91,24 +97,26 @@ pub async fn replay(
 ) -> Result<Vec<DlqEntry>, EventsError> {
     let topic = &settings.pubsub.topic;
     let publisher = common::pubsub::publisher(&settings.pubsub, topic).await?;
-    let started = Utc::now();
     let mut reader = Reader::open(settings, 1000).await?;
     let mut replayed = Vec::new();
+    let mut republished = HashSet::new();
     while let Some((message, handler)) = reader.next(window).await? {
         let entry = DlqEntry::from_message(&message);
+        let replay = dead_letter::to_replay_message(&message);
+        let content = fingerprint(&replay);
         let wanted = match selector {
-            Selector::All => reader.first_sight(&message),
+            Selector::All => reader.first_sight(&message) && !republished.contains(&content),
             Selector::MessageId(id) => entry.is_named(id),
         };
-        let before_start = entry.dead_lettered_at.is_none_or(|t| t <= started);
-        if !(wanted && before_start) {
+        if !wanted {
             reader.hold(handler);
             continue;
         }
-        let publish = publisher.publish(dead_letter::to_replay_message(&message));
+        let publish = publisher.publish(replay);
         let outcome = tokio::time::timeout(PUBLISH_TIMEOUT, publish).await;
         match outcome {
             Ok(Ok(_)) => {
+                republished.insert(content);
                 handler.ack();
                 on_replayed(&entry);
                 replayed.push(entry);
@@ -135,6 +143,22 @@ pub async fn replay(
     }
     reader.close().await;
     Ok(replayed)
+}
+
+/// SHA-256 of what a replay publishes: the body and the attributes, in key order.
+fn fingerprint(message: &Message) -> [u8; 32] {
+    let mut attributes: Vec<_> = message.attributes.iter().collect();
+    attributes.sort();
+    let mut hash = Sha256::new();
+    for part in [&message.data[..]].into_iter().chain(
+        attributes
+            .iter()
+            .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]),
+    ) {
+        hash.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
 }
 
 /// A short-lived streaming pull on the inspection subscription.
