@@ -104,12 +104,18 @@ impl JwtKeys {
 
     /// Checks a token's signature, issuer, audience, expiry and `nbf` when it has one.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenRejection::Expired,
                 _ => TokenRejection::Invalid,
-            })
+            })?;
+        // RFC 7519 4.1.4: not accepted on or after `exp`. jsonwebtoken refuses only after it,
+        // which made a token good for the second of its expiry too.
+        if claims.exp <= jsonwebtoken::get_current_timestamp() {
+            return Err(TokenRejection::Expired);
+        }
+        Ok(claims)
     }
 }
 
@@ -179,6 +185,28 @@ mod tests {
             keys(1).verify(&signed(&claims)?).err(),
             Some(TokenRejection::Invalid)
         );
+        Ok(())
+    }
+
+    /// Not accepted on or after `exp` (RFC 7519 4.1.4): the second of its expiry too, which
+    /// jsonwebtoken alone accepts.
+    #[test]
+    fn a_token_is_expired_at_its_exp() -> Result<(), jsonwebtoken::errors::Error> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |exp: u64| {
+            signed(&serde_json::json!({
+                "sub": Uuid::new_v4(), "sid": Uuid::new_v4(), "email": "a@b.c",
+                "role": "viewer", "iat": now, "exp": exp, "iss": ISSUER, "aud": AUDIENCE,
+                "jti": Uuid::new_v4(),
+            }))
+        };
+        // Read again after signing: the second may have turned meanwhile.
+        let now = jsonwebtoken::get_current_timestamp();
+        assert_eq!(
+            keys(1).verify(&token(now)?).err(),
+            Some(TokenRejection::Expired)
+        );
+        assert!(keys(1).verify(&token(now + 30)?).is_ok());
         Ok(())
     }
 
