@@ -61,6 +61,10 @@ pub enum FactoryError {
     /// A dependency is down (503).
     #[error("{0} unavailable")]
     Unavailable(&'static str),
+    /// This instance runs as much of this work as it takes at once, and a turn did not come in
+    /// time (503 with `Retry-After`).
+    #[error("busy with {0}")]
+    Busy(&'static str),
     /// A database failure: the caller's bad values 400, their duplicates 409, PostgreSQL unable
     /// to serve for now 503, the rest 500.
     #[error("database: {0}")]
@@ -204,6 +208,18 @@ impl IntoResponse for FactoryError {
             Self::Unavailable(dependency) => {
                 tracing::warn!(dependency, "dependency unavailable");
                 unavailable_response()
+            }
+            Self::Busy(work) => {
+                tracing::info!(work, "refused: no turn in time");
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    format!("Busy with other {work}; try again shortly."),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                response
             }
             Self::Database(e) => database_error(e),
             Self::Internal(cause) => {

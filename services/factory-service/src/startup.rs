@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime, password};
+use crate::catalog::bulk::BulkWrites;
 use crate::config::{BootstrapAdmin, FactoryConfig};
 use crate::ratelimit::Buckets;
 use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE, Redis};
@@ -117,6 +118,9 @@ impl Application {
             idempotency_lease: config.common.http.request_timeout + Duration::from_secs(30),
             body_limit: config.common.http.body_limit_bytes,
             after_answer: TaskTracker::new(),
+            // As long as a lock may be waited for: a turn is a wait for the audit chain's head
+            // that holds no connection.
+            bulk_writes: BulkWrites::new((request_timeout / 3).min(Duration::from_secs(10))),
         };
         if let Some(admin) = config.auth.bootstrap_admin.clone() {
             bootstrap(state.clone(), admin).await;

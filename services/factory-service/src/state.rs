@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime};
+use crate::catalog::bulk::BulkWrites;
 use crate::ratelimit::Buckets;
 
 /// Login attempts allowed per client IP: a burst, then this many a minute.
@@ -57,6 +58,8 @@ pub struct AppState {
     /// attempts, which run to their end), waited for at shutdown after the requests have
     /// drained.
     pub after_answer: TaskTracker,
+    /// Batch creates' turns (one at a time in an instance: `catalog::bulk`).
+    pub bulk_writes: BulkWrites,
 }
 
 /// A Redis pool with the key prefix and per-call timeout of this deployment.

@@ -87,6 +87,7 @@ pub async fn get_product(
         (status = 201, body = Batch),
         (status = 400, description = "`validation_failed`: quantity not 1 to 100000", body = crate::openapi::ApiError),
         (status = 404, description = "`not_found`: no such product", body = crate::openapi::ApiError),
+        (status = 503, description = "`service_unavailable`: batch creates take turns in an instance, and this one's turn did not come in time (a third of the request timeout, at most 10 s); retry after `Retry-After`", body = crate::openapi::ApiError),
     ),
     security(("bearer" = []))
 )]
@@ -97,6 +98,7 @@ pub async fn create_batch(
     idem: Idempotency,
     Json(input): Json<NewBatch>,
 ) -> Result<Response, FactoryError> {
+    let _turn = state.bulk_writes.turn().await?;
     let mut tx = state.pool.begin().await?;
     // Looked for first, unlike the other writes: repeating this side effect (up to 100,000
     // tags, the audit chain's head held meanwhile) only to roll it back would stall every

@@ -99,6 +99,42 @@ async fn a_batch_of_100000_tags_is_created_in_one_request() {
     assert_eq!(app.audit_count("batch.created").await, 1);
 }
 
+/// Batch creates take turns in an instance: one runs, the others wait without a connection of
+/// the API pool. Each used to wait (for the audit chain's head the running one holds) on a
+/// connection of its own, and 16 of them took the whole pool: every other request, sign-ins
+/// included, got 503. Here the first create is held on a lock of the tags table.
+#[tokio::test]
+async fn batch_creates_take_turns_without_holding_the_pool() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let product = app.product(&op.access).await;
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tags IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let req = json!({"product_id": product, "quantity": 5});
+    let creates: Vec<_> = (0..4)
+        .map(|_| {
+            let r = app.req(reqwest::Method::POST, "/v1/batches", Some(&op.access));
+            tokio::spawn(r.json(&req).send())
+        })
+        .collect();
+    let busy = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                AND application_name = 'voketag-factory-api' AND state <> 'idle'";
+    app.count_until_positive(busy, || false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.count(busy).await, 1, "one create at a time holds a connection");
+    // Other requests are served meanwhile.
+    let r = app.get(&format!("/v1/products/{product}"), &op.access).await;
+    assert_eq!(r.status(), 200);
+    lock.rollback().await.unwrap();
+    for create in creates {
+        assert_eq!(create.await.unwrap().unwrap().status(), 201);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 4);
+}
+
 #[tokio::test]
 async fn batch_input_is_validated() {
     let app = spawn_app().await;
