@@ -1,11 +1,16 @@
 //! Password hashing with argon2id (PHC strings), off the async runtime's worker threads.
 //!
 //! Each hash or verification holds 19 MiB for its whole run. Login is unauthenticated, so how
-//! many run at once is bounded by [`RUNNING`] permits, one per core: further requests wait
-//! their turn as small futures (and give up with their request timeout), rather than each
-//! taking a blocking thread and 19 MiB (up to 512 threads, almost 10 GiB).
+//! many run at once is bounded by [`TURNS`], one per core: further requests wait their turn as
+//! small futures, rather than each taking a blocking thread and 19 MiB (up to 512 threads,
+//! almost 10 GiB). The wait is bounded too, in time and in number: a login attempt runs to its
+//! end even when its client leaves (`auth::routes::login`), so with no bound, a flood of
+//! attempts whose clients hung up at once would queue without end, and a real sign-in behind
+//! them would wait as long. Past either bound: 503 with `Retry-After` at once.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -14,26 +19,78 @@ use tokio::sync::Semaphore;
 
 use crate::error::FactoryError;
 
-/// Hashes and verifications allowed to run at once: one per core.
-static RUNNING: LazyLock<Semaphore> = LazyLock::new(|| {
-    Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+/// Hashes and verifications: one per core at once, at most [`WAITING_PER_CORE`] per core
+/// waiting, each at most [`TURN_WAIT`].
+static TURNS: LazyLock<Turns> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    Turns::new(cores, cores * WAITING_PER_CORE, TURN_WAIT)
 });
 
-/// Runs `work` on the blocking pool once a permit is free, holding the permit until it ends
-/// (the blocking task runs to its end even if the request is dropped meanwhile).
+/// How long a hash or verification waits for its turn. About 400 run per core in that time.
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
+/// How many may wait per core: more than its share of [`TURN_WAIT`] would not get a turn in
+/// time anyway.
+const WAITING_PER_CORE: usize = 400;
+
+/// Turns at something costly: so many at once, so many waiting, so long a wait.
+struct Turns {
+    running: Semaphore,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    wait: Duration,
+}
+
+impl Turns {
+    fn new(at_once: usize, max_waiting: usize, wait: Duration) -> Self {
+        Self {
+            running: Semaphore::new(at_once),
+            waiting: AtomicUsize::new(0),
+            max_waiting,
+            wait,
+        }
+    }
+
+    /// Runs `work` on the blocking pool once it has a turn, holding the turn until it ends
+    /// (the blocking task runs to its end even if the caller is dropped meanwhile). 503 when
+    /// too many wait already, or the turn does not come in time.
+    async fn run<T: Send + 'static>(
+        &'static self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, FactoryError> {
+        let busy = || {
+            metrics::counter!("password_checks_refused_total").increment(1);
+            FactoryError::Busy("sign-ins")
+        };
+        let permit = match self.running.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(busy());
+                }
+                let turn = tokio::time::timeout(self.wait, self.running.acquire()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match turn {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) | Err(_) => return Err(busy()),
+                }
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| FactoryError::Internal(format!("password task: {e}")))
+    }
+}
+
+/// [`Turns::run`] on the process's [`TURNS`].
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, FactoryError> {
-    let permit = RUNNING
-        .acquire()
-        .await
-        .map_err(|e| FactoryError::Internal(format!("password permits: {e}")))?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work()
-    })
-    .await
-    .map_err(|e| FactoryError::Internal(format!("password task: {e}")))
+    TURNS.run(work).await
 }
 
 /// Hashes `password` with argon2id and a fresh random salt.
@@ -102,6 +159,42 @@ mod tests {
         let peak = peak.load(Ordering::SeqCst);
         assert!(peak <= cores, "{peak} ran at once on {cores} cores");
         assert!(peak >= 1);
+    }
+
+    /// With one running and two waiting, a fourth is refused at once; a waiter whose turn
+    /// does not come within the bound is refused then. Without the bounds, attempts whose
+    /// clients left (they run to their end) queued without end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_is_bounded_in_number_and_time() {
+        let turns: &'static Turns =
+            Box::leak(Box::new(Turns::new(1, 2, Duration::from_millis(300))));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let running = tokio::spawn(turns.run(move || hold.recv().ok()));
+        while turns.running.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waiters: Vec<_> = (0..2).map(|_| tokio::spawn(turns.run(|| ()))).collect();
+        while turns.waiting.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            turns.run(|| ()).await,
+            Err(FactoryError::Busy("sign-ins"))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "refused at once"
+        );
+        for waiter in waiters {
+            assert!(matches!(
+                waiter.await.unwrap(),
+                Err(FactoryError::Busy("sign-ins"))
+            ));
+        }
+        release.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        assert!(turns.run(|| ()).await.is_ok(), "a turn once one is free");
     }
 
     #[tokio::test]

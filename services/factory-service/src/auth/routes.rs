@@ -95,6 +95,7 @@ fn session_response(session: Session) -> Response {
         (status = 400, description = "`invalid_device_id`: X-Device-ID missing or not 16 to 128 visible ASCII characters", body = crate::openapi::ApiError),
         (status = 401, description = "`invalid_credentials`", body = crate::openapi::ApiError),
         (status = 429, description = "`rate_limited`: too many attempts for this IP or email, or the client is over its limit; wait `Retry-After` seconds", body = crate::openapi::RateLimitedError),
+        (status = 503, description = "`service_unavailable`: password checks are queued past their bound (at most 400 per core waiting, each at most 10 s); retry after `Retry-After`", body = crate::openapi::ApiError),
     )
 )]
 pub async fn login(

@@ -124,9 +124,15 @@ async fn batch_creates_take_turns_without_holding_the_pool() {
                 AND application_name = 'voketag-factory-api' AND state <> 'idle'";
     app.count_until_positive(busy, || false).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(app.count(busy).await, 1, "one create at a time holds a connection");
+    assert_eq!(
+        app.count(busy).await,
+        1,
+        "one create at a time holds a connection"
+    );
     // Other requests are served meanwhile.
-    let r = app.get(&format!("/v1/products/{product}"), &op.access).await;
+    let r = app
+        .get(&format!("/v1/products/{product}"), &op.access)
+        .await;
     assert_eq!(r.status(), 200);
     lock.rollback().await.unwrap();
     for create in creates {
