@@ -530,6 +530,52 @@ async fn made_up_keys_reach_the_database_only_within_a_budget() {
     assert_eq!(body["error"], "rate_limited", "{body}");
 }
 
+/// Once a network has spent its bad-key budget, its look-ups stay within the budget's rate
+/// however many it has in flight. It paid only after each answer, so every request in flight
+/// when a block (a token's time) ended reached the database: bursts of 40 made-up keys, one a
+/// second, made about 40 look-ups each instead of the 10 the budget earns in a second (600 a
+/// minute, from an IP rate of 60).
+#[tokio::test]
+async fn a_network_that_spent_its_bad_key_budget_stays_within_its_rate_under_concurrency() {
+    common::in_own_process!();
+    let env = TestEnv::new().await;
+    let app = std::sync::Arc::new(
+        env.spawn(&[
+            ("RATE_LIMIT_IP_PER_MINUTE", "60"),
+            ("RATE_LIMIT_IP_BURST", "5"),
+        ])
+        .await,
+    );
+    let tag = env.tag().await;
+    let made_up = || format!("vt_madeup00_{}", Uuid::new_v4().simple());
+    // The budget's burst of 100, and the one that finds it spent.
+    for _ in 0..101 {
+        app.scan_with_key(&tag, &made_up()).await;
+    }
+    let before = db_lookups(&app, "api_key").await;
+    let started = Instant::now();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let burst: Vec<_> = (0..40)
+            .map(|_| {
+                let (app, tag, key) = (app.clone(), tag.clone(), made_up());
+                tokio::spawn(async move { app.scan_with_key(&tag, &key).await.status() })
+            })
+            .collect();
+        for request in burst {
+            request.await.unwrap();
+        }
+    }
+    let looked_up = db_lookups(&app, "api_key").await - before;
+    // 10 a second earned meanwhile, and a few more for a slow machine's seconds.
+    let earned = started.elapsed().as_secs_f64() * 10.0;
+    assert!(
+        looked_up <= earned + 5.0,
+        "{looked_up} look-ups in {:?} (the budget earns {earned:.0})",
+        started.elapsed()
+    );
+}
+
 /// A busy client's valid key that has just left the caches: its concurrent requests are one
 /// database look-up, and the bad-key budget (here the IP burst of 5) refuses none of them.
 #[tokio::test]
