@@ -2,6 +2,7 @@
 //! health routes, graceful shutdown, the circuit breaker, and connection set-up.
 
 pub mod breaker;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod health;

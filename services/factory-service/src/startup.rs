@@ -166,6 +166,7 @@ impl Application {
             self.scans_retention_days,
             shutdown.clone(),
         ));
+        common::clock::spawn_watch(self.jobs_pool.clone(), shutdown.clone());
         // Audit checkpointer and background chain verifier.
         crate::audit::job::spawn(
             self.jobs_pool,

@@ -147,6 +147,7 @@ impl Application {
         };
         spawn_sweeper(scanner.clone(), background.clone());
         spawn_refresher(scanner.tags.clone(), background.clone());
+        common::clock::spawn_watch(read_pool.clone(), background.clone());
         let state = AppState {
             scanner: Arc::new(scanner),
             requests: Arc::default(),

@@ -202,3 +202,21 @@ async fn the_postgres_probe_reports_a_refusal_and_keeps_a_pooled_connection() {
     assert!(ended.iter().any(|&e| e), "sessions ended: {ended:?}");
     assert_eq!((probe.check)().await, Ok(()), "a new connection answers");
 }
+
+/// The instance measures its clock against the database's (`clock_offset_seconds`): nothing
+/// else showed an instance whose clock was off, only what went wrong because of it. Here both
+/// are this machine's clock.
+#[tokio::test]
+async fn the_clock_offset_from_the_database_is_measured() {
+    let app = crate::helpers::spawn_app().await;
+    let mut offset = None;
+    for _ in 0..100 {
+        offset = app.metric("clock_offset_seconds").await;
+        if offset.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let offset = offset.expect("clock_offset_seconds is exported");
+    assert!(offset.abs() < 1.0, "{offset} s off on one machine");
+}
