@@ -15,7 +15,7 @@ use std::time::Duration;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::FactoryError;
 
@@ -51,46 +51,65 @@ impl Turns {
         }
     }
 
-    /// Runs `work` on the blocking pool once it has a turn, holding the turn until it ends
-    /// (the blocking task runs to its end even if the caller is dropped meanwhile). 503 when
-    /// too many wait already, or the turn does not come in time.
-    async fn run<T: Send + 'static>(
-        &'static self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, FactoryError> {
+    /// Waits for a turn: 503 when too many wait already, or it does not come in time.
+    async fn turn(&'static self) -> Result<Turn, FactoryError> {
         let busy = || {
             metrics::counter!("password_checks_refused_total").increment(1);
             FactoryError::Busy("sign-ins")
         };
-        let permit = match self.running.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(busy());
-                }
-                let turn = tokio::time::timeout(self.wait, self.running.acquire()).await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                match turn {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) | Err(_) => return Err(busy()),
-                }
-            }
-        };
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| FactoryError::Internal(format!("password task: {e}")))
+        if let Ok(permit) = self.running.try_acquire() {
+            return Ok(Turn(permit));
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(busy());
+        }
+        // Counted out however the wait ends, the caller dropped meanwhile included.
+        let _waiting = Waiting(&self.waiting);
+        match tokio::time::timeout(self.wait, self.running.acquire()).await {
+            Ok(Ok(permit)) => Ok(Turn(permit)),
+            Ok(Err(_)) | Err(_) => Err(busy()),
+        }
     }
 }
 
-/// [`Turns::run`] on the process's [`TURNS`].
+/// One waiter of [`Turns`], counted out when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A turn at a hash or verification, held until dropped.
+pub struct Turn(#[allow(dead_code, reason = "held for its drop")] SemaphorePermit<'static>);
+
+/// Waits for a turn at a password check (one per core at once; see the module docs): 503
+/// `Busy` when too many wait already or it does not come within 10 s.
+pub async fn turn() -> Result<Turn, FactoryError> {
+    TURNS.turn().await
+}
+
+/// Runs `work` on the blocking pool in `turn`, holding it until the work ends (the blocking
+/// task runs to its end even if the caller is dropped meanwhile).
+async fn run_in<T: Send + 'static>(
+    turn: Turn,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, FactoryError> {
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await
+    .map_err(|e| FactoryError::Internal(format!("password task: {e}")))
+}
+
+/// Runs `work` once it has a turn at the process's [`TURNS`].
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, FactoryError> {
-    TURNS.run(work).await
+    run_in(TURNS.turn().await?, work).await
 }
 
 /// Hashes `password` with argon2id and a fresh random salt.
@@ -105,10 +124,15 @@ pub async fn hash(password: SecretString) -> Result<String, FactoryError> {
     .await?
 }
 
-/// Whether `password` matches the PHC string `hash`. A malformed stored hash counts as a
-/// mismatch (and is logged), so it can never let anyone in.
-pub async fn verify(password: SecretString, hash: String) -> Result<bool, FactoryError> {
-    bounded(move || match PasswordHash::new(&hash) {
+/// Whether `password` matches the PHC string `hash`, checked in `turn` (a login waits for its
+/// turn before it is detached from its request: see `auth::routes::login`). A malformed stored
+/// hash counts as a mismatch (and is logged), so it can never let anyone in.
+pub async fn verify(
+    turn: Turn,
+    password: SecretString,
+    hash: String,
+) -> Result<bool, FactoryError> {
+    run_in(turn, move || match PasswordHash::new(&hash) {
         Ok(parsed) => Argon2::default()
             .verify_password(password.expose_secret().as_bytes(), &parsed)
             .is_ok(),
@@ -161,59 +185,56 @@ mod tests {
         assert!(peak >= 1);
     }
 
-    /// With one running and two waiting, a fourth is refused at once; a waiter whose turn
-    /// does not come within the bound is refused then. Without the bounds, attempts whose
-    /// clients left (they run to their end) queued without end.
+    /// Polls `done` every 5 ms for up to 10 s.
+    async fn until(mut done: impl FnMut() -> bool) {
+        for _ in 0..2000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("not reached in 10 s");
+    }
+
+    /// With one turn taken and two waiting, a fourth is refused at once; a waiter whose turn
+    /// does not come within the bound is refused then; a waiter whose caller is dropped
+    /// leaves its place. Without the bounds, attempts whose clients left (they run to their
+    /// end) queued without end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_is_bounded_in_number_and_time() {
-        let turns: &'static Turns =
-            Box::leak(Box::new(Turns::new(1, 2, Duration::from_millis(300))));
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let running = tokio::spawn(turns.run(move || hold.recv().ok()));
-        while turns.running.available_permits() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let waiters: Vec<_> = (0..2).map(|_| tokio::spawn(turns.run(|| ()))).collect();
-        while turns.waiting.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let started = std::time::Instant::now();
+        let turns: &'static Turns = Box::leak(Box::new(Turns::new(1, 2, Duration::from_secs(2))));
+        let held = turns.turn().await.expect("the one turn");
+        let waiters: Vec<_> = (0..2).map(|_| tokio::spawn(turns.turn())).collect();
+        until(|| turns.waiting.load(Ordering::SeqCst) == 2).await;
         assert!(matches!(
-            turns.run(|| ()).await,
+            turns.turn().await,
             Err(FactoryError::Busy("sign-ins"))
         ));
-        assert!(
-            started.elapsed() < Duration::from_millis(200),
-            "refused at once"
-        );
         for waiter in waiters {
             assert!(matches!(
                 waiter.await.unwrap(),
                 Err(FactoryError::Busy("sign-ins"))
             ));
         }
-        release.send(()).unwrap();
-        running.await.unwrap().unwrap();
-        assert!(turns.run(|| ()).await.is_ok(), "a turn once one is free");
+        assert_eq!(turns.waiting.load(Ordering::SeqCst), 0);
+        // A waiter dropped while it waits.
+        let dropped = tokio::spawn(turns.turn());
+        until(|| turns.waiting.load(Ordering::SeqCst) == 1).await;
+        dropped.abort();
+        until(|| turns.waiting.load(Ordering::SeqCst) == 0).await;
+        drop(held);
+        assert!(turns.turn().await.is_ok(), "a turn once one is free");
     }
 
     #[tokio::test]
     async fn a_password_verifies_against_its_own_hash_only() {
         let hashed = hash(SecretString::from("correct horse")).await.unwrap();
-        assert!(
-            verify(SecretString::from("correct horse"), hashed.clone())
-                .await
-                .unwrap()
-        );
-        assert!(
-            !verify(SecretString::from("wrong horse"), hashed)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !verify(SecretString::from("x"), "not a phc string".into())
-                .await
-                .unwrap()
-        );
+        let check = |password: &str, hash: String| {
+            let password = SecretString::from(password);
+            async move { verify(turn().await.unwrap(), password, hash).await.unwrap() }
+        };
+        assert!(check("correct horse", hashed.clone()).await);
+        assert!(!check("wrong horse", hashed).await);
+        assert!(!check("x", "not a phc string".into()).await);
     }
 }

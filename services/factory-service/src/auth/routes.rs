@@ -10,9 +10,9 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::cookies;
 use super::extract::ClientInfo;
 use super::session::{self, Presented, Session};
+use super::{cookies, password};
 use crate::error::FactoryError;
 use crate::state::AppState;
 
@@ -106,14 +106,19 @@ pub async fn login(
 ) -> Result<Response, FactoryError> {
     let device_id = header_str(&headers, X_DEVICE_ID);
     let device_id = session::check_device_id(device_id.as_deref())?.to_owned();
-    // An attempt that reached the password check is decided, recorded and counted even when
-    // its client stops waiting (a timeout shorter than the check, a dropped connection): cut
-    // off with the request, a correct password spent the account's login budget without the
-    // refund a success gives (a client retrying that way locked its own account out), and no
-    // attempt, right or wrong, left an audit event.
+    let attempt = session::begin_login(&state, &body.email, &client)?;
+    // The wait for a turn at the password check belongs to the request: a client that leaves
+    // meanwhile leaves the queue too (its attempt, undecided, gives its place in the limits
+    // back, as does one refused a turn).
+    let turn = password::turn().await?;
+    // From its turn on, an attempt is decided, recorded and counted even when its client stops
+    // waiting (a timeout shorter than the check, a dropped connection): cut off with the
+    // request, a correct password spent the account's login budget without the refund a
+    // success gives (a client retrying that way locked its own account out), and no attempt,
+    // right or wrong, left an audit event.
     let tasks = state.after_answer.clone();
     let attempt = async move {
-        session::login(&state, &body.email, body.password, &device_id, &client).await
+        session::login(&state, attempt, turn, body.password, &device_id, &client).await
     };
     let session = tasks
         .spawn(tracing::Instrument::in_current_span(attempt))

@@ -130,14 +130,45 @@ fn token_reused() -> FactoryError {
     )
 }
 
-/// Signs in with email and password from `device_id`.
-pub async fn login(
+/// A login attempt that took its place in the login limits ([`begin_login`]). Dropped before
+/// it was decided (no turn at the password check came, the client left while it waited, the
+/// database failed), its place is given back: only failed attempts count.
+pub struct LoginAttempt {
+    by_ip: std::sync::Arc<Buckets>,
+    by_email: std::sync::Arc<Buckets>,
+    ip_key: String,
+    /// The address as given, normalized, cut to 254 characters: the email bucket's key.
+    email: String,
+    /// The address normalized, when it is one an account could have.
+    normalized: Option<String>,
+    /// A failed attempt: its place stays taken.
+    counted: bool,
+}
+
+impl LoginAttempt {
+    /// Keeps this attempt's place in the limits: it failed.
+    fn count(&mut self) {
+        self.counted = true;
+        metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.by_ip.refund(&self.ip_key);
+            self.by_email.refund(&self.email);
+        }
+    }
+}
+
+/// Takes a login attempt for `email` from the client's and the email's limits: 429 when either
+/// is spent.
+pub fn begin_login(
     state: &AppState,
     email: &str,
-    password_given: SecretString,
-    device_id: &str,
     client: &ClientInfo,
-) -> Result<Session, FactoryError> {
+) -> Result<LoginAttempt, FactoryError> {
     // Unparseable emails still go through the dummy verification: same answer, same time.
     // They match no account (every stored address passed `normalize_email`), so they are not
     // looked up: PostgreSQL would refuse some of them (a NUL) with an error instead of no row.
@@ -163,7 +194,28 @@ pub async fn login(
             retry_after: refusal.retry_after_secs,
         });
     }
+    Ok(LoginAttempt {
+        by_ip: state.login_by_ip.clone(),
+        by_email: state.login_by_email.clone(),
+        ip_key,
+        email,
+        normalized,
+        counted: false,
+    })
+}
 
+/// Decides `attempt` with its turn at the password check, from `device_id`: a session, or 401
+/// (counted in the limits). A success gives its place in the limits back, so signing in
+/// correctly again and again never locks an account out.
+pub async fn login(
+    state: &AppState,
+    mut attempt: LoginAttempt,
+    turn: password::Turn,
+    password_given: SecretString,
+    device_id: &str,
+    client: &ClientInfo,
+) -> Result<Session, FactoryError> {
+    let normalized = attempt.normalized.clone();
     let user = match &normalized {
         Some(email) => {
             let mut conn = state.pool.acquire().await?;
@@ -183,10 +235,11 @@ pub async fn login(
     let hash = active
         .as_ref()
         .map_or_else(|| state.dummy_hash.to_string(), |u| u.password_hash.clone());
-    let matches = password::verify(password_given, hash).await?;
+    let matches = password::verify(turn, password_given, hash).await?;
     let user = match active {
         Some(user) if matches => user,
         _ => {
+            attempt.count();
             let mut tx = state.pool.begin().await?;
             let (account, reason) = claimed;
             let (id, email) = account.unzip();
@@ -198,7 +251,6 @@ pub async fn login(
             }
             state.audit.append(&mut tx, event).await?;
             tx.commit().await?;
-            metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);
             return Err(invalid_credentials());
         }
     };
@@ -216,7 +268,7 @@ pub async fn login(
     // commits: an operator's `user set-password`, `end-sessions` or `disable` running meanwhile
     // (they hold the row) would otherwise miss the session this inserts.
     if !repo::lock_unchanged_user(&mut tx, user.id, &user.password_hash).await? {
-        metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);
+        attempt.count();
         return Err(invalid_credentials());
     }
     repo::insert_family(&mut tx, family_id, user.id, device_id, now).await?;
@@ -239,9 +291,9 @@ pub async fn login(
     state.audit.append(&mut tx, event).await?;
     tx.commit().await?;
     // Only failed attempts count against the login limits: a client that signs in correctly
-    // (a script or test suite logging in again and again) never locks the account out.
-    state.login_by_ip.refund(&ip_key);
-    state.login_by_email.refund(&email);
+    // (a script or test suite logging in again and again) never locks the account out. The
+    // attempt, uncounted, gives its place back when dropped.
+    drop(attempt);
     metrics::counter!("auth_logins_total", "result" => "success").increment(1);
     session(
         state,
@@ -466,6 +518,31 @@ fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An attempt dropped undecided (refused a turn at the password check, its client gone
+    /// while it waited, a database error) gives its place in both limits back; one counted as
+    /// failed keeps it. Refused a turn during a flood, a user retrying on `Retry-After` spent
+    /// the email's budget and was then locked out for a minute after the flood.
+    #[test]
+    fn an_attempt_dropped_undecided_gives_its_place_back() {
+        let limits = || std::sync::Arc::new(Buckets::new(0.001, 1));
+        let (by_ip, by_email) = (limits(), limits());
+        let attempt = |counted: bool| LoginAttempt {
+            by_ip: by_ip.clone(),
+            by_email: by_email.clone(),
+            ip_key: "198.51.100.7".to_owned(),
+            email: "a@example.com".to_owned(),
+            normalized: None,
+            counted,
+        };
+        for _ in 0..3 {
+            assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com").is_ok());
+            drop(attempt(false));
+        }
+        assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com").is_ok());
+        drop(attempt(true));
+        assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com").is_err());
+    }
 
     #[test]
     fn a_token_never_outlives_its_session() {

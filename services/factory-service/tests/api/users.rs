@@ -98,7 +98,8 @@ async fn password_matches(db: &TestDb, email: &str, password: &str) -> bool {
         .await
         .unwrap();
     assert!(hash.starts_with("$argon2id$"), "argon2id: {hash}");
-    factory_service::auth::password::verify(SecretString::from(password), hash)
+    let turn = factory_service::auth::password::turn().await.unwrap();
+    factory_service::auth::password::verify(turn, SecretString::from(password), hash)
         .await
         .unwrap()
 }
