@@ -97,11 +97,10 @@ pub fn batch_tag_ids(
     pool: &PgPool,
     batch_id: Uuid,
 ) -> impl Stream<Item = Result<String, sqlx::Error>> + '_ {
-    sqlx::query_scalar(BATCH_TAG_IDS).bind(batch_id).fetch(pool)
+    sqlx::query_scalar("SELECT tag_id FROM tags WHERE batch_id = $1 ORDER BY tag_id")
+        .bind(batch_id)
+        .fetch(pool)
 }
-
-/// Read in the order of `tags_batch_tag_idx` (batch_id, tag_id): no sort.
-const BATCH_TAG_IDS: &str = "SELECT tag_id FROM tags WHERE batch_id = $1 ORDER BY tag_id";
 
 #[derive(sqlx::FromRow)]
 struct TagRow {
@@ -160,59 +159,4 @@ pub async fn revoke_tag(
     .bind(reason)
     .fetch_optional(conn)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use common::testing::TestDb;
-
-    use super::*;
-
-    /// The tag CSV of a batch of 5,000 (among 100,000 tags) reads its ids in index order. It sorted them, every
-    /// download (spilling to disk for a batch of 100,000), with only an index on `batch_id`.
-    #[tokio::test]
-    async fn a_batch_s_tag_ids_are_read_in_index_order_without_a_sort() {
-        let db = TestDb::new().await;
-        let (product, batch) = (Uuid::new_v4(), Uuid::new_v4());
-        for sql in [
-            "INSERT INTO products (id, name, sku) VALUES ($1, 'Bag', 'SKU-1')",
-            "INSERT INTO batches (id, product_id, quantity) VALUES ($2, $1, 5000)",
-            "INSERT INTO tags (tag_id, batch_id, product_id) \
-             SELECT md5(i::text || $2::text), $2, $1 FROM generate_series(1, 5000) AS i",
-            "INSERT INTO batches (id, product_id, quantity) \
-             SELECT gen_random_uuid(), $1, 1000 FROM generate_series(1, 95)",
-        ] {
-            sqlx::query(sql)
-                .bind(product)
-                .bind(batch)
-                .execute(&db.pool)
-                .await
-                .expect("seed");
-        }
-        sqlx::query(
-            "INSERT INTO tags (tag_id, batch_id, product_id) \
-             SELECT md5(b.id::text || i::text), b.id, b.product_id \
-             FROM batches b, generate_series(1, 1000) AS i WHERE b.id <> $1",
-        )
-        .bind(batch)
-        .execute(&db.pool)
-        .await
-        .expect("other batches");
-        // As autovacuum leaves a table of this size: the visibility map set, so the ids come
-        // from the index alone.
-        sqlx::query("VACUUM ANALYZE tags")
-            .execute(&db.pool)
-            .await
-            .expect("vacuum");
-        let plan: serde_json::Value = sqlx::query_scalar(&format!(
-            "EXPLAIN (FORMAT JSON) {}",
-            BATCH_TAG_IDS.replace("$1", &format!("'{batch}'"))
-        ))
-        .fetch_one(&db.pool)
-        .await
-        .expect("explain");
-        let text = plan.to_string();
-        assert!(!text.contains("\"Sort\""), "{text}");
-        assert!(text.contains("tags_batch_tag_idx"), "{text}");
-    }
 }
