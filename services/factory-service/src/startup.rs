@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime, password};
-use crate::catalog::bulk::BulkWrites;
+use crate::catalog::bulk::BulkWork;
 use crate::config::{BootstrapAdmin, FactoryConfig};
 use crate::ratelimit::Buckets;
 use crate::state::{AppState, LOGIN_PER_EMAIL_PER_MINUTE, LOGIN_PER_IP_PER_MINUTE, Redis};
@@ -88,6 +88,7 @@ impl Application {
         let redis_pool =
             common::db::redis_pool(&config.common.redis_url, config.common.redis_timeout, 16)?;
         let limit = config.admin_rate_limit;
+        let bulk_wait = (request_timeout / 3).min(Duration::from_secs(10));
         let state = AppState {
             pool: pool.clone(),
             redis: Redis {
@@ -119,8 +120,9 @@ impl Application {
             body_limit: config.common.http.body_limit_bytes,
             after_answer: TaskTracker::new(),
             // As long as a lock may be waited for: a turn is a wait for the audit chain's head
-            // that holds no connection.
-            bulk_writes: BulkWrites::new((request_timeout / 3).min(Duration::from_secs(10))),
+            // (or the pool) that holds no connection.
+            batch_creates: BulkWork::batch_creates(bulk_wait),
+            tag_csv: BulkWork::tag_csv(bulk_wait),
         };
         if let Some(admin) = config.auth.bootstrap_admin.clone() {
             bootstrap(state.clone(), admin).await;

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
 use crate::auth::{CsrfKey, EndedSessions, JwtKeys, RefreshLifetime};
-use crate::catalog::bulk::BulkWrites;
+use crate::catalog::bulk::BulkWork;
 use crate::ratelimit::Buckets;
 
 /// Login attempts allowed per client IP: a burst, then this many a minute.
@@ -59,7 +59,9 @@ pub struct AppState {
     /// drained.
     pub after_answer: TaskTracker,
     /// Batch creates' turns (one at a time in an instance: `catalog::bulk`).
-    pub bulk_writes: BulkWrites,
+    pub batch_creates: BulkWork,
+    /// Tag CSV downloads' turns (two at a time in an instance: `catalog::bulk`).
+    pub tag_csv: BulkWork,
 }
 
 /// A Redis pool with the key prefix and per-call timeout of this deployment.

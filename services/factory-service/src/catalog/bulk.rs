@@ -1,4 +1,9 @@
-//! How many batch creates run at once in an instance.
+//! How many batch creates, and how many tag CSV downloads, run at once in an instance.
+//!
+//! A tag CSV download holds a connection of the API pool while PostgreSQL sorts up to 100,000
+//! ids and while the client reads them; one viewer asking for them again and again (16 at a
+//! time, within the admin rate limit) slowed every admin request to seconds. Two run at once;
+//! the others wait their turn the same way.
 //!
 //! A batch create is one transaction of up to 100,000 tags with its audit event, on a connection
 //! of the API pool, for a second or more. Creates take the audit chain's head from their event
@@ -16,31 +21,63 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::FactoryError;
 
-/// The turns of batch creates in this instance.
+/// Turns at one kind of bulk work in this instance.
 #[derive(Debug, Clone)]
-pub struct BulkWrites {
+pub struct BulkWork {
     turns: Arc<Semaphore>,
     wait: Duration,
+    /// What it is, for the 503 (`busy with other …`) and the log.
+    what: &'static str,
+    /// `…_refused_total`, counted when a turn does not come.
+    refused: metrics::Counter,
 }
 
-impl BulkWrites {
-    /// One create at a time; a create waits at most `wait` for its turn.
-    pub fn new(wait: Duration) -> Self {
+impl BulkWork {
+    /// `at_once` at a time; each waits at most `wait` for its turn.
+    pub fn new(
+        at_once: usize,
+        wait: Duration,
+        what: &'static str,
+        refused: metrics::Counter,
+    ) -> Self {
         Self {
-            turns: Arc::new(Semaphore::new(1)),
+            turns: Arc::new(Semaphore::new(at_once)),
             wait,
+            what,
+            refused,
         }
     }
 
-    /// Waits for this create's turn, which lasts until the permit is dropped; 503 when it
-    /// does not come within the bound.
+    /// Batch creates: one at a time (they hold the audit chain's head, so they would run one
+    /// after another anyway); `batch_creates_refused_total`.
+    pub fn batch_creates(wait: Duration) -> Self {
+        Self::new(
+            1,
+            wait,
+            "batch creation",
+            metrics::counter!("batch_creates_refused_total"),
+        )
+    }
+
+    /// Tag CSV downloads: two at a time; `tag_csv_refused_total`.
+    pub fn tag_csv(wait: Duration) -> Self {
+        Self::new(
+            2,
+            wait,
+            "tag downloads",
+            metrics::counter!("tag_csv_refused_total"),
+        )
+    }
+
+    /// Waits for a turn, which lasts until the permit is dropped; 503 when it does not come
+    /// within the bound.
     pub async fn turn(&self) -> Result<OwnedSemaphorePermit, FactoryError> {
         match tokio::time::timeout(self.wait, Arc::clone(&self.turns).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // Never closed; taken as busy all the same.
             Ok(Err(_)) | Err(_) => {
-                metrics::counter!("batch_creates_refused_total").increment(1);
-                Err(FactoryError::Busy("batch creation"))
+                self.refused.increment(1);
+                Err(FactoryError::Busy(self.what))
             }
         }
     }
@@ -52,7 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_create_waits_for_its_turn_and_is_refused_past_the_bound() {
-        let bulk = BulkWrites::new(Duration::from_millis(50));
+        let bulk = BulkWork::batch_creates(Duration::from_millis(50));
         let first = bulk.turn().await.expect("the first turn");
         assert!(matches!(
             bulk.turn().await,

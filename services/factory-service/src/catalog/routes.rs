@@ -98,17 +98,29 @@ pub async fn create_batch(
     idem: Idempotency,
     Json(input): Json<NewBatch>,
 ) -> Result<Response, FactoryError> {
-    let _turn = state.bulk_writes.turn().await?;
-    let mut tx = state.pool.begin().await?;
-    // Looked for first, unlike the other writes: repeating this side effect (up to 100,000
-    // tags, the audit chain's head held meanwhile) only to roll it back would stall every
-    // audited write.
-    if let Some(replay) = idem.recorded(&mut tx).await? {
-        return Ok(replay);
-    }
-    let batch = batches::create(&mut tx, &state.audit, &by, &client, input).await?;
-    idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &batch)
+    let turn = state.batch_creates.turn().await?;
+    // Runs to its end in a task of its own, holding its turn: cancelled with its request (a
+    // client's timeout), a create gave its turn up while PostgreSQL still carried out its
+    // statement on a connection of the pool, and the next create took the turn and another
+    // connection (with a key, the idempotency layer runs it so already).
+    let tasks = state.after_answer.clone();
+    let create = async move {
+        let _turn = turn;
+        let mut tx = state.pool.begin().await?;
+        // Looked for first, unlike the other writes: repeating this side effect (up to
+        // 100,000 tags, the audit chain's head held meanwhile) only to roll it back would
+        // stall every audited write.
+        if let Some(replay) = idem.recorded(&mut tx).await? {
+            return Ok(replay);
+        }
+        let batch = batches::create(&mut tx, &state.audit, &by, &client, input).await?;
+        idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &batch)
+            .await
+    };
+    tasks
+        .spawn(tracing::Instrument::in_current_span(create))
         .await
+        .map_err(|e| FactoryError::Internal(format!("batch create failed: {e}")))?
 }
 
 /// The batch's tag ids as CSV, one `tag_id` per line and no header line (CONTRACT 3.3), streamed
@@ -116,7 +128,8 @@ pub async fn create_batch(
 #[utoipa::path(
     get, path = "/v1/batches/{id}/tags", tag = "catalog",
     params(("id" = Uuid, Path)),
-    responses((status = 200, description = "CSV: one tag id per line, no header line", content_type = "text/csv", body = String), (status = 404, body = crate::openapi::ApiError)),
+    responses((status = 200, description = "CSV: one tag id per line, no header line", content_type = "text/csv", body = String), (status = 404, body = crate::openapi::ApiError),
+        (status = 503, description = "`service_unavailable`: tag downloads take turns, two at a time in an instance, and this one's turn did not come in time (a third of the request timeout, at most 10 s); retry after `Retry-After`", body = crate::openapi::ApiError)),
     security(("bearer" = []))
 )]
 pub async fn batch_tags_csv(
@@ -124,6 +137,8 @@ pub async fn batch_tags_csv(
     _: Authorized<AnyRole>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, FactoryError> {
+    // Held until the whole file is sent (`catalog::bulk`).
+    let turn = state.tag_csv.turn().await?;
     let mut conn = state.pool.acquire().await?;
     if !repo::batch_exists(&mut conn, id).await? {
         return Err(FactoryError::NotFound("batch"));
@@ -135,6 +150,7 @@ pub async fn batch_tags_csv(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let pool = state.pool.clone();
     tokio::spawn(async move {
+        let _turn = turn;
         let mut rows = repo::batch_tag_ids(&pool, id).chunks(CSV_ROWS_PER_CHUNK);
         while let Some(chunk) = rows.next().await {
             let mut buf = String::with_capacity(chunk.len() * 23);

@@ -114,18 +114,26 @@ async fn batch_creates_take_turns_without_holding_the_pool() {
         .await
         .unwrap();
     let req = json!({"product_id": product, "quantity": 5});
-    let creates: Vec<_> = (0..4)
+    // The first create's client stops waiting (no idempotency key) while it holds the turn:
+    // cancelled with its request, it gave the turn up while PostgreSQL went on waiting for it,
+    // and the next create took the turn and another connection.
+    let first = app
+        .req(reqwest::Method::POST, "/v1/batches", Some(&op.access))
+        .json(&req)
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(first.is_err_and(|e| e.is_timeout()), "held on the lock");
+    let creates: Vec<_> = (0..3)
         .map(|_| {
             let r = app.req(reqwest::Method::POST, "/v1/batches", Some(&op.access));
             tokio::spawn(r.json(&req).send())
         })
         .collect();
-    let busy = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                AND application_name = 'voketag-factory-api' AND state <> 'idle'";
-    app.count_until_positive(busy, || false).await;
+    app.count_until_positive(API_BUSY, || false).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
-        app.count(busy).await,
+        app.count(API_BUSY).await,
         1,
         "one create at a time holds a connection"
     );
@@ -138,7 +146,59 @@ async fn batch_creates_take_turns_without_holding_the_pool() {
     for create in creates {
         assert_eq!(create.await.unwrap().unwrap().status(), 201);
     }
+    // The first too: it ran to its end.
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 4);
+}
+
+/// The API pool's connections in use (not idle).
+const API_BUSY: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                        AND application_name = 'voketag-factory-api' AND state <> 'idle'";
+
+/// Tag CSV downloads take turns, two at a time in an instance: each holds a connection of the
+/// API pool while PostgreSQL sorts its batch's ids and the client reads them, and a viewer
+/// asking again and again (within the rate limit) slowed every admin request to seconds. Here
+/// the downloads are held on a lock of the tags table.
+#[tokio::test]
+async fn tag_downloads_take_turns_two_at_a_time() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let product = app.product(&op.access).await;
+    let batch = body(
+        app.post(
+            "/v1/batches",
+            &op.access,
+            &json!({"product_id": product, "quantity": 5}),
+            None,
+        )
+        .await,
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut lock = app.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let path = format!("/v1/batches/{batch}/tags");
+    let downloads: Vec<_> = (0..5)
+        .map(|_| {
+            let r = app.req(reqwest::Method::GET, &path, Some(&op.access));
+            tokio::spawn(async move { r.send().await?.text().await })
+        })
+        .collect();
+    app.count_until_positive(API_BUSY, || false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        app.count(API_BUSY).await,
+        2,
+        "two downloads at a time hold a connection"
+    );
+    lock.rollback().await.unwrap();
+    for download in downloads {
+        assert_eq!(download.await.unwrap().unwrap().lines().count(), 5);
+    }
 }
 
 #[tokio::test]
