@@ -90,9 +90,11 @@ async fn serve_connections(
     http.timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         // hyper's default `half_close(false)` is kept: the end of a client's input is taken for
-        // the client gone, and its request is dropped, its work cancelled (an abandoned batch
-        // or verification stops at once). A client that half-closes after sending its request
-        // (RFC 9112 9.6 allows it; `printf ... | nc` does it) therefore gets no answer.
+        // the client gone, and its request is dropped, its work cancelled (an abandoned
+        // verification stops at once; the factory runs the writes it must finish, keyed writes,
+        // batch creates and decided login attempts, in tasks of their own). A client that
+        // half-closes after sending its request (RFC 9112 9.6 allows it; `printf ... | nc` does
+        // it) therefore gets no answer.
         .max_buf_size(MAX_HEAD_BYTES);
     // Every connection task holds a receiver; when all are gone, every connection has closed.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());

@@ -202,7 +202,6 @@ pub(super) async fn settle(context: &Context, batch: Vec<Valid>, results: Vec<Ev
     futures::future::join_all(letters).await;
 }
 
-/// Seconds from a protobuf timestamp to now.
 /// Parses a message as a scan event, its `scanned_at` judged against the time the broker took
 /// the message rather than this machine's clock: a consumer whose clock ran 5 minutes slow took
 /// every valid event for one "in the future" and dead-lettered it, and `scan_count` stopped for
@@ -219,6 +218,7 @@ fn parse(message: &Message) -> Result<ScanEvent, Poison> {
     )
 }
 
+/// Seconds from a protobuf timestamp to now.
 fn seconds_since(seconds: i64, nanos: i32) -> f64 {
     let now = Utc::now();
     (now.timestamp() - seconds) as f64

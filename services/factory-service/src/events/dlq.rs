@@ -49,7 +49,8 @@ impl Default for ReadWindow {
 /// Which dead letters to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
-    /// Every message that was in the DLQ when the replay started.
+    /// Every message in the DLQ while the replay reads, those arriving meanwhile included,
+    /// except one holding what the run already republished (its replay failing again).
     All,
     /// The one with this DLQ message id or original message id.
     MessageId(String),
