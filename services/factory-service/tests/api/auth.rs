@@ -230,10 +230,12 @@ async fn login_needs_a_device_id_of_16_to_128_characters() {
 
 #[tokio::test]
 async fn access_tokens_expire() {
-    let app = spawn_app_with(|env| env.with("ACCESS_TOKEN_TTL_SEC", "1")).await;
+    // Two seconds: a token is expired at its `exp`, so one of a second's lifetime issued late
+    // in a second would already be expired by the first request.
+    let app = spawn_app_with(|env| env.with("ACCESS_TOKEN_TTL_SEC", "2")).await;
     let session = app.signed_in(Role::Admin).await;
     assert_eq!(app.get("/v1/api-keys", &session.access).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_error(
         app.get("/v1/api-keys", &session.access).await,
         401,
