@@ -138,6 +138,16 @@ impl FactoryError {
     }
 }
 
+/// The answer to a request whose handling ran in a task of its own (a keyed write, a batch
+/// create, a login attempt) and did not end: a panic is answered and logged as the
+/// catch-panic layer does for the others.
+pub fn task_failed(e: tokio::task::JoinError) -> Response {
+    match e.try_into_panic() {
+        Ok(payload) => common::http::panicked(payload),
+        Err(e) => FactoryError::Internal(format!("request task: {e}")).into_response(),
+    }
+}
+
 /// The 503 of [`FactoryError::Unavailable`], for a caller that has logged the failure with its
 /// cause already (one line per refused request, not two).
 pub fn unavailable_response() -> Response {
@@ -210,7 +220,9 @@ impl IntoResponse for FactoryError {
                 unavailable_response()
             }
             Self::Busy(work) => {
-                tracing::info!(work, "refused: no turn in time");
+                // Counted by its own metric; one line each would flood the logs of the very
+                // flood it sheds.
+                tracing::debug!(work, "refused: no turn in time");
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service_unavailable",

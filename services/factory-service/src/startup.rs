@@ -119,6 +119,7 @@ impl Application {
             idempotency_lease: config.common.http.request_timeout + Duration::from_secs(30),
             body_limit: config.common.http.body_limit_bytes,
             after_answer: TaskTracker::new(),
+            abandon: CancellationToken::new(),
             // As long as a lock may be waited for: a turn is a wait for the audit chain's head
             // (or the pool) that holds no connection.
             batch_creates: BulkWork::batch_creates(bulk_wait),
@@ -184,13 +185,16 @@ impl Application {
         )
         .await
         .context("serving HTTP");
-        // Each of these is a few Redis calls, every one bounded by `REDIS_TIMEOUT_MS`.
+        // Mostly a few Redis calls each, every one bounded by `REDIS_TIMEOUT_MS`.
         let after_answer = self.state.after_answer;
         after_answer.close();
-        if tokio::time::timeout(AFTER_ANSWER_GRACE, after_answer.wait())
-            .await
-            .is_err()
-        {
+        let grace = || tokio::time::timeout(AFTER_ANSWER_GRACE, after_answer.wait());
+        // Still running after the grace: writes whose clients left. Cut now, they give their
+        // claims back (a few Redis calls) within a second more.
+        if grace().await.is_err() && {
+            self.state.abandon.cancel();
+            grace().await.is_err()
+        } {
             tracing::warn!(
                 left = after_answer.len(),
                 "work left by requests (idempotency results to store in Redis, keyed writes \

@@ -8,6 +8,7 @@ use common::db::RedisCallError;
 use common::{BreakerError, CircuitBreaker};
 use futures::FutureExt as _;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditLog;
@@ -58,6 +59,10 @@ pub struct AppState {
     /// attempts, which run to their end), waited for at shutdown after the requests have
     /// drained.
     pub after_answer: TaskTracker,
+    /// Cancelled at shutdown once [`AppState::after_answer`]'s grace is over: keyed writes still
+    /// running then are cut while the runtime can still give their claims back (dropped with
+    /// the runtime, they left them to their leases: 409 to every retry for a minute).
+    pub abandon: CancellationToken,
     /// Batch creates' turns (one at a time in an instance: `catalog::bulk`).
     pub batch_creates: BulkWork,
     /// Tag CSV downloads' turns (two at a time in an instance: `catalog::bulk`).

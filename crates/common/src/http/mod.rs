@@ -85,8 +85,8 @@ async fn fallback() -> axum::response::Response {
 }
 
 /// The answer to a request whose handling panicked; the panic is logged (the client sees none
-/// of it).
-fn panicked(payload: Box<dyn std::any::Any + Send>) -> Response {
+/// of it). Also for handling run in a task of its own, whose panic the layer does not see.
+pub fn panicked(payload: Box<dyn std::any::Any + Send>) -> Response {
     let message = payload
         .downcast_ref::<&str>()
         .copied()

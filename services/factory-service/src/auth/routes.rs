@@ -120,11 +120,13 @@ pub async fn login(
     let attempt = async move {
         session::login(&state, attempt, turn, body.password, &device_id, &client).await
     };
-    let session = tasks
+    match tasks
         .spawn(tracing::Instrument::in_current_span(attempt))
         .await
-        .map_err(|e| FactoryError::Internal(format!("login attempt failed: {e}")))??;
-    Ok(session_response(session))
+    {
+        Ok(session) => Ok(session_response(session?)),
+        Err(e) => Ok(crate::error::task_failed(e)),
+    }
 }
 
 /// Exchanges the refresh cookie for a new access token; both cookies are rotated.

@@ -120,7 +120,7 @@ pub async fn create_batch(
     tasks
         .spawn(tracing::Instrument::in_current_span(create))
         .await
-        .map_err(|e| FactoryError::Internal(format!("batch create failed: {e}")))?
+        .unwrap_or_else(|e| Ok(crate::error::task_failed(e)))
 }
 
 /// The batch's tag ids as CSV, one `tag_id` per line and no header line (CONTRACT 3.3), streamed

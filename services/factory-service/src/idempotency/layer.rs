@@ -139,20 +139,32 @@ async fn detached(
     next: Next,
 ) -> Response {
     let tasks = state.after_answer.clone();
+    let abandon = state.abandon.clone();
     let run = async move {
-        // Counted when the run ends, however it ends (a panic, or the lease's bound, drops it
-        // here, and counts as `claimed`).
+        // Counted when the run ends, however it ends (a panic, the lease's bound or shutdown
+        // drops it here, and counts as `claimed`).
         let mut counted = CountOnDrop("claimed");
-        let lease = state.idempotency_lease;
-        match tokio::time::timeout(lease, run_claimed(&state, key, claim_value, req, next)).await {
-            Ok((label, response)) => {
-                counted.0 = label;
-                response
-            }
-            Err(_) => {
-                tracing::error!(
-                    lease_secs = lease.as_secs(),
-                    "an idempotent request ran as long as its claim's lease; cut, its claim given back"
+        // The claim's lease began before this task did (the claim's round trip): the run ends
+        // a little before it, so the claim outlasts the run.
+        let bound = state.idempotency_lease.saturating_sub(LEASE_MARGIN);
+        let run = tokio::time::timeout(bound, run_claimed(&state, key, claim_value, req, next));
+        tokio::select! {
+            ran = run => match ran {
+                Ok((label, response)) => {
+                    counted.0 = label;
+                    response
+                }
+                Err(_) => {
+                    tracing::error!(
+                        bound_secs = bound.as_secs(),
+                        "an idempotent request ran as long as its claim's lease; cut, its claim given back"
+                    );
+                    crate::error::unavailable_response()
+                }
+            },
+            () = abandon.cancelled() => {
+                tracing::warn!(
+                    "an idempotent request still running at shutdown; cut, its claim given back"
                 );
                 crate::error::unavailable_response()
             }
@@ -160,9 +172,12 @@ async fn detached(
     };
     match tasks.spawn(tracing::Instrument::in_current_span(run)).await {
         Ok(response) => response,
-        Err(e) => FactoryError::Internal(format!("idempotent request failed: {e}")).into_response(),
+        Err(e) => crate::error::task_failed(e),
     }
 }
+
+/// How long before its claim's lease a keyed run is cut.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs a request whose key this process claimed, and stores its result if the claim still
 /// holds the key. Returns the response and its `idempotency_requests_total` outcome:
