@@ -356,10 +356,15 @@ async fn write_if_due(
     if let Some(b) = verify::check_extension(tx, &mut keys, from, &head).await? {
         return Err(refuse(b.seq, b.reason, b.detail));
     }
+    // Read again: the checks above may have taken a while (the first checkpoint of a long
+    // chain verifies all of it), and this is when it is signed.
+    let signed_at: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&mut *tx)
+        .await?;
     let mut checkpoint = Checkpoint {
         seq: head.seq,
         hash: head.hash,
-        signed_at: now.trunc_subsecs(6),
+        signed_at: signed_at.trunc_subsecs(6),
         key_id: signer.map(|s| s.key_id().to_owned()),
         signature: None,
     };

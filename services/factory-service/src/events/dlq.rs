@@ -298,6 +298,57 @@ fn format_age(d: chrono::TimeDelta) -> String {
 mod tests {
     use super::*;
 
+    /// What keeps `--all` from replaying in a loop: a replayed event that the consumer
+    /// dead-letters again (with other bookkeeping, an id and time of its own, and Pub/Sub's
+    /// attributes when its policy forwarded it) republishes exactly what the run already did;
+    /// another event does not.
+    #[test]
+    fn a_replay_dead_lettered_again_has_the_fingerprint_of_the_first_replay() {
+        let event = |id: &str| {
+            let mut m = Message::new()
+                .set_data(format!(r#"{{"event_id":"{id}"}}"#))
+                .set_attributes([("schema_version", "1"), ("event_type", "scan")]);
+            m.message_id = format!("original-{id}");
+            m
+        };
+        let letter = |reason, error: &str| dead_letter::DeadLetter {
+            reason,
+            error: error.to_owned(),
+            delivery_attempt: Some(5),
+            subscription: "projects/p/subscriptions/s",
+        };
+        let first = dead_letter::to_dlq_message(
+            &event("a"),
+            &letter(dead_letter::MAX_ATTEMPTS, "database unavailable"),
+            Utc::now(),
+        );
+        let replayed = dead_letter::to_replay_message(&first);
+        let mut received = replayed.clone();
+        received.message_id = "replayed-1".to_owned();
+        let mut again = dead_letter::to_dlq_message(
+            &received,
+            &letter(dead_letter::MAX_ATTEMPTS, "still unavailable"),
+            Utc::now() + chrono::TimeDelta::minutes(3),
+        );
+        again.attributes.insert(
+            "CloudPubSubDeadLetterSourceDeliveryCount".to_owned(),
+            "5".to_owned(),
+        );
+        assert_eq!(
+            fingerprint(&dead_letter::to_replay_message(&again)),
+            fingerprint(&replayed)
+        );
+        let other = dead_letter::to_dlq_message(
+            &event("b"),
+            &letter(dead_letter::MAX_ATTEMPTS, "database unavailable"),
+            Utc::now(),
+        );
+        assert_ne!(
+            fingerprint(&dead_letter::to_replay_message(&other)),
+            fingerprint(&replayed)
+        );
+    }
+
     #[test]
     fn an_entry_is_one_readable_block() {
         let now = Utc::now();
