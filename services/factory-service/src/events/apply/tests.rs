@@ -25,8 +25,10 @@ async fn seed_tags(pool: &PgPool, n: usize) -> Vec<String> {
     let tags: Vec<String> = (0..n)
         .map(|_| format!("T{}", Uuid::new_v4().simple()))
         .collect();
+    // Made well before any scan the tests date.
     sqlx::query(
-        "INSERT INTO tags (tag_id, batch_id, product_id) SELECT unnest($1::text[]), $2, $3",
+        "INSERT INTO tags (tag_id, batch_id, product_id, created_at) \
+         SELECT unnest($1::text[]), $2, $3, now() - interval '400 days'",
     )
     .bind(&tags)
     .bind(batch)
@@ -35,6 +37,28 @@ async fn seed_tags(pool: &PgPool, n: usize) -> Vec<String> {
     .await
     .unwrap();
     tags
+}
+
+/// A scan dated before its tag was made (a scanning instance whose clock ran a day behind)
+/// counts as scanned when the tag was made: `first_scanned_at` keeps the earliest date for
+/// good, and showed the tag scanned a day before it existed.
+#[tokio::test]
+async fn a_scan_dated_before_its_tag_was_made_counts_from_when_it_was_made() {
+    let db = TestDb::new().await;
+    let tag = seed_tags(&db.pool, 1).await.remove(0);
+    let made: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE tags SET created_at = now() WHERE tag_id = $1 RETURNING created_at",
+    )
+    .bind(&tag)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let early = event(&tag, made - TimeDelta::days(1));
+    assert_eq!(
+        applied(&apply_isolating(&db.pool, &[&early]).await),
+        [Applied::Recorded]
+    );
+    assert_eq!(tag_state(&db.pool, &tag).await, (1, Some(made)));
 }
 
 fn event(tag_id: &str, scanned_at: DateTime<Utc>) -> ScanEvent {
