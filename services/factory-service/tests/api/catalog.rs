@@ -163,16 +163,7 @@ async fn tag_downloads_take_turns_two_at_a_time() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
-    let batch = body(
-        app.post(
-            "/v1/batches",
-            &op.access,
-            &json!({"product_id": product, "quantity": 5}),
-            None,
-        )
-        .await,
-    )
-    .await["id"]
+    let batch = created_batch(&app, &op.access, &product, 5).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -234,16 +225,7 @@ async fn the_tag_csv_is_streamed() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
-    let batch = body(
-        app.post(
-            "/v1/batches",
-            &op.access,
-            &json!({"product_id": product, "quantity": 5000}),
-            None,
-        )
-        .await,
-    )
-    .await;
+    let batch = created_batch(&app, &op.access, &product, 5000).await;
     let viewer = app.signed_in(Role::Viewer).await;
     let mut r = app
         .get(
@@ -292,16 +274,7 @@ async fn tags_are_looked_up_and_revoked_and_the_scan_cache_entry_dropped() {
     let app = spawn_app().await;
     let op = app.signed_in(Role::Operator).await;
     let product = app.product(&op.access).await;
-    let batch = body(
-        app.post(
-            "/v1/batches",
-            &op.access,
-            &json!({"product_id": product, "quantity": 3}),
-            None,
-        )
-        .await,
-    )
-    .await;
+    let batch = created_batch(&app, &op.access, &product, 3).await;
     let tag: String = sqlx::query_scalar("SELECT tag_id FROM tags LIMIT 1")
         .fetch_one(&app.db.pool)
         .await
@@ -458,4 +431,23 @@ async fn text_with_a_nul_or_control_character_is_refused_not_a_server_error() {
         .login_raw("admin\u{0}@example.com", "whatever-password", "device-1")
         .await;
     assert!(r.status().is_client_error(), "{}", r.status());
+}
+
+/// Creates a batch of `quantity` tags of `product`; its body.
+async fn created_batch(
+    app: &crate::helpers::TestApp,
+    access: &str,
+    product: &str,
+    quantity: u32,
+) -> serde_json::Value {
+    let r = app
+        .post(
+            "/v1/batches",
+            access,
+            &json!({"product_id": product, "quantity": quantity}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    body(r).await
 }
