@@ -1,7 +1,7 @@
 //! SQL for products, batches and tags.
 
 use futures::Stream;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::batches::Batch;
@@ -92,14 +92,15 @@ pub async fn batch_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, sql
     Ok(found.is_some())
 }
 
-/// The batch's tag ids as a stream of rows read from the server as they are consumed.
+/// The batch's tag ids, in id order, as a stream of rows read from the server as they are
+/// consumed.
 pub fn batch_tag_ids(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     batch_id: Uuid,
 ) -> impl Stream<Item = Result<String, sqlx::Error>> + '_ {
     sqlx::query_scalar("SELECT tag_id FROM tags WHERE batch_id = $1 ORDER BY tag_id")
         .bind(batch_id)
-        .fetch(pool)
+        .fetch(conn)
 }
 
 #[derive(sqlx::FromRow)]
