@@ -197,9 +197,10 @@ impl Application {
         } {
             tracing::warn!(
                 left = after_answer.len(),
-                "work left by requests (idempotency results to store in Redis, keyed writes \
-                 whose clients went away) unfinished at shutdown; their claims expire with \
-                 their leases"
+                "work left by requests (idempotency results to store in Redis, claims to give \
+                 back, batch creates and login attempts whose clients went away) unfinished \
+                 at shutdown; it ends with the process (claims not given back expire with \
+                 their leases)"
             );
         }
         served

@@ -3,10 +3,10 @@
 //! Each hash or verification holds 19 MiB for its whole run. Login is unauthenticated, so how
 //! many run at once is bounded by [`TURNS`], one per core: further requests wait their turn as
 //! small futures, rather than each taking a blocking thread and 19 MiB (up to 512 threads,
-//! almost 10 GiB). The wait is bounded too, in time and in number: a login attempt runs to its
-//! end even when its client leaves (`auth::routes::login`), so with no bound, a flood of
-//! attempts whose clients hung up at once would queue without end, and a real sign-in behind
-//! them would wait as long. Past either bound: 503 with `Retry-After` at once.
+//! almost 10 GiB). The wait is bounded too, in time and in number: with no bound, a flood of
+//! attempts (from about a hundred addresses, each within its own limit) made every real sign-in
+//! wait behind it until its request timed out. Past either bound: 503 with `Retry-After` at
+//! once.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -206,10 +206,15 @@ mod tests {
         let held = turns.turn().await.expect("the one turn");
         let waiters: Vec<_> = (0..2).map(|_| tokio::spawn(turns.turn())).collect();
         until(|| turns.waiting.load(Ordering::SeqCst) == 2).await;
+        let asked = std::time::Instant::now();
         assert!(matches!(
             turns.turn().await,
             Err(FactoryError::Busy("sign-ins"))
         ));
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "refused at once, not after the 2 s wait"
+        );
         for waiter in waiters {
             assert!(matches!(
                 waiter.await.unwrap(),

@@ -131,8 +131,10 @@ fn token_reused() -> FactoryError {
 }
 
 /// A login attempt that took its place in the login limits ([`begin_login`]). Dropped before
-/// it was decided (no turn at the password check came, the client left while it waited, the
-/// database failed), its place is given back: only failed attempts count.
+/// its password was checked (no turn at the check came, the client left while it waited, the
+/// user's look-up failed), its place is given back; after, only a success gives it back
+/// ([`LoginAttempt::succeeded`]): only failed attempts count, and a checked one is never
+/// given back by a failure that follows the check.
 pub struct LoginAttempt {
     by_ip: std::sync::Arc<Buckets>,
     by_email: std::sync::Arc<Buckets>,
@@ -141,23 +143,39 @@ pub struct LoginAttempt {
     email: String,
     /// The address normalized, when it is one an account could have.
     normalized: Option<String>,
-    /// A failed attempt: its place stays taken.
-    counted: bool,
+    /// Its password was checked: its place is given back only by [`LoginAttempt::succeeded`].
+    checked: bool,
 }
 
 impl LoginAttempt {
-    /// Keeps this attempt's place in the limits: it failed.
-    fn count(&mut self) {
-        self.counted = true;
+    /// Its password has been checked.
+    fn checked(&mut self) {
+        self.checked = true;
+    }
+
+    /// It failed: its place stays taken.
+    fn failed(&mut self) {
+        self.checked = true;
         metrics::counter!("auth_logins_total", "result" => "invalid_credentials").increment(1);
+    }
+
+    /// It succeeded (committed): its place is given back.
+    fn succeeded(mut self) {
+        self.refund();
+        self.checked = true;
+        metrics::counter!("auth_logins_total", "result" => "success").increment(1);
+    }
+
+    fn refund(&self) {
+        self.by_ip.refund(&self.ip_key);
+        self.by_email.refund(&self.email);
     }
 }
 
 impl Drop for LoginAttempt {
     fn drop(&mut self) {
-        if !self.counted {
-            self.by_ip.refund(&self.ip_key);
-            self.by_email.refund(&self.email);
+        if !self.checked {
+            self.refund();
         }
     }
 }
@@ -200,7 +218,7 @@ pub fn begin_login(
         ip_key,
         email,
         normalized,
-        counted: false,
+        checked: false,
     })
 }
 
@@ -236,10 +254,11 @@ pub async fn login(
         .as_ref()
         .map_or_else(|| state.dummy_hash.to_string(), |u| u.password_hash.clone());
     let matches = password::verify(turn, password_given, hash).await?;
+    attempt.checked();
     let user = match active {
         Some(user) if matches => user,
         _ => {
-            attempt.count();
+            attempt.failed();
             let mut tx = state.pool.begin().await?;
             let (account, reason) = claimed;
             let (id, email) = account.unzip();
@@ -268,7 +287,7 @@ pub async fn login(
     // commits: an operator's `user set-password`, `end-sessions` or `disable` running meanwhile
     // (they hold the row) would otherwise miss the session this inserts.
     if !repo::lock_unchanged_user(&mut tx, user.id, &user.password_hash).await? {
-        attempt.count();
+        attempt.failed();
         return Err(invalid_credentials());
     }
     repo::insert_family(&mut tx, family_id, user.id, device_id, now).await?;
@@ -291,10 +310,8 @@ pub async fn login(
     state.audit.append(&mut tx, event).await?;
     tx.commit().await?;
     // Only failed attempts count against the login limits: a client that signs in correctly
-    // (a script or test suite logging in again and again) never locks the account out. The
-    // attempt, uncounted, gives its place back when dropped.
-    drop(attempt);
-    metrics::counter!("auth_logins_total", "result" => "success").increment(1);
+    // (a script or test suite logging in again and again) never locks the account out.
+    attempt.succeeded();
     session(
         state,
         user.id,
@@ -519,29 +536,36 @@ fn session(
 mod tests {
     use super::*;
 
-    /// An attempt dropped undecided (refused a turn at the password check, its client gone
-    /// while it waited, a database error) gives its place in both limits back; one counted as
-    /// failed keeps it. Refused a turn during a flood, a user retrying on `Retry-After` spent
+    /// An attempt dropped before its password was checked (refused a turn at the check, its
+    /// client gone while it waited, a database error) gives its place in both limits back, as
+    /// a success does; one whose password was checked keeps it, whatever fails after. Refused a turn during a flood, a user retrying on `Retry-After` spent
     /// the email's budget and was then locked out for a minute after the flood.
     #[test]
     fn an_attempt_dropped_undecided_gives_its_place_back() {
         let limits = || std::sync::Arc::new(Buckets::new(0.001, 1));
         let (by_ip, by_email) = (limits(), limits());
-        let attempt = |counted: bool| LoginAttempt {
+        let attempt = || LoginAttempt {
             by_ip: by_ip.clone(),
             by_email: by_email.clone(),
             ip_key: "198.51.100.7".to_owned(),
             email: "a@example.com".to_owned(),
             normalized: None,
-            counted,
+            checked: false,
         };
+        let take = || take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com");
         for _ in 0..3 {
-            assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com").is_ok());
-            drop(attempt(false));
+            assert!(take().is_ok());
+            drop(attempt());
         }
-        assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com").is_ok());
-        drop(attempt(true));
-        assert!(take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com").is_err());
+        // A success gives it back too.
+        assert!(take().is_ok());
+        attempt().succeeded();
+        // Checked, then a failure (the session's transaction, say): kept.
+        assert!(take().is_ok());
+        let mut checked = attempt();
+        checked.checked();
+        drop(checked);
+        assert!(take().is_err());
     }
 
     #[test]

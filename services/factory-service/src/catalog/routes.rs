@@ -102,7 +102,9 @@ pub async fn create_batch(
     // Runs to its end in a task of its own, holding its turn: cancelled with its request (a
     // client's timeout), a create gave its turn up while PostgreSQL still carried out its
     // statement on a connection of the pool, and the next create took the turn and another
-    // connection (with a key, the idempotency layer runs it so already).
+    // connection. With a key, the idempotency layer runs it so already (and cuts it at
+    // shutdown, which a task of its own here would outlive).
+    let keyed = idem.0.is_some();
     let tasks = state.after_answer.clone();
     let create = async move {
         let _turn = turn;
@@ -117,6 +119,9 @@ pub async fn create_batch(
         idem.commit(tx, state.idempotency_ttl, StatusCode::CREATED, &batch)
             .await
     };
+    if keyed {
+        return create.await;
+    }
     tasks
         .spawn(tracing::Instrument::in_current_span(create))
         .await

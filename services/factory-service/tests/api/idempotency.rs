@@ -442,15 +442,23 @@ async fn a_keyed_write_still_running_at_shutdown_gives_its_claim_back() -> TestR
     sqlx::query("LOCK TABLE products IN EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await?;
-    let cut = app
-        .req(Method::POST, "/v1/products", Some(&op.access))
-        .header("Idempotency-Key", "at-shutdown")
-        .json(&json!({"name": "Bag", "sku": "SHUTDOWN-1"}))
-        .timeout(Duration::from_millis(300))
-        .send()
+    let cut = tokio::spawn(
+        app.req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Idempotency-Key", "at-shutdown")
+            .json(&json!({"name": "Bag", "sku": "SHUTDOWN-1"}))
+            .send(),
+    );
+    let waiting = app
+        .count_until_positive(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'voketag-factory-api' AND wait_event_type = 'Lock'",
+            || false,
+        )
         .await;
-    assert!(cut.is_err_and(|e| e.is_timeout()), "held on the lock");
+    assert_eq!(waiting, 1, "held on the lock");
     assert_eq!(idempotency_entries(&app).await.len(), 1, "claimed");
+    // Its client goes away.
+    cut.abort();
     app.stop().await?;
     assert_eq!(
         idempotency_entries(&app).await,
