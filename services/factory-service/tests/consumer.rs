@@ -142,13 +142,18 @@ async fn seed_tags(pool: &PgPool, n: usize) -> Vec<String> {
     let mut tags = Vec::new();
     for _ in 0..n {
         let tag = format!("T{}", Uuid::new_v4().simple());
-        sqlx::query("INSERT INTO tags (tag_id, batch_id, product_id) VALUES ($1, $2, $3)")
-            .bind(&tag)
-            .bind(batch)
-            .bind(product)
-            .execute(pool)
-            .await
-            .expect("tag");
+        // Made well before any scan the tests date (a scan dated before its tag was made
+        // counts from when it was made).
+        sqlx::query(
+            "INSERT INTO tags (tag_id, batch_id, product_id, created_at) \
+             VALUES ($1, $2, $3, now() - interval '400 days')",
+        )
+        .bind(&tag)
+        .bind(batch)
+        .bind(product)
+        .execute(pool)
+        .await
+        .expect("tag");
         tags.push(tag);
     }
     tags
