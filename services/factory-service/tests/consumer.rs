@@ -1072,7 +1072,14 @@ async fn a_worker_serving_metrics_exports_every_outcome_from_the_start() {
     // Before any event: every outcome at zero, with its description, so rates and alerts work
     // from the first scrape. The consumer registers them as it is built; a recorder installed
     // after that would have lost them.
-    for outcome in ["applied", "duplicate", "poison", "retried", "dead_lettered"] {
+    for outcome in [
+        "applied",
+        "duplicate",
+        "expired",
+        "poison",
+        "retried",
+        "dead_lettered",
+    ] {
         let line = format!("scan_events_processed_total{{outcome=\"{outcome}\"}} 0");
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }

@@ -21,9 +21,13 @@ const COUNT_SCANS: &str = include_str!("sql/count_scans.sql");
 pub enum Applied {
     /// The scan was recorded and counted.
     Recorded,
-    /// The event was already recorded (or came earlier in the same batch), or was scanned
-    /// before the retention horizon (`events::retention`: it may have been); nothing changed.
+    /// The event was already recorded (or came earlier in the same batch); nothing changed.
     Duplicate,
+    /// The event was scanned before the retention horizon (`events::retention`): it may have
+    /// been recorded and counted already, its row since deleted, so nothing changed. Told apart
+    /// from a duplicate because it may also be a scan never counted (a scanning instance whose
+    /// clock ran far behind), which must not pass unseen.
+    Expired,
 }
 
 /// Why an event could not be applied.
@@ -118,10 +122,41 @@ pub async fn apply_batch(pool: &PgPool, events: &[&ScanEvent]) -> Result<Vec<App
         .bind(column(&unique, |e| e.user_agent.as_deref()))
         .fetch_all(&mut *tx)
         .await?;
+    // Which events were not inserted because they are older than the horizon: the horizon is
+    // read again only when some event was not inserted (it only moves forward, so an event
+    // below it now was below it, or was a duplicate, when it was refused).
+    let horizon: Option<DateTime<Utc>> = if inserted.len() < unique.len() {
+        // `-infinity` (never moved) is no bound, and chrono cannot hold it.
+        sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+            "SELECT before FROM scans_horizon WHERE isfinite(before)",
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten()
+    } else {
+        None
+    };
+    let not_inserted = |e: &ScanEvent| {
+        if horizon.is_some_and(|h| e.scanned_at < h) {
+            Applied::Expired
+        } else {
+            Applied::Duplicate
+        }
+    };
     if inserted.is_empty() {
         // Nothing to undo; ending the transaction here keeps an all-duplicate batch cheap.
         tx.rollback().await?;
-        return Ok(vec![Applied::Duplicate; events.len()]);
+        return Ok(events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if first.get(&e.event_id) == Some(&i) {
+                    not_inserted(e)
+                } else {
+                    Applied::Duplicate
+                }
+            })
+            .collect());
     }
 
     // Per tag: how many new scans and the earliest; a BTreeMap keeps the tags sorted.
@@ -150,10 +185,12 @@ pub async fn apply_batch(pool: &PgPool, events: &[&ScanEvent]) -> Result<Vec<App
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            if first.get(&e.event_id) == Some(&i) && recorded.contains(&e.event_id) {
+            if first.get(&e.event_id) != Some(&i) {
+                Applied::Duplicate
+            } else if recorded.contains(&e.event_id) {
                 Applied::Recorded
             } else {
-                Applied::Duplicate
+                not_inserted(e)
             }
         })
         .collect())

@@ -161,11 +161,16 @@ pub(super) async fn settle(context: &Context, batch: Vec<Valid>, results: Vec<Ev
     let max = i64::from(context.settings.max_delivery_attempts);
     let mut letters = Vec::new();
     let (mut retried, mut uncounted, mut last_error) = (0usize, 0usize, None);
+    let mut expired = 0usize;
     for (valid, result) in batch.into_iter().zip(results) {
         let delivery = valid.delivery;
         match result {
             Ok(Applied::Recorded) => delivery.ack(context, Outcome::Applied),
             Ok(Applied::Duplicate) => delivery.ack(context, Outcome::Duplicate),
+            Ok(Applied::Expired) => {
+                expired += 1;
+                delivery.ack(context, Outcome::Expired);
+            }
             Err(e) => {
                 let span = delivery.span();
                 span.record("event_id", tracing::field::display(valid.event.event_id));
@@ -193,6 +198,14 @@ pub(super) async fn settle(context: &Context, batch: Vec<Valid>, results: Vec<Ev
     }
     if let Some(e) = last_error {
         tracing::warn!(error = %e, events = retried, "scan events not applied; nacking for redelivery");
+    }
+    if expired > 0 {
+        // A redelivery after the sweep, or a scan dated by an instance whose clock ran behind
+        // by more than the retention: either way not counted, and said so.
+        tracing::warn!(
+            events = expired,
+            "scan events scanned before the retention horizon acked without being counted"
+        );
     }
     if uncounted > 0 {
         // Without a dead-letter policy Pub/Sub does not count deliveries, so these messages

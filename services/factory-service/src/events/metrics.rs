@@ -23,6 +23,8 @@ pub enum Outcome {
     Applied,
     /// Already recorded (a redelivery or a duplicate publish).
     Duplicate,
+    /// Scanned before the retention horizon: not recorded, not counted.
+    Expired,
     /// Could never succeed; sent to the DLQ at once.
     Poison,
     /// Failed for now; nacked for redelivery.
@@ -37,6 +39,7 @@ impl Outcome {
         match self {
             Self::Applied => "applied",
             Self::Duplicate => "duplicate",
+            Self::Expired => "expired",
             Self::Poison => "poison",
             Self::Retried => "retried",
             Self::DeadLettered => "dead_lettered",
@@ -70,9 +73,10 @@ pub fn batch_size(events: usize) {
 }
 
 /// Every outcome, for starting each series at zero.
-const OUTCOMES: [Outcome; 5] = [
+const OUTCOMES: [Outcome; 6] = [
     Outcome::Applied,
     Outcome::Duplicate,
+    Outcome::Expired,
     Outcome::Poison,
     Outcome::Retried,
     Outcome::DeadLettered,
