@@ -106,7 +106,8 @@ pub async fn login(
 ) -> Result<Response, FactoryError> {
     let device_id = header_str(&headers, X_DEVICE_ID);
     let device_id = session::check_device_id(device_id.as_deref())?.to_owned();
-    let attempt = session::begin_login(&state, &body.email, &client)?;
+    let mut attempt = session::begin_login(&state, &body.email, &client)?;
+    attempt.look_up(&state).await?;
     // The wait for a turn at the password check belongs to the request: a client that leaves
     // meanwhile leaves the queue too (its attempt, undecided, gives its place in the limits
     // back, as does one refused a turn).

@@ -145,9 +145,25 @@ pub struct LoginAttempt {
     normalized: Option<String>,
     /// Its password was checked: its place is given back only by [`LoginAttempt::succeeded`].
     checked: bool,
+    /// The account the address names, once [`LoginAttempt::look_up`] ran.
+    user: Option<repo::UserRow>,
 }
 
 impl LoginAttempt {
+    /// Looks up the account the address names. Before the attempt waits for its turn at the
+    /// password check, so that the turn (one of one per core) is not held through a database
+    /// round trip.
+    pub async fn look_up(&mut self, state: &AppState) -> Result<(), FactoryError> {
+        self.user = match &self.normalized {
+            Some(email) => {
+                let mut conn = state.pool.acquire().await?;
+                repo::user_by_email(&mut conn, email).await?
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
     /// Its password has been checked.
     fn checked(&mut self) {
         self.checked = true;
@@ -219,12 +235,14 @@ pub fn begin_login(
         email,
         normalized,
         checked: false,
+        user: None,
     })
 }
 
-/// Decides `attempt` with its turn at the password check, from `device_id`: a session, or 401
-/// (counted in the limits). A success gives its place in the limits back, so signing in
-/// correctly again and again never locks an account out.
+/// Decides `attempt` (looked up: [`LoginAttempt::look_up`]) with its turn at the password
+/// check, from `device_id`: a session, or 401 (counted in the limits). A success gives its
+/// place in the limits back, so signing in correctly again and again never locks an account
+/// out.
 pub async fn login(
     state: &AppState,
     mut attempt: LoginAttempt,
@@ -233,14 +251,7 @@ pub async fn login(
     device_id: &str,
     client: &ClientInfo,
 ) -> Result<Session, FactoryError> {
-    let normalized = attempt.normalized.clone();
-    let user = match &normalized {
-        Some(email) => {
-            let mut conn = state.pool.acquire().await?;
-            repo::user_by_email(&mut conn, email).await?
-        }
-        None => None,
-    };
+    let user = attempt.user.take();
     // What a failed attempt records: the account's own address when one matched, and never
     // text that matched none. That may be anything typed into the field (a password, say), and
     // the audit chain keeps it for good; anyone could write into the log with it too.
@@ -551,6 +562,7 @@ mod tests {
             email: "a@example.com".to_owned(),
             normalized: None,
             checked: false,
+            user: None,
         };
         let take = || take_login_attempt(&by_ip, &by_email, "198.51.100.7", "a@example.com");
         for _ in 0..3 {
