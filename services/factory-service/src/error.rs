@@ -83,55 +83,6 @@ impl FactoryError {
         }
     }
 
-    /// `value` without surrounding whitespace, or a 400 `validation_failed` naming `field` when
-    /// that is empty, longer than `max` characters, or holds a control character other than a
-    /// tab or a line break (PostgreSQL refuses NUL in text and jsonb; the rest has no place in
-    /// a name and would garble logs and the admin console).
-    pub fn check_text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Self> {
-        let trimmed = value.trim();
-        if trimmed.is_empty() || trimmed.chars().count() > max {
-            return Err(Self::validation(format!(
-                "`{field}` must be 1 to {max} characters."
-            )));
-        }
-        if trimmed
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-        {
-            return Err(Self::validation(format!(
-                "`{field}` must not contain control characters."
-            )));
-        }
-        Ok(trimmed)
-    }
-
-    /// [`FactoryError::check_text`] for a one-line value (a name, a SKU): line breaks (U+2028
-    /// and U+2029 too), tabs, and the bidirectional-text controls and marks (U+202A to U+202E,
-    /// U+2066 to U+2069, U+200E, U+200F, U+061C, which can make a name display as something
-    /// it is not) are refused too.
-    pub fn check_line<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Self> {
-        let trimmed = Self::check_text(field, value, max)?;
-        if trimmed.chars().any(|c| {
-            matches!(
-                c,
-                '\t' | '\n'
-                    | '\r'
-                    | '\u{2028}'
-                    | '\u{2029}'
-                    | '\u{200E}'
-                    | '\u{200F}'
-                    | '\u{061C}'
-                    | '\u{202A}'..='\u{202E}'
-                    | '\u{2066}'..='\u{2069}'
-            )
-        }) {
-            return Err(Self::validation(format!(
-                "`{field}` must be one line of text, without tabs or bidirectional controls."
-            )));
-        }
-        Ok(trimmed)
-    }
-
     /// A 401 with the given code.
     pub fn unauthorized(code: &'static str, detail: &'static str) -> Self {
         Self::Unauthorized { code, detail }

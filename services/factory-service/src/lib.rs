@@ -18,6 +18,7 @@ pub mod routes;
 pub mod scan_cache;
 pub mod startup;
 pub mod state;
+pub mod text;
 pub mod users;
 
 pub use config::FactoryConfig;

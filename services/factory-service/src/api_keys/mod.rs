@@ -28,9 +28,9 @@ pub const MAX_RATE_LIMIT_PER_MINUTE: i32 = 1_000_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// A name to recognise the key by: 1 to 200 characters once surrounding whitespace is
-    /// trimmed (whitespace only is refused), one line without control or bidirectional-control
-    /// characters; stored trimmed.
+    /// A name to recognise the key by: 1 to 200 characters (Unicode code points) once
+    /// surrounding whitespace is trimmed, one line, with something visible, without control,
+    /// bidirectional-control or noncharacter code points; stored trimmed.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Override of the scan service's per-key rate (requests per minute, 1 to 1,000,000).
@@ -43,7 +43,7 @@ impl NewApiKey {
     /// The trimmed name and the rate, or the 400 the route answers when the name or rate is
     /// out of bounds.
     pub fn validate(&self) -> Result<(&str, Option<i32>), FactoryError> {
-        let name = FactoryError::check_line("name", &self.name, 200)?;
+        let name = crate::text::line("name", &self.name, 200)?;
         let rate = match self.rate_limit_per_minute {
             None => None,
             Some(rate) => match i32::try_from(rate) {

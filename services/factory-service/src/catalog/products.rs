@@ -10,28 +10,32 @@ use super::repo;
 use crate::audit::{AuditLog, NewEvent};
 use crate::auth::{ClientInfo, Principal};
 use crate::error::FactoryError;
+use crate::text;
 
 /// Body of `POST /v1/products`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
-    /// Display name: 1 to 200 characters once surrounding whitespace is trimmed (whitespace
-    /// only is refused), one line without control or bidirectional-control characters;
-    /// stored trimmed.
+    /// Display name: 1 to 200 characters (Unicode code points) once surrounding whitespace is
+    /// trimmed, one line, with something visible, without control, bidirectional-control or
+    /// noncharacter code points; stored trimmed.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// Stock-keeping unit, unique: 1 to 100 characters once surrounding whitespace is trimmed
-    /// (whitespace only is refused), one line without control or bidirectional-control
-    /// characters; stored trimmed.
+    /// Stock-keeping unit, unique and case-sensitive: 1 to 100 characters (Unicode code
+    /// points) once surrounding whitespace is trimmed, one line, without control, format
+    /// (zero-width, byte-order mark, soft hyphen, bidirectional control) or noncharacter code
+    /// points; stored trimmed in Unicode normalization form C, so one written with combining
+    /// accents is the same SKU as one written with composed letters.
     #[schema(min_length = 1, max_length = 100)]
     pub sku: String,
 }
 
 impl NewProduct {
-    /// The trimmed name and SKU, or the 400 the route answers when either is out of bounds.
-    pub fn validate(&self) -> Result<(&str, &str), FactoryError> {
-        let name = FactoryError::check_line("name", &self.name, 200)?;
-        let sku = FactoryError::check_line("sku", &self.sku, 100)?;
+    /// The trimmed name and the stored form of the SKU, or the 400 the route answers when
+    /// either breaks its rules ([`crate::text`]).
+    pub fn validate(&self) -> Result<(&str, String), FactoryError> {
+        let name = text::line("name", &self.name, 200)?;
+        let sku = text::identifier("sku", &self.sku, 100)?;
         Ok((name, sku))
     }
 }
@@ -58,7 +62,7 @@ pub async fn create(
     input: NewProduct,
 ) -> Result<Product, FactoryError> {
     let (name, sku) = input.validate()?;
-    let product = repo::insert_product(conn, Uuid::now_v7(), name, sku).await?;
+    let product = repo::insert_product(conn, Uuid::now_v7(), name, &sku).await?;
     let event = NewEvent::new("product.created", by.actor())
         .target("product", product.id)
         .client(client.ip.clone(), client.user_agent.clone())
@@ -82,7 +86,7 @@ mod tests {
     fn validation_trims_and_counts_characters() {
         assert_eq!(
             product(" Bag ", "\tSKU-1\n").validate().unwrap(),
-            ("Bag", "SKU-1")
+            ("Bag", "SKU-1".to_owned())
         );
         // 200 two-byte characters are 200 characters, not 400.
         assert!(product(&"\u{e9}".repeat(200), "s").validate().is_ok());

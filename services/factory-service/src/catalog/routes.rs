@@ -17,7 +17,7 @@ use super::tags::{self, RevokeTag, RevokedTag, Tag};
 use crate::auth::{AnyRole, Authorized, CatalogWriter, ClientInfo};
 use crate::error::FactoryError;
 use crate::idempotency::{Idempotency, idempotent};
-use crate::path::Path;
+use crate::path::{Path, TagIdPath};
 use crate::state::AppState;
 
 /// Rows per chunk of the CSV stream: big enough to keep syscalls few, small enough to keep
@@ -196,7 +196,7 @@ pub async fn batch_tags_csv(
 pub async fn get_tag(
     State(state): State<AppState>,
     _: Authorized<AnyRole>,
-    Path(tag_id): Path<String>,
+    TagIdPath(tag_id): TagIdPath,
 ) -> Result<Json<Tag>, FactoryError> {
     let mut conn = state.pool.acquire().await?;
     Ok(Json(tags::find(&mut conn, &tag_id).await?))
@@ -221,7 +221,7 @@ pub async fn revoke_tag(
     Authorized(by, _): Authorized<CatalogWriter>,
     client: ClientInfo,
     idem: Idempotency,
-    Path(tag_id): Path<String>,
+    TagIdPath(tag_id): TagIdPath,
     Json(input): Json<RevokeTag>,
 ) -> Result<Response, FactoryError> {
     let mut tx = state.pool.begin().await?;

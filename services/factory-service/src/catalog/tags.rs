@@ -55,9 +55,10 @@ pub struct Tag {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeTag {
-    /// Why: 1 to 500 characters once surrounding whitespace is trimmed (whitespace only is
-    /// refused, as are control characters other than tab and line breaks); kept, trimmed,
-    /// with the tag and in the audit log.
+    /// Why: 1 to 500 characters (Unicode code points) once surrounding whitespace is trimmed,
+    /// with something visible; tabs and line breaks are allowed, other control characters,
+    /// bidirectional controls and noncharacters are not. Kept, trimmed, with the tag and in the
+    /// audit log.
     #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
 }
@@ -65,7 +66,7 @@ pub struct RevokeTag {
 impl RevokeTag {
     /// The trimmed reason, or the 400 the route answers when it is not 1 to 500 characters.
     pub fn validate(&self) -> Result<&str, FactoryError> {
-        FactoryError::check_text("reason", &self.reason, 500)
+        crate::text::text("reason", &self.reason, 500)
     }
 }
 
@@ -90,10 +91,15 @@ pub fn check_tag_id(id: &str) -> Result<(), FactoryError> {
     if tag_id::is_valid(id) {
         Ok(())
     } else {
-        Err(FactoryError::BadRequest {
-            code: "invalid_tag_id",
-            detail: "A tag id is 16 to 64 characters of A-Z a-z 0-9 _ -.".to_owned(),
-        })
+        Err(invalid_tag_id())
+    }
+}
+
+/// The 400 `invalid_tag_id` of a path that holds no tag id.
+pub fn invalid_tag_id() -> FactoryError {
+    FactoryError::BadRequest {
+        code: "invalid_tag_id",
+        detail: "A tag id is 16 to 64 characters of A-Z a-z 0-9 _ -.".to_owned(),
     }
 }
 

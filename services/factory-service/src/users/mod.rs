@@ -59,18 +59,10 @@ impl FromStr for Role {
     }
 }
 
-/// Lower-cases and checks an email address; the error says what is wrong.
+/// An email address as accounts are stored and found (trimmed, lower-cased, in Unicode
+/// normalization form C: [`crate::text::email`]); the error says what is wrong.
 pub fn normalize_email(raw: &str) -> Result<String, String> {
-    let email = raw.trim().to_lowercase();
-    let at = email.find('@');
-    let ok = email.len() <= 254
-        && at.is_some_and(|i| i > 0 && i + 1 < email.len())
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(email)
-    } else {
-        Err("not an email address".to_owned())
-    }
+    crate::text::email(raw).ok_or_else(|| "not an email address".to_owned())
 }
 
 /// Checks a new password's length; the error says what is wrong.

@@ -439,6 +439,146 @@ async fn text_with_a_nul_or_control_character_is_refused_not_a_server_error() {
     assert!(r.status().is_client_error(), "{}", r.status());
 }
 
+/// Names, SKUs and reasons are shown to people: a value must show what it is (crate `text`).
+#[tokio::test]
+async fn text_that_would_show_as_something_else_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    for (body, says) in [
+        // Nothing visible: zero-width spaces, a soft hyphen, a Hangul filler.
+        (
+            json!({"name": "\u{200B}\u{200B}", "sku": "VIS-1"}),
+            "visible",
+        ),
+        (json!({"name": "\u{AD}", "sku": "VIS-2"}), "visible"),
+        (json!({"name": "bag", "sku": "\u{3164}"}), "visible"),
+        // Noncharacters.
+        (
+            json!({"name": "bag\u{FFFE}", "sku": "NON-1"}),
+            "noncharacters",
+        ),
+        (
+            json!({"name": "bag", "sku": "NON\u{10FFFF}"}),
+            "noncharacters",
+        ),
+        // A SKU people tell apart by eye holds no format character.
+        (
+            json!({"name": "bag", "sku": "CAF\u{200B}\u{C9}"}),
+            "invisible",
+        ),
+        (json!({"name": "bag", "sku": "\u{FEFF}CAFE"}), "invisible"),
+    ] {
+        let r = app.post("/v1/products", &admin.access, &body, None).await;
+        let b = assert_error(r, 400, "validation_failed").await;
+        assert!(b["detail"].as_str().unwrap().contains(says), "{body}: {b}");
+    }
+    assert_error(
+        app.post(
+            "/v1/api-keys",
+            &admin.access,
+            &json!({"name": "\u{2060}"}),
+            None,
+        )
+        .await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 0);
+    // A reason with an override displayed "defective counterfeit" for "evitcefed counterfeit".
+    let product = app.product(&admin.access).await;
+    let batch = created_batch(&app, &admin.access, &product, 1).await;
+    let csv = app
+        .get(
+            &format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()),
+            &admin.access,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let tag = csv.lines().next().unwrap().to_owned();
+    let r = app
+        .post(
+            &format!("/v1/tags/{tag}/revoke"),
+            &admin.access,
+            &json!({"reason": "\u{202E}evitcefed\u{202C} counterfeit"}),
+            None,
+        )
+        .await;
+    let b = assert_error(r, 400, "validation_failed").await;
+    assert!(
+        b["detail"].as_str().unwrap().contains("bidirectional"),
+        "{b}"
+    );
+    // Joiners inside visible text are text (an emoji sequence, a Persian word).
+    let r = app
+        .post(
+            "/v1/products",
+            &admin.access,
+            &json!({"name": "👩🏽\u{200D}💻 می\u{200C}خواهم", "sku": "ZWJ-1"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+}
+
+/// "É" typed as one code point or as "E" and a combining accent is one SKU: stored composed, so
+/// the second form is the taken SKU, not a second product that looks the same.
+#[tokio::test]
+async fn a_sku_is_the_same_sku_in_either_unicode_form() {
+    let app = spawn_app().await;
+    let op = app.signed_in(Role::Operator).await;
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Café", "sku": "CAFE\u{301}-1"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(body(r).await["sku"], "CAF\u{C9}-1");
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Café", "sku": "CAF\u{C9}-1"}),
+            None,
+        )
+        .await;
+    assert_error(r, 409, "conflict").await;
+    // Case still tells SKUs apart (documented).
+    let r = app
+        .post(
+            "/v1/products",
+            &op.access,
+            &json!({"name": "Café", "sku": "caf\u{E9}-1"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+}
+
+/// A tag path whose percent-decoded bytes are not UTF-8 holds no tag id: `invalid_tag_id`, as
+/// the scan service answers, not the UUID paths' `invalid_id`.
+#[tokio::test]
+async fn a_tag_path_that_is_not_utf8_is_an_invalid_tag_id() {
+    let app = spawn_app().await;
+    let admin = app.signed_in(Role::Admin).await;
+    let path = "/v1/tags/%FF%FEabcdefghijklmnopq";
+    assert_error(app.get(path, &admin.access).await, 400, "invalid_tag_id").await;
+    let r = app
+        .post(
+            &format!("{path}/revoke"),
+            &admin.access,
+            &json!({"reason": "stolen"}),
+            None,
+        )
+        .await;
+    assert_error(r, 400, "invalid_tag_id").await;
+}
+
 /// Creates a batch of `quantity` tags of `product`; its body.
 async fn created_batch(
     app: &crate::helpers::TestApp,

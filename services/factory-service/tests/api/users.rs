@@ -104,6 +104,52 @@ async fn password_matches(db: &TestDb, email: &str, password: &str) -> bool {
         .unwrap()
 }
 
+/// An address is stored in one Unicode form, so it is found as either form is typed; and one
+/// that would display as another address (an override, a zero-width space) cannot be made:
+/// the console and the audit view showed such an account as `admin@example.com`.
+#[tokio::test]
+async fn an_email_is_one_account_in_either_unicode_form_and_shows_what_it_is() -> TestResult {
+    let app = spawn_app().await;
+    let out = user_create(&app.db, "Jose\u{301}@example.com", "viewer")
+        .env("FACTORY_USER_PASSWORD", PASSWORD)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: String = sqlx::query_scalar("SELECT email FROM users")
+        .fetch_one(&app.db.pool)
+        .await?;
+    assert_eq!(stored, "jos\u{E9}@example.com");
+    app.login("jos\u{E9}@example.com").await;
+    app.login("JOSE\u{301}@EXAMPLE.COM").await;
+    let out = user_create(&app.db, "JOS\u{C9}@example.com", "viewer")
+        .env("FACTORY_USER_PASSWORD", PASSWORD)
+        .output()?;
+    assert!(!out.status.success(), "the same address again");
+    for disguised in [
+        "\u{202E}moc.elpmaxe@nimda",
+        "admin\u{200B}@example.com",
+        "\u{FEFF}admin@example.com",
+    ] {
+        let out = user_create(&app.db, disguised, "viewer")
+            .env("FACTORY_USER_PASSWORD", PASSWORD)
+            .output()?;
+        assert!(!out.status.success(), "{disguised:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not an email address"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.db.pool)
+        .await?;
+    assert_eq!(users, 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn user_create_reads_the_password_from_the_environment_or_stdin() -> TestResult {
     let db = TestDb::new().await;
