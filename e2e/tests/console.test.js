@@ -238,6 +238,43 @@ describe('admin console', () => {
     await screenshot(page, '06-tag-revoked');
   });
 
+  it('counts lengths as the API does and keeps a right-to-left name apart from its SKU', async () => {
+    // The API counts characters (code points) once trimmed; HTML's maxlength counted UTF-16
+    // units and cut a name of emoji at half its limit.
+    await page.getByRole('link', { name: 'Products and batches' }).click();
+    const name = page.getByLabel('Product name');
+    assert.equal(await name.getAttribute('maxlength'), null);
+    await name.fill('😀'.repeat(200));
+    assert.equal(await name.evaluate((el) => el.validity.valid), true, '200 emoji are 200 characters');
+    await name.fill(` ${'😀'.repeat(200)} `);
+    assert.equal(await name.evaluate((el) => el.validity.valid), true, 'surrounding spaces are trimmed');
+    await name.fill('😀'.repeat(201));
+    assert.match(await name.evaluate((el) => el.validationMessage), /At most 200 characters/);
+
+    // A product named in Arabic ending in a number: in one run of text its SKU read as part of
+    // the name ("(200) 100 منتج"). Each is isolated now.
+    const sku = `200-${Date.now()}`;
+    await name.fill('منتج 100');
+    await page.getByLabel('SKU').fill(sku);
+    await page.getByRole('button', { name: 'Create product' }).click();
+    await page.getByRole('cell', { name: sku }).waitFor();
+    const productId = await page.getByRole('row').filter({ hasText: sku }).locator('code.id').textContent();
+    await page.getByLabel('Product id', { exact: true }).fill(productId);
+    await page.getByLabel('Quantity').fill('1');
+    await page.getByRole('button', { name: 'Create batch' }).click();
+    const download = page.waitForEvent('download');
+    await page.getByRole('button', { name: /Download tags CSV/ }).first().click();
+    const csv = await (await (await download).createReadStream()).toArray();
+    const tagId = Buffer.concat(csv).toString().trim().split('\n')[0];
+    await page.getByRole('link', { name: 'Tags' }).click();
+    await page.getByLabel('Tag id').fill(tagId);
+    await page.getByRole('button', { name: 'Look up' }).click();
+    await page.getByText('authentic').waitFor();
+    const product = page.locator('dt:text-is("Product") + dd');
+    assert.deepEqual(await product.locator('bdi').allTextContents(), ['منتج 100', sku]);
+    await screenshot(page, '07-right-to-left-product');
+  });
+
   it('refreshes once and retries when the API answers 401, without looping', async () => {
     await page.getByRole('link', { name: 'API keys' }).click();
     await page.getByRole('cell', { name: KEY_NAME, exact: true }).waitFor();

@@ -3,7 +3,7 @@
 
 import * as session from './session.js';
 import { describe } from './errors.js';
-import { cancelDialogs, notice } from './dom.js';
+import { cancelDialogs, notice, isolated } from './dom.js';
 import * as signin from './pages/signin.js';
 import * as keys from './pages/keys.js';
 import * as catalog from './pages/catalog.js';
@@ -46,7 +46,7 @@ async function show() {
     signin.render(main);
     return;
   }
-  whoami.textContent = `${user.email} (${user.role})`;
+  whoami.replaceChildren(isolated(user.email), ` (${user.role})`);
   const name = currentPage(user.role);
   document.title = `${PAGES[name].title} · VokeTag admin`;
   for (const link of topbar.querySelectorAll('nav a')) {

@@ -21,14 +21,32 @@ export function h(tag, props = {}, ...children) {
 
 let ids = 0;
 
-/** A labelled input: the label's `for` points at the input, so screen readers announce it. */
-export function field(label, props = {}, hint = null) {
+/**
+ * A labelled input: the label's `for` points at the input, so screen readers announce it.
+ * `maxchars` bounds the value as the API does: in characters (code points) once surrounding
+ * whitespace is trimmed. HTML's `maxlength` counts UTF-16 units, which cut an emoji or a rare
+ * CJK name at half the API's limit, and counts the spaces the API trims.
+ */
+export function field(label, { maxchars, ...props } = {}, hint = null) {
   const id = props.id ?? `f${++ids}`;
   const hintId = hint ? `${id}-hint` : undefined;
+  const input = h('input', { id, 'aria-describedby': hintId, ...props });
+  if (maxchars) {
+    input.addEventListener('input', () => {
+      const length = [...input.value.trim()].length;
+      input.setCustomValidity(length > maxchars ? `At most ${maxchars} characters (this has ${length}).` : '');
+    });
+  }
   return h('div', { class: 'field' },
     h('label', { for: id, text: label }),
-    h('input', { id, 'aria-describedby': hintId, ...props }),
+    input,
     hint && h('small', { id: hintId, class: 'hint', text: hint }));
+}
+
+/** Text whose direction is isolated from what surrounds it (`<bdi>`): a right-to-left name
+ * next to a SKU or a date cannot reorder them. */
+export function isolated(text) {
+  return h('bdi', { text });
 }
 
 /** A panel with a heading, for one task on a page. */

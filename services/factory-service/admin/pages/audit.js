@@ -2,17 +2,18 @@
 // signed checkpoint (which anyone may fetch and keep to detect a rewritten history later).
 
 import { get } from '../api.js';
-import { h, section, errorBox, when, table } from '../dom.js';
+import { h, section, errorBox, when, table, isolated } from '../dom.js';
 import { describe } from '../errors.js';
 
 const PAGE = 50;
 
 // A signed-in user (email, else id), the service itself ("system"), or someone not signed in:
 // a failed login, shown with the account it was against when the email given matched one.
+// Emails are isolated (<bdi>): right-to-left text in one cannot reorder what stands around it.
 function actorOf(e) {
-  if (e.actor_id) return e.actor_email ?? e.actor_id;
+  if (e.actor_id) return isolated(e.actor_email ?? e.actor_id);
   if (e.actor_email === 'system') return 'system';
-  return e.actor_email ? `anonymous (as ${e.actor_email})` : 'anonymous';
+  return e.actor_email ? h('span', {}, 'anonymous (as ', isolated(e.actor_email), ')') : 'anonymous';
 }
 
 export async function render(root) {

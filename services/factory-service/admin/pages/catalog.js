@@ -60,8 +60,8 @@ export async function render(root) {
   }
 
   const productForm = form({ class: 'inline' }, [
-    field('Product name', { name: 'name', required: true, maxlength: 200 }),
-    field('SKU', { name: 'sku', required: true, maxlength: 100 }),
+    field('Product name', { name: 'name', required: true, maxchars: 200 }),
+    field('SKU', { name: 'sku', required: true, maxchars: 100 }),
   ], 'Create product', async ({ name, sku }, el) => {
     const product = await createProduct.send('POST', '/v1/products', { name: name.trim(), sku: sku.trim() });
     products.set(product.id, product);

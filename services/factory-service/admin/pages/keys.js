@@ -72,7 +72,7 @@ export async function render(root) {
   }
 
   const createForm = form({ class: 'inline' }, [
-    field('Name', { name: 'name', required: true, maxlength: 200, placeholder: 'e.g. Retail app' }),
+    field('Name', { name: 'name', required: true, maxchars: 200, placeholder: 'e.g. Retail app' }),
     field('Rate limit per minute', { name: 'rate', type: 'number', min: 1, inputmode: 'numeric' }, 'Optional; the scan default applies when empty.'),
   ], 'Create key', async ({ name, rate }, el) => {
     const body = { name: name.trim() };

@@ -2,7 +2,7 @@
 
 import { Action } from '../action.js';
 import { get } from '../api.js';
-import { h, field, form, section, errorBox, notice, confirm, when } from '../dom.js';
+import { h, field, form, section, errorBox, notice, confirm, when, isolated } from '../dom.js';
 import { user } from '../session.js';
 
 // Surrounding spaces (a pasted id) are allowed here and trimmed before use.
@@ -17,16 +17,16 @@ export async function render(root) {
     const details = h('dl', { class: 'facts' },
       ...[
         ['Status', h('span', { class: `badge ${tag.status === 'authentic' ? 'ok' : 'revoked'}`, text: tag.status })],
-        ['Product', `${tag.product.name} (${tag.product.sku})`],
+        ['Product', [isolated(tag.product.name), ' (', isolated(tag.product.sku), ')']],
         ['Batch', h('code', { class: 'id', text: tag.batch_id })],
         ['Scans', String(tag.scan_count)],
         ['First scanned', when(tag.first_scanned_at)],
         ['Created', when(tag.created_at)],
-        tag.revoked_at && ['Revoked', `${when(tag.revoked_at)}: ${tag.revoked_reason ?? ''}`],
+        tag.revoked_at && ['Revoked', [when(tag.revoked_at), ': ', isolated(tag.revoked_reason ?? '')]],
       ].filter(Boolean).flatMap(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)]));
     const canRevoke = tag.status !== 'revoked' && ['admin', 'operator'].includes(user()?.role);
     const revokeForm = !canRevoke ? null : form({ class: 'inline' }, [
-      field('Reason', { name: 'reason', required: true, maxlength: 500 }),
+      field('Reason', { name: 'reason', required: true, maxchars: 500 }),
     ], 'Revoke tag', async ({ reason }) => {
       const ok = await confirm('Revoke this tag?', `Scans of ${tag.tag_id} will answer “revoked” within seconds. This cannot be undone.`, 'Revoke tag');
       if (!ok) return;
