@@ -12,7 +12,9 @@
 #   comma-separated, each KEY_ID=FILE),
 #   AUDIT_REQUIRE_SIGNATURES=1 (audit verify --require-signatures: every event must be signed), KEEP_SCRATCH=1 (keep the copy),
 #   RESTORE_SERVER_URL (a database URL on the server that gets the scratch copy; default DATABASE_URL).
+# Relative paths (BACKUP_DIR, FACTORY_BIN, key files) are read from the directory it is started in.
 set -euo pipefail
+BK_CALLER_DIR="$PWD"
 cd "$(dirname "$0")/.."
 BK_NAME=restore-test
 # shellcheck source=scripts/lib/backup.sh

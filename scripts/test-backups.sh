@@ -7,11 +7,13 @@
 #   4. verify-backups passes
 #   5. verify-backups fails when the newest backup is too old
 #   6. verify-backups fails on a corrupted backup
+#   7. restore-test started in another directory reads relative BACKUP_DIR and key files from there
 # It builds its own database voketag_backup_test_<pid> on the server of DATABASE_URL, migrates it
 # with `factory-service migrate` (or psql when the binary is missing) and fills it through the real
 # admin API (`factory-service serve` with a bootstrap admin) when it can, else with SQL.
 # Cases 1 and 4 need `factory-service audit verify` (FACTORY_BIN, default target/debug/factory-service).
 set -euo pipefail
+BK_CALLER_DIR="$PWD"
 cd "$(dirname "$0")/.."
 BK_NAME=test-backups
 # shellcheck source=scripts/lib/backup.sh
@@ -185,6 +187,17 @@ BACKUP_DIR="$work/tamper" run_case "restore-test fails on a tampered audit row" 
   scripts/restore_test.sh --selftest-tamper-audit
 BACKUP_DIR="$work/restore" run_case "verify-backups passes" pass 'OK: every check passed' \
   scripts/verify_backups.sh
+# An operator in the directory holding the keys, as the restore runbook has it
+# (infra/docs/DISASTER_RECOVERY.md section 7): the script changes to the repository's root, but
+# the paths are the operator's.
+from_elsewhere() { # restore-test with relative paths, run from $work; then the dump must be there
+  local keys=""
+  [ -f "$work/audit.pub.pem" ] && keys="backup-test=audit.pub.pem, audit-previous=$PWD/services/factory-service/tests/fixtures/audit_k2.pub.pem"
+  (cd "$work" && BACKUP_DIR=relative AUDIT_PUBLIC_KEY_FILE="$keys" "$OLDPWD/scripts/restore_test.sh") &&
+    compgen -G "$work/relative/*.dump" >/dev/null
+}
+run_case "restore-test reads relative paths from where it was started" pass 'OK: every check passed' \
+  from_elsewhere
 find "$work/restore" -name '*.dump' -exec touch -d '30 hours ago' {} +
 BACKUP_DIR="$work/restore" run_case "verify-backups fails on an old backup" fail 'FAILED:.*newest age' \
   scripts/verify_backups.sh

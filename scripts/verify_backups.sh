@@ -9,7 +9,9 @@
 #   manifest; default postgres://postgres@127.0.0.1:5432/voketag), FACTORY_BIN (default
 #   target/debug/factory-service), AUDIT_PUBLIC_KEY_FILE, AUDIT_REQUIRE_SIGNATURES=1, KEEP_SCRATCH=1, RESTORE_SERVER_URL (server
 #   for the scratch copy; default DATABASE_URL).
+# Relative paths (BACKUP_DIR, FACTORY_BIN, key files) are read from the directory it is started in.
 set -euo pipefail
+BK_CALLER_DIR="$PWD"
 cd "$(dirname "$0")/.."
 BK_NAME=verify-backups
 # shellcheck source=scripts/lib/backup.sh

@@ -9,6 +9,12 @@
 # compared with exactly what was dumped, even days later while the live database has moved on.
 
 BK_NAME="${BK_NAME:-backup}"
+# The scripts run from the repository's root, but paths the caller gives (BACKUP_DIR,
+# FACTORY_BIN, the files of AUDIT_PUBLIC_KEY_FILE) are the caller's: relative ones are read from
+# the directory the script was started in (BK_CALLER_DIR, set before the scripts change directory).
+bk_from_caller() { case "$1" in /* | "") printf '%s' "$1" ;; *) printf '%s/%s' "${BK_CALLER_DIR:-$PWD}" "$1" ;; esac; }
+[ -z "${FACTORY_BIN:-}" ] || FACTORY_BIN=$(bk_from_caller "$FACTORY_BIN")
+[ -z "${BACKUP_DIR:-}" ] || BACKUP_DIR=$(bk_from_caller "$BACKUP_DIR")
 FACTORY_BIN="${FACTORY_BIN:-${CARGO_TARGET_DIR:-target}/debug/factory-service}"
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/voketag}"
 BACKUP_DIR="${BACKUP_DIR:-./backups}"
@@ -282,7 +288,13 @@ run_audit_verify() {
     for key in "${keys[@]}"; do
       key="${key#"${key%%[![:space:]]*}"}"
       key="${key%"${key##*[![:space:]]}"}"
-      [ -n "$key" ] && args+=(--public-key "$key")
+      [ -n "$key" ] || continue
+      if [[ "$key" == *=* ]]; then
+        key="${key%%=*}=$(bk_from_caller "${key#*=}")"
+      else
+        key=$(bk_from_caller "$key")
+      fi
+      args+=(--public-key "$key")
     done
   fi
   # Where every event is signed (AUDIT_SIGN_EVENTS=true), a stripped signature is tampering too.
