@@ -121,18 +121,21 @@ locals {
     secondary = google_sql_database_instance.replica
   }
 
-  # Writes go to whichever instance is the writer; after a promotion that is the old replica.
-  db_writer_ip = local.db_instances[var.database_writer].private_ip_address
+  # Writes go to whichever instance is the writer; after a promotion that is the old replica,
+  # after a restore the restored instance (var.database_restored_writer_ip).
+  db_restored  = var.database_restored_writer_ip != ""
+  db_writer_ip = local.db_restored ? var.database_restored_writer_ip : local.db_instances[var.database_writer].private_ip_address
 
   db_url_base = "postgres://${google_sql_user.app.name}:${random_password.db.result}@%s:5432/${google_sql_database.voketag.name}?sslmode=require"
 
   database_url = format(local.db_url_base, local.db_writer_ip)
 
   # Scan look-ups read from the instance in their own region (the replica in the secondary),
-  # or from the writer everywhere while the replica is broken (var.scan_reads_from_writer).
+  # or from the writer everywhere while the replica is broken (var.scan_reads_from_writer) or
+  # replicates a timeline that was restored away (var.database_restored_writer_ip).
   database_read_urls = {
     for k, inst in local.db_instances : k => (
-      var.scan_reads_from_writer ? local.database_url : format(local.db_url_base, inst.private_ip_address)
+      var.scan_reads_from_writer || local.db_restored ? local.database_url : format(local.db_url_base, inst.private_ip_address)
     )
   }
 }

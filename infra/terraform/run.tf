@@ -39,6 +39,7 @@ locals {
     SCAN_EVENTS_TOPIC           = google_pubsub_topic.scan_events.name
     SCAN_EVENTS_SUBSCRIPTION    = google_pubsub_subscription.factory_scan_events.name
     SCAN_EVENTS_DLQ_TOPIC       = google_pubsub_topic.scan_events_dlq.name
+    REDIS_KEY_PREFIX            = var.redis_key_prefix
     REDIS_TIMEOUT_MS            = tostring(var.redis_timeout_ms)
     CIRCUIT_BREAKER_THRESHOLD   = "5"
     CIRCUIT_BREAKER_TIMEOUT_SEC = "60"

@@ -2,6 +2,8 @@
 # from Terraform; the audit signing key is created outside Terraform so the private key never
 # enters the state:
 #   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out audit.pem
+#   openssl pkey -in audit.pem -pubout -out audit.pub.pem   # the public key: publish it, and set
+#                                                           # audit_public_key_pem from it
 #   gcloud secrets versions add voketag-audit-signing-key --data-file=audit.pem && shred -u audit.pem
 # then set audit_signing_key_present = true.
 

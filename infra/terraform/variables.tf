@@ -133,6 +133,17 @@ variable "cors_origins" {
   }
 }
 
+variable "redis_key_prefix" {
+  description = "REDIS_KEY_PREFIX of every service: change it (vt -> vt2) after a database restore, so idempotent results, caches and buckets of the old timeline are not used (DISASTER_RECOVERY.md section 7)."
+  type        = string
+  default     = "vt"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_:.-]{1,64}$", var.redis_key_prefix))
+    error_message = "redis_key_prefix must be 1 to 64 characters of A-Z a-z 0-9 - _ : ."
+  }
+}
+
 variable "redis_timeout_ms" {
   description = "REDIS_TIMEOUT_MS: hard timeout of every Redis call on a request path."
   type        = number
@@ -263,6 +274,17 @@ variable "database_writer" {
   validation {
     condition     = contains(["primary", "secondary"], var.database_writer)
     error_message = "database_writer must be \"primary\" or \"secondary\"."
+  }
+}
+
+variable "database_restored_writer_ip" {
+  description = "Private IP of a restored instance (a point-in-time clone, or one loaded from a dump) that takes writes instead of database_writer's instance, and serves every region's reads until a replica of it exists (DISASTER_RECOVERY.md section 7). Empty: the instance database_writer names."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.database_restored_writer_ip == "" || can(cidrhost("${var.database_restored_writer_ip}/32", 0))
+    error_message = "database_restored_writer_ip must be empty or an IPv4 address."
   }
 }
 
