@@ -28,9 +28,10 @@ pub const MAX_RATE_LIMIT_PER_MINUTE: i32 = 1_000_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// A name to recognise the key by: 1 to 200 characters (Unicode code points) once
-    /// surrounding whitespace is trimmed, one line, with something visible, without control,
-    /// bidirectional-control or noncharacter code points; stored trimmed.
+    /// A name to recognise the key by: 1 to 200 characters (Unicode code points) once surrounding
+    /// whitespace is trimmed, one line; a value with nothing visible (whitespace only, zero-width
+    /// characters) is refused, as are control, bidirectional-control and noncharacter code points.
+    /// Stored trimmed.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Override of the scan service's per-key rate (requests per minute, 1 to 1,000,000).

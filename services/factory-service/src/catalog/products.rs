@@ -17,15 +17,15 @@ use crate::text;
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// Display name: 1 to 200 characters (Unicode code points) once surrounding whitespace is
-    /// trimmed, one line, with something visible, without control, bidirectional-control or
-    /// noncharacter code points; stored trimmed.
+    /// trimmed, one line; a value with nothing visible (whitespace only, zero-width characters) is
+    /// refused, as are control, bidirectional-control and noncharacter code points. Stored trimmed.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// Stock-keeping unit, unique and case-sensitive: 1 to 100 characters (Unicode code
-    /// points) once surrounding whitespace is trimmed, one line, without control, format
-    /// (zero-width, byte-order mark, soft hyphen, bidirectional control) or noncharacter code
-    /// points; stored trimmed in Unicode normalization form C, so one written with combining
-    /// accents is the same SKU as one written with composed letters.
+    /// Stock-keeping unit, unique and case-sensitive: 1 to 100 characters (Unicode code points)
+    /// once surrounding whitespace is trimmed, one line; a value with nothing visible is refused, as
+    /// are control, format (zero-width, byte-order mark, soft hyphen, bidirectional control) and
+    /// noncharacter code points. Stored trimmed in Unicode normalization form C, so one written with
+    /// combining accents is the same SKU as one written with composed letters.
     #[schema(min_length = 1, max_length = 100)]
     pub sku: String,
 }

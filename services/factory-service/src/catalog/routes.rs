@@ -211,7 +211,7 @@ pub async fn get_tag(
     ),
     responses(
         (status = 200, description = "Revoked (revoking a revoked tag answers its revocation again)", body = RevokedTag),
-        (status = 400, description = "`invalid_tag_id`: not 16 to 64 characters of A-Z, a-z, 0-9, _ and -; `validation_failed`: reason not 1 to 500 characters once trimmed, or holding control characters", body = crate::openapi::ApiError),
+        (status = 400, description = "`invalid_tag_id`: not 16 to 64 characters of A-Z, a-z, 0-9, _ and -; `validation_failed`: reason not 1 to 500 characters once trimmed, with nothing visible, or holding control, bidirectional-control or noncharacter code points", body = crate::openapi::ApiError),
         (status = 404, description = "`not_found`: no such tag", body = crate::openapi::ApiError),
     ),
     security(("bearer" = []))

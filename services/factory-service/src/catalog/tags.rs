@@ -55,10 +55,10 @@ pub struct Tag {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeTag {
-    /// Why: 1 to 500 characters (Unicode code points) once surrounding whitespace is trimmed,
-    /// with something visible; tabs and line breaks are allowed, other control characters,
-    /// bidirectional controls and noncharacters are not. Kept, trimmed, with the tag and in the
-    /// audit log.
+    /// Why: 1 to 500 characters (Unicode code points) once surrounding whitespace is trimmed; tabs
+    /// and line breaks are allowed; a value with nothing visible (whitespace only, zero-width
+    /// characters) is refused, as are other control, bidirectional-control and noncharacter code
+    /// points. Kept, trimmed, with the tag and in the audit log.
     #[schema(min_length = 1, max_length = 500)]
     pub reason: String,
 }
