@@ -80,7 +80,10 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
     };
     let fingerprint = hex::encode(key.fingerprint);
 
-    let outcome = store::claim(&state.redis, &key, state.idempotency_lease).await;
+    let outcome = match claim(&state, &key).await {
+        Ok(outcome) => outcome,
+        Err(e) => return crate::error::task_failed(e),
+    };
     let (label, response) = match outcome {
         Err(e) => {
             // While the breaker is open every keyed write is refused without a call, and the
@@ -92,23 +95,62 @@ pub async fn layer<P: Policy>(State(state): State<AppState>, req: Request, next:
             }
             ("unavailable", crate::error::unavailable_response())
         }
-        Ok(Claim::Acquired(value)) => {
+        Ok(Claimed::Ours(guard)) => {
             let req = Request::from_parts(parts, Body::from(bytes));
-            return detached(state, key, value, req, next).await;
+            return detached(state, key, guard, req, next).await;
         }
-        Ok(Claim::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
+        Ok(Claimed::InFlight(fp)) if fp == fingerprint => match recorded(&state, &key).await {
             Lookup::Found(record) => (found_outcome(&record), record),
             Lookup::None | Lookup::Unknown => {
                 ("in_use", FactoryError::IdempotencyKeyInUse.into_response())
             }
         },
-        Ok(Claim::Done(fp, stored)) if fp == fingerprint => ("replayed", replay(stored)),
-        Ok(Claim::InFlight(_) | Claim::Done(..)) => {
+        Ok(Claimed::Done(fp, stored)) if fp == fingerprint => ("replayed", replay(stored)),
+        Ok(Claimed::InFlight(_) | Claimed::Done(..)) => {
             ("reused", FactoryError::IdempotencyKeyReused.into_response())
         }
     };
     drop(CountOnDrop(label));
     response
+}
+
+/// What claiming a key found ([`Claim`], with a granted claim held by its guard).
+enum Claimed {
+    /// Ours: the request runs.
+    Ours(ClaimGuard),
+    /// Another run holds the key (the fingerprint of its request).
+    InFlight(String),
+    /// A run finished: its request's fingerprint and its result.
+    Done(String, StoredResponse),
+}
+
+/// Claims `key` in a task of its own, which hands a granted claim over in a [`ClaimGuard`].
+/// Awaited in the request, a claim that Redis granted after the request was dropped (its client
+/// went away while the `SET` was on its way) had nobody to run or release it, and every retry
+/// got 409 until its lease ran out (soak: 69 of 1,270 keyed writes whose clients timed out).
+/// Now the task ends anyway, and its guard, dropped unread with its output, gives the claim
+/// back: the run never began, so the retry runs it.
+async fn claim(
+    state: &AppState,
+    key: &IdempotencyKey,
+) -> Result<Result<Claimed, common::db::RedisCallError>, tokio::task::JoinError> {
+    let (redis, key, lease) = (state.redis.clone(), key.clone(), state.idempotency_lease);
+    let tasks = state.after_answer.clone();
+    let claiming = async move {
+        let claim = store::claim(&redis, &key, lease).await?;
+        Ok(match claim {
+            Claim::Acquired(value) => Claimed::Ours(ClaimGuard {
+                claim: Some((redis, key, value)),
+                tasks,
+            }),
+            Claim::InFlight(fp) => Claimed::InFlight(fp),
+            Claim::Done(fp, stored) => Claimed::Done(fp, stored),
+        })
+    };
+    state
+        .after_answer
+        .spawn(tracing::Instrument::in_current_span(claiming))
+        .await
 }
 
 /// Counts `idempotency_requests_total{outcome}` when dropped.
@@ -134,7 +176,7 @@ impl Drop for CountOnDrop {
 async fn detached(
     state: AppState,
     key: IdempotencyKey,
-    claim_value: String,
+    guard: ClaimGuard,
     req: Request,
     next: Next,
 ) -> Response {
@@ -147,7 +189,7 @@ async fn detached(
         // The claim's lease began before this task did (the claim's round trip): the run ends
         // a little before it, so the claim outlasts the run.
         let bound = state.idempotency_lease.saturating_sub(LEASE_MARGIN);
-        let run = tokio::time::timeout(bound, run_claimed(&state, key, claim_value, req, next));
+        let run = tokio::time::timeout(bound, run_claimed(&state, key, guard, req, next));
         tokio::select! {
             ran = run => match ran {
                 Ok((label, response)) => {
@@ -186,14 +228,10 @@ const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 async fn run_claimed(
     state: &AppState,
     key: IdempotencyKey,
-    claim_value: String,
+    mut guard: ClaimGuard,
     mut req: Request,
     next: Next,
 ) -> (&'static str, Response) {
-    let mut guard = ClaimGuard {
-        claim: Some((state.redis.clone(), key.clone(), claim_value)),
-        tasks: state.after_answer.clone(),
-    };
     req.extensions_mut().insert(key.clone());
     let response = next.run(req).await;
 

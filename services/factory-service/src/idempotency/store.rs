@@ -96,7 +96,7 @@ async fn try_claim(
     let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
     // A key that expires between SET NX and GET is simply claimed on the next turn.
     for _ in 0..3 {
-        let set: Option<String> = bounded(
+        let set = bounded(
             redis.timeout,
             redis::cmd("SET")
                 .arg(&name)
@@ -104,9 +104,18 @@ async fn try_claim(
                 .arg("NX")
                 .arg("PX")
                 .arg(lease.as_millis() as u64)
-                .query_async(&mut conn),
+                .query_async::<Option<String>>(&mut conn),
         )
-        .await?;
+        .await;
+        let set = match set {
+            Ok(set) => set,
+            // No answer in time (ours or the client's own response timeout), or a broken
+            // connection: the `SET` may have been carried out all the same.
+            Err(e) => {
+                withdraw(conn, name, value, lease);
+                return Err(e);
+            }
+        };
         if set.is_some() {
             return Ok(Claim::Acquired(value));
         }
@@ -152,6 +161,42 @@ async fn try_claim(
     }
     Ok(Claim::InFlight(hex::encode(key.fingerprint)))
 }
+
+/// Takes back a claim whose `SET` failed without an answer (a timeout, a broken connection):
+/// Redis may still carry it out (it was slow, or its answer was), and the claim would then hold
+/// the key for its whole lease with no run behind it, every retry answered 409 (soak). Sent on
+/// the connection the `SET` went out on, so Redis runs it after the `SET`; it deletes the key
+/// only if our claim holds it, so it is harmless when the `SET` was not carried out.
+fn withdraw(
+    mut conn: deadpool_redis::Connection,
+    name: String,
+    claim_value: String,
+    lease: Duration,
+) {
+    tokio::spawn(async move {
+        let withdrawn = tokio::time::timeout(
+            lease,
+            RELEASE
+                .key(&name)
+                .arg(&claim_value)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await;
+        match withdrawn {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a timed-out idempotency claim not withdrawn; it expires with its lease");
+            }
+            Err(_) => tracing::warn!(
+                "a timed-out idempotency claim not withdrawn in its lease; it has expired"
+            ),
+        }
+    });
+}
+
+/// Gives an in-flight claim back if it is still ours (`release.lua`).
+static RELEASE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("release.lua")));
 
 /// Stores the finished response for `ttl` in place of our claim `claim_value`. Returns
 /// `false` (and changes nothing) when the claim no longer holds the key: its lease ran out, so
@@ -219,8 +264,6 @@ async fn try_release(
     key: &IdempotencyKey,
     claim_value: &str,
 ) -> Result<(), RedisCallError> {
-    static RELEASE: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(include_str!("release.lua")));
     let mut conn = bounded(redis.timeout, redis.pool.get()).await?;
     bounded(
         redis.timeout,

@@ -430,6 +430,115 @@ async fn shutdown_waits_for_the_result_of_an_answered_request_to_be_stored() -> 
     Ok(())
 }
 
+/// Retries of `key` (the same product each time) until one is not 409 `idempotency_key_in_use`
+/// or `within` has passed; the last answer's status, and how many 409s came before it.
+async fn retry_until_not_in_use(
+    app: &TestApp,
+    access: &str,
+    key: &str,
+    sku: &str,
+    within: Duration,
+) -> (u16, usize) {
+    let until = tokio::time::Instant::now() + within;
+    let mut in_use = 0;
+    loop {
+        let r = app
+            .post(
+                "/v1/products",
+                access,
+                &json!({"name": "Bag", "sku": sku}),
+                Some(key),
+            )
+            .await;
+        let status = r.status().as_u16();
+        if status != 409 || tokio::time::Instant::now() >= until {
+            return (status, in_use);
+        }
+        in_use += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The claim of a keyed write whose client went away while the claim was on its way to Redis,
+/// granted after the request was dropped: given back, so the retry runs. Awaited in the request,
+/// such a claim had nobody to run or release it, and every retry got 409 until its lease (a
+/// minute) ran out (soak). Redis is reached through a proxy that holds the claim's `SET` until
+/// the request is gone: a slow network, which a real Redis cannot produce on demand.
+#[tokio::test]
+async fn a_claim_granted_after_its_client_went_away_is_given_back() -> TestResult {
+    let proxy = Proxy::start("127.0.0.1:6379").await?;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let app = spawn_app_with(|env| env.with("REDIS_URL", &redis_url)).await;
+    let op = app.signed_in(Role::Operator).await;
+    proxy.stall_when_sent(br#""state":"pending""#);
+    let gone = tokio::spawn(
+        app.req(Method::POST, "/v1/products", Some(&op.access))
+            .header("Idempotency-Key", "gone-while-claiming")
+            .json(&json!({"name": "Bag", "sku": "GONE-1"}))
+            .send(),
+    );
+    // Held for less than the Redis client's own response timeout (500 ms), so the claim is
+    // granted, not timed out (the next test has that case).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gone.abort();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The `SET` reaches Redis now, after its request was dropped.
+    proxy.resume();
+    let (status, in_use) = retry_until_not_in_use(
+        &app,
+        &op.access,
+        "gone-while-claiming",
+        "GONE-1",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(status, 201, "the retry ran, after {in_use} answers of 409");
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    Ok(())
+}
+
+/// A claim whose `SET` got no answer within `REDIS_TIMEOUT_MS` (503 `unavailable`), and which
+/// Redis carried out after all: withdrawn, so the retry runs. Left, it held the key for its whole
+/// lease with no run behind it. The proxy holds the `SET` past the timeout (a slow network).
+#[tokio::test]
+async fn a_claim_that_timed_out_but_was_made_is_withdrawn() -> TestResult {
+    let proxy = Proxy::start("127.0.0.1:6379").await?;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let app = spawn_app_with(|env| {
+        env.with("REDIS_URL", &redis_url)
+            .with("REDIS_TIMEOUT_MS", "300")
+    })
+    .await;
+    let op = app.signed_in(Role::Operator).await;
+    proxy.stall_when_sent(br#""state":"pending""#);
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy.resume();
+    };
+    let product = json!({"name": "Bag", "sku": "SLOW-1"});
+    let (timed_out, ()) = tokio::join!(
+        app.post(
+            "/v1/products",
+            &op.access,
+            &product,
+            Some("claimed-too-slowly"),
+        ),
+        resume
+    );
+    assert_error(timed_out, 503, "service_unavailable").await;
+    let (status, in_use) = retry_until_not_in_use(
+        &app,
+        &op.access,
+        "claimed-too-slowly",
+        "SLOW-1",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(status, 201, "the retry ran, after {in_use} answers of 409");
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    Ok(())
+}
+
 /// A keyed write still running at shutdown, its client gone (held here on a lock of the
 /// products table): cut once the shutdown's grace is over, its claim given back. Left to be
 /// dropped with the runtime, it kept the claim to its lease, and every retry got 409 for a
