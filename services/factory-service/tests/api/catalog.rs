@@ -393,26 +393,8 @@ async fn text_with_a_nul_or_control_character_is_refused_not_a_server_error() {
         assert_error(r, 400, "validation_failed").await;
     }
     let product = app.product(&admin.access).await;
-    let batch = body(
-        app.post(
-            "/v1/batches",
-            &admin.access,
-            &json!({"product_id": product, "quantity": 1}),
-            None,
-        )
-        .await,
-    )
-    .await;
-    let csv = app
-        .get(
-            &format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()),
-            &admin.access,
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
-    let tag = csv.lines().next().unwrap().to_owned();
+    let batch = created_batch(&app, &admin.access, &product, 1).await;
+    let tag = first_tag(&app, &admin.access, &batch).await;
     let r = app
         .post(
             &format!("/v1/tags/{tag}/revoke"),
@@ -488,16 +470,7 @@ async fn text_that_would_show_as_something_else_is_refused() {
     // A reason with an override displayed "defective counterfeit" for "evitcefed counterfeit".
     let product = app.product(&admin.access).await;
     let batch = created_batch(&app, &admin.access, &product, 1).await;
-    let csv = app
-        .get(
-            &format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()),
-            &admin.access,
-        )
-        .await
-        .text()
-        .await
-        .unwrap();
-    let tag = csv.lines().next().unwrap().to_owned();
+    let tag = first_tag(&app, &admin.access, &batch).await;
     let r = app
         .post(
             &format!("/v1/tags/{tag}/revoke"),
@@ -577,6 +550,24 @@ async fn a_tag_path_that_is_not_utf8_is_an_invalid_tag_id() {
         )
         .await;
     assert_error(r, 400, "invalid_tag_id").await;
+}
+
+/// The first tag id of `batch` (a created batch's body), from its CSV.
+async fn first_tag(
+    app: &crate::helpers::TestApp,
+    access: &str,
+    batch: &serde_json::Value,
+) -> String {
+    let csv = app
+        .get(
+            &format!("/v1/batches/{}/tags", batch["id"].as_str().unwrap()),
+            access,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    csv.lines().next().unwrap().to_owned()
 }
 
 /// Creates a batch of `quantity` tags of `product`; its body.

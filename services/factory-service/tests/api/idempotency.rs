@@ -430,18 +430,12 @@ async fn shutdown_waits_for_the_result_of_an_answered_request_to_be_stored() -> 
     Ok(())
 }
 
-/// Retries of `key` (the same product each time) until one is not 409 `idempotency_key_in_use`
-/// or `within` has passed; the last answer's status, and how many 409s came before it.
-async fn retry_until_not_in_use(
-    app: &TestApp,
-    access: &str,
-    key: &str,
-    sku: &str,
-    within: Duration,
-) -> (u16, usize) {
-    let until = tokio::time::Instant::now() + within;
+/// Retries `key` (the same product each time) while it answers 409 `idempotency_key_in_use`,
+/// for at most 10 s, and asserts that the retry then ran: 201, and one product.
+async fn the_retry_runs(app: &TestApp, access: &str, key: &str, sku: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut in_use = 0;
-    loop {
+    let status = loop {
         let r = app
             .post(
                 "/v1/products",
@@ -450,13 +444,14 @@ async fn retry_until_not_in_use(
                 Some(key),
             )
             .await;
-        let status = r.status().as_u16();
-        if status != 409 || tokio::time::Instant::now() >= until {
-            return (status, in_use);
+        if r.status() != 409 || tokio::time::Instant::now() >= until {
+            break r.status();
         }
         in_use += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    assert_eq!(status, 201, "the retry ran, after {in_use} answers of 409");
+    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
 }
 
 /// The claim of a keyed write whose client went away while the claim was on its way to Redis,
@@ -484,20 +479,11 @@ async fn a_claim_granted_after_its_client_went_away_is_given_back() -> TestResul
     tokio::time::sleep(Duration::from_millis(150)).await;
     // The `SET` reaches Redis now, after its request was dropped.
     proxy.resume();
-    let (status, in_use) = retry_until_not_in_use(
-        &app,
-        &op.access,
-        "gone-while-claiming",
-        "GONE-1",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(status, 201, "the retry ran, after {in_use} answers of 409");
-    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    the_retry_runs(&app, &op.access, "gone-while-claiming", "GONE-1").await;
     Ok(())
 }
 
-/// A claim whose `SET` got no answer within `REDIS_TIMEOUT_MS` (503 `unavailable`), and which
+/// A claim whose `SET` got no answer within `REDIS_TIMEOUT_MS` (503), and which
 /// Redis carried out after all: withdrawn, so the retry runs. Left, it held the key for its whole
 /// lease with no run behind it. The proxy holds the `SET` past the timeout (a slow network).
 #[tokio::test]
@@ -526,16 +512,7 @@ async fn a_claim_that_timed_out_but_was_made_is_withdrawn() -> TestResult {
         resume
     );
     assert_error(timed_out, 503, "service_unavailable").await;
-    let (status, in_use) = retry_until_not_in_use(
-        &app,
-        &op.access,
-        "claimed-too-slowly",
-        "SLOW-1",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(status, 201, "the retry ran, after {in_use} answers of 409");
-    assert_eq!(app.count("SELECT count(*) FROM products").await, 1);
+    the_retry_runs(&app, &op.access, "claimed-too-slowly", "SLOW-1").await;
     Ok(())
 }
 
