@@ -1894,6 +1894,43 @@ async fn resign_events(pool: &PgPool, forger: &Signer) -> TestResult {
     Ok(())
 }
 
+/// Without AUDIT_PREVIOUS_PUBLIC_KEYS, a checkpoint signed under a key id the service has no key
+/// for passes unchecked, as such an event signature does, and is counted and named with them.
+/// It was neither checked nor counted: a checkpoint a forger re-signed under a key of their own
+/// went unseen where the events they re-signed were reported (DR drill).
+#[tokio::test]
+async fn a_checkpoint_signed_by_a_key_the_service_does_not_know_is_reported() -> TestResult {
+    let db = TestDb::new().await;
+    let k1 = Signer::from_pem(K1_PEM, Some("k1"))?;
+    // Events unsigned (the default): checkpoints are the only signatures.
+    let audit = AuditLog::with_signer(Some(Arc::new(k1)), false);
+    append_n(&db.pool, &audit, 3).await;
+    let (seq, hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&db.pool)
+            .await?;
+    let forger = Signer::from_pem(K2_PEM, Some("forger"))?;
+    let mut forged = Checkpoint {
+        seq,
+        hash: hash.as_slice().try_into()?,
+        signed_at: chrono::Utc::now(),
+        key_id: Some("forger".into()),
+        signature: None,
+    };
+    forged.signature = Some(forger.sign(&forged.message())?);
+
+    let mut lenient = factory_service::audit::job::service_key_ring(audit.signer());
+    let v = verify_with(&db.pool, &mut lenient, &[forged]).await;
+    assert!(v.broken.is_none(), "{:?}", v.broken);
+    let report = v.report();
+    assert_eq!(
+        (report.signatures_checked, report.signatures_unchecked),
+        (0, 1)
+    );
+    assert_eq!(report.unchecked_key_ids, ["forger"]);
+    Ok(())
+}
+
 /// The service knows only its own key. Without AUDIT_PREVIOUS_PUBLIC_KEYS, signatures by other
 /// key ids pass unchecked (a rotation looks the same as a forger's re-signing), but they are
 /// counted and named in the report; with it, any key id other than its own and the listed

@@ -77,11 +77,30 @@ pub struct ChainState {
     pub legacy_events: u64,
     /// Event signatures verified.
     pub signatures_checked: u64,
-    /// Event signatures by key ids the verifier has no key for and was told to skip (the
-    /// service without `AUDIT_PREVIOUS_PUBLIC_KEYS`).
+    /// Signatures (of events, and of checkpoints compared) by key ids the verifier has no key
+    /// for and was told to skip (the service without `AUDIT_PREVIOUS_PUBLIC_KEYS`).
     pub signatures_unchecked: u64,
     /// Those key ids.
     pub unchecked_key_ids: BTreeSet<String>,
+}
+
+impl ChainState {
+    /// Counts a signature by `key_id` that passed unchecked.
+    fn note_unchecked(&mut self, key_id: &str) {
+        self.signatures_unchecked += 1;
+        if !self.unchecked_key_ids.contains(key_id) {
+            self.unchecked_key_ids.insert(key_id.to_owned());
+        }
+    }
+
+    /// Counts `cp`'s signature when it passed unchecked. Uncounted, a checkpoint a forger
+    /// re-signed under a key id of their own went unseen where such an event signature was
+    /// reported.
+    fn note(&mut self, cp: &Checkpoint, signature: CheckpointSignature) {
+        if signature == CheckpointSignature::Unchecked {
+            self.note_unchecked(cp.key_id.as_deref().unwrap_or_default());
+        }
+    }
 }
 
 /// The verification report: CONTRACT 3.5's keys, then the signature counts and `detail`.
@@ -96,8 +115,8 @@ pub struct VerifyReport {
     pub legacy_events: u64,
     /// Event signatures checked.
     pub signatures_checked: u64,
-    /// Event signatures by key ids the service has no key for, not checked (their hashes
-    /// were).
+    /// Signatures of events, and of the checkpoints compared, by key ids the service has no
+    /// key for, not checked (the hashes were).
     pub signatures_unchecked: u64,
     /// Those key ids.
     pub unchecked_key_ids: Vec<String>,
@@ -269,12 +288,7 @@ impl RowChecker<'_> {
             let key_id = row.key_id.as_deref().unwrap_or_default();
             match self.keys.check(key_id, &computed, signature) {
                 SignatureCheck::Valid => self.state.signatures_checked += 1,
-                SignatureCheck::Skipped => {
-                    self.state.signatures_unchecked += 1;
-                    if !self.state.unchecked_key_ids.contains(key_id) {
-                        self.state.unchecked_key_ids.insert(key_id.to_owned());
-                    }
-                }
+                SignatureCheck::Skipped => self.state.note_unchecked(key_id),
                 SignatureCheck::Invalid => {
                     return Self::broken(
                         seq,
@@ -377,15 +391,27 @@ pub async fn verify_in_pages(
             // Each is an RSA verification: let other tasks run between them.
             tokio::task::coop::consume_budget().await;
             if cp.seq > verified_to {
-                if let Some(b) = checkpoint_signature_break(&cp, checker.keys) {
-                    checkpoint_breaks.push(b);
-                } else if past_the_chain.is_none() {
-                    past_the_chain = Some(cp);
+                match checkpoint_signature(&cp, checker.keys) {
+                    Err(b) => checkpoint_breaks.push(b),
+                    Ok(checked) => {
+                        checker.state.note(&cp, checked);
+                        if past_the_chain.is_none() {
+                            past_the_chain = Some(cp);
+                        }
+                    }
                 }
-            } else if let Some(b) =
-                checkpoint_break(&cp, checker.keys, &checker.wanted, verified_to, true)
-            {
-                checkpoint_breaks.push(b);
+            } else {
+                match checkpoint_signature(&cp, checker.keys) {
+                    Err(b) => checkpoint_breaks.push(b),
+                    Ok(checked) => {
+                        checker.state.note(&cp, checked);
+                        if let Some(b) =
+                            checkpoint_hash_break(&cp, &checker.wanted, verified_to, true)
+                        {
+                            checkpoint_breaks.push(b);
+                        }
+                    }
+                }
             }
         }
         if last_page {
@@ -405,14 +431,9 @@ pub async fn verify_in_pages(
     }
     let chain_complete = breaks.is_empty();
     breaks.extend(checkpoint_breaks);
+    // Its signature was checked (and counted) in the loop.
     if let Some(cp) = past_the_chain
-        && let Some(b) = checkpoint_break(
-            &cp,
-            checker.keys,
-            &checker.wanted,
-            verified_to,
-            chain_complete,
-        )
+        && let Some(b) = checkpoint_hash_break(&cp, &checker.wanted, verified_to, chain_complete)
     {
         breaks.push(b);
     }
@@ -530,10 +551,24 @@ fn head_break(head: &chain::Head, state: &ChainState) -> Option<Break> {
 }
 
 /// A checkpoint's own signature, checked with `keys` (unsigned, when signatures are required,
-/// is a break too). Used by the verifier and by the checkpointer before it builds on one.
+/// is a break too). Used by the checkpointer before it builds on one.
 pub fn checkpoint_signature_break(cp: &Checkpoint, keys: &mut KeyRing) -> Option<Break> {
+    checkpoint_signature(cp, keys).err()
+}
+
+/// What became of a checkpoint's signature that is not a break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckpointSignature {
+    /// Verified, or not asked for (unsigned, or no keys given).
+    Fine,
+    /// Signed by a key id the verifier has no key for and was told to skip.
+    Unchecked,
+}
+
+/// [`checkpoint_signature_break`], saying whether the signature passed unchecked.
+fn checkpoint_signature(cp: &Checkpoint, keys: &mut KeyRing) -> Result<CheckpointSignature, Break> {
     let at = |reason, detail| {
-        Some(Break {
+        Err(Break {
             seq: cp.seq,
             reason,
             detail,
@@ -552,7 +587,8 @@ pub fn checkpoint_signature_break(cp: &Checkpoint, keys: &mut KeyRing) -> Option
         && !keys.is_empty()
     {
         match keys.check(key_id, &cp.message(), signature) {
-            SignatureCheck::Valid | SignatureCheck::Skipped => {}
+            SignatureCheck::Valid => {}
+            SignatureCheck::Skipped => return Ok(CheckpointSignature::Unchecked),
             SignatureCheck::Invalid => {
                 return at(
                     BreakReason::BadSignature,
@@ -570,21 +606,17 @@ pub fn checkpoint_signature_break(cp: &Checkpoint, keys: &mut KeyRing) -> Option
             }
         }
     }
-    None
+    Ok(CheckpointSignature::Fine)
 }
 
-/// Checks one checkpoint's signature and compares it with the chain. `chain_complete`: the rows
-/// verified to the end, so a checkpoint beyond them means the tail was cut.
-fn checkpoint_break(
+/// Compares one checkpoint (its signature already checked) with the chain. `chain_complete`:
+/// the rows verified to the end, so a checkpoint beyond them means the tail was cut.
+fn checkpoint_hash_break(
     cp: &Checkpoint,
-    keys: &mut KeyRing,
     hashes: &HashMap<i64, Option<Hash>>,
     verified_to: i64,
     chain_complete: bool,
 ) -> Option<Break> {
-    if let Some(b) = checkpoint_signature_break(cp, keys) {
-        return Some(b);
-    }
     let at = |reason, detail| {
         Some(Break {
             seq: cp.seq,

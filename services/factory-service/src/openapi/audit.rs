@@ -62,7 +62,7 @@ impl Modify for AuditPaths {
             .description(Some(
                 "`{\"ok\",\"events_checked\",\"legacy_events\",\"head\":{\"seq\",\"hash\"},\"first_bad_seq\",\"reason\"}`, \
                  plus `signatures_checked`, `signatures_unchecked` and `unchecked_key_ids` \
-                 (event signatures by key ids the service has no key for, not checked) and a \
+                 (signatures of events and checkpoints by key ids the service has no key for, not checked) and a \
                  human-readable `detail`; the format is in docs/AUDIT_FORMAT.md.",
             ))
             .response(
