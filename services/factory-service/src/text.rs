@@ -224,9 +224,9 @@ mod tests {
 
     #[test]
     fn an_identifier_is_stored_composed_and_holds_no_format_character() {
-        let composed = identifier("sku", " CAF\u{C9} ", 100).unwrap();
-        let decomposed = identifier("sku", "CAFE\u{301}", 100).unwrap();
-        assert_eq!(composed, "CAF\u{C9}");
+        let composed = identifier("sku", " CAF\u{C9} ", 100).ok();
+        let decomposed = identifier("sku", "CAFE\u{301}", 100).ok();
+        assert_eq!(composed.as_deref(), Some("CAF\u{C9}"));
         assert_eq!(decomposed, composed);
         for bad in [
             "CAF\u{200B}\u{C9}",
