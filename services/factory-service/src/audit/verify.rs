@@ -390,26 +390,18 @@ pub async fn verify_in_pages(
         for cp in page {
             // Each is an RSA verification: let other tasks run between them.
             tokio::task::coop::consume_budget().await;
-            if cp.seq > verified_to {
-                match checkpoint_signature(&cp, checker.keys) {
-                    Err(b) => checkpoint_breaks.push(b),
-                    Ok(checked) => {
-                        checker.state.note(&cp, checked);
+            match checkpoint_signature(&cp, checker.keys) {
+                Err(b) => checkpoint_breaks.push(b),
+                Ok(signature) => {
+                    checker.state.note(&cp, signature);
+                    if cp.seq > verified_to {
                         if past_the_chain.is_none() {
                             past_the_chain = Some(cp);
                         }
-                    }
-                }
-            } else {
-                match checkpoint_signature(&cp, checker.keys) {
-                    Err(b) => checkpoint_breaks.push(b),
-                    Ok(checked) => {
-                        checker.state.note(&cp, checked);
-                        if let Some(b) =
-                            checkpoint_hash_break(&cp, &checker.wanted, verified_to, true)
-                        {
-                            checkpoint_breaks.push(b);
-                        }
+                    } else if let Some(b) =
+                        checkpoint_hash_break(&cp, &checker.wanted, verified_to, true)
+                    {
+                        checkpoint_breaks.push(b);
                     }
                 }
             }
